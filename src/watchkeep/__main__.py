@@ -1,0 +1,5 @@
+import sys
+
+from watchkeep.cli import main
+
+sys.exit(main())

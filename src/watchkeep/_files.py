@@ -1,0 +1,72 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import tempfile
+from pathlib import Path
+
+from watchkeep.errors import OutputNotWritable, UsageError
+
+__all__ = ["atomic_write", "resolve_owner"]
+
+
+def resolve_owner(user: str | None) -> tuple[int, int] | None:
+    """Map --owner USER to (uid, gid); None means the current user."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(
+            f"unknown user {user!r} for --owner",
+            fix="name the service account that runs the server (it must exist: getent passwd USER)",
+        ) from None
+    if entry.pw_uid != os.geteuid() and os.geteuid() != 0:
+        raise UsageError(
+            f"cannot give files to {user!r}: only root can change a file's owner",
+            fix="run the command as root, or leave out --owner",
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def atomic_write(
+    path: Path, data: bytes, *, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    The temporary file is created with ``mode`` already set (a key is never readable by
+    others, not even for a moment), fsynced, given to ``owner``, then renamed over ``path``.
+    """
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o044 else 0o700)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputNotWritable(str(directory), exc.strerror or str(exc)) from exc
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,90 @@
+"""`watchkeep trust ...`: put the site CA (and its CRL) into the trust stores of verifiers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from watchkeep.cli._common import add_json, emit_json, home_of, print_table
+
+__all__ = ["register"]
+
+
+def register(groups: Any) -> None:
+    trust = groups.add_parser("trust", help="trust stores")
+    sub = trust.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    install = sub.add_parser("install", help="trust a CA (default: this site's CA and its CRL)")
+    install.add_argument("ca_pem", nargs="?", type=Path, metavar="CA_PEM")
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--store", type=Path, help="directory store (default HOME/trust)")
+    where.add_argument("--system", action="store_true", help="the OS trust store (root)")
+    add_json(install)
+    install.set_defaults(handler=_install)
+
+    listing = sub.add_parser("list", help="the CAs a trust store holds")
+    where = listing.add_mutually_exclusive_group()
+    where.add_argument("--store", type=Path)
+    where.add_argument("--system", action="store_true")
+    add_json(listing)
+    listing.set_defaults(handler=_list)
+
+    remove = sub.add_parser("remove", help="stop trusting a CA")
+    remove.add_argument("fingerprint", metavar="SHA256_FINGERPRINT", help="or a unique prefix")
+    remove.add_argument("--store", type=Path)
+    add_json(remove)
+    remove.set_defaults(handler=_remove)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from watchkeep.trust import DirectoryTrustStore, SystemTrustStore
+
+    if getattr(args, "system", False):
+        return SystemTrustStore()
+    return DirectoryTrustStore(args.store if args.store else home_of(args).trust_dir)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from watchkeep.errors import CANotInitialised
+    from watchkeep.trust import DirectoryTrustStore, read_pem_bundle
+
+    home = home_of(args)
+    source = args.ca_pem or home.ca_cert
+    if args.ca_pem is None and not home.ca_cert.exists():
+        raise CANotInitialised(str(home.root))
+    certs = read_pem_bundle(source)
+    store = _store(args)
+    installed = [store.install(c) for c in certs]
+    crl = None
+    if args.ca_pem is None and isinstance(store, DirectoryTrustStore) and home.crl.exists():
+        crl = store.install_crl(home.crl.read_bytes())
+    if args.json:
+        emit_json({"installed": [e.as_json() for e in installed], "crl_path": str(crl) if crl else None})
+    else:
+        for e in installed:
+            print(f"trusted {e.subject} ({e.sha256_fingerprint}) in {e.path}")
+        if crl:
+            print(f"CRL installed as {crl}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    entries = _store(args).entries()
+    if args.json:
+        emit_json([e.as_json() for e in entries])
+    else:
+        print_table(
+            ["subject", "sha256 fingerprint", "not after", "file"],
+            [[e.subject, e.sha256_fingerprint, e.as_json()["not_after"], e.path] for e in entries],
+        )
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    entry = _store(args).remove(args.fingerprint)
+    if args.json:
+        emit_json(entry.as_json())
+    else:
+        print(f"removed {entry.subject} ({entry.sha256_fingerprint}) from {entry.path.parent}")
+    return 0

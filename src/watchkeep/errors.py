@@ -1,0 +1,309 @@
+"""The one exception root of watchkeep and the tree below it.
+
+Every error a user can meet is a :class:`WatchkeepError`. Each carries the data
+that identifies what went wrong (server, host name, serial, path) and builds its
+one-line message from that data in ``__str__``: what happened, to what, and the
+command that fixes it.
+
+    WatchkeepError
+    ├── UsageError                      bad input on the command line or in a file (exit 2)
+    │   ├── InvalidHostName
+    │   ├── InvalidDuration
+    │   └── InvalidChoice               unknown role, key type, reason...
+    ├── HomeError                       the watchkeep home directory or config
+    ├── PKIError
+    │   ├── CANotInitialised
+    │   ├── CAAlreadyExists
+    │   ├── WrongPassphrase
+    │   ├── MalformedPEM                a CSR, certificate or key that does not parse
+    │   ├── CertificateNotFound
+    │   ├── DuplicateCertificate
+    │   ├── CertificateRuleViolation    a certificate breaks a rule code (cert.*, key.*)
+    │   └── OutputNotWritable
+    ├── TrustError                      trust stores
+    ├── StoreError                      the database
+    ├── SiteRuleViolation               a site.* / trust.* rule refuses an operation
+    └── ConnectionFailed                a link between watchkeep parts failed (tls boundary)
+        ├── CertificateExpired
+        ├── HostnameMismatch
+        ├── UntrustedIssuer
+        ├── CertificateRevoked
+        ├── PlaintextToTlsPort
+        ├── TlsToPlaintextPort
+        ├── PeerRefused
+        └── PeerTimedOut
+
+Third-party exceptions (``ssl.SSLError``, ``OSError``, ``cryptography`` errors)
+are translated at the boundary that raised them, always ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+
+__all__ = [
+    "CAAlreadyExists",
+    "CANotInitialised",
+    "CertificateExpired",
+    "CertificateNotFound",
+    "CertificateRevoked",
+    "CertificateRuleViolation",
+    "ConnectionFailed",
+    "DuplicateCertificate",
+    "HomeError",
+    "HostnameMismatch",
+    "InvalidChoice",
+    "InvalidDuration",
+    "InvalidHostName",
+    "MalformedPEM",
+    "OutputNotWritable",
+    "PKIError",
+    "PeerRefused",
+    "PeerTimedOut",
+    "PlaintextToTlsPort",
+    "SiteRuleViolation",
+    "StoreError",
+    "TlsToPlaintextPort",
+    "TrustError",
+    "UntrustedIssuer",
+    "UsageError",
+    "WatchkeepError",
+    "WrongPassphrase",
+]
+
+
+class WatchkeepError(Exception):
+    """Root of every error watchkeep raises on purpose.
+
+    Subclasses either pass a complete message or override ``__str__``. ``fix``
+    is the command (or action) that repairs the problem, when there is one.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str = "", *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def describe(self) -> str:
+        return self.message
+
+    def __str__(self) -> str:
+        text = self.describe()
+        if self.fix:
+            text = f"{text}; fix: {self.fix}"
+        return text
+
+
+class UsageError(WatchkeepError):
+    """Input that can never work, whatever the state of the site."""
+
+    exit_code = 2
+
+
+class InvalidHostName(UsageError):
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(fix="use a DNS name of letters, digits and hyphens, e.g. rs1.site.example")
+        self.host = host
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"invalid host name {self.host!r}: {self.reason}"
+
+
+class InvalidDuration(UsageError):
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(fix="write a duration as a number and a unit: 90d, 12h, 30m, 45s")
+        self.text = text
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"invalid duration {self.text!r}: {self.reason}"
+
+
+class InvalidChoice(UsageError):
+    def __init__(self, what: str, value: str, choices: Sequence[str]) -> None:
+        super().__init__(fix=f"choose one of: {', '.join(choices)}")
+        self.what = what
+        self.value = value
+        self.choices = tuple(choices)
+
+    def describe(self) -> str:
+        return f"unknown {self.what} {self.value!r}"
+
+
+class HomeError(WatchkeepError):
+    """The watchkeep home directory or a configuration file is unusable."""
+
+
+class PKIError(WatchkeepError):
+    """Certificate authority, certificates and keys."""
+
+
+class CANotInitialised(PKIError):
+    def __init__(self, home: str) -> None:
+        super().__init__(fix=f"watchkeep --home {home} ca init --name 'My Site CA'")
+        self.home = home
+
+    def describe(self) -> str:
+        return f"no certificate authority in {self.home}"
+
+
+class CAAlreadyExists(PKIError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            fix="keep it (every certificate of the site depends on it), or use another --home"
+        )
+        self.path = path
+
+    def describe(self) -> str:
+        return f"a certificate authority already exists at {self.path}; refusing to overwrite it"
+
+
+class WrongPassphrase(PKIError):
+    def __init__(self, path: str) -> None:
+        super().__init__(fix="pass the CA's passphrase with --passphrase-file FILE")
+        self.path = path
+
+    def describe(self) -> str:
+        return f"cannot decrypt the CA key {self.path}: wrong or missing passphrase"
+
+
+class MalformedPEM(PKIError):
+    exit_code = 2
+
+    def __init__(self, path: str, what: str, reason: str) -> None:
+        super().__init__(fix=f"pass a PEM-encoded {what} (-----BEGIN ...-----)")
+        self.path = path
+        self.what = what
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"{self.path} is not a valid {self.what}: {self.reason}"
+
+
+class CertificateNotFound(PKIError):
+    def __init__(self, name: str, home: str) -> None:
+        super().__init__(fix=f"watchkeep --home {home} cert list")
+        self.name = name
+
+    def describe(self) -> str:
+        return f"no certificate named {self.name!r} in the inventory"
+
+
+class DuplicateCertificate(PKIError):
+    def __init__(self, name: str, host: str, role: str, serial: str) -> None:
+        super().__init__(
+            fix=f"renew it with `watchkeep cert renew {name}` or pass --replace to issue anew"
+        )
+        self.name = name
+        self.host = host
+        self.role = role
+        self.serial = serial
+
+    def describe(self) -> str:
+        return (
+            f"an active {self.role} certificate for {self.host} already exists "
+            f"({self.name}, serial {self.serial})"
+        )
+
+
+class CertificateRuleViolation(PKIError):
+    """A certificate or key breaks one of the rule codes of DESIGN.md."""
+
+    def __init__(self, code: str, subject: str, reason: str, *, fix: str | None = None) -> None:
+        super().__init__(fix=fix)
+        self.code = code
+        self.subject = subject
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"[{self.code}] {self.subject}: {self.reason}"
+
+
+class OutputNotWritable(PKIError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(fix="choose a writable directory with --out DIR")
+        self.path = path
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"cannot write to {self.path}: {self.reason}"
+
+
+class TrustError(WatchkeepError):
+    """A trust store is missing, unwritable or inconsistent."""
+
+
+class StoreError(WatchkeepError):
+    """The database could not be opened or written."""
+
+
+class SiteRuleViolation(WatchkeepError):
+    """An operation is refused because a site rule (site.*, trust.*) would break."""
+
+    def __init__(self, code: str, server: str, reason: str, *, fix: str | None = None) -> None:
+        super().__init__(fix=fix)
+        self.code = code
+        self.server = server
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"[{self.code}] {self.server}: {self.reason}"
+
+
+class ConnectionFailed(WatchkeepError):
+    """A connection from one watchkeep part to another failed."""
+
+    def __init__(self, peer: str, reason: str, *, fix: str | None = None) -> None:
+        super().__init__(fix=fix)
+        self.peer = peer
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"cannot connect to {self.peer}: {self.reason}"
+
+
+class CertificateExpired(ConnectionFailed):
+    def __init__(self, peer: str, not_after: _dt.datetime | None, *, fix: str | None = None) -> None:
+        when = f" on {not_after:%Y-%m-%d %H:%M:%S} UTC" if not_after else ""
+        super().__init__(peer, f"its certificate expired{when} [cert.validity]", fix=fix)
+        self.not_after = not_after
+
+
+class HostnameMismatch(ConnectionFailed):
+    def __init__(self, peer: str, host: str, names: Sequence[str], *, fix: str | None = None) -> None:
+        held = ", ".join(names) if names else "no names"
+        super().__init__(
+            peer,
+            f"its certificate is not valid for {host} (it names {held}) [cert.hostname]",
+            fix=fix,
+        )
+        self.host = host
+        self.names = tuple(names)
+
+
+class UntrustedIssuer(ConnectionFailed):
+    pass
+
+
+class CertificateRevoked(ConnectionFailed):
+    pass
+
+
+class PlaintextToTlsPort(ConnectionFailed):
+    pass
+
+
+class TlsToPlaintextPort(ConnectionFailed):
+    pass
+
+
+class PeerRefused(ConnectionFailed):
+    pass
+
+
+class PeerTimedOut(ConnectionFailed):
+    pass

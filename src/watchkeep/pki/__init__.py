@@ -1,0 +1,36 @@
+"""The site certificate authority: role profiles, issuance, CSR signing, renewal,
+revocation, CRLs and key files."""
+
+from watchkeep.pki._authority import CLOCK_SKEW, CertificateAuthority, LeafRequest, fingerprint
+from watchkeep.pki._keys import check_key_file_access, load_private_key
+from watchkeep.pki._profiles import KeyType, Profile, Role, generate_key, profile_for
+from watchkeep.pki._service import (
+    DEFAULT_SERVER_DAYS,
+    REVOCATION_REASONS,
+    SitePKI,
+    certificate_name,
+    load_certificate,
+    record_to_json,
+    utcnow,
+)
+
+__all__ = [
+    "CLOCK_SKEW",
+    "DEFAULT_SERVER_DAYS",
+    "REVOCATION_REASONS",
+    "CertificateAuthority",
+    "KeyType",
+    "LeafRequest",
+    "Profile",
+    "Role",
+    "SitePKI",
+    "certificate_name",
+    "check_key_file_access",
+    "fingerprint",
+    "generate_key",
+    "load_certificate",
+    "load_private_key",
+    "profile_for",
+    "record_to_json",
+    "utcnow",
+]

@@ -1,0 +1,7 @@
+"""Database schema and access (SQLAlchemy Core; SQLite by default, PostgreSQL by URL)."""
+
+from watchkeep.store._engine import open_database
+from watchkeep.store._inventory import CertificateRecord, Inventory
+from watchkeep.store._schema import metadata
+
+__all__ = ["CertificateRecord", "Inventory", "metadata", "open_database"]
