@@ -38,9 +38,13 @@ def validate_host_name(text: str) -> str:
     labels = host.split(".")
     for label in labels:
         if not label:
-            raise InvalidHostName(text, "it has an empty label (two dots in a row or a leading dot)")
+            raise InvalidHostName(
+                text, "it has an empty label (two dots in a row or a leading dot)"
+            )
         if len(label) > 63:
-            raise InvalidHostName(text, f"label {label[:20]}... is {len(label)} characters, over 63")
+            raise InvalidHostName(
+                text, f"label {label[:20]}... is {len(label)} characters, over 63"
+            )
         if "*" in label:
             raise InvalidHostName(text, "wildcards are not allowed in server certificates")
         if "_" in label:

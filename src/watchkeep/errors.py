@@ -25,6 +25,7 @@ command that fixes it.
     ├── SiteRuleViolation               a site.* / trust.* rule refuses an operation
     └── ConnectionFailed                a link between watchkeep parts failed (tls boundary)
         ├── CertificateExpired
+        ├── CertificateNotYetValid
         ├── HostnameMismatch
         ├── UntrustedIssuer
         ├── CertificateRevoked
@@ -47,6 +48,7 @@ __all__ = [
     "CANotInitialised",
     "CertificateExpired",
     "CertificateNotFound",
+    "CertificateNotYetValid",
     "CertificateRevoked",
     "CertificateRuleViolation",
     "ConnectionFailed",
@@ -267,14 +269,27 @@ class ConnectionFailed(WatchkeepError):
 
 
 class CertificateExpired(ConnectionFailed):
-    def __init__(self, peer: str, not_after: _dt.datetime | None, *, fix: str | None = None) -> None:
+    def __init__(
+        self, peer: str, not_after: _dt.datetime | None, *, fix: str | None = None
+    ) -> None:
         when = f" on {not_after:%Y-%m-%d %H:%M:%S} UTC" if not_after else ""
         super().__init__(peer, f"its certificate expired{when} [cert.validity]", fix=fix)
         self.not_after = not_after
 
 
+class CertificateNotYetValid(ConnectionFailed):
+    def __init__(
+        self, peer: str, not_before: _dt.datetime | None, *, fix: str | None = None
+    ) -> None:
+        when = f" until {not_before:%Y-%m-%d %H:%M:%S} UTC" if not_before else ""
+        super().__init__(peer, f"its certificate is not valid yet{when} [cert.validity]", fix=fix)
+        self.not_before = not_before
+
+
 class HostnameMismatch(ConnectionFailed):
-    def __init__(self, peer: str, host: str, names: Sequence[str], *, fix: str | None = None) -> None:
+    def __init__(
+        self, peer: str, host: str, names: Sequence[str], *, fix: str | None = None
+    ) -> None:
         held = ", ".join(names) if names else "no names"
         super().__init__(
             peer,

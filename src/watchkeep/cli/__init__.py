@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)
     groups.required = True
-    for name, module in _GROUPS.items():
+    for module in _GROUPS.values():
         importlib.import_module(module).register(groups)
     return parser
 

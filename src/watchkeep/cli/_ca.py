@@ -36,7 +36,9 @@ def register(groups: Any) -> None:
     init.add_argument("--name", required=True, help="the CA's common name")
     init.add_argument("--key-type", default="rsa-3072", help="rsa-2048, rsa-3072 or ecdsa-p256")
     init.add_argument("--days", type=int, default=3652, help="validity in days (default 3652)")
-    init.add_argument("--passphrase-file", type=Path, help="encrypt the CA key with this passphrase")
+    init.add_argument(
+        "--passphrase-file", type=Path, help="encrypt the CA key with this passphrase"
+    )
     add_json(init)
     init.set_defaults(handler=_init)
 
@@ -94,7 +96,7 @@ def _crl(args: argparse.Namespace) -> int:
     pki = SitePKI(home_of(args), passphrase=ca_passphrase(args))
     path = pki.write_crl(out=args.out)
     crl = x509.load_pem_x509_crl(path.read_bytes())
-    info = {
+    info: dict[str, Any] = {
         "path": str(path.resolve()),
         "revoked": [format(r.serial_number, "x") for r in crl],
         "last_update": crl.last_update_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -105,6 +107,8 @@ def _crl(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(info)
     else:
-        print(f"CRL written to {info['path']}: {len(info['revoked'])} revoked, "
-              f"next update {info['next_update']}")
+        print(
+            f"CRL written to {info['path']}: {len(info['revoked'])} revoked, "
+            f"next update {info['next_update']}"
+        )
     return 0

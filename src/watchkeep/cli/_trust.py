@@ -60,7 +60,9 @@ def _install(args: argparse.Namespace) -> int:
     if args.ca_pem is None and isinstance(store, DirectoryTrustStore) and home.crl.exists():
         crl = store.install_crl(home.crl.read_bytes())
     if args.json:
-        emit_json({"installed": [e.as_json() for e in installed], "crl_path": str(crl) if crl else None})
+        emit_json(
+            {"installed": [e.as_json() for e in installed], "crl_path": str(crl) if crl else None}
+        )
     else:
         for e in installed:
             print(f"trusted {e.subject} ({e.sha256_fingerprint}) in {e.path}")

@@ -2,7 +2,7 @@
 revocation, CRLs and key files."""
 
 from watchkeep.pki._authority import CLOCK_SKEW, CertificateAuthority, LeafRequest, fingerprint
-from watchkeep.pki._keys import check_key_file_access, load_private_key
+from watchkeep.pki._keys import check_key_file_access, load_private_key, same_public_key
 from watchkeep.pki._profiles import KeyType, Profile, Role, generate_key, profile_for
 from watchkeep.pki._service import (
     DEFAULT_SERVER_DAYS,
@@ -32,5 +32,6 @@ __all__ = [
     "load_private_key",
     "profile_for",
     "record_to_json",
+    "same_public_key",
     "utcnow",
 ]

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from watchkeep.errors import CertificateRuleViolation, UsageError
+from watchkeep.pki._keys import same_public_key
 from watchkeep.pki._profiles import KeyType, PrivateKey, Profile, generate_key
 
 __all__ = [
@@ -39,7 +40,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _signature_hash(key: PrivateKey) -> hashes.HashAlgorithm:
+def _signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -75,9 +76,11 @@ class CertificateAuthority:
     """A root CA: signs server certificates and CRLs."""
 
     def __init__(self, certificate: x509.Certificate, key: PrivateKey) -> None:
-        if certificate.public_key().public_numbers() != key.public_key().public_numbers():
+        if not same_public_key(certificate.public_key(), key.public_key()):
             raise CertificateRuleViolation(
-                "cert.chain", "certificate authority", "the CA key does not match the CA certificate"
+                "cert.chain",
+                "certificate authority",
+                "the CA key does not match the CA certificate",
             )
         self.certificate = certificate
         self.key = key
@@ -219,7 +222,9 @@ class CertificateAuthority:
                 .revocation_date(entry.revoked_at)
             )
             if entry.reason is not x509.ReasonFlags.unspecified:
-                revoked_cert = revoked_cert.add_extension(x509.CRLReason(entry.reason), critical=False)
+                revoked_cert = revoked_cert.add_extension(
+                    x509.CRLReason(entry.reason), critical=False
+                )
             builder = builder.add_revoked_certificate(revoked_cert.build())
         return builder.sign(self.key, _signature_hash(self.key))
 

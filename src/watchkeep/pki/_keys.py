@@ -13,7 +13,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from watchkeep.errors import CertificateRuleViolation, MalformedPEM, WrongPassphrase
 from watchkeep.pki._profiles import PrivateKey
 
-__all__ = ["check_key_file_access", "load_private_key", "private_key_pem"]
+__all__ = ["check_key_file_access", "load_private_key", "private_key_pem", "same_public_key"]
+
+
+def same_public_key(a: object, b: object) -> bool:
+    """True when two public keys are the same key (compared as SubjectPublicKeyInfo)."""
+
+    def spki(key: object) -> bytes:
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            return b""
+        return key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    first = spki(a)
+    return bool(first) and first == spki(b)
 
 
 def private_key_pem(key: PrivateKey) -> bytes:

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from watchkeep.errors import InvalidChoice
 
-__all__ = ["KeyType", "Profile", "Role", "PrivateKey", "generate_key", "key_type_of", "profile_for"]
+__all__ = ["KeyType", "PrivateKey", "Profile", "Role", "generate_key", "key_type_of", "profile_for"]
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 

@@ -223,7 +223,9 @@ class SitePKI:
         try:
             csr = x509.load_pem_x509_csr(csr_path.read_bytes())
         except OSError as exc:
-            raise MalformedPEM(str(csr_path), "certificate signing request", exc.strerror or "") from exc
+            raise MalformedPEM(
+                str(csr_path), "certificate signing request", exc.strerror or ""
+            ) from exc
         except ValueError as exc:
             raise MalformedPEM(
                 str(csr_path), "certificate signing request", str(exc).split("\n")[0]
@@ -315,7 +317,9 @@ class SitePKI:
                     f"invalid IP address {text!r}",
                     fix="pass an IPv4 or IPv6 address, e.g. --ip 127.0.0.2",
                 ) from None
-        return LeafRequest(profile_for(role), tuple(canonical), tuple(dict.fromkeys(addresses)), days)
+        return LeafRequest(
+            profile_for(role), tuple(canonical), tuple(dict.fromkeys(addresses)), days
+        )
 
     def _refuse_duplicates(
         self, role: Role, hosts: Sequence[str], name: str, *, replace: bool
@@ -394,7 +398,10 @@ class SitePKI:
         return record
 
     def certificates(
-        self, *, include_history: bool = False, expiring_within: dt.timedelta | None = None,
+        self,
+        *,
+        include_history: bool = False,
+        expiring_within: dt.timedelta | None = None,
         now: dt.datetime | None = None,
     ) -> list[CertificateRecord]:
         now = now or utcnow()

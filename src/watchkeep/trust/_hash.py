@@ -24,7 +24,7 @@ def subject_hash(name: x509.Name) -> str:
     """The 8-hex-digit hash OpenSSL names `<hash>.0` files by (X509_NAME_hash_ex)."""
     rdns = []
     for rdn in name.rdns:
-        attrs = []
+        attrs: list[x509.NameAttribute[str | bytes]] = []
         for attr in rdn:
             value = attr.value
             if isinstance(value, str):

@@ -1,0 +1,257 @@
+"""The one place where ssl/OS errors of a connection become watchkeep errors.
+
+A user never sees a bare OpenSSL reason: each failure names the peer, the cause in words
+(with the certificate's dates or names when that is the cause), the rule code and a fix.
+When verification fails the peer's certificate is fetched once more without verifying,
+only to describe it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from watchkeep.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRevoked,
+    ConnectionFailed,
+    HostnameMismatch,
+    PeerRefused,
+    PeerTimedOut,
+    PlaintextToTlsPort,
+    TlsToPlaintextPort,
+    UntrustedIssuer,
+)
+
+__all__ = ["Endpoint", "explain_connection_failure", "fetch_peer_certificate", "speaks_tls"]
+
+# OpenSSL X509_V_ERR_* codes as they reach ssl.SSLCertVerificationError.verify_code.
+_NOT_YET_VALID = 9
+_EXPIRED = 10
+_SELF_SIGNED = 18
+_SELF_SIGNED_IN_CHAIN = 19
+_NO_LOCAL_ISSUER = 20
+_UNABLE_TO_VERIFY_LEAF = 21
+_NO_ISSUER_CERT = 2
+_REVOKED = 23
+_UNABLE_TO_GET_CRL = 3
+_INVALID_PURPOSE = 26
+_HOSTNAME_MISMATCH = 62
+_IP_MISMATCH = 64
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A listener of a watchkeep server as a client sees it."""
+
+    server: str
+    host: str
+    address: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{self.server} ({scheme}://{self.host}:{self.port}, address {self.address})"
+
+
+async def fetch_peer_certificate(
+    endpoint: Endpoint, timeout: float = 3.0
+) -> x509.Certificate | None:
+    """The certificate the endpoint presents, without verifying it (for messages only)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    writer = None
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
+            ),
+            timeout,
+        )
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        return x509.load_der_x509_certificate(der) if der else None
+    except (OSError, ssl.SSLError, TimeoutError, ValueError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def speaks_tls(endpoint: Endpoint, timeout: float = 3.0) -> bool | None:
+    """True if the port completes a TLS handshake, False if it answers in plaintext,
+    None if it cannot be told."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    writer = None
+    try:
+        _reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
+            ),
+            timeout,
+        )
+        return True
+    except ssl.SSLError as exc:
+        # A TLS server that refuses us (no client certificate, say) still speaks TLS.
+        return not ("WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc))
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _names(cert: x509.Certificate | None) -> list[str]:
+    if cert is None:
+        return []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        *san.get_values_for_type(x509.DNSName),
+        *map(str, san.get_values_for_type(x509.IPAddress)),
+    ]
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        nested = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
+        current = (
+            nested
+            if isinstance(nested, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return None
+
+
+async def explain_connection_failure(
+    exc: BaseException, endpoint: Endpoint, *, trust_dir: str | None = None
+) -> ConnectionFailed:
+    """Translate a failed connection to ``endpoint`` into the watchkeep error that explains it."""
+    peer = str(endpoint)
+    trust_hint = (
+        f"watchkeep trust install --store {trust_dir}" if trust_dir else "watchkeep trust install"
+    )
+    verify = _find(exc, ssl.SSLCertVerificationError)
+    if isinstance(verify, ssl.SSLCertVerificationError):
+        code = verify.verify_code
+        cert = await fetch_peer_certificate(endpoint)
+        renew = (
+            f"renew its certificate: watchkeep cert renew --all --within 1d (host {endpoint.host})"
+        )
+        if code == _EXPIRED:
+            return CertificateExpired(peer, cert.not_valid_after_utc if cert else None, fix=renew)
+        if code == _NOT_YET_VALID:
+            return CertificateNotYetValid(
+                peer,
+                cert.not_valid_before_utc if cert else None,
+                fix="check both machines' clocks (timedatectl)",
+            )
+        if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
+            return HostnameMismatch(
+                peer,
+                endpoint.host,
+                _names(cert),
+                fix=f"issue the server a certificate for {endpoint.host}: "
+                f"watchkeep cert issue --host {endpoint.host} --replace ...",
+            )
+        if code == _REVOKED:
+            return CertificateRevoked(
+                peer,
+                "its certificate is revoked [cert.revoked]",
+                fix=f"issue a new one: watchkeep cert issue --host {endpoint.host} --replace ...",
+            )
+        if code == _UNABLE_TO_GET_CRL:
+            return UntrustedIssuer(
+                peer,
+                "the trust store has no CRL for the server's CA [cert.revoked]",
+                fix=trust_hint,
+            )
+        if code in (
+            _SELF_SIGNED,
+            _SELF_SIGNED_IN_CHAIN,
+            _NO_LOCAL_ISSUER,
+            _UNABLE_TO_VERIFY_LEAF,
+            _NO_ISSUER_CERT,
+        ):
+            issuer = cert.issuer.rfc4514_string() if cert else "an unknown CA"
+            return UntrustedIssuer(
+                peer,
+                f"its certificate is issued by {issuer}, which this party does not trust "
+                "[trust.installed]",
+                fix=trust_hint,
+            )
+        if code == _INVALID_PURPOSE:
+            return UntrustedIssuer(
+                peer,
+                "its certificate is not issued for server authentication [cert.server_auth]",
+                fix=f"watchkeep cert issue --role ROLE --host {endpoint.host} --replace",
+            )
+        return UntrustedIssuer(peer, f"its certificate does not verify: {verify.verify_message}")
+    ssl_error = _find(exc, ssl.SSLError)
+    if isinstance(ssl_error, ssl.SSLError):
+        text = str(ssl_error)
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+            return TlsToPlaintextPort(
+                peer,
+                "the port answers in plaintext but TLS was expected (its encryption is off)",
+                fix=f"watchkeep encryption enable --server {endpoint.server}",
+            )
+        if (
+            "CERTIFICATE_REQUIRED" in text
+            or "certificate required" in text
+            or "BAD_CERTIFICATE" in text
+            or "bad certificate" in text
+            or "UNKNOWN_CA" in text
+            or "unknown ca" in text
+        ):
+            return UntrustedIssuer(
+                peer,
+                "it refused this party's client certificate (mutual TLS) "
+                f"[{ssl_error.reason or 'handshake alert'}]",
+                fix="give this server a certificate from the site CA for its own host name",
+            )
+        return ConnectionFailed(peer, f"TLS handshake failed: {ssl_error.reason or text}")
+    if isinstance(exc, TimeoutError) or _find(exc, TimeoutError) is not None:
+        return PeerTimedOut(
+            peer, "no answer in time", fix="check that the server runs and the address is right"
+        )
+    refused = _find(exc, ConnectionRefusedError)
+    if refused is not None:
+        return PeerRefused(
+            peer,
+            "connection refused (nothing listens there)",
+            fix="start the server, or check its address and port: watchkeep site status",
+        )
+    if not endpoint.tls and await speaks_tls(endpoint):
+        return PlaintextToTlsPort(
+            peer,
+            "the port speaks TLS (its encryption is on) but plaintext was sent",
+            fix="connect with https; `watchkeep site status` shows each server's encryption",
+        )
+    os_error = _find(exc, OSError)
+    reason = (
+        (os_error.strerror if isinstance(os_error, OSError) else None)
+        or str(exc)
+        or type(exc).__name__
+    )
+    return ConnectionFailed(peer, reason)
