@@ -23,6 +23,10 @@ command that fixes it.
     ├── TrustError                      trust stores
     ├── StoreError                      the database
     ├── SiteRuleViolation               a site.* / trust.* rule refuses an operation
+    ├── RecordingError                  recording or playback of a camera (media)
+    │   ├── RecordingDiskFull           (watchkeep.media) ENOSPC; recording resumes with space
+    │   ├── UnknownCamera               (watchkeep.media) playback of a camera never recorded
+    │   └── InvalidPlaybackRange        (watchkeep.media) also a UsageError: end before start...
     └── ConnectionFailed                a link between watchkeep parts failed (tls boundary)
         ├── CertificateExpired
         ├── CertificateNotYetValid
@@ -64,6 +68,7 @@ __all__ = [
     "PeerRefused",
     "PeerTimedOut",
     "PlaintextToTlsPort",
+    "RecordingError",
     "SiteRuleViolation",
     "StoreError",
     "TlsToPlaintextPort",
@@ -254,6 +259,23 @@ class SiteRuleViolation(WatchkeepError):
 
     def describe(self) -> str:
         return f"[{self.code}] {self.server}: {self.reason}"
+
+
+class RecordingError(WatchkeepError):
+    """Recording or playing back a camera failed: the disk, a segment file or the index."""
+
+    def __init__(
+        self, camera: str | None, reason: str, *, path: str | None = None, fix: str | None = None
+    ) -> None:
+        super().__init__(fix=fix)
+        self.camera = camera
+        self.reason = reason
+        self.path = path
+
+    def describe(self) -> str:
+        subject = f"camera {self.camera}" if self.camera else "recordings"
+        where = f" ({self.path})" if self.path else ""
+        return f"{subject}: {self.reason}{where}"
 
 
 class ConnectionFailed(WatchkeepError):
