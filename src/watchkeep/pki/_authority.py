@@ -159,7 +159,6 @@ class CertificateAuthority:
                 f"{self.certificate.not_valid_after_utc:%Y-%m-%d}",
                 fix="ask for fewer --days, or rotate the CA first: watchkeep ca rotate",
             )
-        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         san: list[x509.GeneralName] = [x509.DNSName(h) for h in request.hosts]
         san += [x509.IPAddress(ip) for ip in request.ips]
@@ -176,9 +175,10 @@ class CertificateAuthority:
                 x509.KeyUsage(
                     digital_signature=True,
                     content_commitment=False,
-                    # RSA key exchange is not offered by our TLS policy, but RFC 5280 and the
-                    # CA/B rules allow it on RSA keys; EC keys must never carry it.
-                    key_encipherment=is_rsa,
+                    # Our TLS policy offers only ECDHE key exchange, so no key ever encrypts
+                    # a premaster secret: EC keys must not carry keyEncipherment, and the CA/B
+                    # rules discourage it beside digitalSignature on RSA keys (pkilint warns).
+                    key_encipherment=False,
                     data_encipherment=False,
                     key_agreement=False,
                     key_cert_sign=False,
