@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from cryptography.x509.verification import (
+    PolicyBuilder,
+    ServerVerifier,
+    Store,
+    VerificationError,
+)
 from pki_support import (
     openssl_verify,
     pkilint,
@@ -233,7 +238,9 @@ def test_the_cabf_allow_list_still_catches_what_it_does_not_name(
 # -- cryptography.x509.verification -------------------------------------------------------
 
 
-def server_verifier(ca: Home, subject: x509.DNSName | x509.IPAddress, when: dt.datetime) -> object:
+def server_verifier(
+    ca: Home, subject: x509.DNSName | x509.IPAddress, when: dt.datetime
+) -> ServerVerifier:
     return (
         PolicyBuilder()
         .store(Store([load_certificate(ca.ca_cert)]))
@@ -251,10 +258,10 @@ def test_cryptography_verifies_every_role_for_its_names_only(
     leaf = load_certificate(Path(record.cert_path))
     now = utcnow()
 
-    chain = server_verifier(site, x509.DNSName(host), now).verify(leaf, [])  # type: ignore[attr-defined]
+    chain = server_verifier(site, x509.DNSName(host), now).verify(leaf, [])
     assert chain[-1] == load_certificate(site.ca_cert)
     ip = x509.IPAddress(ipaddress.ip_address("192.0.2.7"))
-    server_verifier(site, ip, now).verify(leaf, [])  # type: ignore[attr-defined]
+    server_verifier(site, ip, now).verify(leaf, [])
 
     refusals = [
         server_verifier(site, x509.DNSName(unique_host()), now),  # wrong name
@@ -264,7 +271,7 @@ def test_cryptography_verifies_every_role_for_its_names_only(
     ]
     for verifier in refusals:
         with pytest.raises(VerificationError):
-            verifier.verify(leaf, [])  # type: ignore[attr-defined]
+            verifier.verify(leaf, [])
 
 
 @pytest.mark.parametrize("role", ROLES)
