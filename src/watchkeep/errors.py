@@ -171,7 +171,12 @@ class CAAlreadyExists(PKIError):
 
 class WrongPassphrase(PKIError):
     def __init__(self, path: str) -> None:
-        super().__init__(fix="pass the CA's passphrase with --passphrase-file FILE")
+        # Every command that signs takes the passphrase as --ca-passphrase-file (or from the
+        # environment); --passphrase-file belongs to `ca init`, which never decrypts.
+        super().__init__(
+            fix="pass the CA's passphrase with --ca-passphrase-file FILE "
+            "(or set WATCHKEEP_CA_PASSPHRASE_FILE)"
+        )
         self.path = path
 
     def describe(self) -> str:
