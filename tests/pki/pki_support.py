@@ -73,8 +73,14 @@ def watchkeep_command(*, script: bool = False) -> list[str]:
     return [str(WATCHKEEP_SCRIPT)] if script else [sys.executable, "-m", "watchkeep"]
 
 
-def run_process(home: Path, *argv: str | Path, script: bool = False, timeout: float = 60) -> Ran:
-    """Run watchkeep as a process of its own."""
+def run_process(
+    home: Path,
+    *argv: str | Path,
+    script: bool = False,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> Ran:
+    """Run watchkeep as a process of its own (``env`` adds to the environment)."""
     result = subprocess.run(
         [*watchkeep_command(script=script), "--home", str(home), *map(str, argv)],
         capture_output=True,
@@ -82,6 +88,7 @@ def run_process(home: Path, *argv: str | Path, script: bool = False, timeout: fl
         timeout=timeout,
         check=False,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     return Ran(result.returncode, result.stdout, result.stderr)
 
