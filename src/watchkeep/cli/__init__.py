@@ -21,6 +21,8 @@ _GROUPS = {
     "ca": "watchkeep.cli._ca",
     "cert": "watchkeep.cli._cert",
     "trust": "watchkeep.cli._trust",
+    "server": "watchkeep.cli._server",
+    "site": "watchkeep.cli._site",
 }
 
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups.required = True
     for module in _GROUPS.values():
         importlib.import_module(module).register(groups)
+    importlib.import_module("watchkeep.cli._site").register_encryption(groups)
     return parser
 
 

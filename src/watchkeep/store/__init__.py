@@ -2,6 +2,16 @@
 
 from watchkeep.store._engine import open_database
 from watchkeep.store._inventory import CertificateRecord, Inventory
-from watchkeep.store._schema import metadata
+from watchkeep.store._schema import cameras, metadata, servers, settings, site_metadata, users
 
-__all__ = ["CertificateRecord", "Inventory", "metadata", "open_database"]
+__all__ = [
+    "CertificateRecord",
+    "Inventory",
+    "cameras",
+    "metadata",
+    "open_database",
+    "servers",
+    "settings",
+    "site_metadata",
+    "users",
+]

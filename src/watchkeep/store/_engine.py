@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from watchkeep.errors import StoreError
-from watchkeep.store._schema import metadata
+from watchkeep.store._schema import metadata as inventory_metadata
 
 __all__ = ["open_database"]
 
@@ -24,8 +24,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_database(url: str) -> sa.Engine:
-    """Open (and create the tables of) the database at ``url``."""
+def open_database(url: str, metadata: sa.MetaData = inventory_metadata) -> sa.Engine:
+    """Open the database at ``url`` and create the tables of ``metadata`` that are missing."""
     try:
         engine = sa.create_engine(url)
         if engine.dialect.name == "sqlite":

@@ -1,0 +1,13 @@
+"""The client library used by the CLI, the servers and tests."""
+
+from watchkeep.client._http import ApiError, SiteResolver, call_json, open_session
+from watchkeep.client._site import SiteClient, SiteConnection
+
+__all__ = [
+    "ApiError",
+    "SiteClient",
+    "SiteConnection",
+    "SiteResolver",
+    "call_json",
+    "open_session",
+]

@@ -1,0 +1,120 @@
+"""HTTP(S) to watchkeep servers: host names resolved from the site, every certificate
+verified, every failure translated into a watchkeep error."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.tls import Endpoint, explain_connection_failure
+
+__all__ = ["ApiError", "SiteResolver", "call_json", "open_session"]
+
+
+class ApiError(WatchkeepError):
+    """A server answered with an RFC 9457 problem document."""
+
+    def __init__(self, status: int, document: Mapping[str, Any], endpoint: Endpoint) -> None:
+        super().__init__(fix=str(document.get("fix") or "") or None)
+        self.status = status
+        self.document = dict(document)
+        self.code = str(document.get("code") or "")
+        self.endpoint = endpoint
+
+    def describe(self) -> str:
+        code = f"[{self.code}] " if self.code else ""
+        server = self.document.get("server") or self.endpoint.server
+        detail = self.document.get("detail") or self.document.get("title") or f"HTTP {self.status}"
+        return f"{self.endpoint.server} refused: {code}{server}: {detail}"
+
+
+class SiteResolver(AbstractResolver):
+    """Resolves the site's host names to the addresses the site records (no DNS needed
+    on a site of loopback addresses); other names go to the system resolver."""
+
+    def __init__(self, hosts: Mapping[str, str]) -> None:
+        self.hosts = dict(hosts)
+        self._fallback = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        address = self.hosts.get(host.lower())
+        if address is None:
+            return await self._fallback.resolve(host, port, family)
+        fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=fam,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+
+def open_session(
+    hosts: Mapping[str, str], *, timeout: float = 10.0, limit: int = 100
+) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        resolver=SiteResolver(hosts), limit=limit, ttl_dns_cache=None, use_dns_cache=False
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
+    )
+
+
+async def call_json(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    method: str,
+    path: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    body: Any = None,
+    token: str | None = None,
+    trust_dir: str | None = None,
+) -> Any:
+    """One JSON request; returns the decoded body or raises ApiError / ConnectionFailed."""
+    if endpoint.tls and ssl_context is None:
+        raise ValueError("a TLS endpoint needs an ssl_context that verifies it")
+    scheme = "https" if endpoint.tls else "http"
+    url = f"{scheme}://{endpoint.host}:{endpoint.port}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with session.request(
+            method,
+            url,
+            json=body,
+            headers=headers,
+            ssl=ssl_context if endpoint.tls and ssl_context is not None else False,
+        ) as response:
+            raw = await response.read()
+            status = response.status
+            ctype = response.content_type
+    except (aiohttp.ClientError, OSError, ssl.SSLError, TimeoutError) as exc:
+        raise await explain_connection_failure(exc, endpoint, trust_dir=trust_dir) from exc
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    if status >= 400:
+        if not isinstance(data, dict):
+            data = {"detail": raw[:200].decode(errors="replace") or f"HTTP {status}"}
+        raise ApiError(status, data, endpoint)
+    if ctype not in ("application/json", "application/problem+json") and raw:
+        raise ConnectionFailed(str(endpoint), f"expected JSON, got {ctype}")
+    return data

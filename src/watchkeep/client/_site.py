@@ -1,0 +1,147 @@
+"""The management API as the CLI and other clients use it: where the management server
+is, how to log in, and which scheme to speak (never falling back to plaintext by itself)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from watchkeep._files import atomic_write
+from watchkeep._home import Home
+from watchkeep.client._http import call_json, open_session
+from watchkeep.errors import HomeError, PlaintextToTlsPort
+from watchkeep.tls import Endpoint, TrustMaterial, client_context
+
+__all__ = ["SiteClient", "SiteConnection"]
+
+
+@dataclass(frozen=True)
+class SiteConnection:
+    """How this home reaches its site: written by `watchkeep site connect` or `demo`."""
+
+    name: str
+    host: str
+    address: str
+    port: int
+    encryption: bool
+    user: str
+    password_file: str
+    trust_store: str
+
+    @classmethod
+    def path(cls, home: Home) -> Path:
+        return home.root / "site.json"
+
+    @classmethod
+    def load(cls, home: Home) -> SiteConnection:
+        path = cls.path(home)
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except FileNotFoundError:
+            raise HomeError(
+                f"{path} does not exist: this home is not connected to a site",
+                fix=f"watchkeep --home {home.root} site connect --host MS_HOST --address ADDR "
+                "--user admin --password-file FILE",
+            ) from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise HomeError(
+                f"{path} is unreadable: {exc}", fix="run `watchkeep site connect` again"
+            ) from exc
+
+    def save(self, home: Home) -> None:
+        atomic_write(self.path(home), json.dumps(asdict(self), indent=1).encode(), mode=0o600)
+
+    def password(self) -> str:
+        try:
+            return Path(self.password_file).read_text().strip()
+        except OSError as exc:
+            raise HomeError(
+                f"cannot read the password file {self.password_file}: {exc.strerror}",
+                fix="watchkeep site connect ... --password-file FILE",
+            ) from exc
+
+
+class SiteClient:
+    """A logged-in session with the management server."""
+
+    def __init__(self, home: Home, connection: SiteConnection | None = None) -> None:
+        self.home = home
+        self.connection = connection or SiteConnection.load(home)
+        self.session: aiohttp.ClientSession | None = None
+        self.token: str | None = None
+        self.role: str | None = None
+        self.management_name: str = self.connection.name
+        self._hosts: dict[str, str] = {self.connection.host: self.connection.address}
+
+    @property
+    def trust(self) -> TrustMaterial:
+        return TrustMaterial.load(Path(self.connection.trust_store))
+
+    def endpoint(self) -> Endpoint:
+        c = self.connection
+        return Endpoint(c.name, c.host, c.address, c.port, c.encryption)
+
+    async def __aenter__(self) -> SiteClient:
+        self.session = open_session(self._hosts)
+        await self.login()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        assert self.session is not None
+        try:
+            return await self._call(method, path, body, auth=auth)
+        except PlaintextToTlsPort:
+            # The management server's encryption was turned on: follow it, and remember,
+            # so that this home never drops back to plaintext unless told over TLS.
+            self.connection = replace(self.connection, encryption=True)
+            self.connection.save(self.home)
+            return await self._call(method, path, body, auth=auth)
+
+    async def _call(self, method: str, path: str, body: Any, *, auth: bool) -> Any:
+        assert self.session is not None
+        endpoint = self.endpoint()
+        context = client_context(self.trust) if endpoint.tls else None
+        return await call_json(
+            self.session,
+            endpoint,
+            method,
+            path,
+            ssl_context=context,
+            body=body,
+            token=self.token if auth else None,
+            trust_dir=self.connection.trust_store,
+        )
+
+    async def login(self) -> None:
+        reply = await self.call(
+            "POST",
+            "/api/v1/login",
+            {"user": self.connection.user, "password": self.connection.password()},
+            auth=False,
+        )
+        self.token = str(reply["token"])
+        self.role = str(reply["role"])
+        self.management_name = str(reply.get("server") or self.connection.name)
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", "/api/v1/site/status")
+        return result
+
+    async def set_encryption(self, server: str, enabled: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", f"/api/v1/servers/{server}/encryption", {"enabled": enabled}
+        )
+        if server == self.connection.name:
+            # Told over an authenticated answer: the only way this home changes scheme down.
+            self.connection = replace(self.connection, encryption=enabled)
+            self.connection.save(self.home)
+        return result

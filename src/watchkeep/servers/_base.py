@@ -1,0 +1,206 @@
+"""What every watchkeep server process shares: start-up checks, readiness, certificate
+reload (file changes and SIGHUP), signals and an orderly stop."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from watchkeep._files import atomic_write
+from watchkeep.errors import CertificateRuleViolation, WatchkeepError
+from watchkeep.pki import fingerprint
+from watchkeep.servers._config import ServerConfig
+from watchkeep.site import CertificateStatus, Readiness
+from watchkeep.tls import (
+    ClientAuth,
+    ReloadableServerContext,
+    TrustMaterial,
+    check_server_identity,
+    client_context,
+)
+
+__all__ = ["ServerProcess", "certificate_status", "configure_logging"]
+
+log = logging.getLogger("watchkeep.servers")
+RELOAD_INTERVAL = 2.0
+
+
+def configure_logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        hosts = tuple(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        hosts = ()
+    return CertificateStatus(
+        sha256_fingerprint=fingerprint(leaf),
+        serial=format(leaf.serial_number, "x"),
+        not_after=leaf.not_valid_after_utc,
+        hosts=hosts,
+    )
+
+
+class ServerProcess(abc.ABC):
+    """Base of the management, recording and mobile servers."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stopping = asyncio.Event()
+        self.tls: ReloadableServerContext | None = None
+        self.readiness = Readiness(None, ())
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- certificates --------------------------------------------------------------------
+
+    def trust(self) -> TrustMaterial:
+        if self.config.trust_store is None:
+            return TrustMaterial(Path(), (), ())
+        return TrustMaterial.load(self.config.trust_store)
+
+    def check_certificate_at_start(self, client_auth: str = ClientAuth.NONE) -> None:
+        """Refuse to start with a certificate no peer would accept (raises with one line)."""
+        identity = self.config.identity
+        if identity is None:
+            log.warning(
+                "%s: no [tls] certificate configured; encryption cannot be turned on",
+                self.config.name,
+            )
+            self.readiness = self.compute_readiness()
+            return
+        self.tls = ReloadableServerContext(
+            identity,
+            self.config.policy,
+            client_auth=client_auth,
+            trust_dir=self.config.trust_store,
+            on_reload=lambda _leaf: self.on_certificate_reloaded(),
+        )
+        self.readiness = self.compute_readiness()
+
+    def compute_readiness(self) -> Readiness:
+        trust = self.trust()
+        try:
+            trusted = tuple(fingerprint(c) for c in trust.certificates())
+        except (OSError, ValueError):
+            trusted = ()
+        identity = self.config.identity
+        if identity is None:
+            return Readiness(
+                None,
+                trusted,
+                (
+                    (
+                        "cert.chain",
+                        "no certificate is configured",
+                        f"watchkeep cert issue --role {self.config.role.value} --host "
+                        f"{self.config.host} --out DIR, then set [tls] certificate/key/trust_store "
+                        f"in {self.config.path}",
+                    ),
+                ),
+            )
+        problems: list[tuple[str, str, str]] = []
+        status = None
+        try:
+            status = certificate_status(check_server_identity(identity, trust))
+        except CertificateRuleViolation as exc:
+            problems.append((exc.code, exc.reason, exc.fix or ""))
+        except WatchkeepError as exc:
+            problems.append(("cert.chain", exc.describe(), exc.fix or ""))
+        if status is None and self.tls is not None:
+            status = certificate_status(self.tls.certificate)
+        return Readiness(status, trusted, tuple(problems))
+
+    def on_certificate_reloaded(self) -> None:
+        self.readiness = self.compute_readiness()
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.front if self.tls is not None else None
+
+    def client_ssl_context(self, *, present_certificate: bool) -> ssl.SSLContext:
+        identity = self.config.identity if present_certificate else None
+        return client_context(self.trust(), self.config.policy, identity=identity)
+
+    async def _reload_loop(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), RELOAD_INTERVAL)
+            if self.tls is not None and self.tls.changed():
+                self.tls.reload()
+                self.readiness = self.compute_readiness()
+
+    def reload_now(self) -> None:
+        if self.tls is not None:
+            self.tls.reload()
+        self.readiness = self.compute_readiness()
+
+    # -- state kept across restarts ------------------------------------------------------
+
+    @property
+    def _state_path(self) -> Path:
+        return self.config.data_dir / "state.json"
+
+    def load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        atomic_write(self._state_path, json.dumps(state, indent=1).encode(), mode=0o600)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        return task
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the server's listeners and start its background tasks."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Release what start() took; called once, after stopping is set."""
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_now)
+        await self.start()
+        self.spawn(self._reload_loop())
+        log.info("%s: %s server ready", self.config.name, self.config.role.value)
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.shutdown()
+            log.info("%s: stopped", self.config.name)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,160 @@
+"""Server configuration files (TOML): one per server process."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchkeep._names import validate_host_name
+from watchkeep.errors import HomeError
+from watchkeep.site import DEFAULT_PORTS, ServerRole
+from watchkeep.tls import ServerIdentity, TlsPolicy
+
+__all__ = ["ManagementLink", "ServerConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class ManagementLink:
+    """How a recording or mobile server reaches the management server."""
+
+    host: str
+    address: str
+    port: int
+    registration_key: str | None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    name: str
+    role: ServerRole
+    host: str
+    address: str
+    ports: dict[str, int]
+    data_dir: Path
+    policy: TlsPolicy
+    certificate: Path | None
+    key: Path | None
+    trust_store: Path | None
+    service_account: str | None
+    heartbeat_interval: float
+    management: ManagementLink | None
+    # management server only
+    failover_after: float = 5.0
+    admin_password: str | None = None
+    registration_key: str | None = None
+    database_url: str | None = None
+    token_ttl: float = 900.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> ServerIdentity | None:
+        if self.certificate is None or self.key is None:
+            return None
+        return ServerIdentity(
+            server=self.name,
+            host=self.host,
+            chain=self.certificate,
+            key=self.key,
+            service_account=self.service_account,
+            needs_client_auth=self.role is not ServerRole.MOBILE,
+        )
+
+
+def _fail(path: Path, message: str, fix: str) -> HomeError:
+    return HomeError(f"config {path}: {message}", fix=fix)
+
+
+def _secret(base: Path, table: dict[str, Any], key: str, config: Path) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    file = (base / str(value)).resolve()
+    try:
+        text = file.read_text().strip()
+    except OSError as exc:
+        raise _fail(config, f"cannot read {key} {file}: {exc.strerror}", f"create {file}") from exc
+    if not text:
+        raise _fail(config, f"{key} {file} is empty", f"write the secret into {file}")
+    return text
+
+
+def load_config(path: Path) -> ServerConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise _fail(path, f"cannot read it: {exc.strerror}", "pass --config FILE") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(path, f"not valid TOML: {exc}", "fix the syntax (https://toml.io)") from exc
+    base = path.parent.resolve()
+    server = raw.get("server", {})
+    try:
+        role = ServerRole(str(server.get("role", "")))
+    except ValueError:
+        raise _fail(
+            path,
+            f"[server] role {server.get('role')!r} is not a server role",
+            "set role to management, recording, failover or mobile",
+        ) from None
+    for key in ("name", "host", "address"):
+        if not server.get(key):
+            raise _fail(path, f"[server] {key} is missing", f"add {key} = ... under [server]")
+    ports = dict(DEFAULT_PORTS[role])
+    for name, value in raw.get("ports", {}).items():
+        if name not in ports or not isinstance(value, int) or not 0 < value < 65536:
+            raise _fail(
+                path,
+                f"[ports] {name} = {value!r} is not a port of a {role.value} server",
+                f"use {', '.join(ports)} with numbers 1-65535",
+            )
+        ports[name] = value
+    tls = raw.get("tls", {})
+
+    def file(key: str) -> Path | None:
+        return (base / str(tls[key])).resolve() if tls.get(key) else None
+
+    link = None
+    if role is not ServerRole.MANAGEMENT:
+        ms = raw.get("management")
+        if not ms or not ms.get("host") or not ms.get("address"):
+            raise _fail(
+                path,
+                "[management] host and address are missing",
+                "add [management] host = ..., address = ..., port = 9000",
+            )
+        link = ManagementLink(
+            host=validate_host_name(str(ms["host"])),
+            address=str(ms["address"]),
+            port=int(ms.get("port", DEFAULT_PORTS[ServerRole.MANAGEMENT]["api"])),
+            registration_key=_secret(base, ms, "registration_key_file", path),
+        )
+    site = raw.get("site", {})
+    data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()
+    return ServerConfig(
+        path=path,
+        name=str(server["name"]),
+        role=role,
+        host=validate_host_name(str(server["host"])),
+        address=str(server["address"]),
+        ports=ports,
+        data_dir=data_dir,
+        policy=TlsPolicy.parse(str(server.get("tls_policy", "intermediate"))),
+        certificate=file("certificate"),
+        key=file("key"),
+        trust_store=file("trust_store"),
+        service_account=server.get("service_account") or None,
+        heartbeat_interval=float(server.get("heartbeat_interval", 1.0)),
+        management=link,
+        failover_after=float(site.get("failover_after", 5.0)),
+        admin_password=_secret(base, site, "admin_password_file", path),
+        registration_key=_secret(base, site, "registration_key_file", path),
+        database_url=site.get("database"),
+        token_ttl=float(site.get("token_ttl", 900.0)),
+        extra={
+            k: v
+            for k, v in raw.items()
+            if k not in ("server", "ports", "tls", "management", "site")
+        },
+    )

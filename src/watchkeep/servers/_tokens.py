@@ -1,0 +1,116 @@
+"""Access tokens: issued by the management server, verified offline by the others.
+
+A token is ``base64url(JSON claims) "." base64url(Ed25519 signature)``. Recording servers
+learn the management server's public key when they register, over the (mutually
+authenticated, when encrypted) management link, and need nothing else to check a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from watchkeep._files import atomic_write
+from watchkeep.errors import WatchkeepError
+
+__all__ = ["InvalidToken", "TokenSigner", "TokenVerifier"]
+
+
+class InvalidToken(WatchkeepError):
+    """A token is missing, malformed, forged, expired or for another purpose."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, key: ed25519.Ed25519PrivateKey) -> None:
+        self.key = key
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> TokenSigner:
+        if path.exists():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(key, ed25519.Ed25519PrivateKey):
+                raise WatchkeepError(f"{path} is not an Ed25519 token key", fix=f"remove {path}")
+            return cls(key)
+        key = ed25519.Ed25519PrivateKey.generate()
+        atomic_write(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            mode=0o600,
+        )
+        return cls(key)
+
+    def public_key_b64(self) -> str:
+        return _b64(
+            self.key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    def issue(self, subject: str, role: str, scope: str, ttl: float, **claims: Any) -> str:
+        now = time.time()
+        payload = {
+            "sub": subject,
+            "role": role,
+            "scope": scope,
+            "iat": int(now),
+            "exp": int(now + ttl),
+            "jti": secrets.token_hex(8),
+            **claims,
+        }
+        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+        return f"{body}.{_b64(self.key.sign(body.encode()))}"
+
+
+@dataclass(frozen=True)
+class TokenVerifier:
+    public_key: ed25519.Ed25519PublicKey
+
+    @classmethod
+    def from_b64(cls, text: str) -> TokenVerifier:
+        return cls(ed25519.Ed25519PublicKey.from_public_bytes(_unb64(text)))
+
+    def verify(self, token: str, *, scope: str, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        body, _, signature = token.partition(".")
+        if not body or not signature:
+            raise InvalidToken("the token is malformed", fix="log in again")
+        try:
+            self.public_key.verify(_unb64(signature), body.encode())
+        except (InvalidSignature, ValueError):
+            raise InvalidToken(
+                "the token's signature does not verify (forged, or from another site)",
+                fix="log in to this site's management server",
+            ) from None
+        try:
+            claims: dict[str, Any] = json.loads(_unb64(body))
+        except ValueError:
+            raise InvalidToken("the token is malformed", fix="log in again") from None
+        if float(claims.get("exp", 0)) < now:
+            raise InvalidToken("the token has expired", fix="log in again")
+        if claims.get("scope") != scope:
+            raise InvalidToken(
+                f"the token is for {claims.get('scope')!r}, not {scope!r}",
+                fix="use a token issued for this purpose",
+            )
+        return claims

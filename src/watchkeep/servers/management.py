@@ -1,0 +1,698 @@
+"""The management server: site configuration, users and tokens, the encryption rules,
+recording-server registration (mutual TLS when encrypted) and failover."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from watchkeep._names import validate_host_name
+from watchkeep.client import ApiError, call_json, open_session
+from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.pki import fingerprint
+from watchkeep.servers._base import ServerProcess, utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._listener import Listener
+from watchkeep.servers._problems import problem
+from watchkeep.servers._tokens import InvalidToken, TokenSigner, TokenVerifier
+from watchkeep.site import (
+    Camera,
+    Readiness,
+    Server,
+    ServerRole,
+    encryption_blockers,
+    plan_failover,
+)
+from watchkeep.store import cameras, open_database, servers, settings, site_metadata, users
+from watchkeep.tls import ClientAuth, Endpoint
+
+__all__ = ["ManagementServer", "hash_password", "verify_password"]
+
+log = logging.getLogger("watchkeep.management")
+
+ROLES = ("administrator", "operator")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    n, r, p = 2**14, 8, 1
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return (
+        f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    )
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    computed = hashlib.scrypt(
+        password.encode(),
+        salt=base64.b64decode(salt),
+        n=int(n),
+        r=int(r),
+        p=int(p),
+        dklen=32,
+    )
+    return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"title": "malformed JSON", "status": 400}',
+            content_type="application/problem+json",
+        ) from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text='{"title": "expected a JSON object", "status": 400}',
+            content_type="application/problem+json",
+        )
+    return body
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+class ManagementServer(ServerProcess):
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        url = config.database_url or f"sqlite:///{config.data_dir / 'site.db'}"
+        self.db = open_database(url, site_metadata)
+        self.signer = TokenSigner.load_or_create(config.data_dir / "token.key")
+        self.verifier = TokenVerifier(self.signer.key.public_key())
+        self.app = web.Application(middlewares=[self._errors], client_max_size=1 << 20)
+        self._routes()
+        self.runner = web.AppRunner(self.app, access_log=None)
+        self.listener: Listener | None = None
+        self._push_lock = asyncio.Lock()
+        self._login_failures: dict[str, list[float]] = {}
+
+    # -- database helpers ----------------------------------------------------------------
+
+    def _setting(self, key: str, default: Any) -> Any:
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).first()
+        return row[0] if row else default
+
+    def _set_setting(self, key: str, value: Any) -> None:
+        with self.db.begin() as conn:
+            if conn.execute(sa.select(settings.c.key).where(settings.c.key == key)).first():
+                conn.execute(sa.update(settings).where(settings.c.key == key).values(value=value))
+            else:
+                conn.execute(sa.insert(settings).values(key=key, value=value))
+
+    @property
+    def encryption(self) -> bool:
+        return bool(self._setting("ms_encryption", False))
+
+    def _server_rows(self) -> list[Server]:
+        now = utcnow()
+        timeout = dt.timedelta(seconds=self.config.failover_after)
+        found = []
+        with self.db.connect() as conn:
+            for row in conn.execute(sa.select(servers).order_by(servers.c.name)):
+                m = row._mapping
+                last_seen = _utc(m["last_seen"])
+                found.append(
+                    Server(
+                        name=m["name"],
+                        role=ServerRole(m["role"]),
+                        host=m["host"],
+                        address=m["address"],
+                        ports=dict(m["ports"]),
+                        encryption=bool(m["encryption"]),
+                        online=last_seen is not None and now - last_seen <= timeout,
+                        last_seen=last_seen,
+                        readiness=Readiness.from_json(m["readiness"]) if m["readiness"] else None,
+                        encrypted_now=bool(m["encrypted_now"]),
+                        covering=m["covering"],
+                    )
+                )
+        me = self._me()
+        return [me] + [s for s in found if s.name != me.name]
+
+    def _me(self) -> Server:
+        return Server(
+            name=self.config.name,
+            role=ServerRole.MANAGEMENT,
+            host=self.config.host,
+            address=self.config.address,
+            ports=dict(self.config.ports),
+            encryption=self.encryption,
+            online=True,
+            last_seen=utcnow(),
+            readiness=self.readiness,
+            encrypted_now=self.listener is not None and self.listener.tls,
+        )
+
+    def _cameras(self) -> list[Camera]:
+        with self.db.connect() as conn:
+            return [
+                Camera(r.name, r.recording_server, dict(r.source), r.current_server)
+                for r in conn.execute(sa.select(cameras).order_by(cameras.c.name))
+            ]
+
+    def _site_ca_fingerprint(self) -> str | None:
+        """The CA that issued this server's certificate: the one every party must trust."""
+        if self.tls is None:
+            return None
+        issuer = self.tls.certificate.issuer
+        for ca in self.trust().certificates():
+            if ca.subject == issuer:
+                return fingerprint(ca)
+        return None
+
+    # -- authentication ------------------------------------------------------------------
+
+    def _claims(self, request: web.Request, *, role: str | None = None) -> dict[str, Any]:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            raise _Refused(
+                problem(
+                    401,
+                    "login required",
+                    "this call needs a token from POST /api/v1/login",
+                    code="auth.token",
+                    fix="log in first",
+                )
+            )
+        try:
+            claims = self.verifier.verify(header[7:], scope="user")
+        except InvalidToken as exc:
+            raise _Refused(
+                problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
+            ) from None
+        if role == "administrator" and claims.get("role") != "administrator":
+            raise _Refused(
+                problem(
+                    403,
+                    "administrators only",
+                    f"user {claims.get('sub')} is an {claims.get('role')}; this change needs an "
+                    "administrator",
+                    code="auth.role",
+                    fix="log in as an administrator",
+                )
+            )
+        return claims
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Refused as refused:
+            return refused.response
+        except web.HTTPException as exc:
+            if exc.content_type == "application/problem+json":
+                raise
+            return problem(exc.status, exc.reason, exc.text or exc.reason)
+        except WatchkeepError as exc:
+            return problem(400, "refused", exc.describe(), fix=exc.fix)
+
+    # -- routes --------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        r = self.app.router
+        r.add_post("/api/v1/login", self.login)
+        r.add_get("/api/v1/site/status", self.site_status)
+        r.add_get("/api/v1/servers", self.list_servers)
+        r.add_post("/api/v1/servers/{name}/encryption", self.set_encryption)
+        r.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
+        r.add_get("/api/v1/cameras", self.list_cameras)
+        r.add_post("/api/v1/cameras", self.add_camera)
+        r.add_delete("/api/v1/cameras/{name}", self.delete_camera)
+        r.add_post("/api/v1/users", self.add_user)
+        r.add_get("/api/v1/token-key", self.token_key)
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        user, password = body.get("user"), body.get("password")
+        if not isinstance(user, str) or not isinstance(password, str):
+            return problem(400, "bad login", "user and password must be strings")
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == user)).first()
+        loop = asyncio.get_running_loop()
+        # scrypt costs ~50 ms: keep it off the event loop; compare against a dummy hash for
+        # unknown users so that timing does not tell which users exist.
+        stored = row.password_hash if row else _DUMMY_HASH
+        ok = await loop.run_in_executor(None, verify_password, password, stored)
+        if not row or not ok:
+            return problem(401, "login failed", "unknown user or wrong password", code="auth.login")
+        token = self.signer.issue(
+            row.name,
+            row.role,
+            "user",
+            self.config.token_ttl,
+            cameras=row.cameras if row.cameras is not None else "*",
+        )
+        return web.json_response(
+            {
+                "token": token,
+                "role": row.role,
+                "server": self.config.name,
+                "expires_in": self.config.token_ttl,
+                "token_public_key": self.signer.public_key_b64(),
+            }
+        )
+
+    async def token_key(self, _request: web.Request) -> web.Response:
+        return web.json_response({"token_public_key": self.signer.public_key_b64()})
+
+    def server_json(self, server: Server, now: dt.datetime) -> dict[str, Any]:
+        ready = server.readiness
+        cert = ready.certificate if ready else None
+        return {
+            "name": server.name,
+            "role": server.role.value,
+            "host": server.host,
+            "address": server.address,
+            "ports": server.ports,
+            "encryption": server.encryption,
+            "encrypted_now": server.encrypted_now,
+            "online": server.online,
+            "last_seen": _iso(server.last_seen),
+            "covering": server.covering,
+            "certificate": cert.as_json(now) if cert else None,
+            "problems": [
+                {"code": c, "message": m, "fix": f} for c, m, f in (ready.problems if ready else ())
+            ],
+        }
+
+    async def site_status(self, request: web.Request) -> web.Response:
+        self._claims(request)
+        now = utcnow()
+        return web.json_response(
+            {
+                "servers": [self.server_json(s, now) for s in self._server_rows()],
+                "cameras": [
+                    {
+                        "name": c.name,
+                        "recording_server": c.served_by,
+                        "assigned_server": c.recording_server,
+                        "source": c.source,
+                    }
+                    for c in self._cameras()
+                ],
+                "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
+            }
+        )
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        self._claims(request)
+        now = utcnow()
+        return web.json_response([self.server_json(s, now) for s in self._server_rows()])
+
+    async def list_cameras(self, request: web.Request) -> web.Response:
+        claims = self._claims(request)
+        allowed = claims.get("cameras", "*")
+        return web.json_response(
+            [
+                {
+                    "name": c.name,
+                    "recording_server": c.served_by,
+                    "assigned_server": c.recording_server,
+                }
+                for c in self._cameras()
+                if allowed == "*" or c.name in allowed
+            ]
+        )
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        self._claims(request, role="administrator")
+        body = await _json_body(request)
+        name, password, role = body.get("name"), body.get("password"), body.get("role", "operator")
+        cams = body.get("cameras")
+        if (
+            not isinstance(name, str)
+            or not name
+            or not isinstance(password, str)
+            or len(password) < 8
+        ):
+            return problem(
+                400, "bad user", "name and a password of at least 8 characters are needed"
+            )
+        if role not in ROLES:
+            return problem(400, "bad user", f"role must be one of {', '.join(ROLES)}")
+        if cams is not None and not (
+            isinstance(cams, list) and all(isinstance(c, str) for c in cams)
+        ):
+            return problem(400, "bad user", "cameras must be a list of camera names")
+        hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+        with self.db.begin() as conn:
+            conn.execute(sa.delete(users).where(users.c.name == name))
+            conn.execute(
+                sa.insert(users).values(name=name, role=role, password_hash=hashed, cameras=cams)
+            )
+        return web.json_response({"name": name, "role": role, "cameras": cams}, status=201)
+
+    async def add_camera(self, request: web.Request) -> web.Response:
+        self._claims(request, role="administrator")
+        body = await _json_body(request)
+        name, rs, source = body.get("name"), body.get("recording_server"), body.get("source")
+        if not isinstance(name, str) or not name or len(name) > 100:
+            return problem(400, "bad camera", "name must be a non-empty string")
+        if not isinstance(source, dict) or source.get("kind") not in ("synthetic", "mjpeg"):
+            return problem(
+                400, "bad camera", "source must be an object with kind synthetic or mjpeg"
+            )
+        known = {s.name: s for s in self._server_rows()}
+        if rs not in known or known[rs].role is not ServerRole.RECORDING:
+            return problem(
+                404,
+                "unknown recording server",
+                f"{rs!r} is not a registered recording server",
+                fix="watchkeep site status lists the recording servers",
+            )
+        with self.db.begin() as conn:
+            conn.execute(sa.delete(cameras).where(cameras.c.name == name))
+            conn.execute(sa.insert(cameras).values(name=name, recording_server=rs, source=source))
+        self._rebalance()
+        self.spawn(self.push_config())
+        return web.json_response({"name": name, "recording_server": rs}, status=201)
+
+    async def delete_camera(self, request: web.Request) -> web.Response:
+        self._claims(request, role="administrator")
+        with self.db.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(cameras).where(cameras.c.name == request.match_info["name"])
+            ).rowcount
+        if not deleted:
+            return problem(404, "unknown camera", f"no camera {request.match_info['name']!r}")
+        self.spawn(self.push_config())
+        return web.json_response({"deleted": request.match_info["name"]})
+
+    # -- encryption ----------------------------------------------------------------------
+
+    async def set_encryption(self, request: web.Request) -> web.Response:
+        self._claims(request, role="administrator")
+        body = await _json_body(request)
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            return problem(400, "bad request", "enabled must be true or false")
+        name = request.match_info["name"]
+        all_servers = self._server_rows()
+        target = next((s for s in all_servers if s.name == name), None)
+        if target is None:
+            return problem(
+                404, "unknown server", f"no server named {name!r}", fix="watchkeep site status"
+            )
+        blockers = encryption_blockers(
+            target, enabled, all_servers, ca_fingerprint=self._site_ca_fingerprint()
+        )
+        if blockers:
+            listing = "; ".join(str(b) for b in blockers)
+            return problem(
+                409,
+                "encryption change refused",
+                f"{'enabling' if enabled else 'disabling'} encryption on {name} is refused: "
+                f"{len(blockers)} problem(s): {listing}",
+                code=blockers[0].code,
+                server=name,
+                fix=blockers[0].fix,
+                blockers=[
+                    {"code": b.code, "server": b.server, "message": b.message, "fix": b.fix}
+                    for b in blockers
+                ],
+            )
+        if target.role is ServerRole.MANAGEMENT:
+            self._set_setting("ms_encryption", enabled)
+            # Switch after this answer has gone out over the old listener.
+            asyncio.get_running_loop().call_later(0.2, lambda: self.spawn(self._switch_listener()))
+        else:
+            with self.db.begin() as conn:
+                conn.execute(
+                    sa.update(servers).where(servers.c.name == name).values(encryption=enabled)
+                )
+            self.spawn(self.push_config())
+        log.info("%s: encryption %s on %s", self.config.name, "on" if enabled else "off", name)
+        return web.json_response({"server": name, "encryption": enabled})
+
+    async def _switch_listener(self) -> None:
+        assert self.listener is not None
+        want_tls = self.encryption
+        if want_tls == self.listener.tls:
+            return
+        await self.listener.restart(self.server_ssl_context() if want_tls else None)
+
+    # -- recording/mobile servers --------------------------------------------------------
+
+    def _config_for(self, server: Server, all_cameras: list[Camera]) -> dict[str, Any]:
+        mine = [c for c in all_cameras if c.served_by == server.name]
+        return {
+            "ms_encryption": self.encryption,
+            "encryption": server.encryption,
+            "token_public_key": self.signer.public_key_b64(),
+            "cameras": [{"name": c.name, "source": c.source} for c in mine],
+            "covering": server.covering,
+            "site": {
+                s.name: {
+                    "role": s.role.value,
+                    "host": s.host,
+                    "address": s.address,
+                    "ports": s.ports,
+                    "encryption": s.encryption,
+                }
+                for s in self._server_rows()
+            },
+        }
+
+    def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
+        """On an encrypted management link, the caller must prove it is ``host``."""
+        if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
+            return None
+        cert = request.transport.get_extra_info("peercert")
+        if not cert:
+            return problem(
+                401,
+                "client certificate required",
+                f"management server encryption is on: {name} must present its certificate "
+                "from the site CA (mutual TLS)",
+                code="cert.chain",
+                server=name,
+                fix="set [tls] certificate and key in the recording server's config",
+            )
+        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+        if host not in names:
+            return problem(
+                403,
+                "certificate does not match the server",
+                f"{name} registers as {host} but its certificate names {', '.join(names) or 'nothing'}",
+                code="cert.hostname",
+                server=name,
+                fix=f"watchkeep cert issue --role recording --host {host} --replace",
+            )
+        return None
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _json_body(request)
+        try:
+            role = ServerRole(str(body.get("role")))
+            host = validate_host_name(str(body.get("host", "")))
+            address = str(body["address"])
+            ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
+            readiness = Readiness.from_json(dict(body.get("readiness") or {}))
+            encrypted_now = bool(body.get("encrypted_now", False))
+        except (KeyError, TypeError, ValueError, WatchkeepError) as exc:
+            return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
+        if role is ServerRole.MANAGEMENT:
+            return problem(400, "bad heartbeat", "a management server does not register")
+        key = self.config.registration_key
+        if key and not hmac.compare_digest(str(body.get("registration_key", "")), key):
+            return problem(
+                401,
+                "registration refused",
+                f"{name} presented no or a wrong registration key",
+                code="auth.registration",
+                server=name,
+                fix="copy the site's registration key file into the server's [management] section",
+            )
+        refused = self._check_peer(request, name, host)
+        if refused is not None:
+            return refused
+        existing = next((s for s in self._server_rows() if s.name == name), None)
+        encryption = existing.encryption if existing else False
+        if self.encryption and role.records:
+            if not readiness.ready:
+                problems = (
+                    "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) or "no certificate"
+                )
+                return problem(
+                    409,
+                    "recording server not encrypted",
+                    f"management server encryption is on, so every recording server must be "
+                    f"encrypted, but {name} cannot be: {problems}",
+                    code="site.ms_requires_all_rs",
+                    server=name,
+                    fix=f"give {name} a valid certificate and the site CA, or first: "
+                    f"watchkeep encryption disable --server {self.config.name}",
+                )
+            encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
+        values = {
+            "role": role.value,
+            "host": host,
+            "address": address,
+            "ports": ports,
+            "encryption": encryption,
+            "encrypted_now": encrypted_now,
+            "last_seen": utcnow(),
+            "readiness": readiness.as_json(utcnow()),
+        }
+        with self.db.begin() as conn:
+            if existing is None:
+                conn.execute(sa.insert(servers).values(name=name, extra={}, **values))
+                log.info(
+                    "%s: %s server %s registered (%s, %s)",
+                    self.config.name,
+                    role.value,
+                    name,
+                    host,
+                    address,
+                )
+            else:
+                conn.execute(sa.update(servers).where(servers.c.name == name).values(**values))
+        if existing is None or not existing.online:
+            self._rebalance()
+        me = next(s for s in self._server_rows() if s.name == name)
+        return web.json_response(self._config_for(me, self._cameras()))
+
+    # -- failover ------------------------------------------------------------------------
+
+    def _rebalance(self) -> list[str]:
+        """Apply the failover plan; returns the servers whose camera set changed."""
+        all_servers = self._server_rows()
+        moves, covering = plan_failover(
+            all_servers,
+            self._cameras(),
+            now=utcnow(),
+            timeout=dt.timedelta(seconds=self.config.failover_after),
+        )
+        changed: set[str] = set()
+        with self.db.begin() as conn:
+            for fo, target in covering.items():
+                current = next(s.covering for s in all_servers if s.name == fo)
+                if current != target:
+                    conn.execute(
+                        sa.update(servers).where(servers.c.name == fo).values(covering=target)
+                    )
+                    changed.add(fo)
+            for move in moves:
+                conn.execute(
+                    sa.update(cameras)
+                    .where(cameras.c.name == move.camera)
+                    .values(current_server=move.to_server)
+                )
+                log.warning("%s: camera %s: %s", self.config.name, move.camera, move.reason)
+                changed.add(move.to_server)
+        return sorted(changed)
+
+    async def _failover_loop(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(min(1.0, self.config.failover_after / 4))
+            if self._rebalance():
+                await self.push_config()
+
+    async def push_config(self) -> None:
+        """Tell every online recording server its configuration now, over the control link.
+
+        Heartbeat answers carry the same configuration, so a push that fails is repaired
+        within one heartbeat."""
+        async with self._push_lock:
+            all_cameras = self._cameras()
+            targets = [s for s in self._server_rows() if s.role.records and s.online]
+            if not targets:
+                return
+            tls = self.encryption
+            context = self.client_ssl_context(present_certificate=True) if tls else None
+            token = self.signer.issue(self.config.name, "management", "control", 60)
+            hosts = {s.host: s.address for s in targets}
+            async with open_session(hosts, timeout=3) as session:
+                for server in targets:
+                    endpoint = Endpoint(
+                        server.name, server.host, server.address, server.ports["control"], tls
+                    )
+                    try:
+                        await call_json(
+                            session,
+                            endpoint,
+                            "POST",
+                            "/control/v1/config",
+                            ssl_context=context,
+                            body=self._config_for(server, all_cameras),
+                            token=token,
+                        )
+                    except (ConnectionFailed, ApiError) as exc:
+                        log.warning(
+                            "%s: config push to %s failed: %s", self.config.name, server.name, exc
+                        )
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def _bootstrap_admin(self) -> None:
+        with self.db.connect() as conn:
+            any_user = conn.execute(sa.select(users.c.name).limit(1)).first()
+        if any_user is None and self.config.admin_password:
+            with self.db.begin() as conn:
+                conn.execute(
+                    sa.insert(users).values(
+                        name="admin",
+                        role="administrator",
+                        password_hash=hash_password(self.config.admin_password),
+                        cameras=None,
+                    )
+                )
+            log.info("%s: created user admin (administrator)", self.config.name)
+
+    async def start(self) -> None:
+        # Recording servers dial in with their certificates when the link is encrypted.
+        self.check_certificate_at_start(ClientAuth.OPTIONAL)
+        if self.encryption and self.tls is None:
+            raise WatchkeepError(
+                f"{self.config.name}: encryption is on but no certificate is configured in "
+                f"{self.config.path}",
+                fix="set [tls] certificate, key and trust_store",
+            )
+        self._bootstrap_admin()
+        await self.runner.setup()
+        self.listener = Listener(
+            self.config.name, "api", self.runner, self.config.address, self.config.ports["api"]
+        )
+        await self.listener.start(self.server_ssl_context() if self.encryption else None)
+        self.spawn(self._failover_loop())
+
+    async def shutdown(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.runner.cleanup()
+        self.db.dispose()
+
+
+_DUMMY_HASH = hash_password(secrets.token_hex(16))

@@ -1,0 +1,183 @@
+"""The site's encryption and failover rules, as pure functions over the site model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from watchkeep.site._model import Camera, Server, ServerRole
+
+__all__ = [
+    "Blocker",
+    "FailoverMove",
+    "encryption_blockers",
+    "plan_failover",
+]
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One reason an encryption change is refused: the rule, the server, why, the fix."""
+
+    code: str
+    server: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.server}: {self.message}; fix: {self.fix}"
+
+
+def _readiness_blockers(server: Server, ca_fingerprint: str | None) -> list[Blocker]:
+    code_for_role = (
+        "site.failover_prepared" if server.role is ServerRole.FAILOVER else "trust.installed"
+    )
+    if not server.online or server.readiness is None:
+        return [
+            Blocker(
+                code_for_role if server.role is ServerRole.FAILOVER else "cert.validity",
+                server.name,
+                "the server is offline, so its certificate and trust store cannot be checked",
+                f"start it: watchkeep server run {server.role.value} --config FILE",
+            )
+        ]
+    found: list[Blocker] = []
+    ready = server.readiness
+    for code, message, fix in ready.problems:
+        if server.role is ServerRole.FAILOVER and code.startswith("cert."):
+            code = "site.failover_prepared"
+        found.append(Blocker(code, server.name, message, fix))
+    if ready.certificate is None and not ready.problems:
+        found.append(
+            Blocker(
+                code_for_role if server.role is ServerRole.FAILOVER else "cert.chain",
+                server.name,
+                "no certificate is installed",
+                f"watchkeep cert issue --role {server.role.value} --host {server.host} "
+                "--out DIR, and set [tls] in its config",
+            )
+        )
+    if ca_fingerprint and ca_fingerprint not in ready.trusted_ca_fingerprints:
+        found.append(
+            Blocker(
+                "trust.installed",
+                server.name,
+                "its trust store does not hold the site CA",
+                "watchkeep trust install --store DIR (the server's [tls] trust_store)",
+            )
+        )
+    return found
+
+
+def encryption_blockers(
+    target: Server,
+    enable: bool,
+    servers: Sequence[Server],
+    *,
+    ca_fingerprint: str | None,
+) -> list[Blocker]:
+    """Everything that stops turning ``target``'s encryption on (or off); empty means go.
+
+    site.ms_requires_all_rs: the management server's encryption needs every recording and
+    failover server encrypted first, and no recording server may drop its encryption while
+    the management server's is on. trust.installed / site.failover_prepared: a server (and
+    the failover servers standing by for recording servers) must hold a valid certificate
+    and trust the site CA before its encryption is turned on.
+    """
+    blockers: list[Blocker] = []
+    recorders = [s for s in servers if s.role.records]
+    management = next((s for s in servers if s.role is ServerRole.MANAGEMENT), None)
+    if enable:
+        blockers += _readiness_blockers(target, ca_fingerprint)
+        if target.role is ServerRole.MANAGEMENT:
+            for rs in recorders:
+                if not rs.encryption:
+                    blockers.append(
+                        Blocker(
+                            "site.ms_requires_all_rs",
+                            rs.name,
+                            f"encryption is off on this {rs.role.value} server; management "
+                            "server encryption needs every recording server encrypted",
+                            f"watchkeep encryption enable --server {rs.name}",
+                        )
+                    )
+            for rs in recorders:
+                blockers += [
+                    b for b in _readiness_blockers(rs, ca_fingerprint) if b not in blockers
+                ]
+        if target.role is ServerRole.RECORDING:
+            for fo in (s for s in servers if s.role is ServerRole.FAILOVER):
+                blockers += [
+                    b
+                    for b in _readiness_blockers(fo, ca_fingerprint)
+                    if b.code in ("site.failover_prepared", "trust.installed")
+                ]
+    elif target.role.records and management is not None and management.encryption:
+        blockers.append(
+            Blocker(
+                "site.ms_requires_all_rs",
+                target.name,
+                "the management server's encryption is on, so this recording server must stay "
+                "encrypted",
+                f"first: watchkeep encryption disable --server {management.name}",
+            )
+        )
+    return blockers
+
+
+@dataclass(frozen=True)
+class FailoverMove:
+    camera: str
+    to_server: str
+    reason: str
+
+
+def plan_failover(
+    servers: Sequence[Server],
+    cameras: Sequence[Camera],
+    *,
+    now: dt.datetime,
+    timeout: dt.timedelta,
+) -> tuple[list[FailoverMove], dict[str, str | None]]:
+    """Decide where each camera records now.
+
+    A recording server silent for longer than ``timeout`` hands its cameras to a free,
+    online failover server (cold standby: one failover server covers one recording server
+    at a time, taken in name order); when it is heard again, its cameras go back.
+    Returns the camera moves and the new ``covering`` of every failover server.
+    """
+
+    def alive(s: Server) -> bool:
+        return s.online and s.last_seen is not None and now - s.last_seen <= timeout
+
+    by_name = {s.name: s for s in servers}
+    failovers = sorted((s for s in servers if s.role is ServerRole.FAILOVER), key=lambda s: s.name)
+    covering: dict[str, str | None] = {f.name: f.covering for f in failovers}
+    # A failover server that died, or whose recording server is back, stops covering.
+    for fo in failovers:
+        target = covering[fo.name]
+        if target is None:
+            continue
+        if not alive(fo) or (target in by_name and alive(by_name[target])):
+            covering[fo.name] = None
+    for rs in sorted((s for s in servers if s.role is ServerRole.RECORDING), key=lambda s: s.name):
+        if alive(rs) or rs.name in covering.values():
+            continue
+        if not any(c.recording_server == rs.name for c in cameras):
+            continue
+        free = next((f for f in failovers if alive(f) and covering[f.name] is None), None)
+        if free is not None:
+            covering[free.name] = rs.name
+    covered = {target: fo for fo, target in covering.items() if target is not None}
+    moves = []
+    for cam in cameras:
+        want = covered.get(cam.recording_server, cam.recording_server)
+        if cam.served_by != want:
+            reason = (
+                f"{cam.recording_server} is offline; {want} takes over"
+                if want != cam.recording_server
+                else f"{cam.recording_server} is back"
+            )
+            moves.append(FailoverMove(cam.name, want, reason))
+    return moves, covering

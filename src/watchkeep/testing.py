@@ -1,0 +1,309 @@
+"""A whole site on one machine, for tests, benchmarks and `watchkeep demo`.
+
+``LocalSite`` lays out a site under one directory the way an administrator would: a CA
+home, a certificate, key, trust store and config file per server (each server on its own
+loopback address and host name), and runs each server as its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchkeep._home import Home
+from watchkeep.pki import KeyType, Role, SitePKI
+from watchkeep.site import DEFAULT_PORTS, ServerRole
+from watchkeep.trust import DirectoryTrustStore
+
+__all__ = ["LocalServer", "LocalSite", "free_loopback_network"]
+
+ADMIN_PASSWORD_LENGTH = 24
+
+
+def free_loopback_network() -> str:
+    """A random 127.x.y network prefix, so that sites of parallel or successive runs never
+    meet on the same addresses and ports."""
+    return f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
+
+
+@dataclass
+class LocalServer:
+    name: str
+    role: ServerRole
+    host: str
+    address: str
+    ports: dict[str, int]
+    directory: Path
+    config: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.directory / "tls"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.directory / "trust"
+
+    @property
+    def cert_role(self) -> Role:
+        return Role(self.role.value)
+
+    @property
+    def chain(self) -> Path:
+        return self.tls_dir / f"{self.role.value}-{self.host}.chain.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.tls_dir / f"{self.role.value}-{self.host}.key"
+
+
+class LocalSite:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        network: str | None = None,
+        domain: str = "site.test",
+        key_type: KeyType = KeyType.ECDSA_P256,
+        failover_after: float = 3.0,
+        heartbeat_interval: float = 0.5,
+    ) -> None:
+        self.root = root
+        self.network = network or free_loopback_network()
+        self.domain = domain
+        self.key_type = key_type
+        self.failover_after = failover_after
+        self.heartbeat_interval = heartbeat_interval
+        self.home = Home(root / "admin")
+        self.servers: dict[str, LocalServer] = {}
+        self._next_host = 2
+        self.password_file = root / "admin" / "admin-password"
+        self.registration_key_file = root / "admin" / "registration-key"
+        self.pki = SitePKI(self.home)
+
+    # -- laying out ----------------------------------------------------------------------
+
+    def init_ca(self, name: str = "watchkeep Test Site CA") -> None:
+        self.home.ensure()
+        self.pki.init_ca(name, key_type=KeyType.ECDSA_P256)
+        self.password_file.write_text(secrets.token_urlsafe(ADMIN_PASSWORD_LENGTH) + "\n")
+        self.password_file.chmod(0o600)
+        self.registration_key_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.registration_key_file.chmod(0o600)
+        DirectoryTrustStore(self.home.trust_dir).install(self.pki.ca_certificate())
+        self.refresh_crl(self.home.trust_dir)
+
+    def refresh_crl(self, trust_dir: Path) -> None:
+        DirectoryTrustStore(trust_dir).install_crl(self.home.crl.read_bytes())
+
+    def add_server(
+        self,
+        name: str,
+        role: ServerRole,
+        *,
+        certificate: bool = True,
+        trust: bool = True,
+        ports: dict[str, int] | None = None,
+    ) -> LocalServer:
+        address = f"{self.network}.{self._next_host}"
+        self._next_host += 1
+        host = f"{name}.{self.domain}"
+        directory = self.root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        server = LocalServer(
+            name=name,
+            role=role,
+            host=host,
+            address=address,
+            ports=dict(ports or DEFAULT_PORTS[role]),
+            directory=directory,
+            config=directory / "server.toml",
+            log=directory / "server.log",
+        )
+        self.servers[name] = server
+        if certificate:
+            self.issue(server)
+        if trust:
+            self.trust(server)
+        self.write_config(server)
+        return server
+
+    def issue(self, server: LocalServer, **kwargs: Any) -> None:
+        self.pki.issue(
+            server.cert_role,
+            [server.host],
+            ips=[server.address],
+            key_type=self.key_type,
+            out=server.tls_dir,
+            replace=True,
+            **kwargs,
+        )
+
+    def trust(self, server: LocalServer) -> None:
+        DirectoryTrustStore(server.trust_dir).install(self.pki.ca_certificate())
+        self.refresh_crl(server.trust_dir)
+
+    @property
+    def management(self) -> LocalServer:
+        return next(s for s in self.servers.values() if s.role is ServerRole.MANAGEMENT)
+
+    def write_config(self, server: LocalServer) -> None:
+        lines = [
+            "[server]",
+            f'name = "{server.name}"',
+            f'role = "{server.role.value}"',
+            f'host = "{server.host}"',
+            f'address = "{server.address}"',
+            'data_dir = "data"',
+            f"heartbeat_interval = {self.heartbeat_interval}",
+            "",
+            "[ports]",
+            *[f"{k} = {v}" for k, v in server.ports.items()],
+            "",
+            "[tls]",
+            f'certificate = "{server.chain}"',
+            f'key = "{server.key}"',
+            f'trust_store = "{server.trust_dir}"',
+            "",
+        ]
+        if server.role is ServerRole.MANAGEMENT:
+            lines += [
+                "[site]",
+                f'admin_password_file = "{self.password_file}"',
+                f'registration_key_file = "{self.registration_key_file}"',
+                f"failover_after = {self.failover_after}",
+                "",
+            ]
+        else:
+            ms = self.management
+            lines += [
+                "[management]",
+                f'host = "{ms.host}"',
+                f'address = "{ms.address}"',
+                f"port = {ms.ports['api']}",
+                f'registration_key_file = "{self.registration_key_file}"',
+                "",
+            ]
+        for table, values in server.extra.items():
+            lines.append(f"[{table}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+            lines.append("")
+        server.config.write_text("\n".join(lines))
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self, name: str, *, wait: bool = True) -> LocalServer:
+        server = self.servers[name]
+        assert server.log is not None
+        log = server.log.open("ab")
+        role = "recording" if server.role.records else server.role.value
+        server.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "watchkeep",
+                "server",
+                "run",
+                role,
+                "--config",
+                str(server.config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        if wait:
+            self.wait_listening(server)
+        return server
+
+    def wait_listening(self, server: LocalServer, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        port = next(iter(server.ports.values()))
+        while time.monotonic() < deadline:
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(
+                    f"{server.name} exited with status {server.process.returncode}:\n{self.log_text(server.name)}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((server.address, port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(
+            f"{server.name} did not listen on {server.address}:{port}:\n{self.log_text(server.name)}"
+        )
+
+    def log_text(self, name: str) -> str:
+        log = self.servers[name].log
+        return log.read_text(errors="replace") if log and log.exists() else ""
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        server = self.servers[name]
+        process = server.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        server.process = None
+        return process.returncode
+
+    def kill(self, name: str) -> None:
+        self.stop(name, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for name in list(self.servers):
+            self.stop(name)
+
+    def connect_cli(self) -> None:
+        """Write the CLI's site.json for the admin home (as `watchkeep site connect` would)."""
+        from watchkeep.client import SiteConnection
+
+        ms = self.management
+        SiteConnection(
+            name=ms.name,
+            host=ms.host,
+            address=ms.address,
+            port=ms.ports["api"],
+            encryption=False,
+            user="admin",
+            password_file=str(self.password_file),
+            trust_store=str(self.home.trust_dir),
+        ).save(self.home)
+
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "watchkeep", "--home", str(self.home.root), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
