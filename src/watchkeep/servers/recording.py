@@ -3,22 +3,17 @@ server, heartbeats, takes its configuration, and serves data streams and the con
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from watchkeep.client import ApiError, call_json, open_session
-from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort, TlsToPlaintextPort
-from watchkeep.servers._base import ServerProcess
 from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
-from watchkeep.servers._tokens import InvalidToken, TokenVerifier
-from watchkeep.tls import ClientAuth, Endpoint, ReloadableServerContext, ServerIdentity
+from watchkeep.tls import ClientAuth, ReloadableServerContext, ServerIdentity
 
 __all__ = ["RecordingServer"]
 
@@ -26,25 +21,12 @@ log = logging.getLogger("watchkeep.recording")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class RecordingServer(ServerProcess):
+class RecordingServer(LinkedServer):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        assert config.management is not None
-        self.link = config.management
-        state = self.load_state()
-        self.ms_encryption: bool = bool(state.get("ms_encryption", False))
-        self.encryption: bool = bool(state.get("encryption", False))
-        self.camera_config: list[dict[str, Any]] = list(state.get("cameras", []))
-        self.covering: str | None = state.get("covering")
-        self.site: dict[str, Any] = dict(state.get("site", {}))
-        key = state.get("token_public_key")
-        self.verifier: TokenVerifier | None = TokenVerifier.from_b64(key) if key else None
-        self.registered = asyncio.Event()
-        self.last_refusal: str | None = None
-
-        self.data_app = web.Application(middlewares=[self._auth("user")])
+        self.data_app = web.Application(middlewares=[self.token_middleware("user")])
         self.data_app.router.add_get("/api/v1/status", self.status)
-        self.control_app = web.Application(middlewares=[self._auth("control")])
+        self.control_app = web.Application(middlewares=[self.token_middleware("control")])
         self.control_app.router.add_post("/control/v1/config", self.receive_config)
         self.control_app.router.add_get("/control/v1/status", self.status)
         self.data_runner = web.AppRunner(self.data_app, access_log=None)
@@ -53,33 +35,7 @@ class RecordingServer(ServerProcess):
         self.control: Listener | None = None
         self._control_tls: ReloadableServerContext | None = None
 
-    # -- tokens --------------------------------------------------------------------------
-
-    def _auth(self, scope: str) -> Any:
-        @web.middleware
-        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            header = request.headers.get("Authorization", "")
-            token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-            if self.verifier is None:
-                return problem(
-                    503,
-                    "not registered",
-                    f"{self.config.name} has not registered with the management server yet",
-                    server=self.config.name,
-                )
-            try:
-                request["claims"] = self.verifier.verify(token, scope=scope)
-            except InvalidToken as exc:
-                return problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
-            if scope == "control":
-                refused = self._check_management_peer(request)
-                if refused is not None:
-                    return refused
-            return await handler(request)
-
-        return middleware
-
-    def _check_management_peer(self, request: web.Request) -> web.Response | None:
+    def check_control_peer(self, request: web.Request) -> web.Response | None:
         """On an encrypted control link only the management server's certificate is let in
         (any certificate of the site CA verifies; its names must be the management server's)."""
         transport = request.transport
@@ -116,7 +72,7 @@ class RecordingServer(ServerProcess):
         }
 
     async def receive_config(self, request: web.Request) -> web.Response:
-        if request["claims"].get("sub") != self.link_name():
+        if request["claims"].get("sub") != self.management_name():
             return problem(
                 403,
                 "not the management server",
@@ -131,38 +87,8 @@ class RecordingServer(ServerProcess):
         await self.apply_config(config)
         return web.json_response(self.status_json())
 
-    def link_name(self) -> str:
-        # The management server's name as it signs control tokens; learnt from the site map.
-        for name, info in self.site.items():
-            if info.get("role") == "management":
-                return str(name)
-        return ""
-
-    # -- configuration from the management server ----------------------------------------
-
-    async def apply_config(self, config: dict[str, Any]) -> None:
-        key = config.get("token_public_key")
-        if isinstance(key, str):
-            self.verifier = TokenVerifier.from_b64(key)
-        self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
-        self.encryption = bool(config.get("encryption", self.encryption))
-        self.covering = config.get("covering")
-        if isinstance(config.get("site"), dict):
-            self.site = dict(config["site"])
-        cams = config.get("cameras")
-        if isinstance(cams, list):
-            await self.set_cameras([c for c in cams if isinstance(c, dict) and "name" in c])
-        self.save_state(
-            {
-                "ms_encryption": self.ms_encryption,
-                "encryption": self.encryption,
-                "cameras": self.camera_config,
-                "covering": self.covering,
-                "site": self.site,
-                "token_public_key": key if isinstance(key, str) else None,
-            }
-        )
-        await self.reconcile_listeners()
+    def encrypted_now(self) -> bool:
+        return bool(self.data and self.data.tls)
 
     async def set_cameras(self, cams: list[dict[str, Any]]) -> None:
         if [c["name"] for c in cams] != [c["name"] for c in self.camera_config]:
@@ -202,73 +128,6 @@ class RecordingServer(ServerProcess):
         if self._control_tls is not None:
             self._control_tls.reload()
 
-    # -- heartbeats ----------------------------------------------------------------------
-
-    def heartbeat_body(self) -> dict[str, Any]:
-        from watchkeep.servers._base import utcnow
-
-        return {
-            "role": self.config.role.value,
-            "host": self.config.host,
-            "address": self.config.address,
-            "ports": self.config.ports,
-            "readiness": self.readiness.as_json(utcnow()),
-            "encrypted_now": bool(self.data and self.data.tls),
-            "registration_key": self.link.registration_key or "",
-        }
-
-    async def heartbeat_once(self, session: Any) -> None:
-        tls = self.ms_encryption
-        endpoint = Endpoint(
-            "management server", self.link.host, self.link.address, self.link.port, tls
-        )
-        context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
-        try:
-            config = await call_json(
-                session,
-                endpoint,
-                "POST",
-                f"/api/v1/servers/{self.config.name}/heartbeat",
-                ssl_context=context,
-                body=self.heartbeat_body(),
-                trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
-            )
-        except PlaintextToTlsPort:
-            # The management server turned encryption on: follow it (never the other way
-            # round without being told over the encrypted link).
-            log.info(
-                "%s: the management server now speaks TLS; switching the link", self.config.name
-            )
-            self.ms_encryption = True
-            return
-        except TlsToPlaintextPort as exc:
-            self._refused(
-                str(exc) + " (staying encrypted: a plaintext management link is refused "
-                "unless the management server announced it over TLS)"
-            )
-            return
-        except (ConnectionFailed, ApiError) as exc:
-            self._refused(str(exc))
-            return
-        if self.last_refusal is not None:
-            log.info("%s: registered with the management server again", self.config.name)
-        self.last_refusal = None
-        if isinstance(config, dict):
-            await self.apply_config(config)
-        self.registered.set()
-
-    def _refused(self, message: str) -> None:
-        if message != self.last_refusal:
-            log.error("%s: %s", self.config.name, message)
-        self.last_refusal = message
-
-    async def _heartbeat_loop(self) -> None:
-        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
-            while not self.stopping.is_set():
-                await self.heartbeat_once(session)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)
-
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -292,7 +151,7 @@ class RecordingServer(ServerProcess):
         can_tls = self.tls is not None
         await self.data.start(self.server_ssl_context() if self.encryption and can_tls else None)
         await self.control.start(self._control_ssl() if self.ms_encryption and can_tls else None)
-        self.spawn(self._heartbeat_loop())
+        self.spawn(self.heartbeat_loop())
 
     async def shutdown(self) -> None:
         for listener in (self.data, self.control):

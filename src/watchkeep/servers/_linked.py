@@ -1,0 +1,198 @@
+"""What recording and mobile servers share: the link to the management server.
+
+They register and heartbeat over it, take their configuration from its answers (or from a
+push on the control link), verify its tokens offline with the key it hands out, and keep
+that state across restarts.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from watchkeep.client import ApiError, call_json, open_session
+from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort, TlsToPlaintextPort
+from watchkeep.servers._base import ServerProcess, utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._problems import problem
+from watchkeep.servers._tokens import InvalidToken, TokenVerifier
+from watchkeep.tls import Endpoint
+
+__all__ = ["LinkedServer"]
+
+log = logging.getLogger("watchkeep.servers")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LinkedServer(ServerProcess):
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        assert config.management is not None
+        self.link = config.management
+        state = self.load_state()
+        self.ms_encryption: bool = bool(state.get("ms_encryption", False))
+        self.encryption: bool = bool(state.get("encryption", False))
+        self.camera_config: list[dict[str, Any]] = list(state.get("cameras", []))
+        self.covering: str | None = state.get("covering")
+        self.site: dict[str, Any] = dict(state.get("site", {}))
+        self.site_cameras: list[dict[str, Any]] = list(state.get("site_cameras", []))
+        self._token_key: str | None = state.get("token_public_key")
+        self.verifier: TokenVerifier | None = (
+            TokenVerifier.from_b64(self._token_key) if self._token_key else None
+        )
+        self.registered = asyncio.Event()
+        self.last_refusal: str | None = None
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def token_middleware(self, scope: str) -> Any:
+        """Every request needs a token of ``scope`` signed by this site's management server."""
+
+        @web.middleware
+        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path in self.public_paths:
+                return await handler(request)
+            header = request.headers.get("Authorization", "")
+            token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+            if self.verifier is None:
+                return problem(
+                    503,
+                    "not registered",
+                    f"{self.config.name} has not registered with the management server yet",
+                    server=self.config.name,
+                )
+            try:
+                request["claims"] = self.verifier.verify(token, scope=scope)
+            except InvalidToken as exc:
+                return problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
+            if scope == "control":
+                refused = self.check_control_peer(request)
+                if refused is not None:
+                    return refused
+            return await handler(request)
+
+        return middleware
+
+    public_paths: frozenset[str] = frozenset()
+
+    def check_control_peer(self, request: web.Request) -> web.Response | None:
+        return None
+
+    def management_name(self) -> str:
+        # The management server's name as it signs control tokens; learnt from the site map.
+        for name, info in self.site.items():
+            if info.get("role") == "management":
+                return str(name)
+        return ""
+
+    # -- configuration from the management server ----------------------------------------
+
+    async def apply_config(self, config: dict[str, Any]) -> None:
+        key = config.get("token_public_key")
+        if isinstance(key, str) and key != self._token_key:
+            self._token_key = key
+            self.verifier = TokenVerifier.from_b64(key)
+        self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
+        self.encryption = bool(config.get("encryption", self.encryption))
+        self.covering = config.get("covering")
+        if isinstance(config.get("site"), dict):
+            self.site = dict(config["site"])
+        if isinstance(config.get("site_cameras"), list):
+            self.site_cameras = [c for c in config["site_cameras"] if isinstance(c, dict)]
+        cams = config.get("cameras")
+        if isinstance(cams, list):
+            await self.set_cameras([c for c in cams if isinstance(c, dict) and "name" in c])
+        self.save_state(
+            {
+                "ms_encryption": self.ms_encryption,
+                "encryption": self.encryption,
+                "cameras": self.camera_config,
+                "covering": self.covering,
+                "site": self.site,
+                "site_cameras": self.site_cameras,
+                "token_public_key": self._token_key,
+            }
+        )
+        await self.reconcile_listeners()
+
+    async def set_cameras(self, cams: list[dict[str, Any]]) -> None:
+        self.camera_config = cams
+
+    @abc.abstractmethod
+    async def reconcile_listeners(self) -> None:
+        """Bring the listeners in line with the encryption settings."""
+
+    @abc.abstractmethod
+    def encrypted_now(self) -> bool:
+        """Whether this server's client-facing listener speaks TLS right now."""
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        return {
+            "role": self.config.role.value,
+            "host": self.config.host,
+            "address": self.config.address,
+            "ports": self.config.ports,
+            "readiness": self.readiness.as_json(utcnow()),
+            "encrypted_now": self.encrypted_now(),
+            "registration_key": self.link.registration_key or "",
+        }
+
+    async def heartbeat_once(self, session: Any) -> None:
+        tls = self.ms_encryption
+        endpoint = Endpoint(
+            "management server", self.link.host, self.link.address, self.link.port, tls
+        )
+        context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
+        try:
+            config = await call_json(
+                session,
+                endpoint,
+                "POST",
+                f"/api/v1/servers/{self.config.name}/heartbeat",
+                ssl_context=context,
+                body=self.heartbeat_body(),
+                trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
+            )
+        except PlaintextToTlsPort:
+            # The management server turned encryption on: follow it (never the other way
+            # round without being told over the encrypted link).
+            log.info(
+                "%s: the management server now speaks TLS; switching the link", self.config.name
+            )
+            self.ms_encryption = True
+            return
+        except TlsToPlaintextPort as exc:
+            self._refused(
+                str(exc) + " (staying encrypted: a plaintext management link is refused "
+                "unless the management server announced it over TLS)"
+            )
+            return
+        except (ConnectionFailed, ApiError) as exc:
+            self._refused(str(exc))
+            return
+        if self.last_refusal is not None:
+            log.info("%s: registered with the management server again", self.config.name)
+        self.last_refusal = None
+        if isinstance(config, dict):
+            await self.apply_config(config)
+        self.registered.set()
+
+    def _refused(self, message: str) -> None:
+        if message != self.last_refusal:
+            log.error("%s: %s", self.config.name, message)
+        self.last_refusal = message
+
+    async def heartbeat_loop(self) -> None:
+        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
+            while not self.stopping.is_set():
+                await self.heartbeat_once(session)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)
