@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
@@ -190,9 +191,11 @@ class SitePKI:
         now = now or utcnow()
         request = self._leaf_request(role, hosts, ips, days)
         name = certificate_name(role, request.hosts[0])
+        # The CA first: without it (or its passphrase) nothing may be written, not even
+        # the inventory database that looking for duplicates would create.
+        ca = self.authority()
         previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
         owner_ids = resolve_owner(owner)
-        ca = self.authority()
         key = generate_key(key_type)
         cert = ca.sign_server_certificate(key.public_key(), request, now=now)
         directory = out if out is not None else self.home.certs_dir
@@ -220,26 +223,14 @@ class SitePKI:
     ) -> CertificateRecord:
         """Sign a server's CSR: its key never leaves the server."""
         now = now or utcnow()
-        try:
-            csr = x509.load_pem_x509_csr(csr_path.read_bytes())
-        except OSError as exc:
-            raise MalformedPEM(
-                str(csr_path), "certificate signing request", exc.strerror or ""
-            ) from exc
-        except ValueError as exc:
-            raise MalformedPEM(
-                str(csr_path), "certificate signing request", str(exc).split("\n")[0]
-            ) from exc
-        if not csr.is_signature_valid:
-            raise MalformedPEM(
-                str(csr_path), "certificate signing request", "its signature does not verify"
-            )
+        csr = _read_csr(csr_path)
         hosts, ips = _names_from_csr(csr)
         key_type_of(csr.public_key())  # refuse weak keys before signing anything
         request = self._leaf_request(role, hosts, ips, days)
         name = certificate_name(role, request.hosts[0])
+        ca = self.authority()  # before the inventory is opened, as in issue()
         previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
-        cert = self.authority().sign_server_certificate(csr.public_key(), request, now=now)
+        cert = ca.sign_server_certificate(csr.public_key(), request, now=now)
         cert_path = out if out is not None else self.home.certs_dir / f"{name}.pem"
         return self._store(
             name,
@@ -510,6 +501,24 @@ class SitePKI:
             if self.home.ca_key.exists()
             else None,
         }
+
+
+def _read_csr(path: Path) -> x509.CertificateSigningRequest:
+    """Load a CSR and check its signature; any damage is a MalformedPEM, never a traceback."""
+    what = "certificate signing request"
+    try:
+        csr = x509.load_pem_x509_csr(path.read_bytes())
+        # cryptography parses the public key and the extensions lazily: a damaged CSR
+        # loads, then fails here.
+        signature_valid = csr.is_signature_valid
+        csr.extensions  # noqa: B018
+    except OSError as exc:
+        raise MalformedPEM(str(path), what, exc.strerror or str(exc)) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise MalformedPEM(str(path), what, str(exc).split("\n")[0]) from exc
+    if not signature_valid:
+        raise MalformedPEM(str(path), what, "its signature does not verify")
+    return csr
 
 
 def _names_from_csr(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:
