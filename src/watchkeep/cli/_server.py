@@ -13,7 +13,7 @@ def register(groups: Any) -> None:
     server = groups.add_parser("server", help="run a watchkeep server")
     sub = server.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run a server in the foreground until SIGTERM/SIGINT")
-    run.add_argument("role", choices=["management", "recording"])
+    run.add_argument("role", choices=["management", "recording", "mobile"])
     run.add_argument("--config", type=Path, required=True, help="the server's TOML config")
     run.set_defaults(handler=_run)
 

@@ -40,13 +40,14 @@ class SiteResolver(AbstractResolver):
     on a site of loopback addresses); other names go to the system resolver."""
 
     def __init__(self, hosts: Mapping[str, str]) -> None:
-        self.hosts = dict(hosts)
+        # Kept by reference: a caller that learns new hosts updates the dict it passed.
+        self.hosts = hosts
         self._fallback = aiohttp.ThreadedResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        address = self.hosts.get(host.lower())
+        address = self.hosts.get(host.lower()) or self.hosts.get(host)
         if address is None:
             return await self._fallback.resolve(host, port, family)
         fam = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -14,6 +14,10 @@ def server_for(config: ServerConfig) -> ServerProcess:
         from watchkeep.servers.management import ManagementServer
 
         return ManagementServer(config)
-    from watchkeep.servers.recording import RecordingServer
+    if config.role.records:
+        from watchkeep.servers.recording import RecordingServer
 
-    return RecordingServer(config)
+        return RecordingServer(config)
+    from watchkeep.servers.mobile import MobileServer
+
+    return MobileServer(config)

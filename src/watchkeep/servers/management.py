@@ -471,6 +471,9 @@ class ManagementServer(ServerProcess):
             "encryption": server.encryption,
             "token_public_key": self.signer.public_key_b64(),
             "cameras": [{"name": c.name, "source": c.source} for c in mine],
+            "site_cameras": [
+                {"name": c.name, "recording_server": c.served_by} for c in all_cameras
+            ],
             "covering": server.covering,
             "site": {
                 s.name: {

@@ -1,0 +1,241 @@
+"""The mobile server: a web client for browsers and an API for mobile apps, relaying the
+recording servers' streams. Encryption is per mobile server: with it on, the HTTPS
+listener serves and the HTTP listener only redirects to it.
+
+The mobile server is itself a client of the recording servers (and of the management
+server for log-ins): it verifies their certificates against its own trust store, and a
+recording server that fails verification is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from watchkeep.client import ApiError, call_json, open_session
+from watchkeep.errors import ConnectionFailed
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._linked import LinkedServer
+from watchkeep.servers._listener import Listener
+from watchkeep.servers._problems import problem
+from watchkeep.tls import Endpoint, explain_connection_failure
+
+__all__ = ["MobileServer"]
+
+log = logging.getLogger("watchkeep.mobile")
+RELAY_CHUNK = 256 * 1024
+
+
+class MobileServer(LinkedServer):
+    public_paths = frozenset({"/", "/index.html", "/api/v1/login", "/healthz"})
+
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.app = web.Application(middlewares=[self.token_middleware("user")])
+        r = self.app.router
+        r.add_get("/", self.index)
+        r.add_get("/index.html", self.index)
+        r.add_get("/healthz", self.health)
+        r.add_post("/api/v1/login", self.login)
+        r.add_get("/api/v1/cameras", self.cameras)
+        r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)
+        r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.relay)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        self.redirect_app = web.Application()
+        self.redirect_app.router.add_route("*", "/{tail:.*}", self.redirect)
+        self.redirect_runner = web.AppRunner(self.redirect_app, access_log=None)
+        self.http: Listener | None = None
+        self.https: Listener | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self._hosts: dict[str, str] = {}
+
+    # -- encryption ----------------------------------------------------------------------
+
+    def encrypted_now(self) -> bool:
+        return bool(self.https and self.https.running)
+
+    async def reconcile_listeners(self) -> None:
+        assert self.http is not None
+        assert self.https is not None
+        want = self.encryption and self.tls is not None
+        if want and not self.https.running:
+            await self.https.start(self.server_ssl_context())
+            # Plain HTTP now only points browsers at HTTPS.
+            self.http.runner = self.redirect_runner
+            await self.http.restart(None)
+        elif not want and self.https.running:
+            await self.https.stop()
+            self.http.runner = self.runner
+            await self.http.restart(None)
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        location = f"https://{self.config.host}:{self.config.ports['https']}{request.path_qs}"
+        raise web.HTTPMovedPermanently(location)
+
+    # -- pages and API -------------------------------------------------------------------
+
+    async def index(self, _request: web.Request) -> web.Response:
+        page = resources.files("watchkeep.servers").joinpath("webclient.html").read_text()
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                "style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({"server": self.config.name, "encryption": self.encrypted_now()})
+
+    def _ms_endpoint(self) -> Endpoint:
+        return Endpoint(
+            "management server",
+            self.link.host,
+            self.link.address,
+            self.link.port,
+            self.ms_encryption,
+        )
+
+    async def login(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return problem(400, "malformed JSON", "the login is not JSON")
+        assert self.session is not None
+        endpoint = self._ms_endpoint()
+        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
+        try:
+            reply = await call_json(
+                self.session, endpoint, "POST", "/api/v1/login", ssl_context=context, body=body
+            )
+        except ApiError as exc:
+            return problem(exc.status, "login failed", exc.describe(), code=exc.code or None)
+        except ConnectionFailed as exc:
+            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+        return web.json_response({"token": reply["token"], "role": reply["role"]})
+
+    async def cameras(self, request: web.Request) -> web.Response:
+        allowed = request["claims"].get("cameras", "*")
+        return web.json_response(
+            [
+                {"name": c["name"], "recording_server": c.get("recording_server")}
+                for c in self.site_cameras
+                if allowed == "*" or c.get("name") in allowed
+            ]
+        )
+
+    def _recording_endpoint(self, camera: str) -> Endpoint | None:
+        entry = next((c for c in self.site_cameras if c.get("name") == camera), None)
+        if entry is None:
+            return None
+        server = self.site.get(str(entry.get("recording_server")))
+        if server is None:
+            return None
+        return Endpoint(
+            str(entry["recording_server"]),
+            str(server["host"]),
+            str(server["address"]),
+            int(server["ports"]["data"]),
+            bool(server.get("encryption")),
+        )
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        """Fetch the stream from the camera's recording server, verifying its certificate,
+        and pass the bytes on as they come."""
+        name = request.match_info["name"]
+        allowed = request["claims"].get("cameras", "*")
+        if allowed != "*" and name not in allowed:
+            return problem(
+                403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
+            )
+        endpoint = self._recording_endpoint(name)
+        if endpoint is None:
+            return problem(404, "unknown camera", f"the site has no camera {name}")
+        assert self.session is not None
+        token = request.headers.get("Authorization", "")[7:] or request.query.get("token", "")
+        scheme = "https" if endpoint.tls else "http"
+        url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
+        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
+        try:
+            upstream = await self.session.get(
+                url, headers={"Authorization": f"Bearer {token}"}, ssl=context
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = await explain_connection_failure(
+                exc, endpoint, trust_dir=str(self.config.trust_store)
+            )
+            log.error("%s: camera %s: %s", self.config.name, name, error)
+            return problem(
+                502,
+                "recording server refused",
+                str(error),
+                server=endpoint.server,
+                fix=error.fix,
+            )
+        async with upstream:
+            if upstream.status != 200:
+                return web.Response(
+                    status=upstream.status,
+                    body=await upstream.read(),
+                    content_type=upstream.content_type,
+                )
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": upstream.headers.get(
+                        "Content-Type", "application/octet-stream"
+                    ),
+                    "Cache-Control": "no-store",
+                }
+            )
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except (ConnectionResetError, aiohttp.ClientError, asyncio.CancelledError):
+                pass
+        return response
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.check_certificate_at_start()
+        self._hosts[self.link.host] = self.link.address
+        self._learn_hosts()
+        self.session = open_session(self._hosts, timeout=10)
+        await self.runner.setup()
+        await self.redirect_runner.setup()
+        self.http = Listener(
+            self.config.name, "http", self.runner, self.config.address, self.config.ports["http"]
+        )
+        self.https = Listener(
+            self.config.name, "https", self.runner, self.config.address, self.config.ports["https"]
+        )
+        await self.http.start(None)
+        await self.reconcile_listeners()
+        self.spawn(self.heartbeat_loop())
+
+    async def apply_config(self, config: dict[str, Any]) -> None:
+        await super().apply_config(config)
+        self._learn_hosts()
+
+    def _learn_hosts(self) -> None:
+        # The session's resolver reads this dict: the site map is the mobile server's DNS.
+        for server in self.site.values():
+            if "host" in server:
+                self._hosts[str(server["host"])] = str(server["address"])
+
+    async def shutdown(self) -> None:
+        for listener in (self.http, self.https):
+            if listener is not None:
+                await listener.stop()
+        if self.session is not None:
+            await self.session.close()
+        await self.runner.cleanup()
+        await self.redirect_runner.cleanup()
