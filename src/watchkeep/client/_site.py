@@ -12,7 +12,7 @@ import aiohttp
 
 from watchkeep._files import atomic_write
 from watchkeep._home import Home
-from watchkeep.client._http import call_json, open_session
+from watchkeep.client._http import SiteResolver, call_json, open_session
 from watchkeep.errors import HomeError, PlaintextToTlsPort
 from watchkeep.tls import Endpoint, TrustMaterial, client_context
 
@@ -77,6 +77,7 @@ class SiteClient:
         self.role: str | None = None
         self.management_name: str = self.connection.name
         self._hosts: dict[str, str] = {self.connection.host: self.connection.address}
+        self._resolver = SiteResolver(self._hosts)
 
     @property
     def trust(self) -> TrustMaterial:
@@ -85,6 +86,14 @@ class SiteClient:
     def endpoint(self) -> Endpoint:
         c = self.connection
         return Endpoint(c.name, c.host, c.address, c.port, c.encryption)
+
+    def resolver(self) -> SiteResolver:
+        """A resolver for the site's host names (shared: it learns as the client does)."""
+        return self._resolver
+
+    def learn_hosts(self, status: dict[str, Any]) -> None:
+        for server in status.get("servers", []):
+            self._hosts[str(server["host"])] = str(server["address"])
 
     async def __aenter__(self) -> SiteClient:
         self.session = open_session(self._hosts)
