@@ -86,11 +86,13 @@ class LocalSite:
         self.key_type = key_type
         self.failover_after = failover_after
         self.heartbeat_interval = heartbeat_interval
-        self.home = Home(root / "admin")
+        # The administrator's home (CA, inventory, CLI connection) is the root itself, so
+        # that `watchkeep --home ROOT ...` describes the site; each server lives below it.
+        self.home = Home(root)
         self.servers: dict[str, LocalServer] = {}
         self._next_host = 2
-        self.password_file = root / "admin" / "admin-password"
-        self.registration_key_file = root / "admin" / "registration-key"
+        self.password_file = root / "admin-password"
+        self.registration_key_file = root / "registration-key"
         self.pki = SitePKI(self.home)
 
     # -- laying out ----------------------------------------------------------------------
@@ -120,7 +122,7 @@ class LocalSite:
         address = f"{self.network}.{self._next_host}"
         self._next_host += 1
         host = f"{name}.{self.domain}"
-        directory = self.root / name
+        directory = self.root / "servers" / name
         directory.mkdir(parents=True, exist_ok=True)
         server = LocalServer(
             name=name,

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
 from aiohttp import web
 
@@ -34,7 +35,7 @@ from watchkeep.site import (
     plan_failover,
 )
 from watchkeep.store import cameras, open_database, servers, settings, site_metadata, users
-from watchkeep.tls import ClientAuth, Endpoint
+from watchkeep.tls import ClientAuth, Endpoint, explain_connection_failure
 
 __all__ = ["ManagementServer", "hash_password", "verify_password"]
 
@@ -250,6 +251,7 @@ class ManagementServer(ServerProcess):
         r.add_post("/api/v1/cameras", self.add_camera)
         r.add_delete("/api/v1/cameras/{name}", self.delete_camera)
         r.add_post("/api/v1/users", self.add_user)
+        r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_get("/api/v1/token-key", self.token_key)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -344,6 +346,46 @@ class ManagementServer(ServerProcess):
                 if allowed == "*" or c.name in allowed
             ]
         )
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        """A camera's latest picture, fetched from its recording server like any client
+        would: over TLS verified against this server's trust store when that server's
+        encryption is on (the specification's "management server ... images")."""
+        claims = self._claims(request)
+        name = request.match_info["name"]
+        allowed = claims.get("cameras", "*")
+        camera = next((c for c in self._cameras() if c.name == name), None)
+        if camera is None or (allowed != "*" and name not in allowed):
+            return problem(404, "unknown camera", f"no camera {name!r} you may view")
+        server = next((s for s in self._server_rows() if s.name == camera.served_by), None)
+        if server is None:
+            return problem(502, "no recording server", f"camera {name} has no recording server")
+        endpoint = Endpoint(
+            server.name, server.host, server.address, server.ports["data"], server.encryption
+        )
+        context = self.client_ssl_context(present_certificate=False) if server.encryption else None
+        token = self.signer.issue(self.config.name, "administrator", "user", 30, cameras=[name])
+        async with open_session({server.host: server.address}, timeout=5) as session:
+            url = f"{'https' if endpoint.tls else 'http'}://{server.host}:{endpoint.port}"
+            try:
+                async with session.get(
+                    f"{url}/api/v1/cameras/{name}/snapshot.jpg",
+                    headers={"Authorization": f"Bearer {token}"},
+                    ssl=context if context is not None else False,
+                ) as upstream:
+                    body = await upstream.read()
+                    if upstream.status != 200:
+                        return web.Response(
+                            status=upstream.status, body=body, content_type=upstream.content_type
+                        )
+                    return web.Response(body=body, content_type="image/jpeg")
+            except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+                error = await explain_connection_failure(
+                    exc, endpoint, trust_dir=str(self.config.trust_store)
+                )
+                return problem(
+                    502, "recording server refused", str(error), server=server.name, fix=error.fix
+                )
 
     async def add_user(self, request: web.Request) -> web.Response:
         self._claims(request, role="administrator")
