@@ -1,0 +1,174 @@
+"""An incremental parser of ``multipart/x-mixed-replace`` MJPEG streams (no I/O).
+
+Feed it the bytes as they arrive; it returns the JPEG parts completed so far. Real cameras
+are sloppy and networks cut streams short, so it never raises on bad input: garbage between
+parts is skipped, a part that is not a whole JPEG (truncated, wrong ``Content-Length``, not
+a JPEG at all) is dropped, and each is counted. With ``Content-Length`` a part is returned
+as soon as its last byte arrives; without it, when the next boundary shows where it ended.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["MjpegPart", "MultipartParser", "boundary_from_content_type"]
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MAX_HEADER_BLOCK = 8192
+_SOI = b"\xff\xd8"
+_EOI = b"\xff\xd9"
+_TRAILING = b"\r\n"
+_BOUNDARY_PARAM = re.compile(r""";\s*boundary=(?:"([^"]+)"|([^;\s]+))""", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class MjpegPart:
+    """One JPEG part: its headers (names lower-cased) and the JPEG bytes."""
+
+    headers: dict[str, str]
+    jpeg: bytes
+
+
+def boundary_from_content_type(content_type: str) -> str | None:
+    """The boundary of a ``multipart/...; boundary=...`` content type, or None."""
+    if not content_type.lower().lstrip().startswith("multipart/"):
+        return None
+    match = _BOUNDARY_PARAM.search(content_type)
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
+
+
+class MultipartParser:
+    """Split an MJPEG byte stream into JPEG parts; counts what it had to throw away."""
+
+    def __init__(self, boundary: str, *, max_part_size: int = 16 * 1024 * 1024) -> None:
+        if not boundary:
+            raise ValueError("a multipart boundary cannot be empty")
+        # Some cameras put the delimiter's dashes in the parameter too ("boundary=--x") and
+        # then write "--x" or "----x": searching for "--x" finds both.
+        raw = boundary.encode("latin-1")
+        self._delimiter = raw if raw.startswith(b"--") else b"--" + raw
+        self._max_part_size = max_part_size
+        self._buffer = bytearray()
+        self._pos = 0
+        self._headers: dict[str, str] | None = None  # set while reading a part's body
+        self._body_start = 0
+        self.parts = 0
+        self.bad_parts = 0
+        self.skipped_bytes = 0
+
+    @property
+    def in_part(self) -> bool:
+        """True while a part's body is incomplete (it is lost if the stream ends now)."""
+        return self._headers is not None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[MjpegPart]:
+        buffer = self._buffer
+        if self._pos:
+            del buffer[: self._pos]
+            if self._headers is not None:
+                self._body_start -= self._pos
+            self._pos = 0
+        buffer += data
+        out: list[MjpegPart] = []
+        while True:
+            if self._headers is None:
+                if not self._read_head():
+                    break
+            elif not self._read_body(out):
+                break
+        return out
+
+    def _read_head(self) -> bool:
+        """Find the next delimiter and parse the part headers after it."""
+        buffer, delimiter = self._buffer, self._delimiter
+        found = buffer.find(delimiter, self._pos)
+        if found < 0:
+            # Keep a tail that could be the start of a delimiter split across reads.
+            keep = max(self._pos, len(buffer) - len(delimiter) - 1)
+            self._skip(self._pos, keep)
+            self._pos = keep
+            return False
+        self._skip(self._pos, found)
+        start = found + len(delimiter)
+        if buffer[start : start + 2] == b"--":
+            # The close delimiter: whatever follows is an epilogue (or a new preamble).
+            self._pos = start + 2
+            return True
+        end = _HEADER_END.search(buffer, start, start + _MAX_HEADER_BLOCK)
+        if end is None:
+            if len(buffer) - start > _MAX_HEADER_BLOCK:
+                self.bad_parts += 1
+                self._pos = start
+                return True
+            self._pos = found
+            return False
+        headers: dict[str, str] = {}
+        lines = bytes(buffer[start : end.start()]).split(b"\n")
+        for line in lines[1:]:  # lines[0] ends the delimiter line (transport padding)
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        self._headers = headers
+        self._body_start = self._pos = end.end()
+        return True
+
+    def _read_body(self, out: list[MjpegPart]) -> bool:
+        headers = self._headers
+        assert headers is not None
+        buffer, start = self._buffer, self._body_start
+        length = _content_length(headers.get("content-length"))
+        if length is not None and length > self._max_part_size:
+            length = None
+            self._reject(start)
+            return True
+        if length is not None:
+            end = start + length
+            if len(buffer) < end:
+                return False
+            # A part shorter than it claimed swallows the next delimiter: resynchronise there.
+            inner = buffer.find(self._delimiter, start, end)
+            if inner >= 0:
+                self._reject(inner)
+                return True
+            self._accept(out, start, end, end)
+            return True
+        found = buffer.find(self._delimiter, start)
+        if found < 0:
+            if len(buffer) - start > self._max_part_size:
+                self._reject(len(buffer))
+            return False
+        self._accept(out, start, found, found)
+        return True
+
+    def _accept(self, out: list[MjpegPart], start: int, end: int, resume: int) -> None:
+        headers = self._headers
+        assert headers is not None
+        buffer = self._buffer
+        while end > start and buffer[end - 1] in _TRAILING:
+            end -= 1
+        self._headers = None
+        self._pos = resume
+        if buffer.startswith(_SOI, start) and buffer.endswith(_EOI, start, end) and end - start > 4:
+            out.append(MjpegPart(headers, bytes(buffer[start:end])))
+            self.parts += 1
+        else:
+            self.bad_parts += 1
+
+    def _reject(self, resume: int) -> None:
+        self.bad_parts += 1
+        self._headers = None
+        self._pos = resume
+
+    def _skip(self, start: int, end: int) -> None:
+        # Line breaks around delimiters are the format, not garbage.
+        if end > start and self._buffer[start:end].strip(b"\r\n"):
+            self.skipped_bytes += end - start
+
+
+def _content_length(value: str | None) -> int | None:
+    if value is None or not value.isdigit():
+        return None
+    return int(value)

@@ -1,0 +1,454 @@
+"""The recorder: what cameras send, into segment files and an index; and playback from them."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from watchkeep.errors import RecordingError
+from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
+from watchkeep.media._frame import Frame, validate_camera_name
+from watchkeep.media._index import index_error, open_index, segments
+from watchkeep.media._segment import SegmentFormatError, SegmentReader
+from watchkeep.media._store import RepairReport, SegmentInfo, SegmentStore, StepResult
+
+__all__ = ["Recorder", "RecorderStats"]
+
+log = logging.getLogger("watchkeep.media")
+
+_PLAYBACK_BATCH = 4 * 1024 * 1024
+_T = TypeVar("_T")
+
+
+@dataclass
+class RecorderStats:
+    """Live counters of a recorder since it opened."""
+
+    frames_written: int = 0
+    bytes_written: int = 0
+    frames_dropped: int = 0  # lost while the disk could not keep up or was full
+    flushes: int = 0
+    segments_removed: int = 0  # by retention
+
+
+class Recorder:
+    """Records frames of any number of cameras under ``root``, indexed in ``database``.
+
+    Each camera's frames go to segment files of ``segment_seconds`` each (see
+    :mod:`watchkeep.media._segment` for the format), indexed in the SQLite file
+    ``database``. :meth:`write` never blocks: frames are queued and written in batches by
+    one writer thread, which makes them durable (fsync, then index commit) at least every
+    ``flush_interval`` seconds and then applies retention: segments whose last frame is
+    older than ``max_age`` seconds go, and the oldest go while all recordings exceed
+    ``max_bytes``.
+
+    :meth:`open` repairs what an unclean stop left (a torn last record, index rows behind
+    their files), so everything flushed before a crash or ``kill -9`` is there after it.
+    On a full disk, :attr:`error` holds a :class:`RecordingDiskFull` and :meth:`flush`
+    raises it; frames wait in a buffer of ``max_pending_bytes`` (the oldest are dropped
+    beyond it) and recording resumes by itself when space returns.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        database: str | os.PathLike[str],
+        *,
+        segment_seconds: float = 60.0,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+        flush_interval: float = 1.0,
+        max_pending_bytes: int = 256 * 1024 * 1024,
+        max_playback_span: float = 24 * 3600.0,
+    ) -> None:
+        if not segment_seconds > 0:
+            raise ValueError("segment_seconds must be positive")
+        if not 0 < flush_interval <= 1.0:
+            raise ValueError(
+                "flush_interval must be in (0, 1] seconds: frames are flushed every second"
+            )
+        if max_age is not None and not max_age > 0:
+            raise ValueError("max_age must be positive (or None for no age limit)")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError("max_bytes must be positive (or None for no size limit)")
+        if max_pending_bytes <= 0 or not max_playback_span > 0:
+            raise ValueError("max_pending_bytes and max_playback_span must be positive")
+        self.root = Path(root)
+        self.database = Path(database)
+        self.segment_seconds = segment_seconds
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self.flush_interval = flush_interval
+        self.max_pending_bytes = max_pending_bytes
+        self.max_playback_span = max_playback_span
+        self.stats = RecorderStats()
+        self.repair_report: RepairReport | None = None
+        self.error: RecordingError | None = None
+        self._store: SegmentStore | None = None
+        self._engine: sa.Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: deque[Frame] = deque()
+        self._pending_bytes = 0
+        self._flush_waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._unflushed = False
+        self._cameras: set[str] = set()
+
+    # Life cycle.
+
+    async def open(self) -> None:
+        """Open the index, repair it against the files, and start the writer."""
+        if self._task is not None:
+            raise RuntimeError("this recorder is already open")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watchkeep-recorder")
+        loop = asyncio.get_running_loop()
+        try:
+            engine = await loop.run_in_executor(executor, self._open_index)
+            store = SegmentStore(self.root, engine, str(self.database), self.segment_seconds)
+            try:
+                report = await loop.run_in_executor(executor, store.repair)
+            except BaseException:
+                engine.dispose()
+                raise
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        if report.scanned or report.rows_removed:
+            log.info(
+                "recordings in %s: scanned %d segments, cut %d torn bytes, rewrote %d rows, "
+                "removed %d rows and %d files",
+                self.root,
+                report.scanned,
+                report.truncated_bytes,
+                report.rows_written,
+                report.rows_removed,
+                report.files_removed,
+            )
+        self.repair_report = report
+        self._executor, self._engine, self._store = executor, engine, store
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=f"recorder {self.root}")
+
+    def _open_index(self) -> sa.Engine:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(
+                None,
+                f"cannot create the recordings directory: {exc.strerror or exc}",
+                path=exc.filename or str(self.root),
+                fix="choose a writable directory for the recordings",
+            ) from exc
+        return open_index(self.database)
+
+    async def close(self) -> None:
+        """Write and flush everything queued, close the segments and stop the writer.
+
+        Raises the :class:`RecordingError` of a last flush that failed (frames lost).
+        """
+        task = self._task
+        if task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await task
+        finally:
+            self._task = None
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            if self._engine is not None:
+                self._engine.dispose()
+            self._store = self._engine = self._executor = None
+        if self.error is not None:
+            raise self.error
+
+    async def __aenter__(self) -> Recorder:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # Writing.
+
+    def write(self, frame: Frame) -> None:
+        """Queue ``frame`` for recording; never blocks. Call from the event loop thread."""
+        if self._task is None or self._closing:
+            raise RuntimeError("write() on a recorder that is not open")
+        if frame.camera not in self._cameras:
+            self._cameras.add(validate_camera_name(frame.camera))
+        self._pending.append(frame)
+        self._pending_bytes += len(frame.jpeg)
+        if self._pending_bytes > self.max_pending_bytes:
+            self._drop_oldest()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once every frame written before the call is on disk and indexed.
+
+        Raises the :class:`RecordingError` that prevented it (e.g. :class:`RecordingDiskFull`).
+        """
+        if self._task is None or self._closing:
+            raise RuntimeError("flush() on a recorder that is not open")
+        waiter = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(waiter)
+        self._wake.set()
+        await waiter
+
+    async def enforce_retention(self) -> int:
+        """Apply the retention limits now (they apply after every flush anyway)."""
+        await self.flush()
+        store, executor = self._require_open()
+        removed = await asyncio.get_running_loop().run_in_executor(
+            executor,
+            functools.partial(
+                store.step, [], flush=True, max_age=self.max_age, max_bytes=self.max_bytes
+            ),
+        )
+        self.stats.segments_removed += removed.removed
+        if removed.error is not None:
+            raise removed.error
+        return removed.removed
+
+    def _drop_oldest(self) -> None:
+        while self._pending_bytes > self.max_pending_bytes and len(self._pending) > 1:
+            dropped = self._pending.popleft()
+            self._pending_bytes -= len(dropped.jpeg)
+            self.stats.frames_dropped += 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        store, executor = self._require_open()
+        next_flush = loop.time() + self.flush_interval
+        while True:
+            now = loop.time()
+            if not (self._flush_waiters or self._closing):
+                if self.error is not None:
+                    deadline: float | None = next_flush  # failing: retry at the flush pace
+                elif self._pending:
+                    deadline = now
+                elif self._unflushed:
+                    deadline = next_flush
+                else:
+                    deadline = None
+                if deadline is None or deadline > now:
+                    self._wake.clear()
+                    try:
+                        timeout = None if deadline is None else deadline - now
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except TimeoutError:
+                        pass
+                    continue
+            batch = list(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            waiters, self._flush_waiters = self._flush_waiters, []
+            flush = bool(waiters) or self._closing or now >= next_flush
+            step = functools.partial(
+                store.step, batch, flush=flush, max_age=self.max_age, max_bytes=self.max_bytes
+            )
+            try:
+                result = await loop.run_in_executor(executor, step)
+            except Exception as exc:  # a bug must not stop recording silently
+                log.exception("recordings: the writer failed")
+                result = StepResult(
+                    unwritten=batch,
+                    error=RecordingError(None, f"the recording writer failed: {exc!r}"),
+                )
+            self._account(result)
+            if flush:
+                next_flush = loop.time() + self.flush_interval
+            for waiter in waiters:
+                if waiter.done():
+                    continue
+                if result.error is not None or not result.flushed:
+                    waiter.set_exception(result.error or RecordingError(None, "flush failed"))
+                else:
+                    waiter.set_result(None)
+            if self._closing:
+                break
+        try:
+            await loop.run_in_executor(executor, store.close)
+        except RecordingError as exc:
+            self.error = exc
+        if self._pending:
+            self.stats.frames_dropped += len(self._pending)
+            log.error(
+                "recordings: %d frames could not be written before closing: %s",
+                len(self._pending),
+                self.error,
+            )
+            self._pending.clear()
+
+    def _account(self, result: StepResult) -> None:
+        stats = self.stats
+        stats.frames_written += result.frames_written
+        stats.bytes_written += result.bytes_written
+        stats.segments_removed += result.removed
+        if result.flushed:
+            stats.flushes += 1
+        if result.unwritten:
+            self._pending.extendleft(reversed(result.unwritten))
+            self._pending_bytes += sum(len(f.jpeg) for f in result.unwritten)
+            self._drop_oldest()
+        self._unflushed = not result.flushed and (self._unflushed or result.frames_written > 0)
+        if result.error is not None:
+            if self.error is None or type(self.error) is not type(result.error):
+                log.error("recordings: %s", result.error)
+            self.error = result.error
+        elif result.flushed and self.error is not None:
+            log.warning("recordings: writing again after: %s", self.error)
+            self.error = None
+
+    def _require_open(self) -> tuple[SegmentStore, ThreadPoolExecutor]:
+        if self._store is None or self._executor is None:
+            raise RuntimeError("the recorder is not open")
+        return self._store, self._executor
+
+    # Reading.
+
+    async def cameras(self) -> list[str]:
+        """Every camera with recordings here."""
+        engine = self._require_engine()
+        query = sa.select(segments.c.camera).distinct()
+        names = await asyncio.to_thread(
+            self._query, engine, lambda c: [r[0] for r in c.execute(query)]
+        )
+        store, _ = self._require_open()
+        live = {camera for camera in self._cameras if store.recording(camera)}
+        return sorted(set(names) | live)
+
+    async def segments(self, camera: str) -> list[SegmentInfo]:
+        """The segments of ``camera``, oldest first (including those being written)."""
+        return await self._plan(camera, -math.inf, math.inf)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all recordings (segment files) under the root."""
+        store, _ = self._require_open()
+        return store.total_bytes
+
+    def playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
+        """The recorded frames of ``camera`` with ``start <= timestamp < end``, in order.
+
+        An absurd range (not finite, end before start, longer than ``max_playback_span``)
+        raises :class:`InvalidPlaybackRange` at once; a camera never recorded here raises
+        :class:`UnknownCamera` from the first step of the iteration, before any frame, so a
+        server can still answer with an error status::
+
+            async for frame in recorder.playback("lobby", t0, t0 + 60):
+                ...
+
+        Frames not flushed yet are included once the writer has put them in their segment.
+        """
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise InvalidPlaybackRange(camera, start, end, "start and end must be finite")
+        if end < start:
+            raise InvalidPlaybackRange(camera, start, end, "end is before start")
+        if end - start > self.max_playback_span:
+            raise InvalidPlaybackRange(
+                camera,
+                start,
+                end,
+                f"it spans {end - start:.0f} s, over the maximum of {self.max_playback_span:.0f} s",
+            )
+        self._require_open()
+        return self._playback(camera, start, end)
+
+    async def _playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
+        plan = await self._plan(camera, start, end)
+        if not plan and not await self._known(camera):
+            raise UnknownCamera(camera)
+        async for frame in self._read(plan, start, end):
+            yield frame
+
+    async def _plan(self, camera: str, start: float, end: float) -> list[SegmentInfo]:
+        engine = self._require_engine()
+        store, _ = self._require_open()
+        query = (
+            sa.select(segments)
+            .where(segments.c.camera == camera)
+            .where(segments.c.start < end)
+            .where(segments.c.end >= start)
+            .order_by(segments.c.start, segments.c.id)
+        )
+        root = self.root
+
+        def rows(conn: sa.Connection) -> list[SegmentInfo]:
+            return [
+                SegmentInfo(r.camera, root / r.path, r.start, r.end, r.frames, r.bytes)
+                for r in conn.execute(query)
+            ]
+
+        found = {info.path: info for info in await asyncio.to_thread(self._query, engine, rows)}
+        # Segments being written are ahead of their rows: their in-memory size wins.
+        for info in store.tracked(camera):
+            if info.start < end and info.end >= start:
+                found[info.path] = info
+        return sorted(found.values(), key=lambda info: (info.start, str(info.path)))
+
+    async def _known(self, camera: str) -> bool:
+        engine = self._require_engine()
+        store, _ = self._require_open()
+        if store.recording(camera):
+            return True
+        query = sa.select(segments.c.id).where(segments.c.camera == camera).limit(1)
+        row = await asyncio.to_thread(self._query, engine, lambda c: c.execute(query).first())
+        return row is not None
+
+    def _query(self, engine: sa.Engine, run: Callable[[sa.Connection], _T]) -> _T:
+        try:
+            with engine.connect() as conn:
+                return run(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise index_error(exc, str(self.database)) from exc
+
+    def _require_engine(self) -> sa.Engine:
+        if self._engine is None:
+            raise RuntimeError("the recorder is not open")
+        return self._engine
+
+    async def _read(
+        self, plan: list[SegmentInfo], start: float, end: float
+    ) -> AsyncIterator[Frame]:
+        for info in plan:
+            try:
+                reader = await asyncio.to_thread(
+                    SegmentReader, str(info.path), info.bytes, start, end
+                )
+            except FileNotFoundError:
+                continue  # removed by retention since the plan was made
+            except (OSError, SegmentFormatError) as exc:
+                raise RecordingError(
+                    info.camera,
+                    f"cannot read a recording segment: {exc}",
+                    path=str(info.path),
+                    fix="restart the recording server: opening the recordings repairs them",
+                ) from exc
+            try:
+                while frames := await asyncio.to_thread(reader.read_batch, _PLAYBACK_BATCH):
+                    for frame in frames:
+                        yield frame
+            finally:
+                reader.close()

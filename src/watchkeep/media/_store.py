@@ -1,0 +1,548 @@
+"""Segment files and their index on disk: appending, flushing, retention, crash repair.
+
+Everything here is blocking and runs in the recorder's one writer thread, which keeps the
+event loop free and needs no locking between writes; only the list of segments being
+written is shared with readers (playback), under a small lock.
+
+Durability order: records are appended with ``pwritev`` at the segment's known good size;
+a flush ``fdatasync``s every segment written since the last one (and the directories that
+gained a file), *then* commits their index rows. A row thus never claims bytes that are not
+on disk. A failed write is cut back to the last good size, so a file never holds a torn
+record while its recorder runs; a torn record left by a crash is cut by :meth:`repair`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from watchkeep.errors import RecordingError, UsageError
+from watchkeep.media._errors import RecordingDiskFull
+from watchkeep.media._frame import Frame, validate_camera_name
+from watchkeep.media._index import index_error, segments
+from watchkeep.media._segment import (
+    SEGMENT_SUFFIX,
+    SegmentFormatError,
+    encode_record_header,
+    encode_segment_header,
+    scan_segment,
+)
+
+__all__ = ["RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
+
+log = logging.getLogger("watchkeep.media")
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
+    _IOV_MAX = 1024
+_RETENTION_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """One segment of a camera's recordings, as the index (or the writer) knows it."""
+
+    camera: str
+    path: Path
+    start: float
+    end: float
+    frames: int
+    bytes: int
+
+
+@dataclass
+class RepairReport:
+    """What opening the recordings found and fixed after an unclean stop."""
+
+    scanned: int = 0
+    truncated_bytes: int = 0
+    rows_written: int = 0
+    rows_removed: int = 0
+    files_removed: int = 0
+
+
+@dataclass
+class StepResult:
+    """The outcome of one writer-thread step."""
+
+    unwritten: list[Frame] = field(default_factory=list)
+    error: RecordingError | None = None
+    frames_written: int = 0
+    bytes_written: int = 0
+    flushed: bool = False
+    removed: int = 0
+
+
+class _Segment:
+    """A segment being written (or rotated out and waiting for its last flush)."""
+
+    __slots__ = (
+        "camera",
+        "closing",
+        "dirty",
+        "end",
+        "fd",
+        "first",
+        "frames",
+        "indexed_size",
+        "last_write",
+        "path",
+        "rel",
+        "row_id",
+        "size",
+        "start",
+    )
+
+    def __init__(self, camera: str, rel: str, path: Path, fd: int, size: int, first: float):
+        self.camera = camera
+        self.rel = rel
+        self.path = path
+        self.fd = fd
+        self.size = size  # bytes of complete records (and header) written
+        self.first = first  # timestamp of the first frame: rotation is measured from it
+        self.frames = 0
+        self.start = first
+        self.end = first
+        self.row_id: int | None = None
+        self.indexed_size = 0  # what the index row says (0: no row yet)
+        self.dirty = True
+        self.closing = False
+        self.last_write = time.monotonic()
+
+    def info(self) -> SegmentInfo:
+        return SegmentInfo(self.camera, self.path, self.start, self.end, self.frames, self.size)
+
+
+class SegmentStore:
+    """The blocking half of the recorder. Not thread-safe: one writer thread calls it."""
+
+    def __init__(self, root: Path, engine: sa.Engine, index_path: str, segment_seconds: float):
+        self.root = root
+        self._engine = engine
+        self._index_path = index_path
+        self._segment_seconds = segment_seconds
+        self._lock = threading.Lock()  # guards _open and _closing against readers
+        self._open: dict[str, _Segment] = {}
+        self._closing: list[_Segment] = []
+        self._dirs_to_sync: set[Path] = set()
+        self._indexed_bytes = 0
+
+    # Reading the state (any thread).
+
+    def tracked(self, camera: str) -> list[SegmentInfo]:
+        """The segments of ``camera`` being written now, with their complete size."""
+        with self._lock:
+            live = [s for s in self._closing if s.camera == camera]
+            current = self._open.get(camera)
+            if current is not None:
+                live.append(current)
+            return [s.info() for s in live if s.frames]
+
+    def recording(self, camera: str) -> bool:
+        with self._lock:
+            return camera in self._open or any(s.camera == camera for s in self._closing)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all segments: indexed ones plus what was written since."""
+        with self._lock:
+            live = [*self._open.values(), *self._closing]
+        return self._indexed_bytes + sum(s.size - s.indexed_size for s in live)
+
+    # Opening.
+
+    def repair(self) -> RepairReport:
+        """Make the index agree with the files after whatever stop came before.
+
+        Files with no row and rows still marked open (the segments being written when the
+        last recorder stopped) are read in full; a torn or damaged tail is cut off, an
+        empty or unreadable file removed, and the row rewritten from what the file holds.
+        Rows whose file is gone are deleted.
+        """
+        report = RepairReport()
+        try:
+            with self._engine.begin() as conn:
+                indexed = {
+                    row.path: row
+                    for row in conn.execute(
+                        sa.select(segments.c.id, segments.c.path, segments.c.open)
+                    )
+                }
+                on_disk = self._list_segment_files()
+                gone = [row.id for path, row in indexed.items() if path not in on_disk]
+                for chunk in _chunks(gone, 500):
+                    conn.execute(segments.delete().where(segments.c.id.in_(chunk)))
+                report.rows_removed = len(gone)
+                for rel in sorted(on_disk):
+                    row = indexed.get(rel)
+                    if row is None or row.open:
+                        self._repair_file(conn, rel, None if row is None else row.id, report)
+                total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(segments.c.bytes), 0)))
+                self._indexed_bytes = int(total.scalar_one())
+        except sa.exc.SQLAlchemyError as exc:
+            raise index_error(exc, self._index_path) from exc
+        except OSError as exc:
+            raise _os_error(exc, None, str(self.root)) from exc
+        return report
+
+    def _list_segment_files(self) -> set[str]:
+        found: set[str] = set()
+        if not self.root.is_dir():
+            return found
+        for directory in os.scandir(self.root):
+            if not directory.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(directory.path):
+                if entry.name.endswith(SEGMENT_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    found.add(f"{directory.name}/{entry.name}")
+        return found
+
+    def _repair_file(
+        self, conn: sa.Connection, rel: str, row_id: int | None, report: RepairReport
+    ) -> None:
+        path = self.root / rel
+        report.scanned += 1
+        try:
+            scan = scan_segment(str(path))
+            validate_camera_name(scan.camera)
+        except (SegmentFormatError, UsageError) as exc:
+            log.warning("recordings: removing %s, which is not a readable segment: %s", path, exc)
+            scan = None
+        if scan is None or scan.frames == 0 or scan.start is None or scan.end is None:
+            path.unlink(missing_ok=True)
+            report.files_removed += 1
+            if row_id is not None:
+                conn.execute(segments.delete().where(segments.c.id == row_id))
+                report.rows_removed += 1
+            return
+        if scan.valid_size < scan.file_size:
+            log.warning(
+                "recordings: cutting %d damaged bytes off the end of %s",
+                scan.file_size - scan.valid_size,
+                path,
+            )
+            with open(path, "r+b") as file:
+                file.truncate(scan.valid_size)
+                os.fsync(file.fileno())
+            report.truncated_bytes += scan.file_size - scan.valid_size
+        values = {
+            "camera": scan.camera,
+            "path": rel,
+            "start": scan.start,
+            "end": scan.end,
+            "frames": scan.frames,
+            "bytes": scan.valid_size,
+            "open": False,
+        }
+        if row_id is None:
+            conn.execute(segments.insert().values(values))
+        else:
+            conn.execute(segments.update().where(segments.c.id == row_id).values(values))
+        report.rows_written += 1
+
+    # Writing (the writer thread).
+
+    def step(
+        self,
+        frames: list[Frame],
+        *,
+        flush: bool,
+        max_age: float | None,
+        max_bytes: int | None,
+    ) -> StepResult:
+        """Append ``frames``; then, if asked, flush and apply retention."""
+        result = StepResult()
+        if frames:
+            self._append(frames, result)
+        if flush:
+            try:
+                self._flush()
+                result.flushed = True
+            except RecordingError as exc:
+                result.error = result.error or exc
+            if result.flushed and (max_age is not None or max_bytes is not None):
+                try:
+                    result.removed = self._enforce_retention(max_age, max_bytes)
+                except RecordingError as exc:
+                    result.error = result.error or exc
+        return result
+
+    def _append(self, frames: list[Frame], result: StepResult) -> None:
+        by_camera: dict[str, list[Frame]] = {}
+        for frame in frames:
+            by_camera.setdefault(frame.camera, []).append(frame)
+        for camera, batch in by_camera.items():
+            done = 0
+            segment: _Segment | None = None
+            try:
+                while done < len(batch):
+                    segment = self._segment_for(batch[done])
+                    end = done + 1
+                    while end < len(batch) and not self._must_rotate(segment, batch[end]):
+                        end += 1
+                    result.bytes_written += self._write_records(segment, batch[done:end])
+                    result.frames_written += end - done
+                    done = end
+            except OSError as exc:
+                result.unwritten += batch[done:]
+                where = str(segment.path) if segment is not None else str(self.root / camera)
+                result.error = result.error or _os_error(exc, camera, where)
+
+    def _must_rotate(self, segment: _Segment, frame: Frame) -> bool:
+        return abs(frame.timestamp - segment.first) >= self._segment_seconds
+
+    def _segment_for(self, frame: Frame) -> _Segment:
+        segment = self._open.get(frame.camera)
+        if segment is not None and not self._must_rotate(segment, frame):
+            return segment
+        if segment is not None:
+            self._retire(segment)
+        segment = self._create(frame)
+        with self._lock:
+            self._open[frame.camera] = segment
+        return segment
+
+    def _retire(self, segment: _Segment) -> None:
+        with self._lock:
+            if self._open.get(segment.camera) is segment:
+                del self._open[segment.camera]
+            segment.closing = True
+            self._closing.append(segment)
+
+    def _create(self, frame: Frame) -> _Segment:
+        camera = validate_camera_name(frame.camera)
+        directory = self.root / camera
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs_to_sync.add(self.root)
+        stem = f"{max(0, round(frame.timestamp * 1_000_000)):017d}"
+        for attempt in range(1000):
+            name = f"{stem}{f'-{attempt}' if attempt else ''}{SEGMENT_SUFFIX}"
+            try:
+                fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - a thousand segments starting in the same microsecond
+            raise FileExistsError(errno.EEXIST, "no free segment name", str(directory / stem))
+        path = directory / name
+        header = encode_segment_header(camera)
+        try:
+            _write_all(fd, [header], 0)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._dirs_to_sync.add(directory)
+        return _Segment(camera, f"{camera}/{name}", path, fd, len(header), frame.timestamp)
+
+    def _write_records(self, segment: _Segment, frames: list[Frame]) -> int:
+        buffers: list[bytes] = []
+        for frame in frames:
+            buffers.append(encode_record_header(frame))
+            buffers.append(frame.jpeg)
+        try:
+            written = _write_all(segment.fd, buffers, segment.size)
+        except OSError:
+            # Never leave a torn record behind a running recorder: cut back to the last
+            # complete one (this frees space too, so it works on a full disk).
+            try:
+                os.ftruncate(segment.fd, segment.size)
+            except OSError as exc:
+                log.warning(
+                    "recordings: cannot cut %s back after a failed write: %s", segment.path, exc
+                )
+            raise
+        with self._lock:
+            segment.size += written
+            segment.frames += len(frames)
+            segment.start = min(segment.start, min(f.timestamp for f in frames))
+            segment.end = max(segment.end, max(f.timestamp for f in frames))
+            segment.dirty = True
+            segment.last_write = time.monotonic()
+        return written
+
+    def _flush(self) -> None:
+        """fdatasync what was written, then commit the index rows that describe it."""
+        now = time.monotonic()
+        for segment in list(self._open.values()):
+            # A camera that stopped sending: close its segment rather than hold it open.
+            if now - segment.last_write >= self._segment_seconds:
+                self._retire(segment)
+        live = [*self._open.values(), *self._closing]
+        for segment in live:
+            if segment.dirty:
+                try:
+                    os.fdatasync(segment.fd)
+                except OSError as exc:
+                    raise _os_error(exc, segment.camera, str(segment.path)) from exc
+        for directory in sorted(self._dirs_to_sync):
+            try:
+                _fsync_directory(directory)
+            except OSError as exc:
+                raise _os_error(exc, None, str(directory)) from exc
+        self._dirs_to_sync.clear()
+        new_ids: dict[_Segment, int] = {}
+        try:
+            with self._engine.begin() as conn:
+                for segment in live:
+                    if not segment.frames:
+                        continue
+                    if segment.row_id is not None and not segment.dirty and not segment.closing:
+                        continue
+                    values = {
+                        "start": segment.start,
+                        "end": segment.end,
+                        "frames": segment.frames,
+                        "bytes": segment.size,
+                        "open": not segment.closing,
+                    }
+                    if segment.row_id is None:
+                        inserted = conn.execute(
+                            segments.insert().values(
+                                camera=segment.camera, path=segment.rel, **values
+                            )
+                        )
+                        key = inserted.inserted_primary_key
+                        assert key is not None
+                        new_ids[segment] = int(key[0])
+                    else:
+                        conn.execute(
+                            segments.update()
+                            .where(segments.c.id == segment.row_id)
+                            .values(**values)
+                        )
+        except sa.exc.SQLAlchemyError as exc:
+            raise index_error(exc, self._index_path) from exc
+        for segment in live:
+            segment.row_id = new_ids.get(segment, segment.row_id)
+            self._indexed_bytes += segment.size - segment.indexed_size if segment.frames else 0
+            segment.indexed_size = segment.size if segment.frames else 0
+            segment.dirty = False
+        with self._lock:
+            closing, self._closing = self._closing, []
+        for segment in closing:
+            os.close(segment.fd)
+            if not segment.frames:
+                segment.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Flush everything, close every segment and mark their rows closed."""
+        with self._lock:
+            for segment in self._open.values():
+                segment.closing = True
+                self._closing.append(segment)
+            self._open.clear()
+        self._flush()
+
+    def _enforce_retention(self, max_age: float | None, max_bytes: int | None) -> int:
+        """Delete the oldest closed segments beyond ``max_age`` seconds or ``max_bytes``.
+
+        The rows go first, in one committed transaction, then the files: a reader never
+        finds a row whose file is gone, and a crash in between leaves only files without
+        rows, which the next repair indexes again (and retention deletes again).
+        """
+        live = {s.rel for s in self._open.values()}
+        victims: dict[int, tuple[str, int]] = {}
+        try:
+            with self._engine.connect() as conn:
+                if max_age is not None:
+                    cutoff = time.time() - max_age
+                    query = (
+                        sa.select(segments.c.id, segments.c.path, segments.c.bytes)
+                        .where(segments.c.end < cutoff)
+                        .order_by(segments.c.end)
+                        .limit(_RETENTION_BATCH)
+                    )
+                    for row in conn.execute(query):
+                        if row.path not in live:
+                            victims[row.id] = (row.path, row.bytes)
+                if max_bytes is not None:
+                    excess = self.total_bytes - sum(b for _, b in victims.values()) - max_bytes
+                    if excess > 0:
+                        query = sa.select(
+                            segments.c.id, segments.c.path, segments.c.bytes
+                        ).order_by(segments.c.end, segments.c.id)
+                        for row in conn.execute(query):
+                            if excess <= 0:
+                                break
+                            if row.path in live or row.id in victims:
+                                continue
+                            victims[row.id] = (row.path, row.bytes)
+                            excess -= row.bytes
+            if not victims:
+                return 0
+            with self._engine.begin() as conn:
+                for chunk in _chunks(list(victims), 500):
+                    conn.execute(segments.delete().where(segments.c.id.in_(chunk)))
+        except sa.exc.SQLAlchemyError as exc:
+            raise index_error(exc, self._index_path) from exc
+        for rel, size in victims.values():
+            self._indexed_bytes -= size
+            try:
+                (self.root / rel).unlink(missing_ok=True)
+            except OSError as exc:
+                # The row is gone: the next repair re-indexes the file and it goes again.
+                log.warning("recordings: cannot delete %s: %s", self.root / rel, exc)
+        log.info("recordings: retention removed %d segments", len(victims))
+        return len(victims)
+
+
+def _write_all(fd: int, buffers: list[bytes], offset: int) -> int:
+    """Write every buffer at ``offset`` with as few ``pwritev`` calls as possible."""
+    total = 0
+    queue: list[bytes | memoryview] = list(buffers)
+    while queue:
+        chunk = queue[:_IOV_MAX]
+        expected = sum(len(b) for b in chunk)
+        written = os.pwritev(fd, chunk, offset + total)
+        total += written
+        if written == expected:
+            del queue[: len(chunk)]
+            continue
+        if written == 0:
+            raise OSError(errno.EIO, "the disk accepted no bytes", None)
+        # A short write (only a full disk does that to regular files): drop what went out.
+        while written:
+            head = queue[0]
+            if len(head) <= written:
+                written -= len(head)
+                queue.pop(0)
+            else:
+                queue[0] = memoryview(head)[written:]
+                written = 0
+    return total
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_error(exc: OSError, camera: str | None, path: str) -> RecordingError:
+    if exc.errno in _DISK_FULL:
+        return RecordingDiskFull(camera, path)
+    return RecordingError(
+        camera,
+        f"cannot write the recordings: {exc.strerror or exc}",
+        path=path,
+        fix="check that the recordings directory exists, is writable and its disk is healthy",
+    )
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for index in range(0, len(items), size):
+        yield items[index : index + size]
