@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from watchkeep.errors import (
     DuplicateCertificate,
     InvalidChoice,
     MalformedPEM,
+    OutputNotWritable,
     UsageError,
 )
 from watchkeep.pki._authority import (
@@ -146,18 +149,36 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> CertificateAuthority:
         now = now or utcnow()
-        if self.home.ca_cert.exists() or self.home.ca_key.exists():
-            raise CAAlreadyExists(str(self.home.ca_cert))
+        for existing in (self.home.ca_cert, self.home.ca_key, self.home.ca_dir):
+            if existing.exists() and (existing.is_file() or any(existing.iterdir())):
+                raise CAAlreadyExists(str(existing))
         ca = CertificateAuthority.create(name, key_type=key_type, days=days, now=now)
         self.home.ensure()
-        # Key first, certificate last: ca.pem is what marks a CA as present, so a command
-        # interrupted before it leaves no CA rather than a CA without its key.
-        atomic_write(self.home.ca_key, ca.private_key_pem(self.passphrase), mode=0o600)
+        # The CA directory is made aside and renamed into place, so an interrupted command
+        # leaves either no CA or a whole one, never a key without its certificate (which
+        # would also make `ca init` refuse to run again).
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".ca-", dir=self.home.root))
+        except OSError as exc:
+            raise OutputNotWritable(str(self.home.root), exc.strerror or str(exc)) from exc
+        try:
+            atomic_write(
+                staging / self.home.ca_key.name, ca.private_key_pem(self.passphrase), mode=0o600
+            )
+            self._write_crl(ca, now, path=staging / self.home.crl.name)
+            atomic_write(
+                staging / self.home.ca_cert.name,
+                ca.certificate.public_bytes(serialization.Encoding.PEM),
+                mode=0o644,
+            )
+            staging.rename(self.home.ca_dir)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputNotWritable(str(self.home.ca_dir), exc.strerror or str(exc)) from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         self._authority = ca
-        self._write_crl(ca, now)
-        atomic_write(
-            self.home.ca_cert, ca.certificate.public_bytes(serialization.Encoding.PEM), mode=0o644
-        )
         return ca
 
     def ca_certificate(self) -> x509.Certificate:
@@ -427,7 +448,9 @@ class SitePKI:
             return out
         return path
 
-    def _write_crl(self, ca: CertificateAuthority, now: dt.datetime) -> Path:
+    def _write_crl(
+        self, ca: CertificateAuthority, now: dt.datetime, path: Path | None = None
+    ) -> Path:
         entries = [
             RevokedEntry(
                 int(r.serial, 16),
@@ -447,8 +470,9 @@ class SitePKI:
             except (ValueError, x509.ExtensionNotFound):
                 pass
         crl = ca.sign_crl(entries, now=now, number=number)
-        atomic_write(self.home.crl, crl.public_bytes(serialization.Encoding.PEM))
-        return self.home.crl
+        target = path or self.home.crl
+        atomic_write(target, crl.public_bytes(serialization.Encoding.PEM))
+        return target
 
     # -- export ---------------------------------------------------------------------------
 
