@@ -1,0 +1,152 @@
+"""Interrupted commands leave nothing half-written.
+
+Given a `watchkeep` process, when it is killed with SIGKILL at a random moment (anywhere in
+its run, or just after it starts writing files), then every key and certificate file that
+exists parses, every inventory row has its files, and the site can go on: the command run
+again either finds its work done or does it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pki_support import run_cli, watchkeep_command
+
+from watchkeep._home import Home
+from watchkeep.pki import SitePKI, fingerprint
+
+ROUNDS = 6  # of each kind: killed anywhere, killed once writing has begun
+
+
+def public_der(obj: object) -> bytes:
+    key = obj.public_key()  # type: ignore[attr-defined]
+    return key.public_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def listing(directory: Path) -> set[str]:
+    try:
+        return set(os.listdir(directory))
+    except FileNotFoundError:
+        return set()
+
+
+def kill_at_random(
+    command: list[str], rng: random.Random, *, watch: Path | None, typical: float
+) -> str:
+    """Start ``command`` and SIGKILL it: at a random time within ``typical`` seconds, or,
+    when ``watch`` is given, a random 0-10 ms after the first change in that directory."""
+    before = listing(watch) if watch is not None else set()
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if watch is None:
+        delay = rng.uniform(0, typical * 1.1)
+        time.sleep(delay)
+        when = f"{delay * 1000:.0f} ms after start"
+    else:
+        deadline = time.monotonic() + 30
+        while process.poll() is None and listing(watch) == before:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.0002)
+        delay = rng.uniform(0, 0.01)
+        time.sleep(delay)
+        when = f"{delay * 1000:.1f} ms after writing began"
+    process.kill()
+    process.wait(timeout=30)
+    return f"{when} (exit status {process.returncode})"
+
+
+def typical_duration(command: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def check_certificate_files(home: Home, directory: Path, context: str) -> None:
+    """Every key and certificate file parses; every inventory row has matching files."""
+    for path in directory.iterdir():
+        if path.name.startswith(".") or not path.is_file():
+            continue  # temporary files of an interrupted write are never used
+        data = path.read_bytes()
+        if path.suffix == ".key":
+            serialization.load_pem_private_key(data, password=None)
+        elif path.suffix == ".pem":
+            assert x509.load_pem_x509_certificates(data), f"{path} is empty; {context}"
+    for record in SitePKI(home).certificates(include_history=True):
+        cert = x509.load_pem_x509_certificate(Path(record.cert_path).read_bytes())
+        assert fingerprint(cert) == record.sha256_fingerprint, context
+        chain = x509.load_pem_x509_certificates(Path(record.chain_path).read_bytes())
+        assert chain[0] == cert, context
+        if record.status == "active":
+            key = serialization.load_pem_private_key(
+                Path(record.key_path or "").read_bytes(), password=None
+            )
+            assert public_der(key) == public_der(cert), f"{record.name}: key mismatch; {context}"
+
+
+@pytest.mark.parametrize("moment", ["anywhere", "while writing"])
+def test_cert_issue_killed_leaves_only_whole_files_and_rows(
+    home: Home, moment: str, rng: random.Random
+) -> None:
+    def command(host: str) -> list[str]:
+        return [*watchkeep_command(), "--home", str(home.root), "cert", "issue",
+                "--role", "recording", "--host", host, "--key-type", "rsa-2048"]  # fmt: skip
+
+    typical = typical_duration(command("warm-up.site.example"))
+    for n in range(ROUNDS):
+        host = f"rs{n}.kill.example"
+        watch = home.certs_dir if moment == "while writing" else None
+        context = f"killed {kill_at_random(command(host), rng, watch=watch, typical=typical)}"
+        check_certificate_files(home, home.certs_dir, context)
+
+        # And the site goes on: the host is recorded with its files, or can be issued now
+        if not any(host in r.hosts for r in SitePKI(home).certificates()):
+            ran = run_cli(home.root, *command(host)[3:])
+            assert ran.code == 0, f"{ran.err}; {context}"
+        check_certificate_files(home, home.certs_dir, context)
+
+
+@pytest.mark.parametrize("moment", ["anywhere", "while writing"])
+def test_ca_init_killed_never_leaves_a_ca_without_its_key(
+    tmp_path: Path, moment: str, rng: random.Random
+) -> None:
+    def command(root: Path) -> list[str]:
+        return [*watchkeep_command(), "--home", str(root), "ca", "init",
+                "--name", "Interrupted CA", "--key-type", "ecdsa-p256"]  # fmt: skip
+
+    typical = typical_duration(command(tmp_path / "warm-up"))
+    for n in range(ROUNDS):
+        home = Home(tmp_path / f"home{n}")
+        watch = home.root if moment == "while writing" else None
+        if watch is not None:
+            watch.mkdir()
+        context = f"killed {kill_at_random(command(home.root), rng, watch=watch, typical=typical)}"
+
+        if home.ca_cert.exists():
+            cert = x509.load_pem_x509_certificate(home.ca_cert.read_bytes())
+            assert home.ca_key.exists(), f"ca.pem without ca.key; {context}"
+            key = serialization.load_pem_private_key(home.ca_key.read_bytes(), password=None)
+            assert public_der(key) == public_der(cert), f"ca.key does not match; {context}"
+            assert run_cli(home.root, "ca", "show", "--json").code == 0
+        else:
+            # No CA: `ca init` run again must make one (an interrupted init is no obstacle)
+            ran = run_cli(home.root, "ca", "init", "--name", "Again", "--key-type", "ecdsa-p256")
+            assert ran.code == 0, f"{ran.err}; {context}"
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    seed = int(os.environ.get("WATCHKEEP_TEST_SEED", time.time_ns()))
+    request.node.user_properties.append(("seed", seed))
+    print(f"random seed {seed} (set WATCHKEEP_TEST_SEED to replay)")
+    return random.Random(seed)  # noqa: S311 -- picks moments to kill, not secrets
