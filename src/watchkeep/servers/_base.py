@@ -24,6 +24,7 @@ from watchkeep.site import CertificateStatus, Readiness
 from watchkeep.tls import (
     ClientAuth,
     ReloadableServerContext,
+    ServerIdentity,
     TrustMaterial,
     check_server_identity,
     client_context,
@@ -66,6 +67,8 @@ class ServerProcess(abc.ABC):
         self.stopping = asyncio.Event()
         self.tls: ReloadableServerContext | None = None
         self.readiness = Readiness(None, ())
+        self._client_auth = ClientAuth.NONE
+        self._unprepared: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -77,7 +80,14 @@ class ServerProcess(abc.ABC):
         return TrustMaterial.load(self.config.trust_store)
 
     def check_certificate_at_start(self, client_auth: str = ClientAuth.NONE) -> None:
-        """Refuse to start with a certificate no peer would accept (raises with one line)."""
+        """Refuse to start with a certificate no peer would accept (raises with one line).
+
+        A server that is not prepared yet (its certificate files are not there, or its
+        trust store holds no CA) starts in plaintext and reports why: enabling its
+        encryption is refused until it is prepared, and it picks the files up once they
+        appear (or on SIGHUP), without a restart.
+        """
+        self._client_auth = client_auth
         identity = self.config.identity
         if identity is None:
             log.warning(
@@ -86,14 +96,44 @@ class ServerProcess(abc.ABC):
             )
             self.readiness = self.compute_readiness()
             return
+        if self._not_prepared(identity) is None:
+            self._open_tls(identity)
+        else:
+            self._try_open_tls()
+        self.readiness = self.compute_readiness()
+
+    def _not_prepared(self, identity: ServerIdentity) -> str | None:
+        if not identity.chain.exists() and not identity.key.exists():
+            return f"no certificate is installed ({identity.chain} does not exist)"
+        if not self.trust().ca_files:
+            return f"the trust store {self.config.trust_store} holds no CA certificate"
+        return None
+
+    def _open_tls(self, identity: ServerIdentity) -> None:
         self.tls = ReloadableServerContext(
             identity,
             self.config.policy,
-            client_auth=client_auth,
+            client_auth=self._client_auth,
             trust_dir=self.config.trust_store,
             on_reload=lambda _leaf: self.on_certificate_reloaded(),
         )
-        self.readiness = self.compute_readiness()
+
+    def _try_open_tls(self) -> None:
+        """While the server has no TLS context: build it if its files are now in place."""
+        identity = self.config.identity
+        if identity is None or self.tls is not None:
+            return
+        reason = self._not_prepared(identity)
+        if reason is None:
+            try:
+                self._open_tls(identity)
+            except (WatchkeepError, OSError, ValueError, ssl.SSLError) as exc:
+                reason = str(exc)
+            else:
+                log.info("%s: certificate and trust store in place", self.config.name)
+        if reason is not None and reason != self._unprepared:
+            log.warning("%s: encryption cannot be turned on yet: %s", self.config.name, reason)
+        self._unprepared = reason
 
     def compute_readiness(self) -> Readiness:
         trust = self.trust()
@@ -113,6 +153,20 @@ class ServerProcess(abc.ABC):
                         f"watchkeep cert issue --role {self.config.role.value} --host "
                         f"{self.config.host} --out DIR, then set [tls] certificate/key/trust_store "
                         f"in {self.config.path}",
+                    ),
+                ),
+            )
+        if not identity.chain.exists() and not identity.key.exists():
+            return Readiness(
+                None,
+                trusted,
+                (
+                    (
+                        "cert.chain",
+                        f"no certificate is installed ({identity.chain} does not exist)",
+                        f"watchkeep cert issue --role {self.config.role.value} --host "
+                        f"{self.config.host} --ip {self.config.address} --out "
+                        f"{identity.chain.parent}",
                     ),
                 ),
             )
@@ -142,13 +196,18 @@ class ServerProcess(abc.ABC):
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), RELOAD_INTERVAL)
-            if self.tls is not None and self.tls.changed():
+            if self.tls is None:
+                self._try_open_tls()
+                self.readiness = self.compute_readiness()
+            elif self.tls.changed():
                 self.tls.reload()
                 self.readiness = self.compute_readiness()
 
     def reload_now(self) -> None:
         if self.tls is not None:
             self.tls.reload()
+        else:
+            self._try_open_tls()
         self.readiness = self.compute_readiness()
 
     # -- state kept across restarts ------------------------------------------------------
