@@ -1,0 +1,119 @@
+"""A plaintext site: registration, the `site status --json` contract, failover, and the
+client-side errors of a plaintext port.
+
+Given a management server, a recording server and a failover server started as processes
+on their own loopback addresses, with encryption off everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+
+import pytest
+from site_support import (
+    call,
+    cli_json,
+    endpoint,
+    failover_round_trip,
+    openssl_fingerprint,
+    servers_by_name,
+    trust_of,
+)
+
+from watchkeep.errors import PeerRefused, TlsToPlaintextPort
+from watchkeep.testing import LocalSite
+from watchkeep.tls import Endpoint, client_context
+
+HEX64 = set("0123456789abcdef")
+
+
+def test_site_status_json_lists_every_server_and_camera_as_documented(
+    plain_site: LocalSite,
+) -> None:
+    # When the administrator asks for the site status as JSON
+    status = cli_json(plain_site, "site", "status")
+
+    # Then it holds the servers and cameras, each server with the documented fields
+    assert set(status) >= {"servers", "cameras"}
+    assert isinstance(status["cameras"], list)
+    servers = servers_by_name(status)
+    assert set(servers) == {"ms", "rs1", "fo1"}
+    expected_ports = {"ms": {"api"}, "rs1": {"data", "control"}, "fo1": {"data", "control"}}
+    roles = {"ms": "management", "rs1": "recording", "fo1": "failover"}
+    now = dt.datetime.now(dt.UTC)
+    for name, server in servers.items():
+        local = plain_site.servers[name]
+        assert server["role"] == roles[name]
+        assert server["host"] == local.host == f"{name}.site.test"
+        assert server["address"] == local.address
+        assert set(server["ports"]) == expected_ports[name]
+        assert server["ports"] == local.ports
+        assert all(isinstance(p, int) for p in server["ports"].values())
+        assert server["encryption"] is False
+        assert server["online"] is True
+        cert = server["certificate"]
+        assert len(cert["sha256_fingerprint"]) == 64
+        assert set(cert["sha256_fingerprint"]) <= HEX64
+        not_after = dt.datetime.strptime(cert["not_after"], "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC
+        )
+        # LocalSite issues 90-day certificates, as `cert issue` does by default
+        assert dt.timedelta(days=89) < not_after - now <= dt.timedelta(days=90)
+        assert isinstance(cert["days_left"], int | float)
+        assert cert["days_left"] == pytest.approx(
+            (not_after - now).total_seconds() / 86400, abs=0.1
+        )
+
+
+def test_site_status_fingerprints_are_those_openssl_computes(plain_site: LocalSite) -> None:
+    # When the administrator asks for the site status
+    servers = servers_by_name(cli_json(plain_site, "site", "status"))
+
+    # Then each fingerprint is the certificate's as openssl, an independent judge, sees it
+    for name, local in plain_site.servers.items():
+        assert servers[name]["certificate"]["sha256_fingerprint"] == openssl_fingerprint(
+            local.chain
+        )
+
+
+def test_a_killed_recording_server_is_covered_by_the_failover_server_and_returns(
+    plain_site: LocalSite,
+) -> None:
+    failover_round_trip(plain_site, "cam-plain")
+
+
+def test_tls_to_a_plaintext_data_port_is_told_apart_from_other_failures(
+    plain_site: LocalSite,
+) -> None:
+    # Given rs1's data port, plaintext while rs1's encryption is off
+    rs1 = plain_site.servers["rs1"]
+    context = client_context(trust_of(plain_site.home.trust_dir))
+
+    # When a client speaks TLS to it
+    with pytest.raises(TlsToPlaintextPort) as refused:
+        call(endpoint(rs1, "data", tls=True), "GET", "/api/v1/status", ssl_context=context)
+
+    # Then the error names the server and the fix, not an OpenSSL reason alone
+    message = str(refused.value)
+    assert "rs1" in message
+    assert "plaintext" in message
+    assert "watchkeep encryption enable --server rs1" in message
+    assert isinstance(refused.value.__cause__, Exception)
+    assert not isinstance(refused.value, ssl.SSLError)
+
+
+def test_a_port_where_nothing_listens_is_reported_as_refused(plain_site: LocalSite) -> None:
+    # Given an address of the site's network where no server runs
+    rs1 = plain_site.servers["rs1"]
+    nowhere = Endpoint(
+        "rs9", "rs9.site.test", f"{plain_site.network}.250", rs1.ports["data"], False
+    )
+
+    # When a client connects there
+    with pytest.raises(PeerRefused) as refused:
+        call(nowhere, "GET", "/api/v1/status")
+
+    # Then it is told that nothing listens, and where it tried
+    assert "connection refused" in str(refused.value)
+    assert "rs9" in str(refused.value)
