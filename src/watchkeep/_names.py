@@ -11,7 +11,8 @@ from watchkeep.errors import InvalidDuration, InvalidHostName, UsageError
 __all__ = ["format_duration", "parse_duration", "parse_ip", "validate_host_name"]
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_DURATION = re.compile(r"(\d{1,9})([smhdw]?)")
+# Ten digits: every duration up to the 100-year limit can be written in seconds.
+_DURATION = re.compile(r"(\d{1,10})([smhdw]?)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
 _MAX_DURATION = dt.timedelta(days=100 * 366)
 
@@ -75,10 +76,11 @@ def parse_duration(text: str) -> dt.timedelta:
     value = int(match.group(1))
     if value == 0:
         raise InvalidDuration(text, "it must be greater than zero")
-    delta = dt.timedelta(seconds=value * _UNIT_SECONDS[match.group(2)])
-    if delta > _MAX_DURATION:
+    seconds = value * _UNIT_SECONDS[match.group(2)]
+    # Compared as integers: a timedelta of a billion weeks would overflow before the check.
+    if seconds > _MAX_DURATION.total_seconds():
         raise InvalidDuration(text, "it is longer than 100 years")
-    return delta
+    return dt.timedelta(seconds=seconds)
 
 
 def format_duration(delta: dt.timedelta) -> str:
