@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 
 __all__ = ["subject_hash"]
 
-_SPACES = re.compile(r"\s+")
+# OpenSSL's ossl_isspace(): ASCII space, tab, LF, VT, FF and CR only. Python's \s and
+# str.strip() also take U+00A0, U+001C..U+001F and other Unicode spaces, which OpenSSL keeps.
+_ASCII_SPACE = " \t\n\v\f\r"
+_SPACES = re.compile(f"[{re.escape(_ASCII_SPACE)}]+")
 
 
 def _canonical_value(value: str) -> str:
     # OpenSSL's x509_name_canon: trim, collapse inner whitespace, fold ASCII to lower case.
-    text = _SPACES.sub(" ", value.strip())
+    text = _SPACES.sub(" ", value.strip(_ASCII_SPACE))
     return "".join(c.lower() if c.isascii() else c for c in text)
 
 
@@ -28,9 +32,14 @@ def subject_hash(name: x509.Name) -> str:
         for attr in rdn:
             value = attr.value
             if isinstance(value, str):
-                attrs.append(
-                    x509.NameAttribute(attr.oid, _canonical_value(value), _ASN1Type.UTF8String)
-                )
+                # A value of spaces only canonicalises to "", which OpenSSL hashes but
+                # cryptography's length check for some attributes (CN: 1-64) would refuse.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    canonical = x509.NameAttribute(
+                        attr.oid, _canonical_value(value), _ASN1Type.UTF8String, _validate=False
+                    )
+                attrs.append(canonical)
             else:
                 attrs.append(attr)
         rdns.append(x509.RelativeDistinguishedName(attrs))
