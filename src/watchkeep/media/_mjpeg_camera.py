@@ -77,13 +77,19 @@ class MjpegCamera(CameraSource):
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._session: aiohttp.ClientSession | None = None
+        self._response: aiohttp.ClientResponse | None = None
         self._sequence = 0
 
     async def _prepare(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
 
     async def _release(self) -> None:
-        # Closing the session aborts a read in progress: the iterator then sees _stopping.
+        response, self._response = self._response, None
+        if response is not None:
+            # Wake a read in progress (closing the session alone does not): the iterator
+            # then sees _stopping and ends.
+            response.content.set_exception(aiohttp.ClientConnectionError("camera stopped"))
+            response.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -97,6 +103,7 @@ class MjpegCamera(CameraSource):
                 break
             try:
                 async with session.get(self.url, ssl=self._ssl) as response:
+                    self._response = response
                     parser = self._open(response)
                     stats = self.stats
                     bad_before, skipped_before = stats.bad_parts, stats.skipped_bytes
@@ -111,6 +118,7 @@ class MjpegCamera(CameraSource):
                                 if self._stopping:
                                     return
                     finally:
+                        self._response = None
                         if parser.in_part:
                             stats.bad_parts += 1  # cut off in the middle of a part
                     reason = "the camera ended the stream"

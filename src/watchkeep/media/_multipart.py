@@ -16,6 +16,7 @@ __all__ = ["MjpegPart", "MultipartParser", "boundary_from_content_type"]
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MAX_HEADER_BLOCK = 8192
+_MAX_TRAILER = 256
 _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
 _TRAILING = b"\r\n"
@@ -65,12 +66,8 @@ class MultipartParser:
         return self._headers is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[MjpegPart]:
+        """Add ``data`` to the stream; return the parts it completed."""
         buffer = self._buffer
-        if self._pos:
-            del buffer[: self._pos]
-            if self._headers is not None:
-                self._body_start -= self._pos
-            self._pos = 0
         buffer += data
         out: list[MjpegPart] = []
         while True:
@@ -79,6 +76,12 @@ class MultipartParser:
                     break
             elif not self._read_body(out):
                 break
+        # Keep only what is not consumed: at most one partial part (or delimiter).
+        if self._pos:
+            del buffer[: self._pos]
+            if self._headers is not None:
+                self._body_start -= self._pos
+            self._pos = 0
         return out
 
     def _read_head(self) -> bool:
@@ -118,10 +121,9 @@ class MultipartParser:
     def _read_body(self, out: list[MjpegPart]) -> bool:
         headers = self._headers
         assert headers is not None
-        buffer, start = self._buffer, self._body_start
+        buffer, start, delimiter = self._buffer, self._body_start, self._delimiter
         length = _content_length(headers.get("content-length"))
         if length is not None and length > self._max_part_size:
-            length = None
             self._reject(start)
             return True
         if length is not None:
@@ -129,33 +131,54 @@ class MultipartParser:
             if len(buffer) < end:
                 return False
             # A part shorter than it claimed swallows the next delimiter: resynchronise there.
-            inner = buffer.find(self._delimiter, start, end)
+            inner = buffer.find(delimiter, start, end)
             if inner >= 0:
                 self._reject(inner)
                 return True
-            self._accept(out, start, end, end)
+            if self._is_jpeg(start, end):
+                self._accept(out, headers, start, end, end)
+                return True
+            # Not a JPEG. The next delimiter may straddle the claimed end: look past it.
+            horizon = end + len(delimiter) - 1
+            if len(buffer) < horizon:
+                return False
+            straddling = buffer.find(delimiter, start, horizon)
+            self._reject(straddling if straddling >= 0 else end)
             return True
-        found = buffer.find(self._delimiter, start)
+        found = buffer.find(delimiter, start)
         if found < 0:
             if len(buffer) - start > self._max_part_size:
                 self._reject(len(buffer))
             return False
-        self._accept(out, start, found, found)
+        # Without a length, bytes a camera sent after the JPEG belong to the part: keep the
+        # picture, up to its EOI when that is near the end, and count the rest as skipped.
+        eoi = buffer.rfind(_EOI, max(start, found - _MAX_TRAILER), found)
+        end = found if eoi < 0 else eoi + 2
+        self._skip(end, found)
+        if self._is_jpeg(start, end):
+            self._accept(out, headers, start, end, found)
+        else:
+            self._reject(found)
         return True
 
-    def _accept(self, out: list[MjpegPart], start: int, end: int, resume: int) -> None:
-        headers = self._headers
-        assert headers is not None
+    def _is_jpeg(self, start: int, end: int) -> bool:
         buffer = self._buffer
         while end > start and buffer[end - 1] in _TRAILING:
             end -= 1
+        return (
+            end - start > 4 and buffer.startswith(_SOI, start) and buffer.endswith(_EOI, start, end)
+        )
+
+    def _accept(
+        self, out: list[MjpegPart], headers: dict[str, str], start: int, end: int, resume: int
+    ) -> None:
+        buffer = self._buffer
+        while end > start and buffer[end - 1] in _TRAILING:
+            end -= 1
+        out.append(MjpegPart(headers, bytes(buffer[start:end])))
+        self.parts += 1
         self._headers = None
         self._pos = resume
-        if buffer.startswith(_SOI, start) and buffer.endswith(_EOI, start, end) and end - start > 4:
-            out.append(MjpegPart(headers, bytes(buffer[start:end])))
-            self.parts += 1
-        else:
-            self.bad_parts += 1
 
     def _reject(self, resume: int) -> None:
         self.bad_parts += 1
@@ -164,8 +187,8 @@ class MultipartParser:
 
     def _skip(self, start: int, end: int) -> None:
         # Line breaks around delimiters are the format, not garbage.
-        if end > start and self._buffer[start:end].strip(b"\r\n"):
-            self.skipped_bytes += end - start
+        if end > start:
+            self.skipped_bytes += len(self._buffer[start:end].strip(b"\r\n"))
 
 
 def _content_length(value: str | None) -> int | None:

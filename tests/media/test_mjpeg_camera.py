@@ -1,0 +1,258 @@
+"""MJPEG cameras against real aiohttp servers on loopback: sloppy streams, drops, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from watchkeep.media import Frame, MjpegCamera, SyntheticCamera, mjpeg_content_type, mjpeg_part
+
+HOST = "127.0.0.2"
+Script = Callable[[web.Request, web.StreamResponse, int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def mjpeg_server(
+    script: Script, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """Serve ``script`` (called with the connection's index) at the URL yielded."""
+    connections = 0
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        nonlocal connections
+        index = connections
+        connections += 1
+        if index == 0 and request.query.get("first") == "404":
+            return web.Response(status=404, text="no such camera")
+        if index == 1 and request.query.get("second") == "html":
+            return web.Response(text="<html>login</html>", content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": mjpeg_content_type()})
+        await response.prepare(request)
+        await script(request, response, index)
+        await release.wait()  # hold the connection open, as a camera does
+        return response
+
+    app = web.Application()
+    app.router.add_get("/video.mjpeg", stream)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0, ssl_context=ssl_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if ssl_context else "http"
+    try:
+        yield f"{scheme}://{HOST}:{port}/video.mjpeg"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def jpegs(count: int) -> list[bytes]:
+    camera = SyntheticCamera("source", 160, 120, 25, 6_000)
+    await camera.start()
+    return [camera.render(n, 1000.0 + n).jpeg for n in range(count)]
+
+
+def part(jpeg: bytes, sequence: int) -> bytes:
+    return mjpeg_part(Frame("source", sequence, 1000.0 + sequence / 4, jpeg))
+
+
+async def take(camera: MjpegCamera, count: int) -> list[Frame]:
+    """The first ``count`` frames; the iteration then goes on until the camera stops."""
+    got: list[Frame] = []
+    enough = asyncio.Event()
+
+    async def consume() -> None:
+        async for frame in camera:
+            got.append(frame)
+            if len(got) == count:
+                enough.set()
+
+    task = asyncio.create_task(consume())
+    waiter = asyncio.create_task(enough.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    await camera.stop()  # ends an iteration blocked in a read
+    await task
+    waiter.cancel()
+    return got
+
+
+async def test_garbage_and_truncated_parts_are_skipped_and_counted() -> None:
+    j = await jpegs(5)
+    boundary = b"--watchkeep-frame"
+
+    async def script(_request: web.Request, response: web.StreamResponse, _index: int) -> None:
+        lying = b"%b\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%b\r\n" % (
+            boundary,
+            len(j[0]),
+            j[0][:200],  # cut short: the next part's delimiter falls inside "its" length
+        )
+        not_jpeg = b"%b\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi\r\n" % boundary
+        no_length = b"%b\r\nContent-Type: image/jpeg\r\n\r\n%b\r\n" % (boundary, j[3])
+        for piece in (
+            b"preamble garbage",
+            part(j[0], 0),
+            b"\x00\x01junk between parts\r\n",
+            lying,
+            part(j[1], 1),
+            not_jpeg,
+            part(j[2], 2),
+            no_length,
+            part(j[4], 4),
+        ):
+            await response.write(piece)
+
+    async with mjpeg_server(script) as url:
+        camera = MjpegCamera("door", url)
+        await camera.start()
+        frames = await take(camera, 5)
+    assert [f.jpeg for f in frames] == j
+    assert [f.camera for f in frames] == ["door"] * 5
+    assert [f.sequence for f in frames] == [0, 1, 2, 0, 4]  # the bare part: a local count
+    assert frames[1].timestamp == 1000.25
+    assert camera.stats.bad_parts == 2
+    assert camera.stats.skipped_bytes >= len(b"preamble garbage\x00\x01junk between parts")
+    assert camera.stats.connections == 1
+    assert camera.stats.reconnects == 0
+    assert camera.stats.frames == 5
+
+
+async def test_a_dropped_connection_is_reconnected() -> None:
+    j = await jpegs(4)
+
+    async def script(request: web.Request, response: web.StreamResponse, index: int) -> None:
+        if index == 0:
+            await response.write(part(j[0], 0) + part(j[1], 1) + part(j[2], 2)[:300])
+            assert request.transport is not None
+            request.transport.abort()  # the camera's network goes away mid-part
+        else:
+            await response.write(part(j[3], 3))
+
+    async with mjpeg_server(script) as url:
+        camera = MjpegCamera("yard", url, backoff_initial=0.01, backoff_max=0.05)
+        await camera.start()
+        frames = await take(camera, 3)
+    assert [f.jpeg for f in frames] == [j[0], j[1], j[3]]
+    assert camera.stats.connections == 2
+    assert camera.stats.reconnects == 1
+    assert camera.stats.bad_parts == 1  # the part cut off by the drop
+
+
+async def test_refusals_and_non_mjpeg_answers_are_retried() -> None:
+    j = await jpegs(1)
+
+    async def script(_request: web.Request, response: web.StreamResponse, _index: int) -> None:
+        await response.write(part(j[0], 0))
+
+    async with mjpeg_server(script) as url:
+        camera = MjpegCamera("gate", url + "?first=404&second=html", backoff_initial=0.01)
+        await camera.start()
+        frames = await take(camera, 1)
+    assert [f.jpeg for f in frames] == j
+    assert camera.stats.reconnects == 2
+    assert camera.stats.connections == 1
+    assert "multipart" in (camera.stats.last_error or "")
+
+
+def make_ca_and_server_cert(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for HOST (files: ca, cert chain, key)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "media test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_an_https_camera_is_verified_against_the_given_trust(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    j = await jpegs(2)
+
+    async def script(_request: web.Request, response: web.StreamResponse, _index: int) -> None:
+        await response.write(part(j[0], 0) + part(j[1], 1))
+
+    async with mjpeg_server(script, server_context) as url:
+        trusting = ssl.create_default_context(cafile=str(ca))
+        camera = MjpegCamera("lab", url, trusting)
+        await camera.start()
+        assert [f.jpeg for f in await take(camera, 2)] == j
+
+        # The same camera without the CA: refused, retried, and the reason is kept.
+        untrusting = MjpegCamera("lab", url, backoff_initial=0.01, backoff_max=0.02)
+        await untrusting.start()
+        got: list[Frame] = []
+
+        async def consume() -> None:
+            async for frame in untrusting:
+                got.append(frame)
+
+        task = asyncio.create_task(consume())
+        while untrusting.stats.reconnects < 2:
+            await asyncio.sleep(0.01)
+        await untrusting.stop()
+        await task
+    assert got == []
+    assert untrusting.stats.connections == 0
+    assert "certificate" in (untrusting.stats.last_error or "").lower()
+
+
+def test_bad_urls_are_refused() -> None:
+    with pytest.raises(ValueError, match="http"):
+        MjpegCamera("cam", "rtsp://camera/stream")
