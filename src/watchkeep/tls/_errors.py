@@ -131,10 +131,12 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
+        nested = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
+        # aiohttp's wrappers are themselves SSLCertVerificationError/OSError subclasses
+        # without the details (verify_code, strerror): prefer the error they wrap.
+        if isinstance(current, kind) and not isinstance(nested, kind):
             return current
         seen.add(id(current))
-        nested = getattr(current, "certificate_error", None) or getattr(current, "os_error", None)
         current = (
             nested
             if isinstance(nested, BaseException)
