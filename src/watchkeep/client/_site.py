@@ -3,6 +3,7 @@ is, how to log in, and which scheme to speak (never falling back to plaintext by
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -14,9 +15,11 @@ from watchkeep._files import atomic_write
 from watchkeep._home import Home
 from watchkeep.client._http import SiteResolver, call_json, open_session
 from watchkeep.errors import HomeError, PlaintextToTlsPort
-from watchkeep.tls import Endpoint, TrustMaterial, client_context
+from watchkeep.tls import Endpoint, TrustMaterial, client_context, speaks_tls
 
 __all__ = ["SiteClient", "SiteConnection"]
+
+SCHEME_SWITCH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -153,4 +156,14 @@ class SiteClient:
             # Told over an authenticated answer: the only way this home changes scheme down.
             self.connection = replace(self.connection, encryption=enabled)
             self.connection.save(self.home)
+            await self._wait_for_scheme(enabled)
         return result
+
+    async def _wait_for_scheme(self, tls: bool, timeout: float = SCHEME_SWITCH_TIMEOUT) -> None:
+        """The management server switches its listener just after its answer has gone out:
+        return once it speaks the announced scheme, so that the next call neither meets the
+        old scheme (and reads it as a refusal) nor follows it back up to TLS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and await speaks_tls(self.endpoint()) is not tls:
+            await asyncio.sleep(0.05)
