@@ -1,13 +1,15 @@
 """Fixtures for the end-to-end server tests (issue 3); helpers are in site_support.py.
 
-A started site costs a few seconds, so each module shares one (module scope) and every
-test leaves it as it found it. Every server process is stopped in the fixture's teardown,
+A started site costs a few seconds, so each module shares one (module scope; the
+encrypted site is shared by every module about encrypted links) and every test leaves it
+as it found it. Every server process is stopped in the fixture's teardown,
 whatever happened; when a test fails, the tail of every server's log of the sites that are
 running is attached to the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Iterator
 
 import pytest
@@ -38,11 +40,8 @@ def pytest_runtest_makereport(
     return report
 
 
-@pytest.fixture(scope="module")
-def site_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., LocalSite]]:
-    """Make sites whose processes are all stopped when the module is done."""
+@contextlib.contextmanager
+def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalSite]]:
     made: list[LocalSite] = []
 
     def make(name: str = "site", **kwargs: object) -> LocalSite:
@@ -57,6 +56,24 @@ def site_factory(
         for site in made:
             site.stop_all()
             _RUNNING.remove(site)
+
+
+@pytest.fixture(scope="module")
+def site_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LocalSite]]:
+    """Make sites whose processes are all stopped when the module is done."""
+    with _sites(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def session_site_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., LocalSite]]:
+    """Make sites shared by several modules, stopped when the session ends."""
+    with _sites(tmp_path_factory) as make:
+        yield make
 
 
 def standard_site(make: Callable[..., LocalSite], name: str) -> LocalSite:
@@ -77,10 +94,11 @@ def plain_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
     return standard_site(site_factory, "plain")
 
 
-@pytest.fixture(scope="module")
-def encrypted_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
-    """A site on which rs1, fo1 and then ms were encrypted through the CLI."""
-    site = standard_site(site_factory, "encrypted")
+@pytest.fixture(scope="session")
+def encrypted_site(session_site_factory: Callable[..., LocalSite]) -> LocalSite:
+    """A site on which rs1, fo1 and then ms were encrypted through the CLI (shared by the
+    modules about encrypted links: each test leaves it encrypted, or `encrypted` repairs it)."""
+    site = standard_site(session_site_factory, "encrypted")
     encrypt_everything(site)
     return site
 
