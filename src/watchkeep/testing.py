@@ -272,7 +272,8 @@ class LocalSite:
         self.stop(name, signal.SIGKILL)
 
     def stop_all(self) -> None:
-        for name in list(self.servers):
+        # Clients of the management server first, so none of them logs its disappearance.
+        for name in reversed(list(self.servers)):
             self.stop(name)
 
     def connect_cli(self) -> None:

@@ -23,6 +23,8 @@ _GROUPS = {
     "trust": "watchkeep.cli._trust",
     "server": "watchkeep.cli._server",
     "site": "watchkeep.cli._site",
+    "video": "watchkeep.cli._video",
+    "demo": "watchkeep.cli._demo",
 }
 
 

@@ -150,7 +150,11 @@ class LinkedServer(ServerProcess):
         endpoint = Endpoint(
             "management server", self.link.host, self.link.address, self.link.port, tls
         )
-        context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
+        # Servers whose certificates are also for client authentication (recording and
+        # failover servers) prove who they are on the encrypted management link.
+        identity = self.config.identity
+        present = self.tls is not None and identity is not None and identity.needs_client_auth
+        context = self.client_ssl_context(present_certificate=present) if tls else None
         try:
             config = await call_json(
                 session,

@@ -580,7 +580,9 @@ class ManagementServer(ServerProcess):
                 server=name,
                 fix="copy the site's registration key file into the server's [management] section",
             )
-        refused = self._check_peer(request, name, host)
+        # Recording and failover servers authenticate with their certificates (mutual TLS);
+        # a mobile server is a client like any other and has a server-only certificate.
+        refused = self._check_peer(request, name, host) if role.records else None
         if refused is not None:
             return refused
         existing = next((s for s in self._server_rows() if s.name == name), None)

@@ -13,6 +13,7 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
+from watchkeep.servers._streams import CameraService
 from watchkeep.tls import ClientAuth, ReloadableServerContext, ServerIdentity
 
 __all__ = ["RecordingServer"]
@@ -26,6 +27,15 @@ class RecordingServer(LinkedServer):
         super().__init__(config)
         self.data_app = web.Application(middlewares=[self.token_middleware("user")])
         self.data_app.router.add_get("/api/v1/status", self.status)
+        recording = dict(config.extra.get("recording", {}))
+        self.media = CameraService(
+            config.name,
+            config.data_dir,
+            segment_seconds=float(recording.get("segment_seconds", 60.0)),
+            max_age=float(recording["max_age"]) if "max_age" in recording else None,
+            max_bytes=int(recording["max_bytes"]) if "max_bytes" in recording else None,
+        )
+        self.media.add_routes(self.data_app)
         self.control_app = web.Application(middlewares=[self.token_middleware("control")])
         self.control_app.router.add_post("/control/v1/config", self.receive_config)
         self.control_app.router.add_get("/control/v1/status", self.status)
@@ -67,7 +77,7 @@ class RecordingServer(LinkedServer):
             "ms_encryption": self.ms_encryption,
             "data_tls": bool(self.data and self.data.tls),
             "control_tls": bool(self.control and self.control.tls),
-            "cameras": [c["name"] for c in self.camera_config],
+            "cameras": self.media.stats(),
             "covering": self.covering,
         }
 
@@ -96,6 +106,7 @@ class RecordingServer(LinkedServer):
                 "%s: cameras now %s", self.config.name, ", ".join(c["name"] for c in cams) or "none"
             )
         self.camera_config = cams
+        await self.media.set_cameras(cams)
 
     async def reconcile_listeners(self) -> None:
         assert self.data is not None
@@ -132,6 +143,10 @@ class RecordingServer(LinkedServer):
 
     async def start(self) -> None:
         self.check_certificate_at_start()
+        await self.media.start()
+        # Cameras configured before a restart record again at once, before the management
+        # server is reachable: recording never waits for the management link.
+        await self.media.set_cameras(self.camera_config)
         await self.data_runner.setup()
         await self.control_runner.setup()
         self.data = Listener(
@@ -157,5 +172,6 @@ class RecordingServer(LinkedServer):
         for listener in (self.data, self.control):
             if listener is not None:
                 await listener.stop()
+        await self.media.close()
         await self.data_runner.cleanup()
         await self.control_runner.cleanup()

@@ -1,0 +1,243 @@
+"""`watchkeep demo`: a complete encrypted site on this machine, built the way an
+administrator would build it, running until --duration passes or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from watchkeep.cli._common import print_table
+
+__all__ = ["register"]
+
+CAMERAS = [("cam1", "rs1"), ("cam2", "rs1"), ("cam3", "rs2"), ("cam4", "rs2")]
+
+
+def register(groups: Any) -> None:
+    demo = groups.add_parser("demo", help="run a complete encrypted site on this machine")
+    demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    demo.add_argument(
+        "--refresh", type=float, default=2.0, help="seconds between status tables (default 2)"
+    )
+    demo.set_defaults(handler=_demo)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from watchkeep.errors import UsageError
+
+    if args.home is not None:
+        root = Path(args.home).expanduser().resolve()
+        if root.exists() and any(root.iterdir()):
+            raise UsageError(
+                f"{root} is not empty; the demo builds a new site there",
+                fix="pass an empty or new directory to --home, or leave --home out",
+            )
+    else:
+        root = Path(tempfile.mkdtemp(prefix="watchkeep-demo-"))
+    return asyncio.run(_run(root, args.duration, args.refresh))
+
+
+async def _run(root: Path, duration: float | None, refresh: float) -> int:
+    from watchkeep.pki import KeyType
+    from watchkeep.site import ServerRole
+    from watchkeep.testing import LocalSite
+
+    site = LocalSite(root, key_type=KeyType.RSA_2048)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        say(f"watchkeep demo: building a site in {root}")
+        site.init_ca("watchkeep Demo Site CA")
+        say(f"  certificate authority: {site.home.ca_cert}")
+        for name, role in [
+            ("ms", ServerRole.MANAGEMENT),
+            ("rs1", ServerRole.RECORDING),
+            ("rs2", ServerRole.RECORDING),
+            ("fo1", ServerRole.FAILOVER),
+            ("mobile1", ServerRole.MOBILE),
+        ]:
+            server = site.add_server(name, role)
+            say(
+                f"  {name}: {role.value} server {server.host} on {server.address}, certificate "
+                f"{server.chain.name}, key mode 0600, CA in {server.trust_dir}"
+            )
+        for name in site.servers:
+            await asyncio.to_thread(site.start, name)
+        say("  all servers started as separate processes")
+        site.connect_cli()
+        await _build(site)
+        await _watch(site, stop, duration, refresh)
+        return 0
+    finally:
+        say("watchkeep demo: stopping every server")
+        await asyncio.to_thread(site.stop_all)
+        say(f"watchkeep demo: stopped; the site's files stay in {root}")
+
+
+async def _wait_online(client: Any, names: set[str], timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = await client.status()
+        online = {s["name"] for s in status["servers"] if s["online"]}
+        if names <= online:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"servers not online after {timeout:.0f} s: {sorted(names - online)}"
+            )
+        await asyncio.sleep(0.3)
+
+
+async def _build(site: Any) -> None:
+    from watchkeep.client import SiteClient
+
+    async with SiteClient(site.home) as client:
+        await _wait_online(client, set(site.servers))
+        for camera, server in CAMERAS:
+            await client.call(
+                "POST",
+                "/api/v1/cameras",
+                {
+                    "name": camera,
+                    "recording_server": server,
+                    "source": {
+                        "kind": "synthetic",
+                        "width": 640,
+                        "height": 360,
+                        "fps": 10,
+                        "target_bytes": 40_000,
+                    },
+                },
+            )
+        say(f"  cameras added: {', '.join(f'{c} -> {s}' for c, s in CAMERAS)}")
+        for name in ("rs1", "rs2", "fo1", "mobile1", "ms"):
+            await client.set_encryption(name, True)
+            say(f"  encryption enable --server {name}: done")
+            await asyncio.sleep(0.3)
+    # A new session: the management server now speaks TLS only.
+    async with SiteClient(site.home) as client:
+        status = await _wait_online(client, set(site.servers))
+        encrypted = [s["name"] for s in status["servers"] if s["encrypted_now"]]
+        say(f"  servers speaking TLS now: {', '.join(encrypted)}")
+
+
+async def _viewer(
+    site: Any, camera: str, counts: dict[str, list[float]], stop: asyncio.Event
+) -> None:
+    import aiohttp
+
+    from watchkeep.client import SiteClient
+    from watchkeep.client._video import camera_endpoint, stream_frames
+    from watchkeep.errors import WatchkeepError
+
+    while not stop.is_set():
+        try:
+            async with SiteClient(site.home) as client:
+                status = await client.status()
+                client.learn_hosts(status)
+                endpoint = camera_endpoint(status, camera)
+                async with aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(resolver=client.resolver())
+                ) as session:
+                    async for _frame in stream_frames(
+                        client, endpoint, camera, f"/api/v1/cameras/{camera}/live.mjpeg", session
+                    ):
+                        counts[camera].append(time.monotonic())
+                        if stop.is_set():
+                            return
+        except (WatchkeepError, aiohttp.ClientError, OSError) as exc:
+            _LAST_ERRORS[camera] = str(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+_LAST_ERRORS: dict[str, str] = {}
+
+
+async def _watch(site: Any, stop: asyncio.Event, duration: float | None, refresh: float) -> None:
+    from watchkeep.client import SiteClient
+
+    mobile = site.servers["mobile1"]
+    say("")
+    say(f"web client (log in as admin with the password in {site.password_file}):")
+    say(f"  https://{mobile.host}:{mobile.ports['https']}/   (address {mobile.address})")
+    say(
+        f"  a browser must trust the CA file {site.home.ca_cert} and resolve "
+        f"{mobile.host} to {mobile.address}, e.g."
+    )
+    say(
+        f"  chromium --host-resolver-rules='MAP {mobile.host} {mobile.address}' "
+        f"https://{mobile.host}:{mobile.ports['https']}/"
+    )
+    say(
+        f"  curl --cacert {site.home.ca_cert} --resolve {mobile.host}:{mobile.ports['https']}:"
+        f"{mobile.address} https://{mobile.host}:{mobile.ports['https']}/healthz"
+    )
+    say(f"while it runs: watchkeep --home {site.home.root} site status --json")
+    say("")
+    counts: dict[str, list[float]] = {c: [] for c, _ in CAMERAS}
+    viewers = [asyncio.create_task(_viewer(site, c, counts, stop)) for c, _ in CAMERAS]
+    started = time.monotonic()
+    try:
+        async with SiteClient(site.home) as client:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), refresh)
+                status = await client.status()
+                _print_status(status, counts)
+                if duration is not None and time.monotonic() - started >= duration:
+                    break
+    finally:
+        stop.set()
+        for task in viewers:
+            task.cancel()
+        for task in viewers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _print_status(status: dict[str, Any], counts: dict[str, list[float]]) -> None:
+    now = time.monotonic()
+    print_table(
+        ["server", "role", "host", "encryption", "TLS now", "state", "cert days left"],
+        [
+            [
+                s["name"],
+                s["role"],
+                s["host"],
+                "on" if s["encryption"] else "off",
+                "yes" if s["encrypted_now"] else "no",
+                "online" if s["online"] else "OFFLINE",
+                f"{s['certificate']['days_left']:.0f}" if s.get("certificate") else "-",
+            ]
+            for s in status["servers"]
+        ],
+    )
+    rows = []
+    for camera in status["cameras"]:
+        recent = [t for t in counts.get(camera["name"], []) if now - t <= 5.0]
+        rows.append(
+            [
+                camera["name"],
+                camera["recording_server"],
+                f"{len(recent) / 5.0:.1f}",
+                _LAST_ERRORS.get(camera["name"], "")[:80] if not recent else "",
+            ]
+        )
+    print()
+    print_table(["camera", "recording server", "frames/s (TLS viewer)", "last error"], rows)
+    print("-" * 72, flush=True)
+    sys.stdout.flush()

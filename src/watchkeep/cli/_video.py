@@ -1,0 +1,186 @@
+"""`watchkeep view`, `watchkeep playback` and `watchkeep camera ...`: video as a user sees it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from watchkeep.cli._common import add_json, emit_json, home_of, print_table
+
+__all__ = ["register"]
+
+
+def register(groups: Any) -> None:
+    view = groups.add_parser("view", help="watch a camera live (the Smart Client of this site)")
+    view.add_argument("camera", metavar="CAMERA")
+    view.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    view.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    view.add_argument("--out", type=Path, help="write the frames as an MJPEG file")
+    add_json(view)
+    view.set_defaults(handler=_view)
+
+    playback = groups.add_parser("playback", help="fetch recorded video of a time range")
+    playback.add_argument("camera", metavar="CAMERA")
+    playback.add_argument(
+        "--from", dest="start", required=True, help="ISO 8601 time or UTC seconds"
+    )
+    playback.add_argument("--to", dest="end", required=True, help="ISO 8601 time or UTC seconds")
+    playback.add_argument("--out", type=Path, help="write the frames as an MJPEG file")
+    add_json(playback)
+    playback.set_defaults(handler=_playback)
+
+    camera = groups.add_parser("camera", help="the site's cameras")
+    sub = camera.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = sub.add_parser("add", help="add a camera to a recording server")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--recording-server", required=True)
+    kind = add.add_mutually_exclusive_group()
+    kind.add_argument("--mjpeg-url", help="an IP camera's MJPEG URL")
+    kind.add_argument(
+        "--synthetic", default="640x360@10", metavar="WxH@FPS", help="a generated camera"
+    )
+    add.add_argument("--frame-bytes", type=int, default=30_000, help="synthetic frame size")
+    add_json(add)
+    add.set_defaults(handler=_camera_add)
+    remove = sub.add_parser("remove", help="remove a camera")
+    remove.add_argument("name", metavar="NAME")
+    add_json(remove)
+    remove.set_defaults(handler=_camera_remove)
+
+
+def _parse_time(text: str) -> float:
+    from watchkeep.errors import UsageError
+
+    with contextlib.suppress(ValueError):
+        return float(text)
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"invalid time {text!r}", fix="write 2026-11-27T10:00:00Z or UTC seconds"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+def _view(args: argparse.Namespace) -> int:
+    from watchkeep.client import SiteClient
+    from watchkeep.client._video import view_camera
+    from watchkeep.errors import UsageError
+
+    if args.frames is None and args.seconds is None:
+        raise UsageError("say when to stop", fix="pass --frames N or --seconds S")
+
+    async def run(out: IO[bytes] | None) -> Any:
+        async with SiteClient(home_of(args)) as client:
+            return await view_camera(
+                client, args.camera, frames=args.frames, duration=args.seconds, out=out
+            )
+
+    with _output(args.out) as out:
+        report = asyncio.run(run(out))
+    _report(report, args.json)
+    return 0
+
+
+def _playback(args: argparse.Namespace) -> int:
+    from watchkeep.client import SiteClient
+    from watchkeep.client._video import playback_camera
+
+    start, end = _parse_time(args.start), _parse_time(args.end)
+
+    async def run(out: IO[bytes] | None) -> Any:
+        async with SiteClient(home_of(args)) as client:
+            return await playback_camera(client, args.camera, start, end, out)
+
+    with _output(args.out) as out:
+        report = asyncio.run(run(out))
+    _report(report, args.json)
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Any:
+    if path is None:
+        yield None
+        return
+    from watchkeep.errors import OutputNotWritable
+
+    try:
+        handle = path.open("wb")
+    except OSError as exc:
+        raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
+    with handle:
+        yield handle
+
+
+def _report(report: Any, as_json: bool) -> None:
+    if as_json:
+        emit_json(report.as_json())
+        return
+    data = report.as_json()
+    print(
+        f"{data['camera']}: {data['frames']} frames, {data['bytes']} bytes in {data['seconds']:.1f} s "
+        f"({data['fps']:.1f} frames/s) from {', '.join(data['servers'])}"
+        f"{' over TLS' if data['encrypted'] else ' in PLAINTEXT'}",
+        file=sys.stdout,
+    )
+
+
+def _camera_add(args: argparse.Namespace) -> int:
+    from watchkeep.client import SiteClient
+    from watchkeep.errors import UsageError
+
+    if args.mjpeg_url:
+        source: dict[str, Any] = {"kind": "mjpeg", "url": args.mjpeg_url}
+    else:
+        try:
+            size, fps = args.synthetic.split("@")
+            width, height = (int(v) for v in size.lower().split("x"))
+            source = {
+                "kind": "synthetic",
+                "width": width,
+                "height": height,
+                "fps": float(fps),
+                "target_bytes": args.frame_bytes,
+            }
+        except ValueError:
+            raise UsageError(
+                f"invalid --synthetic {args.synthetic!r}", fix="write WxH@FPS, e.g. 1280x720@25"
+            ) from None
+
+    async def run() -> Any:
+        async with SiteClient(home_of(args)) as client:
+            return await client.call(
+                "POST",
+                "/api/v1/cameras",
+                {"name": args.name, "recording_server": args.recording_server, "source": source},
+            )
+
+    result = asyncio.run(run())
+    if args.json:
+        emit_json(result)
+    else:
+        print_table(["camera", "recording server"], [[result["name"], result["recording_server"]]])
+    return 0
+
+
+def _camera_remove(args: argparse.Namespace) -> int:
+    from watchkeep.client import SiteClient
+
+    async def run() -> Any:
+        async with SiteClient(home_of(args)) as client:
+            return await client.call("DELETE", f"/api/v1/cameras/{args.name}")
+
+    result = asyncio.run(run())
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"removed camera {args.name}")
+    return 0

@@ -1,0 +1,188 @@
+"""Watching video as the Smart Client does: log in at the management server, find where a
+camera records now, and pull its stream from that recording server over verified TLS.
+A viewer follows its camera to a failover server and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import aiohttp
+
+from watchkeep.client._http import ApiError
+from watchkeep.client._site import SiteClient
+from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.media import (
+    MJPEG_PART_END,
+    Frame,
+    MultipartParser,
+    boundary_from_content_type,
+    mjpeg_part_head,
+)
+from watchkeep.tls import Endpoint, client_context, explain_connection_failure
+
+__all__ = ["ViewReport", "camera_endpoint", "playback_camera", "stream_frames", "view_camera"]
+
+
+@dataclass
+class ViewReport:
+    camera: str
+    frames: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    servers: list[str] = field(default_factory=list)
+    reconnects: int = 0
+    encrypted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "camera": self.camera,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "servers": self.servers,
+            "reconnects": self.reconnects,
+            "encrypted": self.encrypted,
+        }
+
+
+def camera_endpoint(status: dict[str, Any], camera: str) -> Endpoint:
+    entry = next((c for c in status["cameras"] if c["name"] == camera), None)
+    if entry is None:
+        known = ", ".join(c["name"] for c in status["cameras"]) or "none"
+        raise WatchkeepError(
+            f"the site has no camera {camera!r} (cameras: {known})",
+            fix="watchkeep site status lists the cameras",
+        )
+    server = next(s for s in status["servers"] if s["name"] == entry["recording_server"])
+    return Endpoint(
+        server["name"],
+        server["host"],
+        server["address"],
+        int(server["ports"]["data"]),
+        bool(server["encryption"]),
+    )
+
+
+async def stream_frames(
+    client: SiteClient,
+    endpoint: Endpoint,
+    camera: str,
+    path: str,
+    session: aiohttp.ClientSession,
+) -> AsyncIterator[Frame]:
+    """The frames of one MJPEG response from a recording server."""
+    url = f"{'https' if endpoint.tls else 'http'}://{endpoint.host}:{endpoint.port}{path}"
+    context = client_context(client.trust) if endpoint.tls else False
+    try:
+        response = await session.get(
+            url, headers={"Authorization": f"Bearer {client.token}"}, ssl=context
+        )
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise await explain_connection_failure(
+            exc, endpoint, trust_dir=client.connection.trust_store
+        ) from exc
+    async with response:
+        if response.status != 200:
+            body = await response.json(content_type=None)
+            raise ApiError(response.status, body if isinstance(body, dict) else {}, endpoint)
+        boundary = boundary_from_content_type(response.headers.get("Content-Type", ""))
+        if boundary is None:
+            raise ConnectionFailed(str(endpoint), "the answer is not an MJPEG stream")
+        parser = MultipartParser(boundary)
+        try:
+            async for chunk in response.content.iter_any():
+                for part in parser.feed(chunk):
+                    yield Frame(
+                        camera,
+                        int(part.headers.get("x-sequence", "0")),
+                        float(part.headers.get("x-timestamp", "0")),
+                        part.jpeg,
+                    )
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+            raise ConnectionFailed(str(endpoint), f"the stream broke off: {exc}") from exc
+
+
+async def view_camera(
+    client: SiteClient,
+    camera: str,
+    *,
+    frames: int | None,
+    duration: float | None = None,
+    out: IO[bytes] | None = None,
+    reconnect_for: float = 30.0,
+) -> ViewReport:
+    """Pull live frames until ``frames`` arrived or ``duration`` passed, following the
+    camera to whichever recording server records it."""
+    report = ViewReport(camera)
+    start = time.monotonic()
+    deadline = start + duration if duration else None
+    last_frame = start
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=client.resolver()),
+        timeout=aiohttp.ClientTimeout(connect=5, sock_read=5),
+    ) as session:
+        while True:
+            status = await client.status()
+            endpoint = camera_endpoint(status, camera)
+            client.learn_hosts(status)
+            if not report.servers or report.servers[-1] != endpoint.server:
+                report.servers.append(endpoint.server)
+            report.encrypted = endpoint.tls
+            try:
+                async for frame in stream_frames(
+                    client, endpoint, camera, f"/api/v1/cameras/{camera}/live.mjpeg", session
+                ):
+                    report.frames += 1
+                    report.bytes += len(frame.jpeg)
+                    last_frame = time.monotonic()
+                    if out is not None:
+                        out.write(mjpeg_part_head(frame))
+                        out.write(frame.jpeg)
+                        out.write(MJPEG_PART_END)
+                    if (frames is not None and report.frames >= frames) or (
+                        deadline is not None and last_frame >= deadline
+                    ):
+                        report.seconds = time.monotonic() - start
+                        return report
+            except (ConnectionFailed, ApiError, TimeoutError):
+                if time.monotonic() - last_frame > reconnect_for:
+                    raise
+            report.reconnects += 1
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.5)
+
+
+async def playback_camera(
+    client: SiteClient, camera: str, start: float, end: float, out: IO[bytes] | None
+) -> ViewReport:
+    report = ViewReport(camera)
+    began = time.monotonic()
+    status = await client.status()
+    client.learn_hosts(status)
+    endpoint = camera_endpoint(status, camera)
+    report.servers.append(endpoint.server)
+    report.encrypted = endpoint.tls
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=client.resolver()),
+        timeout=aiohttp.ClientTimeout(connect=5, sock_read=30),
+    ) as session:
+        path = f"/api/v1/cameras/{camera}/playback.mjpeg?from={start}&to={end}"
+        async for frame in stream_frames(client, endpoint, camera, path, session):
+            report.frames += 1
+            report.bytes += len(frame.jpeg)
+            if out is not None:
+                out.write(mjpeg_part_head(frame))
+                out.write(frame.jpeg)
+                out.write(MJPEG_PART_END)
+    report.seconds = time.monotonic() - began
+    return report

@@ -1,0 +1,282 @@
+"""The recording server's cameras and data streams: sources feed one hub per camera, the
+hub feeds live viewers (MJPEG and WebSocket) and the recorder; playback reads recordings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from watchkeep.errors import RecordingError, WatchkeepError
+from watchkeep.media import (
+    MJPEG_PART_END,
+    CameraSource,
+    FrameHub,
+    MjpegCamera,
+    Recorder,
+    SyntheticCamera,
+    mjpeg_content_type,
+    mjpeg_part_head,
+    ws_message,
+)
+from watchkeep.servers._problems import problem
+
+__all__ = ["CameraService", "source_for"]
+
+log = logging.getLogger("watchkeep.recording")
+
+SYNTHETIC_DEFAULTS = {"width": 640, "height": 360, "fps": 10.0, "target_bytes": 30_000}
+MAX_PLAYBACK_SPAN = 24 * 3600.0
+
+
+def source_for(name: str, source: dict[str, Any]) -> CameraSource:
+    kind = source.get("kind")
+    if kind == "synthetic":
+        values = {**SYNTHETIC_DEFAULTS, **{k: source[k] for k in SYNTHETIC_DEFAULTS if k in source}}
+        return SyntheticCamera(
+            name,
+            int(values["width"]),
+            int(values["height"]),
+            float(values["fps"]),
+            int(values["target_bytes"]),
+        )
+    if kind == "mjpeg":
+        return MjpegCamera(name, str(source["url"]))
+    raise WatchkeepError(
+        f"camera {name}: unknown source kind {kind!r}", fix="use synthetic or mjpeg"
+    )
+
+
+class _Camera:
+    def __init__(self, name: str, source: dict[str, Any], recorder: Recorder) -> None:
+        self.name = name
+        self.source_config = source
+        self.hub = FrameHub(name)
+        self.recorder = recorder
+        self.source = source_for(name, source)
+        self.task: asyncio.Task[None] | None = None
+        self.frames = 0
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        await self.source.start()
+        try:
+            async for frame in self.source:
+                self.frames += 1
+                self.hub.publish(frame)
+                try:
+                    self.recorder.write(frame)
+                except RecordingError as exc:
+                    log.error("camera %s: %s", self.name, exc)
+        finally:
+            await self.source.stop()
+
+    def fps(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+class CameraService:
+    """The cameras a recording server records now, and the routes that serve them."""
+
+    def __init__(
+        self,
+        server: str,
+        data_dir: Path,
+        *,
+        segment_seconds: float = 60.0,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self.server = server
+        self.recorder = Recorder(
+            data_dir / "recordings",
+            data_dir / "recordings" / "index.db",
+            segment_seconds=segment_seconds,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            max_playback_span=MAX_PLAYBACK_SPAN,
+        )
+        self.cameras: dict[str, _Camera] = {}
+
+    async def start(self) -> None:
+        await self.recorder.open()
+
+    async def set_cameras(self, wanted: list[dict[str, Any]]) -> None:
+        want = {str(c["name"]): dict(c.get("source", {})) for c in wanted}
+        for name in list(self.cameras):
+            if name not in want or want[name] != self.cameras[name].source_config:
+                await self._stop(name)
+        for name, source in want.items():
+            if name in self.cameras:
+                continue
+            try:
+                camera = _Camera(name, source, self.recorder)
+            except (WatchkeepError, ValueError, KeyError) as exc:
+                log.error("%s: camera %s cannot start: %s", self.server, name, exc)
+                continue
+            camera.task = asyncio.create_task(camera.run())
+            self.cameras[name] = camera
+
+    async def _stop(self, name: str) -> None:
+        camera = self.cameras.pop(name)
+        camera.hub.close()
+        if camera.task is not None:
+            camera.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await camera.task
+
+    async def close(self) -> None:
+        for name in list(self.cameras):
+            await self._stop(name)
+        await self.recorder.close()
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": c.name,
+                "frames": c.frames,
+                "fps": round(c.fps(), 2),
+                "viewers": c.hub.subscribers,
+            }
+            for c in self.cameras.values()
+        ]
+
+    # -- routes --------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.live_mjpeg)
+        r.add_get("/api/v1/cameras/{name}/live.ws", self.live_ws)
+        r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
+        r.add_get("/api/v1/cameras/{name}/playback.mjpeg", self.playback)
+
+    def _camera(self, request: web.Request) -> _Camera | web.Response:
+        name = request.match_info["name"]
+        allowed = request["claims"].get("cameras", "*")
+        if allowed != "*" and name not in allowed:
+            return problem(
+                403,
+                "camera not allowed",
+                f"user {request['claims'].get('sub')} may not view camera {name}",
+                code="auth.camera",
+            )
+        camera = self.cameras.get(name)
+        if camera is None:
+            return problem(
+                404,
+                "unknown camera",
+                f"{self.server} does not record camera {name} now",
+                server=self.server,
+                fix="ask the management server where the camera records: watchkeep site status",
+            )
+        return camera
+
+    async def live_mjpeg(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        if isinstance(camera, web.Response):
+            return camera
+        subscription = camera.hub.subscribe()
+        response = web.StreamResponse(
+            headers={"Content-Type": mjpeg_content_type(), "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        try:
+            async for frame in subscription:
+                await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            subscription.close()
+        return response
+
+    async def live_ws(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        if isinstance(camera, web.Response):
+            return camera
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        subscription = camera.hub.subscribe()
+
+        async def drain_incoming() -> None:
+            async for message in ws:
+                if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                    break
+            subscription.close()
+
+        reader = asyncio.create_task(drain_incoming())
+        try:
+            async for frame in subscription:
+                await ws.send_bytes(ws_message(frame))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            subscription.close()
+            reader.cancel()
+            await ws.close()
+        return ws
+
+    async def snapshot(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        if isinstance(camera, web.Response):
+            return camera
+        frame = camera.hub.latest
+        if frame is None:
+            return problem(503, "no frame yet", f"camera {camera.name} has sent no frame yet")
+        return web.Response(
+            body=frame.jpeg,
+            content_type="image/jpeg",
+            headers={"X-Timestamp": f"{frame.timestamp:.6f}", "X-Sequence": str(frame.sequence)},
+        )
+
+    async def playback(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        allowed = request["claims"].get("cameras", "*")
+        if allowed != "*" and name not in allowed:
+            return problem(
+                403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
+            )
+        try:
+            start = float(request.query["from"])
+            end = float(request.query["to"])
+        except (KeyError, ValueError):
+            return problem(400, "bad range", "from and to must be UTC seconds (numbers)")
+        if (
+            not (math.isfinite(start) and math.isfinite(end))
+            or end <= start
+            or end - start > MAX_PLAYBACK_SPAN
+        ):
+            return problem(
+                400,
+                "bad range",
+                f"playback needs 0 < to - from <= {MAX_PLAYBACK_SPAN:.0f} s, got from={start} to={end}",
+            )
+        try:
+            frames = self.recorder.playback(name, start, end)
+            response = web.StreamResponse(headers={"Content-Type": mjpeg_content_type()})
+            prepared = False
+            async for frame in frames:
+                if not prepared:
+                    await response.prepare(request)
+                    prepared = True
+                await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+        except RecordingError as exc:
+            if prepared:
+                raise
+            return problem(
+                404 if "unknown" in str(exc).lower() else 400,
+                "playback refused",
+                exc.describe(),
+                fix=exc.fix,
+            )
+        if not prepared:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
