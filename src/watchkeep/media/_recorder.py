@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import logging
 import math
@@ -29,6 +30,7 @@ __all__ = ["Recorder", "RecorderStats"]
 log = logging.getLogger("watchkeep.media")
 
 _PLAYBACK_BATCH = 4 * 1024 * 1024
+_LOCK_FILE = ".recorder.lock"
 _T = TypeVar("_T")
 
 
@@ -107,6 +109,7 @@ class Recorder:
         self._closing = False
         self._unflushed = False
         self._cameras: set[str] = set()
+        self._lock_fd: int | None = None
 
     # Life cycle.
 
@@ -123,6 +126,7 @@ class Recorder:
                 report = await loop.run_in_executor(executor, store.repair)
             except BaseException:
                 engine.dispose()
+                self._release_lock()
                 raise
         except BaseException:
             executor.shutdown(wait=False)
@@ -147,6 +151,7 @@ class Recorder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.database.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self.root / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             raise RecordingError(
                 None,
@@ -154,7 +159,25 @@ class Recorder:
                 path=exc.filename or str(self.root),
                 fix="choose a writable directory for the recordings",
             ) from exc
-        return open_index(self.database)
+        try:
+            # Two recorders appending to the same segments would corrupt them. The kernel
+            # drops the lock when its process dies, even by kill -9.
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock)
+            raise RecordingError(
+                None,
+                "another recorder is using these recordings",
+                path=str(self.root),
+                fix="stop the other recording server, or give this one its own data directory",
+            ) from exc
+        try:
+            engine = open_index(self.database)
+        except BaseException:
+            os.close(lock)
+            raise
+        self._lock_fd = lock
+        return engine
 
     async def close(self) -> None:
         """Write and flush everything queued, close the segments and stop the writer.
@@ -175,8 +198,14 @@ class Recorder:
             if self._engine is not None:
                 self._engine.dispose()
             self._store = self._engine = self._executor = None
+            self._release_lock()
         if self.error is not None:
             raise self.error
+
+    def _release_lock(self) -> None:
+        lock, self._lock_fd = self._lock_fd, None
+        if lock is not None:
+            os.close(lock)  # releases the flock
 
     async def __aenter__(self) -> Recorder:
         await self.open()
@@ -217,19 +246,10 @@ class Recorder:
         await waiter
 
     async def enforce_retention(self) -> int:
-        """Apply the retention limits now (they apply after every flush anyway)."""
+        """Flush, which applies the retention limits, and return how many segments went."""
+        before = self.stats.segments_removed
         await self.flush()
-        store, executor = self._require_open()
-        removed = await asyncio.get_running_loop().run_in_executor(
-            executor,
-            functools.partial(
-                store.step, [], flush=True, max_age=self.max_age, max_bytes=self.max_bytes
-            ),
-        )
-        self.stats.segments_removed += removed.removed
-        if removed.error is not None:
-            raise removed.error
-        return removed.removed
+        return self.stats.segments_removed - before
 
     def _drop_oldest(self) -> None:
         while self._pending_bytes > self.max_pending_bytes and len(self._pending) > 1:

@@ -437,13 +437,26 @@ class SegmentStore:
                 segment.path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Flush everything, close every segment and mark their rows closed."""
+        """Flush everything, close every segment and mark their rows closed.
+
+        The files are closed even when the last flush fails (the error is raised): what it
+        could not record, the repair of the next open reconciles.
+        """
         with self._lock:
             for segment in self._open.values():
                 segment.closing = True
                 self._closing.append(segment)
             self._open.clear()
-        self._flush()
+        try:
+            self._flush()
+        finally:
+            with self._lock:
+                closing, self._closing = self._closing, []
+            for segment in closing:
+                try:
+                    os.close(segment.fd)
+                except OSError as exc:  # pragma: no cover - a bad descriptor is a bug
+                    log.warning("recordings: closing %s: %s", segment.path, exc)
 
     def _enforce_retention(self, max_age: float | None, max_bytes: int | None) -> int:
         """Delete the oldest closed segments beyond ``max_age`` seconds or ``max_bytes``.
