@@ -29,6 +29,7 @@ from watchkeep.errors import (
     InvalidChoice,
     MalformedPEM,
     OutputNotWritable,
+    PKIError,
     UsageError,
 )
 from watchkeep.pki._authority import (
@@ -277,14 +278,14 @@ class SitePKI:
         now = now or utcnow()
         record = self.find(name_or_serial)
         if record.status == "revoked":
-            raise UsageError(
+            raise PKIError(
                 f"{record.name} (serial {record.serial}) is revoked; renewing would re-use "
                 "names an administrator withdrew",
                 fix=f"issue a new one: watchkeep cert issue --role {record.role} "
                 + " ".join(f"--host {h}" for h in record.hosts),
             )
         if record.key_path is None:
-            raise UsageError(
+            raise PKIError(
                 f"{record.name} was signed from a CSR; its key is on the server",
                 fix=f"make a new CSR on the server and run: watchkeep cert sign-csr CSR --role {record.role} --replace",
             )
@@ -432,7 +433,7 @@ class SitePKI:
             raise InvalidChoice("revocation reason", reason, list(REVOCATION_REASONS))
         record = self.find(name_or_serial)
         if record.status == "revoked":
-            raise UsageError(
+            raise PKIError(
                 f"{record.name} (serial {record.serial}) is already revoked",
                 fix="nothing to do; `watchkeep cert list --json` shows its status",
             )
@@ -481,7 +482,7 @@ class SitePKI:
     ) -> CertificateRecord:
         record = self.find(name_or_serial)
         if record.key_path is None:
-            raise UsageError(
+            raise PKIError(
                 f"{record.name} was signed from a CSR; watchkeep does not hold its key",
                 fix="export it on the server that made the CSR",
             )
