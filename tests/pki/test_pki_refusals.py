@@ -225,3 +225,30 @@ def test_issuing_without_a_ca_is_refused_and_creates_nothing(tmp_path: Path) -> 
     assert ran.code == 1
     single_error_line(ran, "no certificate authority", "ca init")
     assert not root.exists(), sorted(p.name for p in root.rglob("*"))
+
+
+def test_operations_the_state_of_a_certificate_forbids_are_refused(
+    home: Home, issue: Callable[..., CertificateRecord], tmp_path: Path
+) -> None:
+    revoked = issue(home, "recording", "rs-revoked.site.example")
+    assert run_cli(home.root, "cert", "revoke", revoked.name).code == 0
+    csr = openssl_csr(tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+    signed = run_cli(home.root, "cert", "sign-csr", csr, "--role", "mobile", "--json")
+    assert signed.code == 0, signed.err
+    from_csr = signed.json()["name"]
+
+    refusals = {
+        "revoke twice": (["cert", "revoke", revoked.name], "already revoked"),
+        "renew a revoked one": (["cert", "renew", revoked.name], "revoked"),
+        "renew without the key": (["cert", "renew", from_csr], "CSR"),
+        "export without the key": (
+            ["cert", "export", from_csr, "--pkcs12", str(tmp_path / "x.p12")],
+            "CSR",
+        ),
+        "outlive the CA": ([*ISSUE, "--host", "long.site.example", "--days", "4000"], "outlive"),
+    }
+    for what, (argv, needle) in refusals.items():
+        with unchanged(home.root, tmp_path):
+            ran = run_cli(home.root, *argv)
+        assert ran.code == 1, (what, ran)
+        single_error_line(ran, needle)
