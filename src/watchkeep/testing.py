@@ -79,6 +79,7 @@ class LocalSite:
         key_type: KeyType = KeyType.ECDSA_P256,
         failover_after: float = 3.0,
         heartbeat_interval: float = 0.5,
+        renew_check_interval: float = 1.0,
     ) -> None:
         self.root = root
         self.network = network or free_loopback_network()
@@ -86,6 +87,7 @@ class LocalSite:
         self.key_type = key_type
         self.failover_after = failover_after
         self.heartbeat_interval = heartbeat_interval
+        self.renew_check_interval = renew_check_interval
         # The administrator's home (CA, inventory, CLI connection) is the root itself, so
         # that `watchkeep --home ROOT ...` describes the site; each server lives below it.
         self.home = Home(root)
@@ -186,6 +188,9 @@ class LocalSite:
                 f'admin_password_file = "{self.password_file}"',
                 f'registration_key_file = "{self.registration_key_file}"',
                 f"failover_after = {self.failover_after}",
+                # The site root is the CA home: the management server renews with it.
+                f'ca_home = "{self.home.root}"',
+                f"renew_check_interval = {self.renew_check_interval}",
                 "",
             ]
         else:

@@ -14,12 +14,14 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from cryptography import x509
 
 from watchkeep._files import atomic_write
 from watchkeep.errors import CertificateRuleViolation, WatchkeepError
 from watchkeep.pki import fingerprint
 from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._expiry import ExpiryWatch, WatchedCertificate, metrics_text
 from watchkeep.site import CertificateStatus, Readiness
 from watchkeep.tls import (
     ClientAuth,
@@ -34,6 +36,7 @@ __all__ = ["ServerProcess", "certificate_status", "configure_logging"]
 
 log = logging.getLogger("watchkeep.servers")
 RELOAD_INTERVAL = 2.0
+EXPIRY_CHECK_INTERVAL = 60.0
 
 
 def configure_logging(name: str) -> None:
@@ -56,6 +59,7 @@ def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
         serial=format(leaf.serial_number, "x"),
         not_after=leaf.not_valid_after_utc,
         hosts=hosts,
+        not_before=leaf.not_valid_before_utc,
     )
 
 
@@ -71,6 +75,7 @@ class ServerProcess(abc.ABC):
         self._unprepared: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.expiry = ExpiryWatch(config.warn_days, announced=self._load_json("expiry.json"))
 
     # -- certificates --------------------------------------------------------------------
 
@@ -210,21 +215,74 @@ class ServerProcess(abc.ABC):
             self._try_open_tls()
         self.readiness = self.compute_readiness()
 
+    # -- expiry ---------------------------------------------------------------------------
+
+    def watched_certificates(self) -> list[WatchedCertificate]:
+        """This server's certificate and the CAs in its trust store (cert.expiry_warning)."""
+        found = []
+        c = self.config
+        if self.tls is not None:
+            found.append(
+                WatchedCertificate.of(
+                    self.tls.certificate,
+                    kind="server",
+                    server=c.name,
+                    role=c.role.value,
+                    host=c.host,
+                )
+            )
+        with contextlib.suppress(OSError, ValueError):
+            for ca in self.trust().certificates():
+                found.append(
+                    WatchedCertificate.of(
+                        ca,
+                        kind="ca",
+                        server=c.name,
+                        role="ca",
+                        host=ca.subject.rfc4514_string(),
+                    )
+                )
+        return found
+
+    def check_expiry(self, now: dt.datetime | None = None) -> None:
+        if self.expiry.check(self.watched_certificates(), now or utcnow()):
+            self._save_json("expiry.json", self.expiry.announced)
+
+    async def _expiry_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.check_expiry()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), EXPIRY_CHECK_INTERVAL)
+
+    def metrics_certificates(self) -> list[WatchedCertificate]:
+        return self.watched_certificates()
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        text = metrics_text(self.metrics_certificates(), utcnow())
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
     # -- state kept across restarts ------------------------------------------------------
 
-    @property
-    def _state_path(self) -> Path:
-        return self.config.data_dir / "state.json"
-
-    def load_state(self) -> dict[str, Any]:
+    def _load_json(self, name: str) -> dict[str, Any]:
         try:
-            data = json.loads(self._state_path.read_text())
+            data = json.loads((self.config.data_dir / name).read_text())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _save_json(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write(self.config.data_dir / name, json.dumps(data, indent=1).encode(), mode=0o600)
+
+    def load_state(self) -> dict[str, Any]:
+        return self._load_json("state.json")
+
     def save_state(self, state: dict[str, Any]) -> None:
-        atomic_write(self._state_path, json.dumps(state, indent=1).encode(), mode=0o600)
+        self._save_json("state.json", state)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -248,6 +306,7 @@ class ServerProcess(abc.ABC):
         loop.add_signal_handler(signal.SIGHUP, self.reload_now)
         await self.start()
         self.spawn(self._reload_loop())
+        self.spawn(self._expiry_loop())
         log.info("%s: %s server ready", self.config.name, self.config.role.value)
         try:
             await self.stopping.wait()

@@ -9,6 +9,7 @@ from typing import Any
 
 from watchkeep._names import validate_host_name
 from watchkeep.errors import HomeError
+from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
 from watchkeep.site import DEFAULT_PORTS, ServerRole
 from watchkeep.tls import ServerIdentity, TlsPolicy
 
@@ -41,12 +42,18 @@ class ServerConfig:
     service_account: str | None
     heartbeat_interval: float
     management: ManagementLink | None
+    warn_days: tuple[int, ...] = DEFAULT_WARN_DAYS
     # management server only
     failover_after: float = 5.0
     admin_password: str | None = None
     registration_key: str | None = None
     database_url: str | None = None
     token_ttl: float = 900.0
+    ca_home: Path | None = None  # management server: the CA it renews certificates with
+    ca_passphrase: str | None = None
+    renew_at: float = DEFAULT_RENEW_AT
+    renew_jitter: float = 0.05
+    renew_check_interval: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -79,6 +86,17 @@ def _secret(base: Path, table: dict[str, Any], key: str, config: Path) -> str | 
     if not text:
         raise _fail(config, f"{key} {file} is empty", f"write the secret into {file}")
     return text
+
+
+def _warn_days(path: Path, value: Any) -> tuple[int, ...]:
+    try:
+        return parse_warn_days(value)
+    except (TypeError, ValueError):
+        raise _fail(
+            path,
+            f"[server] expiry_warn_days = {value!r} is not a list of whole days",
+            "write e.g. expiry_warn_days = [30, 14, 7]",
+        ) from None
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -146,12 +164,18 @@ def load_config(path: Path) -> ServerConfig:
         trust_store=file("trust_store"),
         service_account=server.get("service_account") or None,
         heartbeat_interval=float(server.get("heartbeat_interval", 1.0)),
+        warn_days=_warn_days(path, server.get("expiry_warn_days", DEFAULT_WARN_DAYS)),
         management=link,
         failover_after=float(site.get("failover_after", 5.0)),
         admin_password=_secret(base, site, "admin_password_file", path),
         registration_key=_secret(base, site, "registration_key_file", path),
         database_url=site.get("database"),
         token_ttl=float(site.get("token_ttl", 900.0)),
+        ca_home=(base / str(site["ca_home"])).resolve() if site.get("ca_home") else None,
+        ca_passphrase=_secret(base, site, "ca_passphrase_file", path),
+        renew_at=float(site.get("renew_at", DEFAULT_RENEW_AT)),
+        renew_jitter=float(site.get("renew_jitter", 0.05)),
+        renew_check_interval=float(site.get("renew_check_interval", 300.0)),
         extra={
             k: v
             for k, v in raw.items()

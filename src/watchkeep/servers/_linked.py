@@ -48,6 +48,7 @@ class LinkedServer(ServerProcess):
         )
         self.registered = asyncio.Event()
         self.last_refusal: str | None = None
+        self._plaintext_announced = False  # told over TLS that the management link goes plain
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -174,6 +175,14 @@ class LinkedServer(ServerProcess):
             self.ms_encryption = True
             return
         except TlsToPlaintextPort as exc:
+            if self._plaintext_announced:
+                log.info(
+                    "%s: the management server now speaks plaintext, as it announced over "
+                    "TLS; switching the link",
+                    self.config.name,
+                )
+                self.ms_encryption = False
+                return
             self._refused(
                 str(exc) + " (staying encrypted: a plaintext management link is refused "
                 "unless the management server announced it over TLS)"
@@ -186,6 +195,13 @@ class LinkedServer(ServerProcess):
             log.info("%s: registered with the management server again", self.config.name)
         self.last_refusal = None
         if isinstance(config, dict):
+            # Remembered because the management server switches its listener a moment after
+            # announcing it: a plaintext heartbeat in between meets TLS and follows it back
+            # up, and only this announcement lets the link come down again afterwards.
+            if tls and config.get("ms_encryption") is False:
+                self._plaintext_announced = True
+            elif config.get("ms_encryption") is True:
+                self._plaintext_announced = False
             await self.apply_config(config)
         self.registered.set()
 

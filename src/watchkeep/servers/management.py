@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -21,10 +22,13 @@ from watchkeep._names import validate_host_name
 from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import ConnectionFailed, WatchkeepError
 from watchkeep.pki import fingerprint
+from watchkeep.pki._lifecycle import warning_level
 from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
+from watchkeep.servers._renewal import Renewer
 from watchkeep.servers._tokens import InvalidToken, TokenSigner, TokenVerifier
 from watchkeep.site import (
     Camera,
@@ -115,6 +119,16 @@ class ManagementServer(ServerProcess):
         self.runner = web.AppRunner(self.app, access_log=None)
         self.listener: Listener | None = None
         self._push_lock = asyncio.Lock()
+        self.renewer = (
+            Renewer(
+                config.ca_home,
+                config.ca_passphrase.encode() if config.ca_passphrase else None,
+                config.renew_at,
+                config.renew_jitter,
+            )
+            if config.ca_home is not None
+            else None
+        )
         self._login_failures: dict[str, list[float]] = {}
 
     # -- database helpers ----------------------------------------------------------------
@@ -253,6 +267,7 @@ class ManagementServer(ServerProcess):
         r.add_post("/api/v1/users", self.add_user)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_get("/api/v1/token-key", self.token_key)
+        r.add_get("/metrics", self.metrics)
 
     async def login(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -302,7 +317,14 @@ class ManagementServer(ServerProcess):
             "online": server.online,
             "last_seen": _iso(server.last_seen),
             "covering": server.covering,
-            "certificate": cert.as_json(now) if cert else None,
+            "certificate": (
+                {
+                    **cert.as_json(now),
+                    "expiry_warning": warning_level(cert.not_after, now, self.config.warn_days),
+                }
+                if cert
+                else None
+            ),
             "problems": [
                 {"code": c, "message": m, "fix": f} for c, m, f in (ready.problems if ready else ())
             ],
@@ -324,6 +346,9 @@ class ManagementServer(ServerProcess):
                     for c in self._cameras()
                 ],
                 "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
+                "renewals": [
+                    r.as_json() for r in (self.renewer.states.values() if self.renewer else [])
+                ],
             }
         )
 
@@ -451,6 +476,26 @@ class ManagementServer(ServerProcess):
         self.spawn(self.push_config())
         return web.json_response({"deleted": request.match_info["name"]})
 
+    def metrics_certificates(self) -> list[WatchedCertificate]:
+        """Its own and its CAs, and every certificate the site's servers report, so that one
+        scrape of the management server covers the site."""
+        found = self.watched_certificates()
+        for server in self._server_rows()[1:]:
+            cert = server.readiness.certificate if server.readiness else None
+            if cert is not None:
+                found.append(
+                    WatchedCertificate(
+                        "server",
+                        server.name,
+                        server.role.value,
+                        server.host,
+                        cert.serial,
+                        cert.not_before or cert.not_after,
+                        cert.not_after,
+                    )
+                )
+        return found
+
     # -- encryption ----------------------------------------------------------------------
 
     async def set_encryption(self, request: web.Request) -> web.Response:
@@ -486,8 +531,11 @@ class ManagementServer(ServerProcess):
             )
         if target.role is ServerRole.MANAGEMENT:
             self._set_setting("ms_encryption", enabled)
+            changed_at = utcnow()
             # Switch after this answer has gone out over the old listener.
-            asyncio.get_running_loop().call_later(0.2, lambda: self.spawn(self._switch_listener()))
+            asyncio.get_running_loop().call_later(
+                0.2, lambda: self.spawn(self._switch_listener(changed_at))
+            )
         else:
             with self.db.begin() as conn:
                 conn.execute(
@@ -497,11 +545,23 @@ class ManagementServer(ServerProcess):
         log.info("%s: encryption %s on %s", self.config.name, "on" if enabled else "off", name)
         return web.json_response({"server": name, "encryption": enabled})
 
-    async def _switch_listener(self) -> None:
+    async def _switch_listener(self, changed_at: dt.datetime) -> None:
         assert self.listener is not None
         want_tls = self.encryption
         if want_tls == self.listener.tls:
             return
+        if not want_tls:
+            # Recording (and mobile) servers take the link down to plaintext only when told
+            # so over TLS, in a heartbeat answer: let every online one hear it first.
+            deadline = asyncio.get_running_loop().time() + self.config.failover_after
+            while asyncio.get_running_loop().time() < deadline and any(
+                s.role is not ServerRole.MANAGEMENT
+                and s.online
+                and s.last_seen is not None
+                and s.last_seen < changed_at
+                for s in self._server_rows()
+            ):
+                await asyncio.sleep(0.1)
         await self.listener.restart(self.server_ssl_context() if want_tls else None)
 
     # -- recording/mobile servers --------------------------------------------------------
@@ -734,6 +794,18 @@ class ManagementServer(ServerProcess):
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.spawn(self._failover_loop())
+        if self.renewer is not None:
+            self.spawn(self._renewal_loop())
+
+    async def _renewal_loop(self) -> None:
+        assert self.renewer is not None
+        while not self.stopping.is_set():
+            try:
+                await self.renewer.run_once(utcnow())
+            except (WatchkeepError, OSError) as exc:
+                log.warning("%s: renewal check failed: %s", self.config.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
         if self.listener is not None:

@@ -32,7 +32,7 @@ RELAY_CHUNK = 256 * 1024
 
 
 class MobileServer(LinkedServer):
-    public_paths = frozenset({"/", "/index.html", "/api/v1/login", "/healthz"})
+    public_paths = frozenset({"/", "/index.html", "/api/v1/login", "/healthz", "/metrics"})
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -41,6 +41,7 @@ class MobileServer(LinkedServer):
         r.add_get("/", self.index)
         r.add_get("/index.html", self.index)
         r.add_get("/healthz", self.health)
+        r.add_get("/metrics", self.metrics)
         r.add_post("/api/v1/login", self.login)
         r.add_get("/api/v1/cameras", self.cameras)
         r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)

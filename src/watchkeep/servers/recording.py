@@ -23,10 +23,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class RecordingServer(LinkedServer):
+    public_paths = frozenset({"/metrics"})
+
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
         self.data_app = web.Application(middlewares=[self.token_middleware("user")])
         self.data_app.router.add_get("/api/v1/status", self.status)
+        self.data_app.router.add_get("/metrics", self.metrics)
         recording = dict(config.extra.get("recording", {}))
         self.media = CameraService(
             config.name,

@@ -38,6 +38,10 @@ DEFAULT_PORTS: dict[ServerRole, dict[str, int]] = {
 }
 
 
+def _parse_time(value: object) -> dt.datetime:
+    return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
 @dataclass(frozen=True)
 class CertificateStatus:
     """What a server reports about the certificate it would serve."""
@@ -46,6 +50,7 @@ class CertificateStatus:
     serial: str
     not_after: dt.datetime
     hosts: tuple[str, ...]
+    not_before: dt.datetime | None = None
 
     def days_left(self, now: dt.datetime) -> float:
         return (self.not_after - now).total_seconds() / 86400
@@ -57,6 +62,9 @@ class CertificateStatus:
             "not_after": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "days_left": round(self.days_left(now), 2),
             "hosts": list(self.hosts),
+            "not_before": self.not_before.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if self.not_before
+            else None,
         }
 
     @classmethod
@@ -64,10 +72,9 @@ class CertificateStatus:
         return cls(
             sha256_fingerprint=str(data["sha256_fingerprint"]),
             serial=str(data["serial"]),
-            not_after=dt.datetime.strptime(str(data["not_after"]), "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=dt.UTC
-            ),
+            not_after=_parse_time(data["not_after"]),
             hosts=tuple(str(h) for h in data.get("hosts", [])),
+            not_before=_parse_time(data["not_before"]) if data.get("not_before") else None,
         )
 
 

@@ -1,0 +1,115 @@
+"""Automatic renewal by the management server: every active certificate of the site is
+re-issued with a new key at 2/3 of its lifetime (with jitter), written where its server
+reads it (the key 0600 for the service account), and hot-reloaded by that server.
+
+A failed renewal is retried with back-off and reported; it never touches the certificate
+that still works (the new files replace the old ones only once they are complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchkeep._home import Home
+from watchkeep.errors import WatchkeepError
+from watchkeep.pki import SitePKI
+from watchkeep.pki._lifecycle import renewal_time
+
+__all__ = ["RenewalState", "Renewer"]
+
+log = logging.getLogger("watchkeep.renewal")
+MIN_BACKOFF = 60.0
+MAX_BACKOFF = 3600.0
+
+
+@dataclass
+class RenewalState:
+    name: str
+    failures: int = 0
+    retry_at: dt.datetime | None = None
+    last_error: str | None = None
+    last_renewed: dt.datetime | None = None
+    serial: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(v: dt.datetime | None) -> str | None:
+            return v.strftime("%Y-%m-%dT%H:%M:%SZ") if v else None
+
+        return {
+            "name": self.name,
+            "failures": self.failures,
+            "retry_at": iso(self.retry_at),
+            "last_error": self.last_error,
+            "last_renewed": iso(self.last_renewed),
+            "serial": self.serial,
+        }
+
+
+@dataclass
+class Renewer:
+    ca_home: Path
+    passphrase: bytes | None
+    renew_at: float
+    jitter: float
+    states: dict[str, RenewalState] = field(default_factory=dict)
+
+    def pki(self) -> SitePKI:
+        return SitePKI(Home(self.ca_home), passphrase=self.passphrase)
+
+    def due(self, now: dt.datetime) -> list[str]:
+        """Names of active certificates whose renewal time has come (and that may retry)."""
+        names = []
+        for record in self.pki().certificates():
+            if record.key_path is None:
+                continue  # signed from a CSR: the key is on the server, which must ask anew
+            when = renewal_time(
+                record.not_before,
+                record.not_after,
+                serial=record.serial,
+                renew_at=self.renew_at,
+                jitter=self.jitter,
+            )
+            state = self.states.get(record.name)
+            if now >= when and (state is None or state.retry_at is None or now >= state.retry_at):
+                names.append(record.name)
+        return names
+
+    def renew(self, name: str, now: dt.datetime) -> RenewalState:
+        state = self.states.setdefault(name, RenewalState(name))
+        try:
+            record = self.pki().renew(name)
+        except (WatchkeepError, OSError) as exc:
+            state.failures += 1
+            delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (state.failures - 1))
+            state.retry_at = now + dt.timedelta(seconds=delay)
+            state.last_error = str(exc)
+            log.warning(
+                "[cert.expiry_warning] renewing %s failed (attempt %d, next in %.0f s); the "
+                "current certificate stays in place: %s",
+                name,
+                state.failures,
+                delay,
+                exc,
+            )
+            return state
+        state.failures = 0
+        state.retry_at = None
+        state.last_error = None
+        state.last_renewed = now
+        state.serial = record.serial
+        log.info(
+            "renewed %s: new serial %s, new key, not after %s",
+            name,
+            record.serial,
+            record.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        return state
+
+    async def run_once(self, now: dt.datetime) -> list[RenewalState]:
+        names = await asyncio.to_thread(self.due, now)
+        return [await asyncio.to_thread(self.renew, name, now) for name in names]
