@@ -138,17 +138,19 @@ async def test_a_started_camera_paces_frames_and_stop_ends_the_iteration() -> No
     assert all(decode(f).size == (160, 120) for f in got)
 
     # stop() from elsewhere ends an iteration that is waiting for its next frame.
-    slow = SyntheticCamera("slow", 160, 120, 0.5, 8_000)
+    slow = SyntheticCamera("slow", 160, 120, 0.1, 8_000)
     await slow.start()
+    first = asyncio.Event()
 
     async def consume() -> int:
         count = 0
         async for _frame in slow:
             count += 1
+            first.set()
         return count
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.1)  # let it take frame 0 and wait two seconds for frame 1
+    await first.wait()  # frame 0 came at once; frame 1 is ten seconds away
     await slow.stop()
     assert await task == 1
 

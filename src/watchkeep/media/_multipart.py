@@ -175,7 +175,9 @@ class MultipartParser:
         buffer = self._buffer
         while end > start and buffer[end - 1] in _TRAILING:
             end -= 1
-        out.append(MjpegPart(headers, bytes(buffer[start:end])))
+        with memoryview(buffer) as view:  # one copy; a bytearray slice would make two
+            jpeg = bytes(view[start:end])
+        out.append(MjpegPart(headers, jpeg))
         self.parts += 1
         self._headers = None
         self._pos = resume
@@ -186,9 +188,11 @@ class MultipartParser:
         self._pos = resume
 
     def _skip(self, start: int, end: int) -> None:
-        # Line breaks around delimiters are the format, not garbage.
+        # Line breaks around delimiters are the format, not garbage: count the other bytes.
         if end > start:
-            self.skipped_bytes += len(self._buffer[start:end].strip(b"\r\n"))
+            buffer = self._buffer
+            breaks = buffer.count(b"\r", start, end) + buffer.count(b"\n", start, end)
+            self.skipped_bytes += end - start - breaks
 
 
 def _content_length(value: str | None) -> int | None:
