@@ -6,11 +6,12 @@ import contextlib
 import os
 import pwd
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from watchkeep.errors import OutputNotWritable, UsageError
 
-__all__ = ["atomic_write", "resolve_owner"]
+__all__ = ["atomic_write", "atomic_write_together", "resolve_owner"]
 
 
 def resolve_owner(user: str | None) -> tuple[int, int] | None:
@@ -40,6 +41,46 @@ def atomic_write(
     The temporary file is created with ``mode`` already set (a key is never readable by
     others, not even for a moment), fsynced, given to ``owner``, then renamed over ``path``.
     """
+    atomic_write_together([(path, data, mode)], owner=owner)
+
+
+def atomic_write_together(
+    files: Sequence[tuple[Path, bytes, int]], *, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace several files (path, data, mode) as nearly together as POSIX allows.
+
+    Every file is first written in full to a temporary file beside it and fsynced; only
+    then are they renamed over their targets, in order and back to back. A key and its
+    certificate are thus out of step for the microseconds between two renames, not for
+    several fsyncs: a command killed while writing leaves the old set or the new one.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data, mode in files:
+            staged.append((_stage(path, data, mode, owner), path))
+        for n, (tmp, path) in enumerate(staged):
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
+            staged[n] = (path, path)
+    except BaseException:
+        for tmp, path in staged:
+            if tmp != path:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        raise
+    for directory in dict.fromkeys(path.parent for _, path in staged):
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def _stage(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> Path:
+    """Write ``data`` to a fsynced temporary file beside ``path``; return its path."""
     directory = path.parent
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o044 else 0o700)
@@ -55,7 +96,6 @@ def atomic_write(
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -64,9 +104,4 @@ def atomic_write(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    return tmp

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from watchkeep._files import atomic_write, resolve_owner
+from watchkeep._files import atomic_write, atomic_write_together, resolve_owner
 from watchkeep._home import Home
 from watchkeep._names import validate_host_name
 from watchkeep.errors import (
@@ -374,12 +374,15 @@ class SitePKI:
                     self.home.certs_dir / "archive" / f"{archive_previous.serial}.pem",
                     old.read_bytes(),
                 )
-        # The key is written before the certificate: a server that reloads when its
-        # certificate changes must find the matching key already in place.
+        # Written together (all staged and fsynced, then renamed back to back): a renewal cut
+        # short leaves the new key beside the old certificate only if it dies between two
+        # renames. The key goes first, so that a server that reloads when its certificate
+        # changes finds the matching key in place.
+        files: list[tuple[Path, bytes, int]] = []
         if key_path is not None and key_pem is not None:
-            atomic_write(key_path, key_pem, mode=0o600, owner=owner_ids)
-        atomic_write(chain_path, cert_pem + ca_pem, owner=owner_ids)
-        atomic_write(cert_path, cert_pem, owner=owner_ids)
+            files.append((key_path, key_pem, 0o600))
+        files += [(chain_path, cert_pem + ca_pem, 0o644), (cert_path, cert_pem, 0o644)]
+        atomic_write_together(files, owner=owner_ids)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         record = CertificateRecord(
             serial=format(cert.serial_number, "x"),
