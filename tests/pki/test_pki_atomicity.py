@@ -19,8 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pki_support import run_cli, watchkeep_command
 
+from watchkeep import _files
 from watchkeep._home import Home
-from watchkeep.pki import SitePKI, fingerprint
+from watchkeep.errors import OutputNotWritable
+from watchkeep.pki import KeyType, Role, SitePKI, fingerprint
 
 ROUNDS = 5  # of each kind: killed anywhere, killed once writing has begun
 
@@ -72,8 +74,11 @@ def typical_duration(command: list[str]) -> float:
     return time.monotonic() - start
 
 
-def check_certificate_files(home: Home, directory: Path, context: str) -> None:
-    """Every key and certificate file parses; every inventory row has matching files."""
+def check_certificate_files(
+    home: Home, directory: Path, context: str, *, settled: bool = True
+) -> None:
+    """Every key and certificate file parses, every inventory row has its files and, unless
+    a renewal was just cut short (``settled`` false), each active row's files are its own."""
     for path in directory.iterdir():
         if path.name.startswith(".") or not path.is_file():
             continue  # temporary files of an interrupted write are never used
@@ -84,14 +89,20 @@ def check_certificate_files(home: Home, directory: Path, context: str) -> None:
             assert x509.load_pem_x509_certificates(data), f"{path} is empty; {context}"
     for record in SitePKI(home).certificates(include_history=True):
         cert = x509.load_pem_x509_certificate(Path(record.cert_path).read_bytes())
-        assert fingerprint(cert) == record.sha256_fingerprint, context
         chain = x509.load_pem_x509_certificates(Path(record.chain_path).read_bytes())
-        assert chain[0] == cert, context
-        if record.status == "active":
-            key = serialization.load_pem_private_key(
-                Path(record.key_path or "").read_bytes(), password=None
-            )
-            assert public_der(key) == public_der(cert), f"{record.name}: key mismatch; {context}"
+        key = (
+            serialization.load_pem_private_key(Path(record.key_path).read_bytes(), password=None)
+            if record.key_path is not None
+            else None
+        )
+        # A renewal reuses the paths, so only the active row's files are its own.
+        if settled and record.status == "active":
+            assert fingerprint(cert) == record.sha256_fingerprint, context
+            assert chain[0] == cert, context
+            if key is not None:
+                assert public_der(key) == public_der(cert), (
+                    f"{record.name}: key mismatch; {context}"
+                )
 
 
 @pytest.mark.parametrize("moment", ["anywhere", "while writing"])
@@ -150,3 +161,58 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     request.node.user_properties.append(("seed", seed))
     print(f"random seed {seed} (set WATCHKEEP_TEST_SEED to replay)")
     return random.Random(seed)  # noqa: S311 -- picks moments to kill, not secrets
+
+
+def test_cert_renew_killed_then_run_again_leaves_a_matching_pair(
+    home: Home, rng: random.Random
+) -> None:
+    record = SitePKI(home).issue(Role.RECORDING, ["rs.renew.example"], key_type=KeyType.ECDSA_P256)
+    command = [*watchkeep_command(), "--home", str(home.root), "cert", "renew", record.name]
+    for _ in range(ROUNDS):
+        context = f"killed {kill_at_random(command, rng, watch=home.certs_dir, typical=1)}"
+        check_certificate_files(home, home.certs_dir, context, settled=False)
+        # Whatever the kill left, renewing again puts a matching key and certificate in
+        # place and records them as the one active certificate of that name.
+        ran = run_cli(home.root, "cert", "renew", record.name, "--json")
+        assert ran.code == 0, f"{ran.err}; {context}"
+        check_certificate_files(home, home.certs_dir, context)
+        active = SitePKI(home).certificates()
+        assert [r.name for r in active] == [record.name]
+        assert active[0].serial == ran.json()["serial"]
+
+
+def test_files_written_together_are_all_staged_before_any_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = [tmp_path / "k.key", tmp_path / "c.chain.pem", tmp_path / "c.pem"]
+    for path in targets:
+        path.write_bytes(b"old\n")
+    renames: list[tuple[Path, list[bytes]]] = []
+    real_replace = os.replace
+
+    def spy(src: str | Path, dst: str | Path) -> None:
+        staged = sorted(p for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+        renames.append((Path(dst), [p.read_bytes() for p in staged]))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_files.os, "replace", spy)
+    _files.atomic_write_together([(p, f"new {p.name}\n".encode(), 0o600) for p in targets])
+
+    # When the first file is replaced, every new file is already written in full
+    assert [dst for dst, _ in renames] == targets
+    assert sorted(renames[0][1]) == sorted(f"new {p.name}\n".encode() for p in targets)
+    assert [p.read_bytes() for p in targets] == [f"new {p.name}\n".encode() for p in targets]
+
+
+def test_files_written_together_change_none_when_one_cannot_be_written(tmp_path: Path) -> None:
+    key, cert = tmp_path / "k.key", tmp_path / "c.pem"
+    key.write_bytes(b"old key\n")
+    cert.write_bytes(b"old cert\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    with pytest.raises(OutputNotWritable):
+        _files.atomic_write_together(
+            [(key, b"new key\n", 0o600), (cert, b"new cert\n", 0o644), (blocker / "x", b"", 0o644)]
+        )
+    assert (key.read_bytes(), cert.read_bytes()) == (b"old key\n", b"old cert\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "c.pem", "k.key"]
