@@ -25,6 +25,7 @@ _GROUPS = {
     "site": "watchkeep.cli._site",
     "video": "watchkeep.cli._video",
     "demo": "watchkeep.cli._demo",
+    "doctor": "watchkeep.cli._doctor",
 }
 
 

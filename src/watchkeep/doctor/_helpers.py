@@ -1,0 +1,130 @@
+"""What several checks share: reading certificates, relaying what servers report about
+themselves, and writing fixes that can be pasted."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
+
+from watchkeep.doctor._model import Issue
+from watchkeep.doctor._snapshot import LocalServerFacts, SiteSnapshot, sha256
+from watchkeep.site import ServerRole
+
+__all__ = [
+    "common_names",
+    "date",
+    "dns_names",
+    "fingerprint_prefix",
+    "issuing_ca",
+    "reissue_fix",
+    "relayed",
+    "renew_fix",
+    "run_command",
+    "trust_install_fix",
+]
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+
+
+def common_names(cert: x509.Certificate) -> list[str]:
+    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def issuing_ca(cert: x509.Certificate, cas: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    """The CA among ``cas`` whose key signed ``cert`` (the site has no intermediates)."""
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca
+    return None
+
+
+def date(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def relayed(snapshot: SiteSnapshot, code: str) -> Iterator[Issue]:
+    """Problems a server found in its own files and reported to the management server,
+    for servers whose files are not on this host (local files are read afresh instead).
+
+    A server without any certificate reports only that; the site rules judge whether it
+    needs one (site.ms_requires_all_rs, site.failover_prepared).
+    """
+    local = snapshot.local_by_name()
+    for server in snapshot.listed():
+        if server.name in local or server.certificate is None:
+            continue
+        for problem_code, message, fix in server.problems:
+            if problem_code == code:
+                yield Issue(
+                    server.name,
+                    f"{server.name} reports about its own files: {message}",
+                    fix or f"see the log of {server.name}",
+                )
+
+
+def reissue_fix(
+    snapshot: SiteSnapshot,
+    server: str,
+    role: ServerRole,
+    host: str,
+    local: LocalServerFacts | None,
+    *,
+    options: str = "",
+) -> str:
+    """Issue the server a new certificate where its config expects it."""
+    base = f"{snapshot.cli} cert issue --role {role.value} --host {host}{options}"
+    if local is None or local.chain_path is None:
+        return (
+            f"{base} --replace, then install the new chain and key on {server} "
+            "(its config's [tls] certificate and key)"
+        )
+    directory = local.chain_path.parent
+    name = f"{role.value}-{host}"
+    fix = f"{base} --out {directory} --replace"
+    key_path = local.key.path if local.key is not None else None
+    if local.chain_path != directory / f"{name}.chain.pem" or key_path != directory / f"{name}.key":
+        fix += (
+            f", then set [tls] certificate = {directory / f'{name}.chain.pem'} and key = "
+            f"{directory / f'{name}.key'} in {local.config}"
+        )
+    return fix
+
+
+def renew_fix(snapshot: SiteSnapshot, role: ServerRole, host: str) -> str:
+    """Renew by inventory name: the same names, a new key, written where it was."""
+    return f"{snapshot.cli} cert renew {role.value}-{host}"
+
+
+def trust_install_fix(snapshot: SiteSnapshot, directory: object) -> str:
+    """Put the site CA (and, from the CA's home, its CRL) into a trust store."""
+    if snapshot.site_ca_file is not None:
+        # Without a CA_PEM argument `trust install` takes this home's CA and its CRL.
+        return f"{snapshot.cli} trust install --store {directory}"
+    return (
+        f"on the CA's home: watchkeep trust install --store {directory} "
+        "(or copy its ca/ca.pem here and run: watchkeep trust install ca.pem "
+        f"--store {directory})"
+    )
+
+
+def run_command(role: ServerRole, local: LocalServerFacts | None) -> str:
+    process = "recording" if role.records else role.value
+    config = local.config if local is not None else "FILE"
+    return f"watchkeep server run {process} --config {config}"
+
+
+def fingerprint_prefix(cert: x509.Certificate) -> str:
+    return sha256(cert)[:16]
