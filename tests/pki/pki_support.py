@@ -185,6 +185,14 @@ def self_signed(name: x509.Name) -> x509.Certificate:
     )
 
 
+def public_der(key_or_cert: Any) -> bytes:
+    """The SubjectPublicKeyInfo (DER) of a private key, certificate or CSR."""
+    der: bytes = key_or_cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pki_support import run_cli, watchkeep_command
+from pki_support import public_der, run_cli, watchkeep_command
 
 from watchkeep import _files
 from watchkeep._home import Home
@@ -25,13 +25,6 @@ from watchkeep.errors import OutputNotWritable
 from watchkeep.pki import KeyType, Role, SitePKI, fingerprint
 
 ROUNDS = 5  # of each kind: killed anywhere, killed once writing has begun
-
-
-def public_der(obj: object) -> bytes:
-    key = obj.public_key()  # type: ignore[attr-defined]
-    return key.public_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def listing(directory: Path) -> set[str]:

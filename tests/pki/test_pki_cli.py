@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import pwd
 import re
 import socket
 import stat
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pki_support import (
     inventory_snapshot,
     openssl_verify,
+    public_der,
     run_cli,
     run_process,
     single_error_line,
@@ -36,13 +38,6 @@ from watchkeep.pki import load_certificate
 from watchkeep.store import CertificateRecord
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-
-
-def public_der(key_or_cert: object) -> bytes:
-    public = key_or_cert.public_key()  # type: ignore[attr-defined]
-    return public.public_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def openssl_public_key(path: Path, kind: str) -> str:
@@ -112,8 +107,6 @@ def test_issue_as_root_gives_the_key_to_the_service_account(home: Home) -> None:
                   "--key-type", "ecdsa-p256", "--owner", "nobody", "--json")  # fmt: skip
     assert ran.code == 0, ran.err
     key = Path(ran.json()["key_path"])
-    import pwd
-
     assert key.stat().st_uid == pwd.getpwnam("nobody").pw_uid
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 

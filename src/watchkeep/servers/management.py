@@ -642,26 +642,27 @@ class ManagementServer(ServerProcess):
             )
         # Recording and failover servers authenticate with their certificates (mutual TLS);
         # a mobile server is a client like any other and has a server-only certificate.
+        # site.ms_requires_all_rs before the certificate check: a recording server that
+        # cannot be encrypted (no certificate yet, say) hears why, not only that it
+        # presented no certificate.
+        if self.encryption and role.records and not readiness.ready:
+            problems = "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) or "no certificate"
+            return problem(
+                409,
+                "recording server not encrypted",
+                f"management server encryption is on, so every recording server must be "
+                f"encrypted, but {name} cannot be: {problems}",
+                code="site.ms_requires_all_rs",
+                server=name,
+                fix=f"give {name} a valid certificate and the site CA, or first: "
+                f"watchkeep encryption disable --server {self.config.name}",
+            )
         refused = self._check_peer(request, name, host) if role.records else None
         if refused is not None:
             return refused
         existing = next((s for s in self._server_rows() if s.name == name), None)
         encryption = existing.encryption if existing else False
         if self.encryption and role.records:
-            if not readiness.ready:
-                problems = (
-                    "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) or "no certificate"
-                )
-                return problem(
-                    409,
-                    "recording server not encrypted",
-                    f"management server encryption is on, so every recording server must be "
-                    f"encrypted, but {name} cannot be: {problems}",
-                    code="site.ms_requires_all_rs",
-                    server=name,
-                    fix=f"give {name} a valid certificate and the site CA, or first: "
-                    f"watchkeep encryption disable --server {self.config.name}",
-                )
             encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
         values = {
             "role": role.value,
