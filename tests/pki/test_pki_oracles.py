@@ -139,7 +139,7 @@ def test_openssl_verify_attime_refuses_outside_the_validity_period(
     record = issue(site, "recording", unique_host(), days=90)
     args = ["-CAfile", site.ca_cert, "-purpose", "sslserver", "-x509_strict"]
 
-    def at(when: dt.datetime, cert: str = record.cert_path) -> list[str]:
+    def at(when: dt.datetime) -> list[str | Path]:
         return [*args, "-attime", str(int(when.timestamp()))]
 
     assert openssl_verify(record.cert_path, *at(now + dt.timedelta(days=89))).ok
