@@ -107,7 +107,9 @@ async def call_json(
             status = response.status
             ctype = response.content_type
     except (aiohttp.ClientError, OSError, ssl.SSLError, TimeoutError) as exc:
-        raise await explain_connection_failure(exc, endpoint, trust_dir=trust_dir) from exc
+        raise await explain_connection_failure(
+            exc, endpoint, trust_dir=trust_dir, ssl_context=ssl_context
+        ) from exc
     try:
         data = json.loads(raw) if raw else None
     except ValueError:

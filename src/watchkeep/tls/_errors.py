@@ -145,10 +145,45 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
+async def _closes_after_handshake(
+    endpoint: Endpoint, context: ssl.SSLContext, timeout: float = 3.0
+) -> bool:
+    """True when the peer, reached with ``context``, drops the connection before answering
+    a request: how a refused client certificate shows under TLS 1.3, where the server checks
+    it after the client's side of the handshake is done (and asyncio servers send no alert)."""
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
+            ),
+            timeout,
+        )
+        writer.write(f"HEAD / HTTP/1.1\r\nHost: {endpoint.host}\r\n\r\n".encode())
+        return await asyncio.wait_for(reader.read(1), timeout) == b""
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
 async def explain_connection_failure(
-    exc: BaseException, endpoint: Endpoint, *, trust_dir: str | None = None
+    exc: BaseException,
+    endpoint: Endpoint,
+    *,
+    trust_dir: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ConnectionFailed:
-    """Translate a failed connection to ``endpoint`` into the watchkeep error that explains it."""
+    """Translate a failed connection to ``endpoint`` into the watchkeep error that explains it.
+
+    ``ssl_context`` is the one the failed connection used, to tell by trying once more
+    whether the peer refuses this party's client certificate.
+    """
     peer = str(endpoint)
     trust_hint = (
         f"watchkeep trust install --store {trust_dir}" if trust_dir else "watchkeep trust install"
@@ -249,6 +284,19 @@ async def explain_connection_failure(
             peer,
             "the port speaks TLS (its encryption is on) but plaintext was sent",
             fix="connect with https; `watchkeep site status` shows each server's encryption",
+        )
+    if (
+        endpoint.tls
+        and ssl_context is not None
+        and await _closes_after_handshake(endpoint, ssl_context)
+    ):
+        return UntrustedIssuer(
+            peer,
+            "it closes the connection right after the TLS handshake, before answering: it "
+            "refuses this party's client certificate (expired, revoked, or not issued by a CA "
+            "it trusts) [mutual TLS]",
+            fix="check this party's own certificate (watchkeep cert list --expiring-within 1d) "
+            "and renew or re-issue it",
         )
     os_error = _find(exc, OSError)
     reason = (
