@@ -171,7 +171,8 @@ def check_server_identity(
     and cert.revoked, in that order, each with a message that names the file and the fix.
     """
     now = now or dt.datetime.now(dt.UTC)
-    reissue = f"watchkeep cert renew {{name}}  (or cert issue --host {identity.host} --replace)"
+    # The serial, not the server's name: the inventory names certificates ROLE-HOST.
+    reissue = f"watchkeep cert renew {{serial}}  (or cert issue --host {identity.host} --replace)"
     check_key_file_access(identity.key, identity.service_account)
     chain = _load_chain(identity.chain)
     if not chain:
@@ -183,7 +184,7 @@ def check_server_identity(
             "cert.chain",
             identity.server,
             f"the key {identity.key} does not belong to the certificate in {identity.chain}",
-            fix=reissue.format(name=identity.server),
+            fix=reissue.format(serial=f"{leaf.serial_number:x}"),
         )
     subject = f"{identity.server} ({identity.chain})"
     if now > leaf.not_valid_after_utc:
@@ -192,7 +193,7 @@ def check_server_identity(
             subject,
             f"the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
             "every peer would refuse this server",
-            fix=reissue.format(name=identity.server),
+            fix=reissue.format(serial=f"{leaf.serial_number:x}"),
         )
     if now < leaf.not_valid_before_utc:
         raise CertificateRuleViolation(
