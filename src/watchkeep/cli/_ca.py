@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,28 @@ def register(groups: Any) -> None:
     show = sub.add_parser("show", help="subject, fingerprint, validity and path of the CA")
     add_json(show)
     show.set_defaults(handler=_show)
+
+    rotate = sub.add_parser("rotate", help="make a new CA; old and new stay trusted side by side")
+    rotate.add_argument("--name", help="the new CA's name (default: old name and the month)")
+    rotate.add_argument("--key-type", help="default: the old CA's key type")
+    rotate.add_argument("--days", type=int, default=3652)
+    rotate.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for each step on a connected site (default 300)",
+    )
+    add_ca_passphrase(rotate)
+    add_json(rotate)
+    rotate.set_defaults(handler=_rotate)
+
+    retire = sub.add_parser(
+        "retire", help="stop trusting an old CA (after every certificate moved)"
+    )
+    retire.add_argument("fingerprint", metavar="SHA256_FINGERPRINT", help="or a unique prefix")
+    add_ca_passphrase(retire)
+    add_json(retire)
+    retire.set_defaults(handler=_retire)
 
     crl = sub.add_parser("crl", help="sign a fresh CRL")
     crl.add_argument("--out", type=Path, help="also write it to this file")
@@ -110,5 +133,118 @@ def _crl(args: argparse.Namespace) -> int:
         print(
             f"CRL written to {info['path']}: {len(info['revoked'])} revoked, "
             f"next update {info['next_update']}"
+        )
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from watchkeep.pki import KeyType, SitePKI
+    from watchkeep.pki._rotation import rotate_ca
+    from watchkeep.trust import DirectoryTrustStore
+
+    home = home_of(args)
+    pki = SitePKI(home, passphrase=ca_passphrase(args))
+    old, new = rotate_ca(
+        pki,
+        name=args.name,
+        key_type=KeyType.parse(args.key_type) if args.key_type else None,
+        days=args.days,
+    )
+    # This home verifies with its own trust store: it trusts the new CA at once.
+    store = DirectoryTrustStore(home.trust_dir)
+    store.install(new.certificate)
+    for crl in _fresh_crls(pki):
+        store.install_crl(crl)
+    info: dict[str, Any] = {
+        "old_ca_sha256_fingerprint": old.fingerprint,
+        "new_ca_sha256_fingerprint": new.fingerprint,
+        "renewed": [],
+    }
+    say = (lambda _text: None) if args.json else print
+    say(f"new CA {new.name} ({new.fingerprint}); the old CA {old.fingerprint} stays trusted")
+    from watchkeep.client import SiteConnection
+
+    if SiteConnection.path(home).exists():
+        info["renewed"] = asyncio.run(
+            _roll_site(home, pki, old.fingerprint, new.fingerprint, args.wait, say)
+        )
+        info["next_steps"] = [f"watchkeep ca retire {old.fingerprint[:16]}"]
+    else:
+        info["next_steps"] = [
+            "give every server's trust store both CAs: watchkeep trust install --store DIR",
+            "watchkeep cert renew --all  (re-issue every certificate from the new CA)",
+            f"watchkeep ca retire {old.fingerprint[:16]}  (once nothing uses the old CA)",
+        ]
+    if args.json:
+        emit_json(info)
+    else:
+        for step in info["next_steps"]:
+            print(f"  next: {step}")
+    return 0
+
+
+async def _roll_site(
+    home: Any, pki: Any, old_fp: str, new_fp: str, wait: float, say: Any
+) -> list[str]:
+    """Wait until every server trusts the new CA, re-issue every certificate of the old CA,
+    and wait until every server serves its new certificate."""
+    import time
+
+    from watchkeep.client import SiteClient
+    from watchkeep.errors import WatchkeepError
+
+    async def poll(what: str, done: Any) -> None:
+        deadline = time.monotonic() + wait
+        async with SiteClient(home) as client:
+            while True:
+                status = await client.status()
+                missing = [s["name"] for s in status["servers"] if not done(s)]
+                if not missing:
+                    return
+                if time.monotonic() > deadline:
+                    raise WatchkeepError(
+                        f"CA rotation paused: {', '.join(missing)} did not {what} within {wait:.0f} s",
+                        fix="check those servers (watchkeep site status), then run "
+                        "`watchkeep cert renew --all` and `watchkeep ca retire` by hand",
+                    )
+                await asyncio.sleep(1.0)
+
+    await poll("trust the new CA", lambda s: new_fp in s.get("trusted_ca_fingerprints", []))
+    say("  every server trusts both CAs")
+    renewed = []
+    for record in pki.certificates():
+        if record.issuer_fingerprint == old_fp and record.key_path:
+            renewed.append(pki.renew(record.name))
+    say(f"  re-issued {len(renewed)} certificate(s) from the new CA")
+    serving = {r.hosts[0]: r.sha256_fingerprint for r in renewed}
+    await poll(
+        "serve its new certificate",
+        lambda s: (
+            s["host"] not in serving
+            or (s.get("certificate") or {}).get("sha256_fingerprint") == serving[s["host"]]
+        ),
+    )
+    say("  every server serves a certificate of the new CA")
+    return [r.name for r in renewed]
+
+
+def _fresh_crls(pki: Any) -> list[bytes]:
+    from watchkeep.pki._rotation import refresh_crls
+
+    return refresh_crls(pki)
+
+
+def _retire(args: argparse.Namespace) -> int:
+    from watchkeep.pki import SitePKI
+    from watchkeep.pki._rotation import retire_ca
+
+    pki = SitePKI(home_of(args), passphrase=ca_passphrase(args))
+    directory = retire_ca(pki, args.fingerprint)
+    if args.json:
+        emit_json({"retired": str(directory)})
+    else:
+        print(
+            f"retired the CA in {directory}; trust stores drop it as the management server "
+            "hands out the new bundle (or: watchkeep trust remove FINGERPRINT --store DIR)"
         )
     return 0

@@ -207,6 +207,12 @@ class ServerProcess(abc.ABC):
             elif self.tls.changed():
                 self.tls.reload()
                 self.readiness = self.compute_readiness()
+                self.check_expiry()
+            self.reload_other_contexts()
+
+    def reload_other_contexts(self) -> None:  # noqa: B027 - a hook; most servers have one context
+        """Servers with more than one TLS context (the recording server's control link)
+        reload the others here when their files change."""
 
     def reload_now(self) -> None:
         if self.tls is not None:

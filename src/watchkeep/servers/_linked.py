@@ -21,6 +21,7 @@ from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort, TlsToPlaintex
 from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
+from watchkeep.servers._renewal import install_trust_payload
 from watchkeep.servers._tokens import InvalidToken, TokenVerifier
 from watchkeep.tls import Endpoint
 
@@ -48,6 +49,7 @@ class LinkedServer(ServerProcess):
         )
         self.registered = asyncio.Event()
         self.last_refusal: str | None = None
+        self._plaintext_announced = False  # told over TLS that the management link goes plain
         self._plaintext_announced = False  # told over TLS that the management link goes plain
 
     # -- tokens --------------------------------------------------------------------------
@@ -94,7 +96,12 @@ class LinkedServer(ServerProcess):
 
     # -- configuration from the management server ----------------------------------------
 
-    async def apply_config(self, config: dict[str, Any]) -> None:
+    async def apply_config(self, config: dict[str, Any], *, authenticated: bool = False) -> None:
+        """Take the configuration the management server sent; ``authenticated`` when it came
+        over a verified TLS link (only then may it add or remove trusted CAs)."""
+        trust = config.get("trust")
+        if isinstance(trust, dict) and self.config.trust_store is not None:
+            self.install_trust(trust, authenticated=authenticated)
         key = config.get("token_public_key")
         if isinstance(key, str) and key != self._token_key:
             self._token_key = key
@@ -121,6 +128,12 @@ class LinkedServer(ServerProcess):
             }
         )
         await self.reconcile_listeners()
+
+    def install_trust(self, trust: dict[str, Any], *, authenticated: bool) -> None:
+        assert self.config.trust_store is not None
+        install_trust_payload(
+            self.config.trust_store, trust, log_as=self.config.name, authenticated=authenticated
+        )
 
     async def set_cameras(self, cams: list[dict[str, Any]]) -> None:
         self.camera_config = cams
@@ -202,7 +215,7 @@ class LinkedServer(ServerProcess):
                 self._plaintext_announced = True
             elif config.get("ms_encryption") is True:
                 self._plaintext_announced = False
-            await self.apply_config(config)
+            await self.apply_config(config, authenticated=tls)
         self.registered.set()
 
     def _refused(self, message: str) -> None:

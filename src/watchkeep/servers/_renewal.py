@@ -20,7 +20,7 @@ from watchkeep.errors import WatchkeepError
 from watchkeep.pki import SitePKI
 from watchkeep.pki._lifecycle import renewal_time
 
-__all__ = ["RenewalState", "Renewer"]
+__all__ = ["RenewalState", "Renewer", "install_trust_payload", "trust_payload"]
 
 log = logging.getLogger("watchkeep.renewal")
 MIN_BACKOFF = 60.0
@@ -113,3 +113,69 @@ class Renewer:
     async def run_once(self, now: dt.datetime) -> list[RenewalState]:
         names = await asyncio.to_thread(self.due, now)
         return [await asyncio.to_thread(self.renew, name, now) for name in names]
+
+
+def trust_payload(pki: SitePKI) -> dict[str, Any]:
+    """What every trust store of the site must hold: the CA bundle, retired CAs, CRLs."""
+    from cryptography.hazmat.primitives import serialization
+
+    from watchkeep.pki import fingerprint
+    from watchkeep.pki._rotation import refresh_crls, retired_fingerprints, trust_bundle
+
+    return {
+        "cas": [c.public_bytes(serialization.Encoding.PEM).decode() for c in trust_bundle(pki)],
+        "retired": retired_fingerprints(pki),
+        "crls": [p.decode() for p in refresh_crls(pki)],
+        "bundle_fingerprints": [fingerprint(c) for c in trust_bundle(pki)],
+    }
+
+
+def install_trust_payload(
+    directory: Path, trust: dict[str, Any], *, log_as: str, authenticated: bool = True
+) -> None:
+    """Keep a trust store in step with the site: CA rotation and fresh CRLs.
+
+    New CAs and retirements are taken only from an authenticated source (the management
+    server over verified TLS, vouched for by a CA this store already trusts). CRLs are
+    signed, so they are taken from any source once their signature verifies against a
+    trusted CA."""
+    from cryptography import x509
+
+    from watchkeep.pki import fingerprint
+    from watchkeep.tls import TrustMaterial
+    from watchkeep.trust import DirectoryTrustStore, subject_hash
+
+    store = DirectoryTrustStore(directory)
+    trusted = {e.sha256_fingerprint for e in store.entries()}
+    if authenticated:
+        for pem in trust.get("cas", []):
+            try:
+                cert = x509.load_pem_x509_certificate(str(pem).encode())
+            except ValueError:
+                continue
+            if fingerprint(cert) not in trusted:
+                store.install(cert)
+                trusted.add(fingerprint(cert))
+                log.info(
+                    "%s: now trusts CA %s (%s)",
+                    log_as,
+                    cert.subject.rfc4514_string(),
+                    fingerprint(cert),
+                )
+        for retired in trust.get("retired", []):
+            if str(retired) in trusted:
+                store.remove(str(retired))
+                log.info("%s: no longer trusts the retired CA %s", log_as, retired)
+    cas = TrustMaterial.load(directory).certificates()
+    for pem in trust.get("crls", []):
+        data = str(pem).encode()
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError:
+            continue
+        issuer = next((c for c in cas if c.subject == crl.issuer), None)
+        if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            continue
+        target = directory / f"{subject_hash(crl.issuer)}.r0"
+        if not target.exists() or target.read_bytes() != data:
+            store.install_crl(data)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
-from watchkeep.servers._renewal import Renewer
+from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
 from watchkeep.servers._tokens import InvalidToken, TokenSigner, TokenVerifier
 from watchkeep.site import (
     Camera,
@@ -46,6 +47,7 @@ __all__ = ["ManagementServer", "hash_password", "verify_password"]
 log = logging.getLogger("watchkeep.management")
 
 ROLES = ("administrator", "operator")
+TRUST_REFRESH = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -119,6 +121,7 @@ class ManagementServer(ServerProcess):
         self.runner = web.AppRunner(self.app, access_log=None)
         self.listener: Listener | None = None
         self._push_lock = asyncio.Lock()
+        self._trust_cache: tuple[object, dict[str, Any]] | None = None
         self.renewer = (
             Renewer(
                 config.ca_home,
@@ -328,6 +331,7 @@ class ManagementServer(ServerProcess):
             "problems": [
                 {"code": c, "message": m, "fix": f} for c, m, f in (ready.problems if ready else ())
             ],
+            "trusted_ca_fingerprints": list(ready.trusted_ca_fingerprints) if ready else [],
         }
 
     async def site_status(self, request: web.Request) -> web.Response:
@@ -577,6 +581,7 @@ class ManagementServer(ServerProcess):
                 {"name": c.name, "recording_server": c.served_by} for c in all_cameras
             ],
             "covering": server.covering,
+            "trust": self._trust_payload(),
             "site": {
                 s.name: {
                     "role": s.role.value,
@@ -588,6 +593,35 @@ class ManagementServer(ServerProcess):
                 for s in self._server_rows()
             },
         }
+
+    def _trust_payload(self) -> dict[str, Any]:
+        """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
+        this management server holds no CA. Re-read when the CA files change, and at least
+        once a minute so that CRLs are re-signed long before they expire."""
+        if self.renewer is None:
+            return {}
+        ca_dir = self.renewer.ca_home / "ca"
+        try:
+            key = (
+                int(time.monotonic() // TRUST_REFRESH),
+                tuple(
+                    sorted((str(p), p.stat().st_mtime_ns) for p in ca_dir.rglob("*") if p.is_file())
+                ),
+            )
+        except OSError:
+            key = None
+        if self._trust_cache is not None and self._trust_cache[0] == key:
+            return self._trust_cache[1]
+        try:
+            payload = trust_payload(self.renewer.pki())
+        except (WatchkeepError, OSError, ValueError) as exc:
+            log.warning("%s: cannot read the CA's trust bundle: %s", self.config.name, exc)
+            return self._trust_cache[1] if self._trust_cache else {}
+        self._trust_cache = (key, payload)
+        if self.config.trust_store is not None:
+            # The management server verifies recording servers too: it trusts what it hands out.
+            install_trust_payload(self.config.trust_store, payload, log_as=self.config.name)
+        return payload
 
     def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
         """On an encrypted management link, the caller must prove it is ``host``."""

@@ -222,8 +222,8 @@ class MobileServer(LinkedServer):
         await self.reconcile_listeners()
         self.spawn(self.heartbeat_loop())
 
-    async def apply_config(self, config: dict[str, Any]) -> None:
-        await super().apply_config(config)
+    async def apply_config(self, config: dict[str, Any], *, authenticated: bool = False) -> None:
+        await super().apply_config(config, authenticated=authenticated)
         self._learn_hosts()
 
     def _learn_hosts(self) -> None:

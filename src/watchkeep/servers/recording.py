@@ -97,7 +97,9 @@ class RecordingServer(LinkedServer):
             return problem(400, "malformed JSON", "the configuration is not JSON")
         if not isinstance(config, dict):
             return problem(400, "bad configuration", "expected a JSON object")
-        await self.apply_config(config)
+        transport = request.transport
+        verified = transport is not None and transport.get_extra_info("peercert") is not None
+        await self.apply_config(config, authenticated=verified)
         return web.json_response(self.status_json())
 
     def encrypted_now(self) -> bool:
@@ -141,6 +143,10 @@ class RecordingServer(LinkedServer):
         super().reload_now()
         if self._control_tls is not None:
             self._control_tls.reload()
+
+    def reload_other_contexts(self) -> None:
+        if self._control_tls is not None:
+            self._control_tls.reload_if_changed()
 
     # -- life cycle ----------------------------------------------------------------------
 
