@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +197,22 @@ class SitePKI:
             self._authority = CertificateAuthority(cert, key)
         return self._authority
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the home's lock while certificates and the inventory change.
+
+        Two `cert issue` runs for the same host must not both pass the duplicate check and
+        write the same files. The lock is flock() on the home directory itself: it needs no
+        lock file, and the kernel drops it when a process dies.
+        """
+        self.home.ensure()
+        fd = os.open(self.home.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     # -- issuing --------------------------------------------------------------------------
 
     def issue(
@@ -216,22 +235,23 @@ class SitePKI:
         # The CA first: without it (or its passphrase) nothing may be written, not even
         # the inventory database that looking for duplicates would create.
         ca = self.authority()
-        previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
-        owner_ids = resolve_owner(owner)
-        key = generate_key(key_type)
-        cert = ca.sign_server_certificate(key.public_key(), request, now=now)
-        directory = out if out is not None else self.home.certs_dir
-        return self._store(
-            name,
-            role,
-            cert,
-            key_pem=private_key_pem(key),
-            directory=directory,
-            owner=owner,
-            owner_ids=owner_ids,
-            supersede=[p.serial for p in previous],
-            now=now,
-        )
+        with self._exclusive():
+            previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
+            owner_ids = resolve_owner(owner)
+            key = generate_key(key_type)
+            cert = ca.sign_server_certificate(key.public_key(), request, now=now)
+            directory = out if out is not None else self.home.certs_dir
+            return self._store(
+                name,
+                role,
+                cert,
+                key_pem=private_key_pem(key),
+                directory=directory,
+                owner=owner,
+                owner_ids=owner_ids,
+                supersede=[p.serial for p in previous],
+                now=now,
+            )
 
     def sign_csr(
         self,
@@ -251,21 +271,22 @@ class SitePKI:
         request = self._leaf_request(role, hosts, ips, days)
         name = certificate_name(role, request.hosts[0])
         ca = self.authority()  # before the inventory is opened, as in issue()
-        previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
-        cert = ca.sign_server_certificate(csr.public_key(), request, now=now)
-        cert_path = out if out is not None else self.home.certs_dir / f"{name}.pem"
-        return self._store(
-            name,
-            role,
-            cert,
-            key_pem=None,
-            directory=cert_path.parent,
-            cert_path=cert_path,
-            owner=None,
-            owner_ids=None,
-            supersede=[p.serial for p in previous],
-            now=now,
-        )
+        with self._exclusive():
+            previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
+            cert = ca.sign_server_certificate(csr.public_key(), request, now=now)
+            cert_path = out if out is not None else self.home.certs_dir / f"{name}.pem"
+            return self._store(
+                name,
+                role,
+                cert,
+                key_pem=None,
+                directory=cert_path.parent,
+                cert_path=cert_path,
+                owner=None,
+                owner_ids=None,
+                supersede=[p.serial for p in previous],
+                now=now,
+            )
 
     def renew(
         self, name_or_serial: str, *, days: int | None = None, now: dt.datetime | None = None
@@ -276,42 +297,43 @@ class SitePKI:
         must come back with one command.
         """
         now = now or utcnow()
-        record = self.find(name_or_serial)
-        if record.status == "revoked":
-            raise PKIError(
-                f"{record.name} (serial {record.serial}) is revoked; renewing would re-use "
-                "names an administrator withdrew",
-                fix=f"issue a new one: watchkeep cert issue --role {record.role} "
-                + " ".join(f"--host {h}" for h in record.hosts),
+        with self._exclusive():
+            record = self.find(name_or_serial)
+            if record.status == "revoked":
+                raise PKIError(
+                    f"{record.name} (serial {record.serial}) is revoked; renewing would re-use "
+                    "names an administrator withdrew",
+                    fix=f"issue a new one: watchkeep cert issue --role {record.role} "
+                    + " ".join(f"--host {h}" for h in record.hosts),
+                )
+            if record.key_path is None:
+                raise PKIError(
+                    f"{record.name} was signed from a CSR; its key is on the server",
+                    fix=f"make a new CSR on the server and run: watchkeep cert sign-csr CSR --role {record.role} --replace",
+                )
+            lifetime = record.not_after - record.not_before
+            request = self._leaf_request(
+                Role.parse(record.role),
+                record.hosts,
+                record.ips,
+                days if days is not None else max(1, round(lifetime.total_seconds() / 86400)),
             )
-        if record.key_path is None:
-            raise PKIError(
-                f"{record.name} was signed from a CSR; its key is on the server",
-                fix=f"make a new CSR on the server and run: watchkeep cert sign-csr CSR --role {record.role} --replace",
+            owner_ids = resolve_owner(record.owner) if record.owner else None
+            key = generate_key(KeyType.parse(record.key_type))
+            cert = self.authority().sign_server_certificate(key.public_key(), request, now=now)
+            old = Path(record.cert_path)
+            return self._store(
+                record.name,
+                Role.parse(record.role),
+                cert,
+                key_pem=private_key_pem(key),
+                directory=old.parent,
+                owner=record.owner,
+                owner_ids=owner_ids,
+                supersede=[record.serial],
+                now=now,
+                archive_previous=record,
             )
-        lifetime = record.not_after - record.not_before
-        request = self._leaf_request(
-            Role.parse(record.role),
-            record.hosts,
-            record.ips,
-            days if days is not None else max(1, round(lifetime.total_seconds() / 86400)),
-        )
-        owner_ids = resolve_owner(record.owner) if record.owner else None
-        key = generate_key(KeyType.parse(record.key_type))
-        cert = self.authority().sign_server_certificate(key.public_key(), request, now=now)
-        old = Path(record.cert_path)
-        return self._store(
-            record.name,
-            Role.parse(record.role),
-            cert,
-            key_pem=private_key_pem(key),
-            directory=old.parent,
-            owner=record.owner,
-            owner_ids=owner_ids,
-            supersede=[record.serial],
-            now=now,
-            archive_previous=record,
-        )
 
     def _leaf_request(
         self, role: Role, hosts: Sequence[str], ips: Sequence[str], days: int
@@ -434,19 +456,21 @@ class SitePKI:
         now = now or utcnow()
         if reason not in REVOCATION_REASONS:
             raise InvalidChoice("revocation reason", reason, list(REVOCATION_REASONS))
-        record = self.find(name_or_serial)
-        if record.status == "revoked":
-            raise PKIError(
-                f"{record.name} (serial {record.serial}) is already revoked",
-                fix="nothing to do; `watchkeep cert list --json` shows its status",
-            )
-        ca = self.authority()
-        self.inventory.revoke(record.serial, when=now, reason=reason)
-        self._write_crl(ca, now)
-        return self.find(record.serial)
+        with self._exclusive():
+            record = self.find(name_or_serial)
+            if record.status == "revoked":
+                raise PKIError(
+                    f"{record.name} (serial {record.serial}) is already revoked",
+                    fix="nothing to do; `watchkeep cert list --json` shows its status",
+                )
+            ca = self.authority()
+            self.inventory.revoke(record.serial, when=now, reason=reason)
+            self._write_crl(ca, now)
+            return self.find(record.serial)
 
     def write_crl(self, now: dt.datetime | None = None, out: Path | None = None) -> Path:
-        path = self._write_crl(self.authority(), now or utcnow())
+        with self._exclusive():
+            path = self._write_crl(self.authority(), now or utcnow())
         if out is not None:
             atomic_write(out, path.read_bytes())
             return out
