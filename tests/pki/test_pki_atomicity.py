@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pki_support import public_der, run_cli, watchkeep_command
 
 from watchkeep import _files
 from watchkeep._home import Home
-from watchkeep.errors import OutputNotWritable
+from watchkeep.errors import DuplicateCertificate, OutputNotWritable
 from watchkeep.pki import KeyType, Role, SitePKI, fingerprint
 
 ROUNDS = 5  # of each kind: killed anywhere, killed once writing has begun
@@ -209,3 +210,37 @@ def test_files_written_together_change_none_when_one_cannot_be_written(tmp_path:
         )
     assert (key.read_bytes(), cert.read_bytes()) == (b"old key\n", b"old cert\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "c.pem", "k.key"]
+
+
+def test_concurrent_issues_for_one_host_yield_one_certificate(home: Home) -> None:
+    # Given several commands racing to issue the same host and role (threads here: each
+    # SitePKI takes the home's lock as a separate process would)
+    racers = 4
+    barrier = threading.Barrier(racers)
+    outcomes: list[object] = []
+
+    def race() -> None:
+        pki = SitePKI(home)
+        pki.authority()  # load the CA before the start, so that all reach the check together
+        barrier.wait()
+        try:
+            outcomes.append(
+                pki.issue(Role.RECORDING, ["rs.race.example"], key_type=KeyType.ECDSA_P256)
+            )
+        except DuplicateCertificate as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # Then exactly one wins, the others are refused, and the files are the winner's
+    issued = [o for o in outcomes if not isinstance(o, DuplicateCertificate)]
+    assert len(outcomes) == racers
+    assert len(issued) == 1, outcomes
+    assert [r.name for r in SitePKI(home).certificates(include_history=True)] == [
+        "recording-rs.race.example"
+    ]
+    check_certificate_files(home, home.certs_dir, "after a race")
