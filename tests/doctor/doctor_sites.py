@@ -1,0 +1,294 @@
+"""Helpers for the end-to-end doctor tests: real sites (watchkeep.testing.LocalSite, one
+process per server on its own 127.x address), broken in one way at a time.
+
+The doctor runs in-process (``run_doctor``: the same collection and checks as the command)
+or as the command itself (``doctor_cli``). Nothing sleeps for a fixed time before asserting:
+``eventually`` polls until a generous deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives import serialization
+
+from watchkeep.client import SiteClient
+from watchkeep.doctor import (
+    Finding,
+    ProbeResult,
+    ProbeTarget,
+    Severity,
+    collect_snapshot,
+    probe_endpoint,
+    run_checks,
+)
+from watchkeep.pki import Role, fingerprint
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.trust import DirectoryTrustStore
+
+T = TypeVar("T")
+DEADLINE = 30.0
+LOG_TAIL_LINES = 60
+# Silence after which the management server lists a server offline: longer than LocalSite's
+# default, so that a machine busy with other tests does not make servers flap.
+FAILOVER_AFTER = 6.0
+
+
+def eventually(check: Callable[[], T], *, timeout: float = DEADLINE, what: str = "") -> T:
+    """Call ``check`` until it returns a true value without raising AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}; last: {last}")
+        time.sleep(0.2)
+
+
+def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
+    parts = []
+    for name in site.servers:
+        lines = site.log_text(name).splitlines()[-tail:]
+        parts.append(f"----- {name} -----\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+# -- a site ---------------------------------------------------------------------------------
+
+
+def lay_out(root: Path, servers: Iterable[tuple[str, ServerRole]]) -> LocalSite:
+    """A site on disk: the CA home at ``root``, a certificate, key, trust store and config
+    per server; the CA stays off the management server."""
+    site = LocalSite(root, failover_after=FAILOVER_AFTER)
+    site.init_ca()
+    for name, role in servers:
+        server = site.add_server(name, role)
+        if role is ServerRole.MANAGEMENT:
+            keep_ca_off(server)
+    return site
+
+
+def keep_ca_off(server: LocalServer) -> None:
+    """The management server without the CA (an offline CA, as many sites keep it): it
+    then neither renews certificates nor hands out CRLs, so nothing repairs what a test
+    breaks on purpose before the doctor has looked."""
+    lines = server.config.read_text().splitlines()
+    kept = [ln for ln in lines if not ln.startswith(("ca_home =", "renew_check_interval ="))]
+    server.config.write_text("\n".join(kept) + "\n")
+
+
+def start_site(site: LocalSite) -> None:
+    """Start every server, connect this home, and wait until all are registered."""
+    for name in site.servers:
+        site.start(name, wait=False)
+    for server in site.servers.values():
+        site.wait_listening(server)
+    site.connect_cli()
+    wait_online(site, *site.servers)
+
+
+def site_status(site: LocalSite) -> dict[str, Any]:
+    async def fetch() -> dict[str, Any]:
+        async with SiteClient(site.home) as client:
+            return await client.status()
+
+    return asyncio.run(fetch())
+
+
+def servers_by_name(site: LocalSite) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in site_status(site)["servers"]}
+
+
+def wait_online(site: LocalSite, *names: str) -> None:
+    def online() -> bool:
+        servers = servers_by_name(site)
+        missing = [n for n in names if not servers.get(n, {}).get("online")]
+        assert not missing, f"not online: {missing}"
+        return True
+
+    try:
+        eventually(online, what=f"{', '.join(names)} online")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(site)}") from None
+
+
+def encrypt(site: LocalSite, *names: str) -> None:
+    """Turn encryption on through the command line, in the order given; return when each
+    server speaks TLS."""
+    for name in names:
+
+        def enabled(name: str = name) -> bool:
+            # Refused while a server it depends on looks offline (a busy machine can miss a
+            # heartbeat or two): the administrator would try again, and so does this.
+            ran = site.cli("encryption", "enable", "--server", name)
+            assert ran.returncode == 0, f"encryption enable --server {name}: {ran.stderr}"
+            return True
+
+        eventually(enabled, what=f"encryption enabled on {name}")
+
+    def settled() -> bool:
+        servers = servers_by_name(site)
+        for name in names:
+            s = servers[name]
+            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
+        return True
+
+    eventually(settled, what=f"{', '.join(names)} encrypted")
+
+
+# -- the doctor -----------------------------------------------------------------------------
+
+
+def run_doctor(site: LocalSite, *, warn_days: tuple[int, ...] = (30, 14, 7)) -> list[Finding]:
+    """The doctor's findings, collected and checked in-process as the command does."""
+    snapshot = asyncio.run(collect_snapshot(site.home, warn_days=warn_days))
+    return run_checks(snapshot)
+
+
+def doctor_cli(site: LocalSite, *args: str) -> tuple[int, Any]:
+    """`watchkeep --home ROOT doctor --json ARGS` as a process: exit status and findings."""
+    ran = site.cli("doctor", "--json", *args)
+    assert ran.returncode in (0, 1), ran.stderr
+    return ran.returncode, json.loads(ran.stdout)
+
+
+def codes(findings: Iterable[Finding]) -> set[str]:
+    """The codes of the findings that matter for the exit status or a warning."""
+    return {f.code for f in findings if f.severity is not Severity.INFO}
+
+
+def describe(findings: Iterable[Finding]) -> str:
+    return "\n".join(f"{f.severity} {f.code} {f.server}: {f.message}" for f in findings)
+
+
+def wait_for_codes(
+    site: LocalSite, expected: set[str], *, warn_days: tuple[int, ...] = (30, 14, 7)
+) -> list[Finding]:
+    """Run the doctor until exactly ``expected`` (errors and warnings) are found; those
+    findings. A server reloads changed files within seconds, and heartbeats follow."""
+
+    def found() -> tuple[list[Finding]]:
+        findings = run_doctor(site, warn_days=warn_days)
+        assert codes(findings) == expected, describe(findings)
+        return (findings,)
+
+    try:
+        return eventually(found, what=f"findings {sorted(expected)}")[0]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(site)}") from None
+
+
+# -- breaking and mending a server's files --------------------------------------------------
+
+
+def reload(server: LocalServer) -> None:
+    """Ask a server to load its certificate files again now (SIGHUP), as an admin would."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+
+
+def install_foreign_certificate(
+    site: LocalSite, server: LocalServer, role: Role, host: str
+) -> None:
+    """Issue a certificate (role, host) from the site CA and install it as ``server``'s own."""
+    spare = site.root / "spare"
+    site.pki.issue(role, [host], key_type=site.key_type, out=spare, replace=True)
+    name = f"{role.value}-{host}"
+    # The key first: the server reloads when its certificate changes.
+    shutil.copyfile(spare / f"{name}.key", server.key)
+    server.key.chmod(0o600)
+    shutil.copyfile(spare / f"{name}.chain.pem", server.chain)
+
+
+def write_leaf_only(server: LocalServer) -> None:
+    leaf = server.chain.read_bytes().split(b"-----END CERTIFICATE-----")[0]
+    server.chain.write_bytes(leaf + b"-----END CERTIFICATE-----\n")
+
+
+def ca_pem(site: LocalSite) -> bytes:
+    return site.pki.ca_certificate().public_bytes(serialization.Encoding.PEM)
+
+
+def refresh_crls(site: LocalSite) -> None:
+    """Copy the CA's current CRL into every trust store (as `trust install` does)."""
+    site.refresh_crl(site.home.trust_dir)
+    for server in site.servers.values():
+        if server.trust_dir.is_dir():
+            site.refresh_crl(server.trust_dir)
+
+
+def untrust_site_ca(server: LocalServer, site: LocalSite) -> None:
+    DirectoryTrustStore(server.trust_dir).remove(fingerprint(site.pki.ca_certificate()))
+
+
+def drop_certificate_from_config(server: LocalServer) -> None:
+    """The server's config without [tls] certificate and key (its trust store stays)."""
+    lines = server.config.read_text().splitlines()
+    kept = [ln for ln in lines if not ln.startswith(("certificate =", "key ="))]
+    server.config.write_text("\n".join(kept) + "\n")
+
+
+def probe(server: LocalServer, listener: str) -> ProbeResult:
+    target = ProbeTarget(server.name, listener, server.host, server.address, server.ports[listener])
+    return asyncio.run(probe_endpoint(target))
+
+
+# -- a weak TLS endpoint --------------------------------------------------------------------
+
+
+def start_weak_tls_server(
+    site: LocalSite, server: LocalServer, listener: str
+) -> subprocess.Popen[bytes]:
+    """`openssl s_server` in place of ``server``'s listener, with the server's own
+    certificate and complete chain, accepting TLS 1.0 to 1.3 and every suite."""
+    ca_file = site.root / "ca-only.pem"
+    ca_file.write_bytes(ca_pem(site))
+    port = server.ports[listener]
+    process = subprocess.Popen(
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            f"{server.address}:{port}",
+            "-cert",
+            str(server.chain),
+            "-key",
+            str(server.key),
+            "-cert_chain",
+            str(ca_file),
+            "-cipher",
+            "ALL:@SECLEVEL=0",
+            "-quiet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def listening() -> bool:
+        assert process.poll() is None, "openssl s_server exited"
+        try:
+            with socket.create_connection((server.address, port), 0.2):
+                return True
+        except OSError:
+            return False
+
+    eventually(listening, timeout=10, what="openssl s_server listening")
+    return process
