@@ -134,13 +134,14 @@ class Recorder:
         if report.scanned or report.rows_removed:
             log.info(
                 "recordings in %s: scanned %d segments, cut %d torn bytes, rewrote %d rows, "
-                "removed %d rows and %d files",
+                "removed %d rows and %d empty files, set %d unreadable files aside",
                 self.root,
                 report.scanned,
                 report.truncated_bytes,
                 report.rows_written,
                 report.rows_removed,
                 report.files_removed,
+                report.files_set_aside,
             )
         self.repair_report = report
         self._executor, self._engine, self._store = executor, engine, store

@@ -30,6 +30,7 @@ __all__ = [
     "SegmentFormatError",
     "SegmentReader",
     "SegmentScan",
+    "SegmentTooShort",
     "encode_record_header",
     "encode_segment_header",
     "scan_segment",
@@ -50,6 +51,10 @@ class SegmentFormatError(Exception):
     """A file that does not start like a segment (internal: mapped to RecordingError)."""
 
 
+class SegmentTooShort(SegmentFormatError):
+    """A file cut off inside its header: created just before a crash, it holds no frame."""
+
+
 def encode_segment_header(camera: str) -> bytes:
     name = camera.encode()
     return _FILE_HEADER.pack(MAGIC, len(name)) + name
@@ -66,14 +71,14 @@ def encode_record_header(frame: Frame) -> bytes:
 
 def _read_file_header(file: BinaryIO, path: str) -> tuple[str, int]:
     head = file.read(_FILE_HEADER.size)
-    if len(head) < _FILE_HEADER.size:
-        raise SegmentFormatError(f"{path}: too short for a segment header")
-    magic, name_length = _FILE_HEADER.unpack(head)
-    if magic != MAGIC:
+    if not MAGIC.startswith(head[: len(MAGIC)]):
         raise SegmentFormatError(f"{path}: not a watchkeep segment (bad magic)")
+    if len(head) < _FILE_HEADER.size:
+        raise SegmentTooShort(f"{path}: too short for a segment header")
+    _magic, name_length = _FILE_HEADER.unpack(head)
     name = file.read(name_length)
     if len(name) < name_length:
-        raise SegmentFormatError(f"{path}: truncated in its header")
+        raise SegmentTooShort(f"{path}: truncated in its header")
     try:
         camera = name.decode()
     except UnicodeDecodeError as exc:

@@ -31,6 +31,7 @@ from watchkeep.media._index import index_error, segments
 from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
+    SegmentTooShort,
     encode_record_header,
     encode_segment_header,
     scan_segment,
@@ -68,7 +69,8 @@ class RepairReport:
     truncated_bytes: int = 0
     rows_written: int = 0
     rows_removed: int = 0
-    files_removed: int = 0
+    files_removed: int = 0  # empty segments (no complete record)
+    files_set_aside: int = 0  # unreadable files, renamed *.damaged
 
 
 @dataclass
@@ -215,9 +217,20 @@ class SegmentStore:
         try:
             scan = scan_segment(str(path))
             validate_camera_name(scan.camera)
+        except SegmentTooShort:
+            scan = None  # created a moment before a crash: it holds nothing
         except (SegmentFormatError, UsageError) as exc:
-            log.warning("recordings: removing %s, which is not a readable segment: %s", path, exc)
-            scan = None
+            # Not ours, or damaged at the start: keep the bytes for a person to look at.
+            aside = path.with_name(path.name + ".damaged")
+            log.warning(
+                "recordings: %s is not a readable segment (%s): moved to %s", path, exc, aside
+            )
+            path.rename(aside)
+            report.files_set_aside += 1
+            if row_id is not None:
+                conn.execute(segments.delete().where(segments.c.id == row_id))
+                report.rows_removed += 1
+            return
         if scan is None or scan.frames == 0 or scan.start is None or scan.end is None:
             path.unlink(missing_ok=True)
             report.files_removed += 1
