@@ -50,7 +50,6 @@ class LinkedServer(ServerProcess):
         self.registered = asyncio.Event()
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
-        self._plaintext_announced = False  # told over TLS that the management link goes plain
 
     # -- tokens --------------------------------------------------------------------------
 
