@@ -22,6 +22,7 @@ from watchkeep.media import (
     MjpegCamera,
     Recorder,
     SyntheticCamera,
+    UnknownCamera,
     mjpeg_content_type,
     mjpeg_part_head,
     ws_message,
@@ -258,25 +259,27 @@ class CameraService:
                 "bad range",
                 f"playback needs 0 < to - from <= {MAX_PLAYBACK_SPAN:.0f} s, got from={start} to={end}",
             )
+        response = web.StreamResponse(headers={"Content-Type": mjpeg_content_type()})
+        prepared = False
         try:
-            frames = self.recorder.playback(name, start, end)
-            response = web.StreamResponse(headers={"Content-Type": mjpeg_content_type()})
-            prepared = False
-            async for frame in frames:
+            async for frame in self.recorder.playback(name, start, end):
                 if not prepared:
                     await response.prepare(request)
                     prepared = True
                 await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+            if not prepared:
+                await response.prepare(request)
+            await response.write_eof()
         except RecordingError as exc:
             if prepared:
                 raise
             return problem(
-                404 if "unknown" in str(exc).lower() else 400,
+                404 if isinstance(exc, UnknownCamera) else 400,
                 "playback refused",
                 exc.describe(),
                 fix=exc.fix,
             )
-        if not prepared:
-            await response.prepare(request)
-        await response.write_eof()
+        except ConnectionResetError:
+            # The viewer left before the end: stop reading the recording for it.
+            pass
         return response
