@@ -100,7 +100,13 @@ class SiteClient:
 
     async def __aenter__(self) -> SiteClient:
         self.session = open_session(self._hosts)
-        await self.login()
+        try:
+            await self.login()
+        except BaseException:
+            # __aexit__ does not run when __aenter__ fails: close the session here, or
+            # aiohttp prints "Unclosed client session" after the one-line error.
+            await self.session.close()
+            raise
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
