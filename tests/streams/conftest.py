@@ -1,0 +1,126 @@
+"""Fixtures for the end-to-end data stream tests (issue 4); helpers are in stream_support.py.
+
+A started site costs seconds, so the modules that only watch share one encrypted site
+(session scope, `streams_site`); the modules that kill, replace or impersonate servers
+build their own. Every server process is stopped in the fixtures' teardown, whatever
+happened; when a test fails, the tail of every running site's server logs is attached to
+its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+from stream_support import (
+    add_camera,
+    add_user,
+    build_site,
+    connection_as,
+    encrypt,
+    logs,
+    token_for,
+)
+
+from watchkeep.client import SiteConnection
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalSite
+
+_RUNNING: list[LocalSite] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for site in _RUNNING:
+            report.sections.append((f"server logs ({site.root})", logs(site)))
+    return report
+
+
+@contextlib.contextmanager
+def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
+    made: list[LocalSite] = []
+
+    def make(name: str) -> LocalSite:
+        site = LocalSite(tmp_path_factory.mktemp(name))
+        made.append(site)
+        _RUNNING.append(site)
+        site.init_ca()
+        return site
+
+    try:
+        yield make
+    finally:
+        for site in made:
+            site.stop_all()
+            _RUNNING.remove(site)
+
+
+@pytest.fixture(scope="module")
+def site_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
+    """Make sites whose processes are all stopped when the module is done."""
+    with _sites(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def session_site_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], LocalSite]]:
+    """Make sites shared by several modules, stopped when the session ends."""
+    with _sites(tmp_path_factory) as make:
+        yield make
+
+
+@pytest.fixture(scope="session")
+def streams_site(session_site_factory: Callable[[str], LocalSite]) -> Iterator[LocalSite]:
+    """A management server, a recording server recording cam1 and cam2, and a mobile
+    server, encrypted everywhere through the CLI (recording and mobile servers first).
+
+    Shared by the modules that watch and play back: no test may stop, restart or
+    reconfigure a server of it. Viewers come and go, break off and vanish all through the
+    run: at the end no server may have logged a traceback.
+    """
+    site = session_site_factory("streams")
+    build_site(
+        site,
+        [
+            ("ms", ServerRole.MANAGEMENT),
+            ("rs1", ServerRole.RECORDING),
+            ("mobile1", ServerRole.MOBILE),
+        ],
+    )
+    add_camera(site, "cam1", "rs1")
+    add_camera(site, "cam2", "rs1")
+    encrypt(site, "rs1", "mobile1", "ms")
+    yield site
+    tracebacks = [name for name in site.servers if "Traceback" in site.log_text(name)]
+    assert not tracebacks, f"tracebacks in the logs of {tracebacks}:\n{logs(site)}"
+
+
+@pytest.fixture(scope="session")
+def operator(streams_site: LocalSite) -> SiteConnection:
+    """How user `op1`, an operator who may view cam1 only, logs in to the streams site."""
+    password_file = add_user(streams_site, "op1", "operator", ["cam1"])
+    return connection_as(streams_site, "op1", password_file)
+
+
+@pytest.fixture
+def admin_token(streams_site: LocalSite) -> str:
+    """A fresh administrator's token (tokens expire: none is kept across tests)."""
+    return token_for(streams_site)
+
+
+@pytest.fixture
+def operator_token(streams_site: LocalSite, operator: SiteConnection) -> str:
+    return token_for(streams_site, operator)
+
+
+@pytest.fixture(scope="session")
+def ca(streams_site: LocalSite) -> Path:
+    return streams_site.home.ca_cert

@@ -1,0 +1,372 @@
+"""Helpers for the end-to-end data stream tests (issue 4); fixtures are in conftest.py.
+
+Every site is a `watchkeep.testing.LocalSite`: each server its own process on its own
+127.x.y.z address and host name. Tests reach the servers three ways: through the client
+library (`watchkeep.client`, as the CLI and the Smart Client do), through the CLI as a
+subprocess, and through clients that owe nothing to watchkeep (the standard library's
+`http.client` over `ssl`, `curl`, Chromium), so that a bug shared by our client and our
+servers cannot hide itself.
+
+Nothing here sleeps a fixed time before asserting: `eventually` polls until a generous
+deadline, so a slow machine makes a test slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from watchkeep.client import SiteClient, SiteConnection
+from watchkeep.client._video import camera_endpoint, stream_frames
+from watchkeep.media import DEFAULT_BOUNDARY, Frame, MjpegPart, MultipartParser
+from watchkeep.servers._tokens import TokenSigner
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalServer, LocalSite
+
+T = TypeVar("T")
+
+# Generous: a loaded 2-core machine may take several seconds to start a Python process.
+DEADLINE = 30.0
+LOG_TAIL_LINES = 80
+# Small synthetic cameras keep a whole run cheap on two cores.
+CAMERA_SIZE = "320x180@10"
+FRAME_BYTES = 6000
+JPEG_SOI = b"\xff\xd8"
+JPEG_EOI = b"\xff\xd9"
+PROBLEM_JSON = "application/problem+json"
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+def eventually(
+    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
+) -> T:
+    """Call ``check`` until it returns a true value without raising AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what or check!r}; last: {last}")
+        time.sleep(interval)
+
+
+# -- laying out and running ---------------------------------------------------------------
+
+
+def start_together(site: LocalSite, *names: str) -> None:
+    """Start the servers as parallel processes, then wait until each listens."""
+    for name in names:
+        site.start(name, wait=False)
+    for name in names:
+        site.wait_listening(site.servers[name])
+
+
+def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
+    parts = []
+    for name in site.servers:
+        lines = site.log_text(name).splitlines()[-tail:]
+        parts.append(f"----- {name} ({site.servers[name].log}) -----\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+def build_site(site: LocalSite, servers: list[tuple[str, ServerRole]], **options: Any) -> None:
+    """Lay out, start and register the servers (the management server first in the list)."""
+    for name, role in servers:
+        site.add_server(name, role, **options.get(name, {}))
+    start_together(site, *[name for name, _ in servers])
+    site.connect_cli()
+    wait_online(site, *[name for name, role in servers if role is not ServerRole.MANAGEMENT])
+
+
+# -- the management API, as an administrator ----------------------------------------------
+
+
+def api(site: LocalSite, method: str, path: str, body: Any = None) -> Any:
+    """One call to the management API, logged in as the site's administrator."""
+
+    async def go() -> Any:
+        async with SiteClient(site.home) as client:
+            return await client.call(method, path, body)
+
+    return asyncio.run(go())
+
+
+def site_status(site: LocalSite) -> dict[str, Any]:
+    status: dict[str, Any] = api(site, "GET", "/api/v1/site/status")
+    return status
+
+
+def servers_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in status["servers"]}
+
+
+def cameras_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in status["cameras"]}
+
+
+def wait_online(site: LocalSite, *names: str) -> dict[str, Any]:
+    def check() -> dict[str, Any]:
+        status = site_status(site)
+        servers = servers_by_name(status)
+        missing = [n for n in names if not servers.get(n, {}).get("online")]
+        assert not missing, f"not online: {missing}"
+        return status
+
+    return eventually(check, what=f"{', '.join(names)} online")
+
+
+def cli_ok(site: LocalSite, *args: str) -> str:
+    ran = site.cli(*args)
+    assert ran.returncode == 0, f"watchkeep {' '.join(args)}: {ran.stderr}"
+    return ran.stdout
+
+
+def add_camera(site: LocalSite, camera: str, server: str) -> None:
+    """Add a small synthetic camera with the CLI, as an administrator would."""
+    added = json.loads(
+        cli_ok(
+            site,
+            "camera",
+            "add",
+            camera,
+            "--recording-server",
+            server,
+            "--synthetic",
+            CAMERA_SIZE,
+            "--frame-bytes",
+            str(FRAME_BYTES),
+            "--json",
+        )
+    )
+    assert added == {"name": camera, "recording_server": server}
+
+
+def encrypt(site: LocalSite, *names: str) -> None:
+    """Turn encryption on with the CLI, in the order given; return when each of those
+    servers speaks TLS and is online."""
+    for name in names:
+        cli_ok(site, "encryption", "enable", "--server", name)
+
+    def settled() -> bool:
+        servers = servers_by_name(site_status(site))
+        for name in names:
+            s = servers[name]
+            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
+        return True
+
+    eventually(settled, what=f"{', '.join(names)} encrypted and online")
+
+
+def add_user(site: LocalSite, name: str, role: str, cameras: list[str] | None) -> Path:
+    """Create a user as the administrator; the file holding its password."""
+    password = f"{name}-password-{os.urandom(6).hex()}"
+    created = api(
+        site,
+        "POST",
+        "/api/v1/users",
+        {"name": name, "password": password, "role": role, "cameras": cameras},
+    )
+    assert created == {"name": name, "role": role, "cameras": cameras}
+    path = site.root / f"{name}-password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def connection_as(site: LocalSite, user: str, password_file: Path) -> SiteConnection:
+    return replace(SiteConnection.load(site.home), user=user, password_file=str(password_file))
+
+
+def token_for(site: LocalSite, connection: SiteConnection | None = None) -> str:
+    """A user token from the management server's login (the administrator by default)."""
+
+    async def go() -> str:
+        async with SiteClient(site.home, connection) as client:
+            assert client.token is not None
+            return client.token
+
+    return asyncio.run(go())
+
+
+def management_signer(site: LocalSite) -> TokenSigner:
+    """The management server's own token key (to sign expired or wrong-scope tokens)."""
+    path = site.management.directory / "data" / "token.key"
+    assert path.exists(), f"{path} is missing: where does the management server keep its key?"
+    return TokenSigner.load_or_create(path)
+
+
+# -- HTTP(S) with the standard library: a client that owes nothing to watchkeep -----------
+
+
+@contextlib.contextmanager
+def request(
+    server: LocalServer,
+    listener: str,
+    path: str,
+    *,
+    ca: Path | None,
+    token: str | None = None,
+    method: str = "GET",
+    body: Any = None,
+) -> Iterator[http.client.HTTPResponse]:
+    """One request to a listener at the server's address, under its host name; TLS
+    verified against ``ca`` (host name included) when ``ca`` is given, plaintext if None."""
+    port = server.ports[listener]
+    sock: socket.socket = socket.create_connection((server.address, port), timeout=DEADLINE)
+    if ca is not None:
+        sock = ssl.create_default_context(cafile=str(ca)).wrap_socket(
+            sock, server_hostname=server.host
+        )
+    connection = http.client.HTTPConnection(server.host, port, timeout=DEADLINE)
+    connection.sock = sock
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = None
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=payload, headers=headers)
+        yield connection.getresponse()
+    finally:
+        connection.close()
+
+
+def read_problem(response: http.client.HTTPResponse, status: int) -> dict[str, Any]:
+    """The RFC 9457 problem document of an error answer; asserts that it carries no video."""
+    body = response.read()
+    assert response.status == status, f"HTTP {response.status}, wanted {status}: {body[:300]!r}"
+    assert response.getheader("Content-Type", "").startswith(PROBLEM_JSON), body[:300]
+    assert JPEG_SOI not in body, "an error answer carried JPEG bytes"
+    document: dict[str, Any] = json.loads(body)
+    assert document["status"] == status, document
+    return document
+
+
+def read_parts(response: http.client.HTTPResponse, count: int) -> list[MjpegPart]:
+    """The first ``count`` JPEG parts of an MJPEG answer."""
+    assert response.status == 200, response.read()[:300]
+    content_type = response.getheader("Content-Type", "")
+    assert content_type == f"multipart/x-mixed-replace; boundary={DEFAULT_BOUNDARY}", content_type
+    parser = MultipartParser(DEFAULT_BOUNDARY)
+    parts: list[MjpegPart] = []
+    while len(parts) < count:
+        chunk = response.read1(65536)
+        assert chunk, f"the stream ended after {len(parts)} parts"
+        parts += parser.feed(chunk)
+    assert parser.bad_parts == 0
+    return parts[:count]
+
+
+def parse_mjpeg_file(path: Path) -> list[MjpegPart]:
+    parser = MultipartParser(DEFAULT_BOUNDARY)
+    parts = parser.feed(path.read_bytes())
+    assert parser.bad_parts == 0, f"{path}: {parser.bad_parts} bad parts"
+    assert not parser.in_part, f"{path} ends inside a part"
+    return parts
+
+
+def assert_frame_from(camera: str, sequence: int, jpeg: bytes) -> None:
+    """The JPEG is a whole picture of ``camera`` whose own comment carries ``sequence``:
+    the header that came with it and the picture agree."""
+    assert jpeg.startswith(JPEG_SOI), jpeg[:16]
+    assert jpeg.endswith(JPEG_EOI), jpeg[-16:]
+    assert b"watchkeep camera=%b seq=%d ts=" % (camera.encode(), sequence) in jpeg
+
+
+def assert_contiguous(sequences: list[int]) -> None:
+    gaps = [(a, b) for a, b in itertools.pairwise(sequences) if b != a + 1]
+    assert not gaps, f"sequence gaps (before, after): {gaps}"
+
+
+# -- the client library's view of a camera ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def camera_stream(
+    client: SiteClient, camera: str, path: str
+) -> AsyncIterator[AsyncIterator[Frame]]:
+    """The frames of one stream of ``camera`` from the server that records it now, through
+    the client library (verified TLS when that server is encrypted)."""
+    status = await client.status()
+    client.learn_hosts(status)
+    endpoint = camera_endpoint(status, camera)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=client.resolver()),
+        timeout=aiohttp.ClientTimeout(connect=DEADLINE, sock_read=DEADLINE),
+    ) as session:
+        yield stream_frames(client, endpoint, camera, path, session)
+
+
+async def live_frames(client: SiteClient, camera: str, count: int) -> list[Frame]:
+    frames: list[Frame] = []
+    async with camera_stream(client, camera, f"/api/v1/cameras/{camera}/live.mjpeg") as stream:
+        async for frame in stream:
+            frames.append(frame)
+            if len(frames) == count:
+                break
+    return frames
+
+
+async def playback_frames(client: SiteClient, camera: str, start: float, end: float) -> list[Frame]:
+    path = f"/api/v1/cameras/{camera}/playback.mjpeg?from={start!r}&to={end!r}"
+    async with camera_stream(client, camera, path) as stream:
+        return [frame async for frame in stream]
+
+
+async def wait_recorded_past(client: SiteClient, camera: str, moment: float) -> None:
+    """Return once the recording of ``camera`` holds a frame at or after ``moment``.
+
+    The recorder writes frames in the order they come, so every frame before that one is
+    in the recording too: a playback up to ``moment`` is then complete.
+    """
+    deadline = time.monotonic() + DEADLINE
+    while not await playback_frames(client, camera, moment, moment + 3600):
+        assert time.monotonic() < deadline, f"{camera}: nothing recorded after {moment}"
+        await asyncio.sleep(0.2)
+
+
+def recorded_past(site: LocalSite, camera: str, moment: float) -> None:
+    """`wait_recorded_past` for tests that are not coroutines."""
+
+    async def go() -> None:
+        async with SiteClient(site.home) as client:
+            await wait_recorded_past(client, camera, moment)
+
+    asyncio.run(go())
+
+
+def proc_cmdlines() -> dict[int, str]:
+    """Every process's command line (a /proc scan: the tests need no psutil)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if raw:
+            found[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
+    return found
