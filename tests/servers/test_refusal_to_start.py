@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from site_support import start_together, wait_exit
@@ -115,9 +114,7 @@ def test_the_fix_given_for_an_expired_certificate_works(refused: LocalSite) -> N
         refused.stop("rs-expired")
 
 
-def test_a_missing_certificate_is_not_a_refusal_to_start(
-    refused: LocalSite, tmp_path: Path
-) -> None:
+def test_a_missing_certificate_is_not_a_refusal_to_start(refused: LocalSite) -> None:
     # The twin: a server whose certificate is simply not there yet runs in plaintext
     refused.add_server("rs-bare", ServerRole.RECORDING, certificate=False)
     try:
