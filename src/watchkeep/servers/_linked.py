@@ -48,6 +48,7 @@ class LinkedServer(ServerProcess):
             TokenVerifier.from_b64(self._token_key) if self._token_key else None
         )
         self.registered = asyncio.Event()
+        self._config_lock = asyncio.Lock()
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
 
@@ -98,35 +99,39 @@ class LinkedServer(ServerProcess):
     async def apply_config(self, config: dict[str, Any], *, authenticated: bool = False) -> None:
         """Take the configuration the management server sent; ``authenticated`` when it came
         over a verified TLS link (only then may it add or remove trusted CAs)."""
-        trust = config.get("trust")
-        if isinstance(trust, dict) and self.config.trust_store is not None:
-            self.install_trust(trust, authenticated=authenticated)
-        key = config.get("token_public_key")
-        if isinstance(key, str) and key != self._token_key:
-            self._token_key = key
-            self.verifier = TokenVerifier.from_b64(key)
-        self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
-        self.encryption = bool(config.get("encryption", self.encryption))
-        self.covering = config.get("covering")
-        if isinstance(config.get("site"), dict):
-            self.site = dict(config["site"])
-        if isinstance(config.get("site_cameras"), list):
-            self.site_cameras = [c for c in config["site_cameras"] if isinstance(c, dict)]
-        cams = config.get("cameras")
-        if isinstance(cams, list):
-            await self.set_cameras([c for c in cams if isinstance(c, dict) and "name" in c])
-        self.save_state(
-            {
-                "ms_encryption": self.ms_encryption,
-                "encryption": self.encryption,
-                "cameras": self.camera_config,
-                "covering": self.covering,
-                "site": self.site,
-                "site_cameras": self.site_cameras,
-                "token_public_key": self._token_key,
-            }
-        )
-        await self.reconcile_listeners()
+        # A heartbeat's answer and a push on the control link can arrive together: taken one
+        # at a time, or both restart the same listener (the second bind fails with
+        # EADDRINUSE) and stop the same camera twice.
+        async with self._config_lock:
+            trust = config.get("trust")
+            if isinstance(trust, dict) and self.config.trust_store is not None:
+                self.install_trust(trust, authenticated=authenticated)
+            key = config.get("token_public_key")
+            if isinstance(key, str) and key != self._token_key:
+                self._token_key = key
+                self.verifier = TokenVerifier.from_b64(key)
+            self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
+            self.encryption = bool(config.get("encryption", self.encryption))
+            self.covering = config.get("covering")
+            if isinstance(config.get("site"), dict):
+                self.site = dict(config["site"])
+            if isinstance(config.get("site_cameras"), list):
+                self.site_cameras = [c for c in config["site_cameras"] if isinstance(c, dict)]
+            cams = config.get("cameras")
+            if isinstance(cams, list):
+                await self.set_cameras([c for c in cams if isinstance(c, dict) and "name" in c])
+            self.save_state(
+                {
+                    "ms_encryption": self.ms_encryption,
+                    "encryption": self.encryption,
+                    "cameras": self.camera_config,
+                    "covering": self.covering,
+                    "site": self.site,
+                    "site_cameras": self.site_cameras,
+                    "token_public_key": self._token_key,
+                }
+            )
+            await self.reconcile_listeners()
 
     def install_trust(self, trust: dict[str, Any], *, authenticated: bool) -> None:
         assert self.config.trust_store is not None
