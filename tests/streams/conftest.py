@@ -3,8 +3,8 @@
 A started site costs seconds, so the modules that only watch share one encrypted site
 (session scope, `streams_site`); the modules that kill, replace or impersonate servers
 build their own. Every server process is stopped in the fixtures' teardown, whatever
-happened; when a test fails, the tail of every running site's server logs is attached to
-its report.
+happened, and a server log with a traceback in it fails the teardown; when a test fails,
+the tail of every running site's server logs is attached to its report.
 """
 
 from __future__ import annotations
@@ -59,6 +59,17 @@ def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
         for site in made:
             site.stop_all()
             _RUNNING.remove(site)
+    # Viewers come and go, break off and vanish, servers die and others take their place:
+    # none of it may cost a server a traceback.
+    tracebacks = [
+        f"{site.root.name}/{name}"
+        for site in made
+        for name in site.servers
+        if "Traceback" in site.log_text(name)
+    ]
+    assert not tracebacks, f"tracebacks in the logs of {tracebacks}:\n" + "\n".join(
+        logs(site) for site in made
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +89,12 @@ def session_site_factory(
 
 
 @pytest.fixture(scope="session")
-def streams_site(session_site_factory: Callable[[str], LocalSite]) -> Iterator[LocalSite]:
+def streams_site(session_site_factory: Callable[[str], LocalSite]) -> LocalSite:
     """A management server, a recording server recording cam1 and cam2, and a mobile
     server, encrypted everywhere through the CLI (recording and mobile servers first).
 
     Shared by the modules that watch and play back: no test may stop, restart or
-    reconfigure a server of it. Viewers come and go, break off and vanish all through the
-    run: at the end no server may have logged a traceback.
+    reconfigure a server of it.
     """
     site = session_site_factory("streams")
     build_site(
@@ -98,9 +108,7 @@ def streams_site(session_site_factory: Callable[[str], LocalSite]) -> Iterator[L
     add_camera(site, "cam1", "rs1")
     add_camera(site, "cam2", "rs1")
     encrypt(site, "rs1", "mobile1", "ms")
-    yield site
-    tracebacks = [name for name in site.servers if "Traceback" in site.log_text(name)]
-    assert not tracebacks, f"tracebacks in the logs of {tracebacks}:\n{logs(site)}"
+    return site
 
 
 @pytest.fixture(scope="session")
