@@ -1,0 +1,141 @@
+"""The mobile server's web client in a real browser: headless Chromium (Debian's, driven by
+Playwright) logs in over HTTPS and shows live video.
+
+How Chromium comes to trust the site CA: on Linux it takes user-added trust anchors from
+the NSS database in ``$HOME/.pki/nssdb``. Each browser here runs with a HOME of its own
+whose database holds the site CA (added with NSS's certutil, from libnss3-tools) or
+nothing. So the browser verifies the mobile server exactly as a user's would: chain to an
+installed CA, host name in the SAN, validity. The alternative, an SPKI allow-list
+(--ignore-certificate-errors-spki-list), would only silence errors for one key and could
+not show that a browser without the CA refuses the server.
+
+Given the shared encrypted site (`streams_site`): mobile1 serves the web client on HTTPS
+and redirects its plain HTTP port there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Error, Page, sync_playwright
+from stream_support import DEADLINE, eventually
+
+from watchkeep.testing import LocalServer, LocalSite
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = DEADLINE * 1000
+
+
+def _nss_home(root: Path, ca: Path | None) -> Path:
+    """A HOME whose NSS database trusts ``ca`` as an issuer of server certificates (C,,),
+    or trusts nothing when ``ca`` is None."""
+    database = root / ".pki" / "nssdb"
+    database.mkdir(parents=True)
+    certutil = ["certutil", "-d", f"sql:{database}"]
+    subprocess.run([*certutil, "-N", "--empty-password"], check=True, capture_output=True)
+    if ca is not None:
+        subprocess.run(
+            [*certutil, "-A", "-n", "watchkeep site CA", "-t", "C,,", "-i", str(ca)],
+            check=True,
+            capture_output=True,
+        )
+    return root
+
+
+@contextmanager
+def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            env={**os.environ, "HOME": str(home)},
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                # The site's host names are in no DNS: map the mobile server's to its address.
+                f"--host-resolver-rules=MAP {mobile.host} {mobile.address}",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _page(browser: Browser) -> Page:
+    # ignore_https_errors=False: a certificate the browser cannot verify stops the page.
+    page = browser.new_context(ignore_https_errors=False).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
+
+
+def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
+    streams_site: LocalSite, tmp_path: Path
+) -> None:
+    mobile = streams_site.servers["mobile1"]
+    # Given a browser that trusts no watchkeep CA
+    with chromium(_nss_home(tmp_path, None), mobile) as browser:
+        page = _page(browser)
+        # When it opens the web client over HTTPS
+        with pytest.raises(Error) as refused:
+            page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
+    # Then it refuses the certificate as issued by an unknown authority
+    assert "ERR_CERT_AUTHORITY_INVALID" in str(refused.value), refused.value
+
+
+def _camera_image(page: Page, camera: str) -> str:
+    return f"img[data-camera={camera}]"
+
+
+def test_the_web_client_logs_in_and_shows_live_video(
+    streams_site: LocalSite, tmp_path: Path
+) -> None:
+    mobile = streams_site.servers["mobile1"]
+    password = streams_site.password_file.read_text().strip()
+    screenshot = tmp_path / "webclient.png"
+    # Given a browser that trusts the site CA
+    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+        page = _page(browser)
+
+        # When it opens the mobile server's plain HTTP address
+        page.goto(f"http://{mobile.host}:{mobile.ports['http']}/")
+
+        # Then it lands on the web client over verified HTTPS
+        assert page.url == f"https://{mobile.host}:{mobile.ports['https']}/"
+        assert page.text_content("#lock") == "encrypted (TLS)"
+
+        # When the user logs in with a wrong password, it is told so
+        page.fill("#user", "admin")
+        page.fill("#password", password + "x")
+        page.click("button[type=submit]")
+        page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
+        assert "wrong password" in (page.text_content("#error") or "")
+
+        # When the administrator logs in
+        page.fill("#password", password)
+        page.click("button[type=submit]")
+
+        # Then the login form goes away and each camera shows live video: the picture of
+        # cam1 has its real width, and changes from one moment to the next
+        image = page.locator(_camera_image(page, "cam1"))
+        page.wait_for_function(
+            "(selector) => { const i = document.querySelector(selector);"
+            " return i !== null && i.naturalWidth > 0; }",
+            arg=_camera_image(page, "cam1"),
+        )
+        assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [320, 180]
+        assert page.locator("#login").is_hidden()
+        captions = page.locator("figcaption").all_text_contents()
+        assert captions == ["cam1 (rs1)", "cam2 (rs1)"], captions
+        first = image.screenshot()
+        eventually(lambda: image.screenshot() != first, what="cam1's picture changes")
+        page.screenshot(path=str(screenshot))
+    print(f"web client screenshot: {screenshot}")
