@@ -230,6 +230,11 @@ class LocalSite:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # A session of its own: Ctrl-C in a terminal signals the foreground process
+            # group, and must reach only the program running the site (`watchkeep demo`,
+            # a test run), which stops the servers in order; servers that stopped by
+            # themselves meanwhile would make it fail on its way out.
+            start_new_session=True,
         )
         log.close()
         if wait:
