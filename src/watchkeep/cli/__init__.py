@@ -49,7 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _GROUPS.values():
         importlib.import_module(module).register(groups)
     importlib.import_module("watchkeep.cli._site").register_encryption(groups)
+    _accept_home_after_command(parser)
     return parser
+
+
+def _accept_home_after_command(parser: argparse.ArgumentParser) -> None:
+    """Every command takes --home, after its name too (`watchkeep demo --home DIR`).
+
+    SUPPRESS: a command that is not given --home leaves the value given before it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):
+                command.add_argument(
+                    "--home", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+                )
+                _accept_home_after_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
