@@ -80,6 +80,7 @@ class LocalSite:
         failover_after: float = 3.0,
         heartbeat_interval: float = 0.5,
         renew_check_interval: float = 1.0,
+        auto_renew: bool = True,
     ) -> None:
         self.root = root
         self.network = network or free_loopback_network()
@@ -88,6 +89,7 @@ class LocalSite:
         self.failover_after = failover_after
         self.heartbeat_interval = heartbeat_interval
         self.renew_check_interval = renew_check_interval
+        self.auto_renew = auto_renew
         # The administrator's home (CA, inventory, CLI connection) is the root itself, so
         # that `watchkeep --home ROOT ...` describes the site; each server lives below it.
         self.home = Home(root)
@@ -189,7 +191,7 @@ class LocalSite:
                 f'registration_key_file = "{self.registration_key_file}"',
                 f"failover_after = {self.failover_after}",
                 # The site root is the CA home: the management server renews with it.
-                f'ca_home = "{self.home.root}"',
+                *([f'ca_home = "{self.home.root}"'] if self.auto_renew else []),
                 f"renew_check_interval = {self.renew_check_interval}",
                 "",
             ]

@@ -1,0 +1,255 @@
+"""The expiry guard end to end: warnings, metrics, automatic renewal and CA rotation on a
+running encrypted site while a client streams live video."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from tests.lifecycle.conftest import wait_for
+
+from watchkeep.pki import SitePKI, fingerprint
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.tls import Endpoint, fetch_peer_certificate
+
+pytestmark = pytest.mark.slow
+
+
+def served_certificate(server: LocalServer, port: str = "data") -> x509.Certificate:
+    endpoint = Endpoint(server.name, server.host, server.address, server.ports[port], True)
+    cert = asyncio.run(fetch_peer_certificate(endpoint))
+    assert cert is not None
+    return cert
+
+
+def encrypted_site_with_camera(make_site: Callable[..., LocalSite]) -> LocalSite:
+    site = make_site(
+        ("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING), ("mobile1", ServerRole.MOBILE)
+    )
+    for name in site.servers:
+        site.start(name)
+    site.connect_cli()
+    wait_for(
+        "servers online",
+        lambda: (
+            site.cli("site", "status").returncode == 0
+            and "OFFLINE" not in site.cli("site", "status").stdout
+        ),
+    )
+    assert (
+        site.cli(
+            "camera", "add", "cam1", "--recording-server", "rs1", "--synthetic", "320x180@10"
+        ).returncode
+        == 0
+    )
+    for name in ("rs1", "mobile1", "ms"):
+        result = site.cli("encryption", "enable", "--server", name)
+        assert result.returncode == 0, result.stderr
+    wait_for("rs1 data over TLS", lambda: served_certificate(site.servers["rs1"]))
+    return site
+
+
+def start_viewer(site: LocalSite, out: Path, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "watchkeep",
+            "--home",
+            str(site.home.root),
+            "view",
+            "cam1",
+            "--seconds",
+            str(seconds),
+            "--json",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_viewer(viewer: subprocess.Popen[str], out: Path) -> dict[str, object]:
+    stdout, stderr = viewer.communicate(timeout=120)
+    assert viewer.returncode == 0, stderr
+    report: dict[str, object] = json.loads(stdout)
+    sequences = [int(s) for s in re.findall(rb"X-Sequence: (\d+)", out.read_bytes())]
+    gaps = [(a, b) for a, b in itertools.pairwise(sequences) if b != a + 1]
+    assert sequences, "the viewer received no frame"
+    assert gaps == [], f"frames lost: {gaps[:5]}"
+    assert report["reconnects"] == 0
+    assert report["encrypted"] is True
+    return report
+
+
+def test_renewal_while_streaming(make_site: Callable[..., LocalSite], tmp_path: Path) -> None:
+    # Given an encrypted site and a client streaming live video over TLS
+    site = encrypted_site_with_camera(make_site)
+    rs1 = site.servers["rs1"]
+    viewer = start_viewer(site, tmp_path / "live.mjpeg", 14)
+    # When rs1 gets a certificate 65 days into its 90 (past 2/3 of its life, 25 days left)
+    site.issue(rs1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
+    aged = SitePKI(site.home).find(f"recording-{rs1.host}")
+    # Then the management server renews it, with a new key, and rs1 serves the new one
+    renewed = wait_for(
+        "renewal",
+        lambda: (r := SitePKI(site.home).find(f"recording-{rs1.host}")).serial != aged.serial and r,
+    )
+    assert f"renewed recording-{rs1.host}" in site.log_text("ms")
+    wait_for(
+        "the new certificate served",
+        lambda: fingerprint(served_certificate(rs1)) == renewed.sha256_fingerprint,
+    )
+    assert SitePKI(site.home).find(aged.serial).status == "superseded"
+    # ... while the client lost no frame and never reconnected
+    finish_viewer(viewer, tmp_path / "live.mjpeg")
+
+
+def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., LocalSite]) -> None:
+    # Given a site whose management server does not renew, and rs1 with 10 days left
+    site = make_site(("ms", ServerRole.MANAGEMENT), auto_renew=False)
+    rs1 = site.add_server("rs1", ServerRole.RECORDING, certificate=False)
+    site.issue(rs1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=80))
+    aged = SitePKI(site.home).find(f"recording-{rs1.host}")
+    for name in site.servers:
+        site.start(name)
+    site.connect_cli()
+    # Then rs1 logs the 30- and 14-day thresholds, once each, naming the fix
+    log = wait_for("the warnings", lambda: "under 14 days" in (t := site.log_text("rs1")) and t)
+    assert log.count(f"[cert.expiry_warning] rs1: its certificate (serial {aged.serial}") == 2
+    assert "fix: watchkeep cert renew" in log
+    # ... the site status says which threshold it is inside
+    status = wait_for(
+        "rs1 in the status",
+        lambda: next(
+            (
+                s
+                for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+                if s["name"] == "rs1" and s["certificate"]
+            ),
+            None,
+        ),
+    )
+    assert status["certificate"]["expiry_warning"] == 14
+    assert 9.5 < status["certificate"]["days_left"] < 10.5
+    # ... and its metrics say how many days are left
+    text = _get(f"http://{rs1.address}:{rs1.ports['data']}/metrics")
+    assert re.search(
+        rf'watchkeep_certificate_days_left{{[^}}]*serial="{aged.serial}"[^}}]*}} (9\.9|10\.0)', text
+    )
+    # A restart does not repeat the warnings.
+    site.stop("rs1")
+    site.start("rs1")
+    wait_for("rs1 up again", lambda: site.log_text("rs1").count("recording server ready") == 2)
+    assert (
+        site.log_text("rs1").count(
+            f"[cert.expiry_warning] rs1: its certificate (serial {aged.serial}"
+        )
+        == 2
+    )
+
+
+def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
+    site = make_site(
+        ("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING), ("mobile1", ServerRole.MOBILE)
+    )
+    for name in site.servers:
+        site.start(name)
+    ms, rs1, mobile = site.servers["ms"], site.servers["rs1"], site.servers["mobile1"]
+    ca_serial = format(site.pki.ca_certificate().serial_number, "x")
+    urls = {
+        "ms": f"http://{ms.address}:{ms.ports['api']}/metrics",
+        "rs1": f"http://{rs1.address}:{rs1.ports['data']}/metrics",
+        "mobile1": f"http://{mobile.address}:{mobile.ports['http']}/metrics",
+    }
+    for name, url in urls.items():
+        text = wait_for(f"{name} metrics", lambda url=url: _get(url))
+        own = SitePKI(site.home).find(f"{site.servers[name].role.value}-{site.servers[name].host}")
+        assert re.search(
+            rf'watchkeep_certificate_days_left{{server="{name}",[^}}]*serial="{own.serial}"[^}}]*}} 89\.9|90\.0',
+            text,
+        )
+        assert f'serial="{ca_serial}",kind="ca"' in text  # the CA itself is watched too
+        assert "watchkeep_certificate_not_after_timestamp_seconds{" in text
+    # The management server's scrape covers the whole site.
+    text = wait_for(
+        "rs1 in the ms metrics", lambda: 'server="rs1"' in (t := _get(urls["ms"])) and t
+    )
+    assert 'server="mobile1"' in text
+
+
+def _get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http only
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def test_ca_rotation_while_streaming(make_site: Callable[..., LocalSite], tmp_path: Path) -> None:
+    # Given an encrypted site and a client streaming live video over TLS
+    site = encrypted_site_with_camera(make_site)
+    old_fp = site.pki.describe_ca()["sha256_fingerprint"]
+    viewer = start_viewer(site, tmp_path / "live.mjpeg", 20)
+    # When the CA is rotated
+    result = site.cli("ca", "rotate", "--name", "Second Site CA", "--json", timeout=200)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    new_fp = info["new_ca_sha256_fingerprint"]
+    assert info["old_ca_sha256_fingerprint"] == old_fp
+    assert sorted(info["renewed"]) == sorted(
+        f"{s.role.value}-{s.host}" for s in site.servers.values()
+    )
+    # Then every server serves a certificate from the new CA, to new connections ...
+    for name in ("rs1",):
+        assert served_certificate(site.servers[name]).issuer.rfc4514_string() == "CN=Second Site CA"
+    assert (
+        served_certificate(site.servers["ms"], "api").issuer.rfc4514_string() == "CN=Second Site CA"
+    )
+    # ... the client never noticed ...
+    finish_viewer(viewer, tmp_path / "live.mjpeg")
+    # ... and the old CA can now be retired, and leaves every trust store
+    retire = site.cli("ca", "retire", old_fp[:16])
+    assert retire.returncode == 0, retire.stderr
+    for server in site.servers.values():
+        wait_for(
+            f"{server.name} to drop the old CA",
+            lambda server=server: (
+                not any(old_fp[:16] in p.name for p in server.trust_dir.glob("watchkeep-*.pem"))
+            ),
+        )
+    wait_for(
+        "every server to report only the new CA",
+        lambda: all(
+            s["trusted_ca_fingerprints"] == [new_fp]
+            for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+        ),
+    )
+
+
+def test_retiring_the_old_ca_is_refused_while_it_issued_an_active_certificate(
+    make_site: Callable[..., LocalSite],
+) -> None:
+    site = make_site(("ms", ServerRole.MANAGEMENT))
+    old_fp = site.pki.describe_ca()["sha256_fingerprint"]
+    # Rotate without a connected site: nothing is re-issued yet.
+    assert site.cli("ca", "rotate").returncode == 0
+    refused = site.cli("ca", "retire", old_fp[:16])
+    assert refused.returncode != 0
+    assert "management-ms.site.test" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert site.cli("cert", "renew", "--all").returncode == 0
+    assert site.cli("ca", "retire", old_fp[:16]).returncode == 0
