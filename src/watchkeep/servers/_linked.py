@@ -166,7 +166,11 @@ class LinkedServer(ServerProcess):
     async def heartbeat_once(self, session: Any) -> None:
         tls = self.ms_encryption
         endpoint = Endpoint(
-            "management server", self.link.host, self.link.address, self.link.port, tls
+            self.management_name() or self.link.host,
+            self.link.host,
+            self.link.address,
+            self.link.port,
+            tls,
         )
         # Servers whose certificates are also for client authentication (recording and
         # failover servers) prove who they are on the encrypted management link.

@@ -519,7 +519,9 @@ class ManagementServer(ServerProcess):
             target, enabled, all_servers, ca_fingerprint=self._site_ca_fingerprint()
         )
         if blockers:
-            listing = "; ".join(str(b) for b in blockers)
+            listing = "; ".join(
+                f"[{b.code}] {b.server}: {b.message} (fix: {b.fix})" for b in blockers
+            )
             return problem(
                 409,
                 "encryption change refused",
@@ -527,7 +529,9 @@ class ManagementServer(ServerProcess):
                 f"{len(blockers)} problem(s): {listing}",
                 code=blockers[0].code,
                 server=name,
-                fix=blockers[0].fix,
+                fix="resolve each problem listed, then run the command again"
+                if len(blockers) > 1
+                else blockers[0].fix,
                 blockers=[
                     {"code": b.code, "server": b.server, "message": b.message, "fix": b.fix}
                     for b in blockers

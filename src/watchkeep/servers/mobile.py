@@ -97,7 +97,7 @@ class MobileServer(LinkedServer):
 
     def _ms_endpoint(self) -> Endpoint:
         return Endpoint(
-            "management server",
+            self.management_name() or self.link.host,
             self.link.host,
             self.link.address,
             self.link.port,

@@ -45,9 +45,13 @@ def _readiness_blockers(server: Server, ca_fingerprint: str | None) -> list[Bloc
     found: list[Blocker] = []
     ready = server.readiness
     for code, message, fix in ready.problems:
-        if server.role is ServerRole.FAILOVER and code.startswith("cert."):
+        if server.role is ServerRole.FAILOVER and (
+            code.startswith("cert.") or code == "trust.installed"
+        ):
             code = "site.failover_prepared"
-        found.append(Blocker(code, server.name, message, fix))
+        blocker = Blocker(code, server.name, message, fix)
+        if blocker not in found:
+            found.append(blocker)
     if ready.certificate is None and not ready.problems:
         found.append(
             Blocker(
@@ -61,7 +65,7 @@ def _readiness_blockers(server: Server, ca_fingerprint: str | None) -> list[Bloc
     if ca_fingerprint and ca_fingerprint not in ready.trusted_ca_fingerprints:
         found.append(
             Blocker(
-                "trust.installed",
+                code_for_role,
                 server.name,
                 "its trust store does not hold the site CA",
                 "watchkeep trust install --store DIR (the server's [tls] trust_store)",

@@ -112,7 +112,7 @@ def server_context(
             "cert.chain",
             identity.server,
             f"{identity.chain} and {identity.key} do not load together ({exc.reason or exc})",
-            fix=f"re-issue: watchkeep cert issue --host {identity.host} --replace ...",
+            fix=f"re-issue: watchkeep cert issue --role ROLE --host {identity.host} --replace ...",
         ) from exc
     if client_auth != ClientAuth.NONE:
         if trust is None or not trust.ca_files:
@@ -172,7 +172,7 @@ def check_server_identity(
     """
     now = now or dt.datetime.now(dt.UTC)
     # The serial, not the server's name: the inventory names certificates ROLE-HOST.
-    reissue = f"watchkeep cert renew {{serial}}  (or cert issue --host {identity.host} --replace)"
+    reissue = f"watchkeep cert renew {{serial}}  (or cert issue --role ROLE --host {identity.host} --replace)"
     check_key_file_access(identity.key, identity.service_account)
     chain = _load_chain(identity.chain)
     if not chain:
@@ -210,7 +210,7 @@ def check_server_identity(
             subject,
             f"the certificate names {', '.join(names) or 'no host'}, not this server's host "
             f"{identity.host}",
-            fix=f"watchkeep cert issue --host {identity.host} --out {identity.chain.parent}",
+            fix=f"watchkeep cert issue --role ROLE --host {identity.host} --out {identity.chain.parent}",
         )
     _check_server_auth(leaf, identity, subject)
     trusted = trust.certificates()
@@ -241,7 +241,7 @@ def check_server_identity(
             "cert.revoked",
             subject,
             f"the certificate (serial {leaf.serial_number:x}) is revoked",
-            fix=f"watchkeep cert issue --host {identity.host} --replace ...",
+            fix=f"watchkeep cert issue --role ROLE --host {identity.host} --replace ...",
         )
     return leaf
 

@@ -209,13 +209,13 @@ async def explain_connection_failure(
                 endpoint.host,
                 _names(cert),
                 fix=f"issue the server a certificate for {endpoint.host}: "
-                f"watchkeep cert issue --host {endpoint.host} --replace ...",
+                f"watchkeep cert issue --role ROLE --host {endpoint.host} --replace ...",
             )
         if code == _REVOKED:
             return CertificateRevoked(
                 peer,
                 "its certificate is revoked [cert.revoked]",
-                fix=f"issue a new one: watchkeep cert issue --host {endpoint.host} --replace ...",
+                fix=f"issue a new one: watchkeep cert issue --role ROLE --host {endpoint.host} --replace ...",
             )
         if code == _UNABLE_TO_GET_CRL:
             return UntrustedIssuer(
