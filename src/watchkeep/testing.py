@@ -8,6 +8,7 @@ loopback address and host name), and runs each server as its own process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import signal
@@ -237,6 +238,8 @@ class LocalSite:
             # a test run), which stops the servers in order; servers that stopped by
             # themselves meanwhile would make it fail on its way out.
             start_new_session=True,
+            # And if that program dies without stopping them (kill -9), they go with it.
+            preexec_fn=_die_with_parent,
         )
         log.close()
         if wait:
@@ -314,6 +317,14 @@ class LocalSite:
             check=check,
             timeout=timeout,
         )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 def _toml(value: Any) -> str:
