@@ -215,6 +215,11 @@ class LocalSite:
     # -- running -------------------------------------------------------------------------
 
     def start(self, name: str, *, wait: bool = True) -> LocalServer:
+        """Start a server as its own process.
+
+        Call it from a thread that lives as long as the server should: Linux ends the
+        server (SIGTERM) when the thread that started it ends, so that no server outlives
+        the program running the site."""
         server = self.servers[name]
         assert server.log is not None
         log = server.log.open("ab")

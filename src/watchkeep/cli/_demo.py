@@ -75,7 +75,7 @@ async def _run(root: Path, duration: float | None, refresh: float) -> int:
                 f"{server.chain.name}, key mode 0600, CA in {server.trust_dir}"
             )
         for name in site.servers:
-            await asyncio.to_thread(site.start, name)
+            site.start(name)  # from this thread: a server dies with the thread that started it
         say("  all servers started as separate processes")
         site.connect_cli()
         await _build(site)
