@@ -1,7 +1,8 @@
 """`watchkeep doctor` against a live site whose management server is not encrypted.
 
 Given a plaintext site (management, recording and failover servers), the doctor reports
-the plaintext logins as an error; then, one step at a time and in this order: a recording
+the plaintext logins as an error; then, one step at a time and in this order: this home's
+trust store without the site CA (trust.installed, mended at once), a recording
 server encrypted while its failover server has no certificate (site.failover_prepared),
 that failover server stopped (site.offline, informational), and the management server
 stopped (site.reachable). The tests run in file order, each building on the one before.
@@ -25,9 +26,11 @@ from doctor_sites import (
     wait_online,
 )
 
-from watchkeep.doctor import Severity
+from watchkeep.doctor import HOME_PARTY, Severity
+from watchkeep.pki import fingerprint
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
+from watchkeep.trust import DirectoryTrustStore
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,21 @@ def test_a_plaintext_management_server_is_an_error(site: LocalSite) -> None:
     fix = document[0]["fix"]
     assert fix.index("--server rs1") < fix.index("--server ms")
     assert fix.index("--server fo1") < fix.index("--server ms")
+
+
+def test_the_site_ca_missing_from_this_homes_trust_store(site: LocalSite) -> None:
+    # Given this home (the command-line client) no longer trusts the site CA: its logins
+    # still work, the management server being plaintext
+    DirectoryTrustStore(site.home.trust_dir).remove(fingerprint(site.pki.ca_certificate()))
+    try:
+        findings = wait_for_codes(site, {PLAINTEXT, "trust.installed"})
+        missing = [f for f in findings if f.code == "trust.installed"]
+        assert [f.server for f in missing] == [HOME_PARTY]
+        # The fix puts back this site's CA and its CRL (`trust install` with no CA_PEM)
+        assert missing[0].fix == f"watchkeep trust install --store {site.home.trust_dir}"
+    finally:
+        DirectoryTrustStore(site.home.trust_dir).install(site.pki.ca_certificate())
+    assert codes(run_doctor(site)) == {PLAINTEXT}
 
 
 def test_a_failover_server_without_a_certificate(site: LocalSite) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,7 @@ class SiteSnapshot:
     home_trust: TrustStoreFacts | None = None
     local: tuple[LocalServerFacts, ...] = ()
     config_errors: tuple[tuple[Path, str], ...] = ()  # configs that did not load
-    probes: tuple[ProbeResult, ...] = field(default_factory=tuple)
+    probes: tuple[ProbeResult, ...] = ()
 
     # -- views the checks share ----------------------------------------------------------
 
