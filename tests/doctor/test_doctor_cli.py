@@ -4,6 +4,8 @@ sites laid out on disk without running them (only the local files are checked)."
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,33 @@ def test_a_readable_key_is_found_without_any_server_running(
         ("key.service_account", "error", "rs1")
     ]
     assert set(findings[0]) >= {"code", "severity", "server", "message", "fix"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another account needs root")
+def test_the_service_account_is_the_one_that_runs_the_server(
+    laid_out: LocalSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given rs1 ran as the account nobody (its data directory is nobody's), its config
+    # naming no service_account, while the doctor runs as root
+    rs1 = laid_out.servers["rs1"]
+    data = rs1.directory / "data"
+    data.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+
+    # Then a key root owns is not the service account's
+    status, out, _err = doctor(laid_out.root, "--json", capsys=capsys)
+    findings = json.loads(out)
+    assert (status, [(f["code"], f["server"]) for f in findings]) == (
+        1,
+        [("key.service_account", "rs1")],
+    )
+    assert findings[0]["fix"] == f"chown nobody {rs1.key}"
+
+    # And once nobody owns it, all is well
+    os.chown(rs1.key, nobody.pw_uid, nobody.pw_gid)
+    status, out, _err = doctor(laid_out.root, "--json", capsys=capsys)
+    assert (status, json.loads(out)) == (0, [])
 
 
 def test_a_server_config_from_elsewhere_is_checked_against_this_site(

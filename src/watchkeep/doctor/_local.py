@@ -21,6 +21,7 @@ __all__ = [
     "read_crl",
     "read_local_servers",
     "read_trust_store",
+    "service_account_of",
 ]
 
 
@@ -66,13 +67,19 @@ def _account(uid: int) -> str:
         return str(uid)
 
 
-def _key_facts(
-    path: Path | None, service_account: str | None, leaf: x509.Certificate | None
-) -> KeyFileFacts:
-    # As the servers do (watchkeep.pki.check_key_file_access): without a service_account
-    # in the config, the key belongs to whoever runs the server; the doctor assumes that
-    # is the account running it.
-    account = service_account or _account(os.geteuid())
+def service_account_of(configured: str | None, data_dir: Path) -> str:
+    """Who runs a server: the config's service_account; else, as the servers assume
+    (watchkeep.pki.check_key_file_access), whoever runs it, which is the owner of the data
+    directory it made at its first start; else (never started) the doctor's own account."""
+    if configured:
+        return configured
+    try:
+        return _account(data_dir.stat().st_uid)
+    except OSError:
+        return _account(os.geteuid())
+
+
+def _key_facts(path: Path | None, account: str, leaf: x509.Certificate | None) -> KeyFileFacts:
     if path is None:
         return KeyFileFacts(
             Path("-"), account, error="the config names a certificate but no [tls] key"
@@ -132,7 +139,11 @@ def read_local_servers(
                 chain_error = exc.strerror or str(exc)
             except ValueError as exc:
                 chain_error = str(exc).split("\n")[0]
-            key = _key_facts(config.key, config.service_account, chain[0] if chain else None)
+            key = _key_facts(
+                config.key,
+                service_account_of(config.service_account, config.data_dir),
+                chain[0] if chain else None,
+            )
         trust = (
             read_trust_store(config.name, config.trust_store)
             if config.trust_store is not None

@@ -62,7 +62,7 @@ class KeyFileFacts:
     """A server's private key file as the file system shows it."""
 
     path: Path
-    service_account: str  # the account that must own it: the config's, or the doctor's own
+    service_account: str  # the account that must own it: the one that runs the server
     owner: str | None = None  # the account that owns it (or its uid, as text)
     mode: int | None = None  # permission bits
     matches_certificate: bool | None = None  # None: the key could not be read
