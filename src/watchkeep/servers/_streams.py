@@ -192,7 +192,7 @@ class CameraService:
         try:
             async for frame in subscription:
                 await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             subscription.close()
@@ -216,7 +216,7 @@ class CameraService:
         try:
             async for frame in subscription:
                 await ws.send_bytes(ws_message(frame))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             subscription.close()
@@ -279,7 +279,8 @@ class CameraService:
                 exc.describe(),
                 fix=exc.fix,
             )
-        except ConnectionResetError:
-            # The viewer left before the end: stop reading the recording for it.
+        except ConnectionError:
+            # The viewer left before the end (a reset, or "Connection lost" while waiting
+            # for its socket to drain): stop reading the recording for it.
             pass
         return response

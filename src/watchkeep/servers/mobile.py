@@ -199,7 +199,7 @@ class MobileServer(LinkedServer):
             try:
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
-            except (ConnectionResetError, aiohttp.ClientError, asyncio.CancelledError):
+            except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
                 pass
         return response
 
