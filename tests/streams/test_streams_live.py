@@ -260,8 +260,10 @@ def test_a_recording_server_snapshot_names_its_frame(
     assert b"ts=%.6f" % stamp in body
 
 
-def _vanish_mid_stream(rs: LocalServer, ca: Path, token: str) -> float:
-    """A viewer that reads part of cam1's live stream and disappears without a word.
+def _vanish_mid_stream(
+    rs: LocalServer, ca: Path, token: str, path: str = "/api/v1/cameras/cam1/live.mjpeg"
+) -> float:
+    """A viewer that reads part of a stream and disappears without a word.
 
     SO_LINGER with a zero timeout makes close() reset the connection (RST) instead of
     closing it in order (FIN): what a crashed app or a phone leaving the network does.
@@ -270,8 +272,7 @@ def _vanish_mid_stream(rs: LocalServer, ca: Path, token: str) -> float:
     raw = socket.create_connection((rs.address, rs.ports["data"]), timeout=DEADLINE)
     tls = ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname=rs.host)
     tls.sendall(
-        f"GET /api/v1/cameras/cam1/live.mjpeg HTTP/1.1\r\nHost: {rs.host}\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n".encode()
+        f"GET {path} HTTP/1.1\r\nHost: {rs.host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
     )
     received = b""
     # Two part delimiters and a little more: the reset comes in the middle of a frame.
@@ -315,9 +316,16 @@ def test_recording_and_other_viewers_carry_on_when_a_viewer_vanishes(
             # Given a viewer watching cam1
             watcher = asyncio.create_task(watch())
             await asyncio.wait_for(first_frames.wait(), DEADLINE)
-            # When three other viewers vanish in the middle of the stream, one by one
+            # When three other viewers vanish in the middle of the stream, one by one, and
+            # one in the middle of playing back the whole day (the recording server may
+            # be waiting for its socket to drain when the reset comes)
             for _ in range(3):
                 vanished.append(await asyncio.to_thread(_vanish_mid_stream, rs1, ca, admin_token))
+            now = time.time()
+            playback = f"/api/v1/cameras/cam1/playback.mjpeg?from={now - DAY}&to={now}"
+            vanished.append(
+                await asyncio.to_thread(_vanish_mid_stream, rs1, ca, admin_token, playback)
+            )
             await asyncio.wait_for(watcher, DEADLINE)
             # And the recording goes on past the last of them
             await wait_recorded_past(client, "cam1", max(vanished) + 2.0)
