@@ -267,6 +267,10 @@ class CameraService:
                     await response.prepare(request)
                     prepared = True
                 await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+                # Frames come in batches of megabytes, and a connection that is gone never
+                # pushes back: without a turn of the loop between frames its loss is noticed
+                # a batch later, after hundreds of "socket.send() raised exception." lines.
+                await asyncio.sleep(0)
             if not prepared:
                 await response.prepare(request)
             await response.write_eof()
