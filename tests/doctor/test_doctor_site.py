@@ -11,6 +11,7 @@ next one starts only once the doctor finds the site healthy again.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import shutil
 from collections.abc import Callable
 
@@ -72,6 +73,14 @@ def mend_rs1(site: LocalSite) -> None:
     wait_online(site, "rs1")
 
 
+def apply_fix(site: LocalSite, fix: str) -> None:
+    """Run a fix the doctor gave (a watchkeep command) against the site's home."""
+    words = shlex.split(fix)
+    assert words[0] == "watchkeep", fix
+    ran = site.cli(*words[1:])
+    assert ran.returncode == 0, f"{fix}: {ran.stderr}"
+
+
 def test_a_healthy_encrypted_site_has_no_findings(site: LocalSite) -> None:
     # When the doctor runs as a command
     status, findings = doctor_cli(site)
@@ -115,6 +124,11 @@ def test_a_certificate_for_another_host(site: LocalSite) -> None:
         assert [f.server for f in findings if f.code == "cert.hostname"] == ["rs1"]
         assert "names other.site.test, not the server's host rs1.site.test" in describe(findings)
         assert doctor_cli(site)[0] == 1
+
+        # And its fix, pasted, gives rs1 a certificate of its own where its config expects it
+        apply_fix(site, findings[0].fix)
+        reload(rs1)
+        wait_for_codes(site, set())
     finally:
         mend_rs1(site)
 
@@ -159,6 +173,12 @@ def test_an_expired_certificate(site: LocalSite) -> None:
     try:
         findings = wait_for_codes(site, {"cert.validity"})
         assert "expired on" in describe(findings)
+
+        # And its fix, pasted, renews it (an expired certificate can be renewed)
+        assert [f.fix for f in findings] == [f"watchkeep cert renew recording-{rs1.host}"]
+        apply_fix(site, findings[0].fix)
+        reload(rs1)
+        wait_for_codes(site, set())
     finally:
         mend_rs1(site)
 
