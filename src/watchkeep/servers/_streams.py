@@ -150,6 +150,16 @@ class CameraService:
             for c in self.cameras.values()
         ]
 
+    def recorder_stats(self) -> dict[str, Any]:
+        """The recorder's counters: frames and bytes written, frames it had to drop."""
+        stats = self.recorder.stats
+        return {
+            "frames_written": stats.frames_written,
+            "bytes_written": stats.bytes_written,
+            "frames_dropped": stats.frames_dropped,
+            "flushes": stats.flushes,
+        }
+
     # -- routes --------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:

@@ -81,6 +81,7 @@ class RecordingServer(LinkedServer):
             "data_tls": bool(self.data and self.data.tls),
             "control_tls": bool(self.control and self.control.tls),
             "cameras": self.media.stats(),
+            "recorder": self.media.recorder_stats(),
             "covering": self.covering,
         }
 
