@@ -177,5 +177,28 @@ def install_trust_payload(
         if issuer is None or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
             continue
         target = directory / f"{subject_hash(crl.issuer)}.r0"
-        if not target.exists() or target.read_bytes() != data:
+        if _newer(crl, target):
             store.install_crl(data)
+
+
+def _newer(crl: Any, installed: Path) -> bool:
+    """Only a newer CRL replaces the installed one: an old copy arriving late (a cached
+    payload, a slow link) must never undo a revocation."""
+    from cryptography import x509
+
+    try:
+        current = x509.load_pem_x509_crl(installed.read_bytes())
+    except (OSError, ValueError):
+        return True
+    if current.issuer != crl.issuer:
+        return True
+
+    def number(c: Any) -> int:
+        try:
+            return int(c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+        except x509.ExtensionNotFound:
+            return -1
+
+    if number(crl) != number(current):
+        return bool(number(crl) > number(current))
+    return bool(crl.last_update_utc > current.last_update_utc)
