@@ -10,6 +10,7 @@ from typing import Any
 from watchkeep._names import validate_host_name
 from watchkeep.errors import HomeError
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
+from watchkeep.servers._listener import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, ListenerLimits
 from watchkeep.site import DEFAULT_PORTS, ServerRole
 from watchkeep.tls import ServerIdentity, TlsPolicy
 
@@ -43,12 +44,18 @@ class ServerConfig:
     heartbeat_interval: float
     management: ManagementLink | None
     warn_days: tuple[int, ...] = DEFAULT_WARN_DAYS
+    listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
     # management server only
     failover_after: float = 5.0
     admin_password: str | None = None
     registration_key: str | None = None
     database_url: str | None = None
     token_ttl: float = 900.0
+    # Log-in rate limiting: failures allowed in a row before back-off, per account and per
+    # client address, and the longest back-off.
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 20
+    login_backoff_max: float = 300.0
     ca_home: Path | None = None  # management server: the CA it renews certificates with
     ca_passphrase: str | None = None
     renew_at: float = DEFAULT_RENEW_AT
@@ -97,6 +104,22 @@ def _warn_days(path: Path, value: Any) -> tuple[int, ...]:
             f"[server] expiry_warn_days = {value!r} is not a list of whole days",
             "write e.g. expiry_warn_days = [30, 14, 7]",
         ) from None
+
+
+def _listener_limits(path: Path, server: dict[str, Any]) -> ListenerLimits:
+    max_connections = server.get("max_connections", MAX_CONNECTIONS)
+    handshake_timeout = server.get("handshake_timeout", HANDSHAKE_TIMEOUT)
+    whole = isinstance(max_connections, int) and not isinstance(max_connections, bool)
+    number = isinstance(handshake_timeout, int | float) and not isinstance(handshake_timeout, bool)
+    if whole and number and max_connections >= 1 and handshake_timeout > 0:
+        return ListenerLimits(max_connections, float(handshake_timeout))
+    raise _fail(
+        path,
+        f"[server] max_connections = {max_connections!r} and handshake_timeout = "
+        f"{handshake_timeout!r} must be a whole number >= 1 and a positive number of seconds",
+        f"write e.g. max_connections = {MAX_CONNECTIONS} and handshake_timeout = "
+        f"{HANDSHAKE_TIMEOUT:.0f}",
+    )
 
 
 def load_config(path: Path) -> ServerConfig:
@@ -165,12 +188,16 @@ def load_config(path: Path) -> ServerConfig:
         service_account=server.get("service_account") or None,
         heartbeat_interval=float(server.get("heartbeat_interval", 1.0)),
         warn_days=_warn_days(path, server.get("expiry_warn_days", DEFAULT_WARN_DAYS)),
+        listener_limits=_listener_limits(path, server),
         management=link,
         failover_after=float(site.get("failover_after", 5.0)),
         admin_password=_secret(base, site, "admin_password_file", path),
         registration_key=_secret(base, site, "registration_key_file", path),
         database_url=site.get("database"),
         token_ttl=float(site.get("token_ttl", 900.0)),
+        login_failures_per_account=int(site.get("login_failures_per_account", 5)),
+        login_failures_per_address=int(site.get("login_failures_per_address", 20)),
+        login_backoff_max=float(site.get("login_backoff_max", 300.0)),
         ca_home=(base / str(site["ca_home"])).resolve() if site.get("ca_home") else None,
         ca_passphrase=_secret(base, site, "ca_passphrase_file", path),
         renew_at=float(site.get("renew_at", DEFAULT_RENEW_AT)),

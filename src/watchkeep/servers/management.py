@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
+from watchkeep.servers._throttle import LoginThrottle
 from watchkeep.servers._tokens import InvalidToken, TokenSigner, TokenVerifier
 from watchkeep.site import (
     Camera,
@@ -132,7 +134,14 @@ class ManagementServer(ServerProcess):
             if config.ca_home is not None
             else None
         )
-        self._login_failures: dict[str, list[float]] = {}
+        # Log-in guessing is slowed per account and per client address (auth.login).
+        self._account_throttle = LoginThrottle(
+            config.login_failures_per_account, max_delay=config.login_backoff_max
+        )
+        self._address_throttle = LoginThrottle(
+            config.login_failures_per_address, max_delay=config.login_backoff_max
+        )
+        self._login_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- database helpers ----------------------------------------------------------------
 
@@ -277,15 +286,29 @@ class ManagementServer(ServerProcess):
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
             return problem(400, "bad login", "user and password must be strings")
-        with self.db.connect() as conn:
-            row = conn.execute(sa.select(users).where(users.c.name == user)).first()
-        loop = asyncio.get_running_loop()
-        # scrypt costs ~50 ms: keep it off the event loop; compare against a dummy hash for
-        # unknown users so that timing does not tell which users exist.
-        stored = row.password_hash if row else _DUMMY_HASH
-        ok = await loop.run_in_executor(None, verify_password, password, stored)
-        if not row or not ok:
-            return problem(401, "login failed", "unknown user or wrong password", code="auth.login")
+        address = request.remote or "unknown"
+        refused = self._login_throttled(user, address)
+        if refused is not None:
+            return refused
+        # One attempt at a time per account: parallel guesses cannot all pass the check
+        # above before the first failure is counted.
+        lock, waiting = self._login_locks.get(user, (asyncio.Lock(), 0))
+        self._login_locks[user] = (lock, waiting + 1)
+        try:
+            async with lock:
+                refused = self._login_throttled(user, address)
+                if refused is not None:
+                    return refused
+                row, ok = await self._check_password(user, password)
+                if not row or not ok:
+                    return self._login_failed(user, address)
+        finally:
+            lock, waiting = self._login_locks[user]
+            if waiting > 1:
+                self._login_locks[user] = (lock, waiting - 1)
+            else:
+                del self._login_locks[user]
+        self._account_throttle.succeeded(user)
         token = self.signer.issue(
             row.name,
             row.role,
@@ -302,6 +325,60 @@ class ManagementServer(ServerProcess):
                 "token_public_key": self.signer.public_key_b64(),
             }
         )
+
+    async def _check_password(self, user: str, password: str) -> tuple[Any, bool]:
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == user)).first()
+        loop = asyncio.get_running_loop()
+        # scrypt costs ~50 ms: keep it off the event loop; compare against a dummy hash for
+        # unknown users so that timing does not tell which users exist.
+        stored = row.password_hash if row else _DUMMY_HASH
+        ok = await loop.run_in_executor(None, verify_password, password, stored)
+        return row, ok
+
+    def _login_throttled(self, user: str, address: str) -> web.Response | None:
+        """429 while the account or the client address is shut out after failures."""
+        now = time.monotonic()
+        wait = max(
+            self._account_throttle.retry_after(user, now),
+            self._address_throttle.retry_after(address, now),
+        )
+        if wait <= 0:
+            return None
+        seconds = max(1, math.ceil(wait))
+        response = problem(
+            429,
+            "too many failed log-ins",
+            f"too many failed log-ins for this account or from this address; try again in "
+            f"{seconds} s",
+            code="auth.login_rate",
+            server=self.config.name,
+            fix=f"wait {seconds} s; an administrator can set a new password with "
+            "POST /api/v1/users",
+            retry_after=seconds,
+        )
+        response.headers["Retry-After"] = str(seconds)
+        return response
+
+    def _login_failed(self, user: str, address: str) -> web.Response:
+        now = time.monotonic()
+        by_account = self._account_throttle.failed(user, now)
+        by_address = self._address_throttle.failed(address, now)
+        if by_account or by_address:
+            # Once per failure past the allowance: each doubles the wait, so the log grows
+            # only logarithmically with a guessing attack.
+            log.warning(
+                "%s: log-in rate limit: %d failed log-ins in a row for user %r, %d from %s; "
+                "refusing log-ins %s for %.0f s",
+                self.config.name,
+                self._account_throttle.failures(user),
+                user[:64],
+                self._address_throttle.failures(address),
+                address,
+                "for this user" if by_account >= by_address else "from this address",
+                max(by_account, by_address),
+            )
+        return problem(401, "login failed", "unknown user or wrong password", code="auth.login")
 
     async def token_key(self, _request: web.Request) -> web.Response:
         return web.json_response({"token_public_key": self.signer.public_key_b64()})
@@ -829,7 +906,12 @@ class ManagementServer(ServerProcess):
         self._bootstrap_admin()
         await self.runner.setup()
         self.listener = Listener(
-            self.config.name, "api", self.runner, self.config.address, self.config.ports["api"]
+            self.config.name,
+            "api",
+            self.runner,
+            self.config.address,
+            self.config.ports["api"],
+            limits=self.config.listener_limits,
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.spawn(self._failover_loop())

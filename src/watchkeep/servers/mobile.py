@@ -213,10 +213,20 @@ class MobileServer(LinkedServer):
         await self.runner.setup()
         await self.redirect_runner.setup()
         self.http = Listener(
-            self.config.name, "http", self.runner, self.config.address, self.config.ports["http"]
+            self.config.name,
+            "http",
+            self.runner,
+            self.config.address,
+            self.config.ports["http"],
+            limits=self.config.listener_limits,
         )
         self.https = Listener(
-            self.config.name, "https", self.runner, self.config.address, self.config.ports["https"]
+            self.config.name,
+            "https",
+            self.runner,
+            self.config.address,
+            self.config.ports["https"],
+            limits=self.config.listener_limits,
         )
         await self.http.start(None)
         await self.reconcile_listeners()

@@ -165,6 +165,7 @@ class RecordingServer(LinkedServer):
             self.data_runner,
             self.config.address,
             self.config.ports["data"],
+            limits=self.config.listener_limits,
         )
         self.control = Listener(
             self.config.name,
@@ -172,6 +173,7 @@ class RecordingServer(LinkedServer):
             self.control_runner,
             self.config.address,
             self.config.ports["control"],
+            limits=self.config.listener_limits,
         )
         can_tls = self.tls is not None
         await self.data.start(self.server_ssl_context() if self.encryption and can_tls else None)
