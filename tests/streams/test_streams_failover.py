@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stream_support import (
@@ -72,37 +73,34 @@ def site(failover_site: LocalSite) -> Iterator[LocalSite]:
     eventually(back_on_rs1, what="cam1 back on rs1")
 
 
-class _KillAfter(io.RawIOBase):
-    """An output file for view_camera that kills a server once it has written ``after``
-    frames, and remembers which frames came after that."""
+class _KillAfter(io.BytesIO):
+    """An output file for view_camera that kills a server once ``after`` frames are in it,
+    and remembers where the frames written after that start."""
 
     def __init__(self, site: LocalSite, server: str, after: int) -> None:
+        super().__init__()
         self.site = site
         self.server = server
         self.after = after
         self.frames = 0
-        self.data = bytearray()
         self.killed_at: int | None = None
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.data += data
+    def write(self, data: Any, /) -> int:
+        written = super().write(data)
         if bytes(data).startswith(b"--" + DEFAULT_BOUNDARY.encode()):
             self.frames += 1
         elif self.frames == self.after and self.killed_at is None and data == b"\r\n":
             # The frame's last piece is written: kill -9, no goodbye, no last heartbeat.
             self.site.kill(self.server)
-            self.killed_at = len(self.data)
-        return len(data)
+            self.killed_at = self.tell()
+        return written
 
 
 def test_a_viewer_follows_its_camera_to_the_failover_server(site: LocalSite) -> None:
     # Given a viewer (the client library's view_camera) watching cam1 on rs1
     out = _KillAfter(site, "rs1", FRAMES_BEFORE)
 
-    async def watch() -> dict[str, object]:
+    async def watch() -> dict[str, Any]:
         async with SiteClient(site.home) as client:
             report = await view_camera(client, "cam1", frames=FRAMES_BEFORE + FRAMES_AFTER, out=out)
             return report.as_json()
@@ -121,7 +119,7 @@ def test_a_viewer_follows_its_camera_to_the_failover_server(site: LocalSite) -> 
     assert servers_by_name(status)["fo1"]["covering"] == "rs1"
 
     # And every frame after the kill is a whole picture of cam1 (from fo1: rs1 is dead)
-    after = MultipartParser(DEFAULT_BOUNDARY).feed(bytes(out.data[out.killed_at :]))
+    after = MultipartParser(DEFAULT_BOUNDARY).feed(out.getvalue()[out.killed_at :])
     assert len(after) == FRAMES_AFTER
     for part in after:
         assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)

@@ -205,7 +205,7 @@ def test_websocket_frames_carry_camera_timestamp_and_sequence(
                 ) as session,
                 session.ws_connect(url, ssl=client_context(client.trust)) as ws,
             ):
-                messages = []
+                messages: list[bytes] = []
                 while len(messages) < count:
                     message = await ws.receive(timeout=DEADLINE)
                     assert message.type is aiohttp.WSMsgType.BINARY, message
