@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -60,58 +61,52 @@ class Endpoint:
         return f"{self.server} ({scheme}://{self.host}:{self.port}, address {self.address})"
 
 
+@contextlib.asynccontextmanager
+async def _unverified_handshake(
+    endpoint: Endpoint, timeout: float
+) -> AsyncIterator[asyncio.StreamWriter]:
+    """A TLS connection that verifies nothing: only to describe a peer, never to trust it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
+        ),
+        timeout,
+    )
+    try:
+        yield writer
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
 async def fetch_peer_certificate(
     endpoint: Endpoint, timeout: float = 3.0
 ) -> x509.Certificate | None:
     """The certificate the endpoint presents, without verifying it (for messages only)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    writer = None
     try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
-            ),
-            timeout,
-        )
-        sslobj = writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj else None
-        return x509.load_der_x509_certificate(der) if der else None
+        async with _unverified_handshake(endpoint, timeout) as writer:
+            sslobj = writer.get_extra_info("ssl_object")
+            der = sslobj.getpeercert(binary_form=True) if sslobj else None
+            return x509.load_der_x509_certificate(der) if der else None
     except (OSError, ssl.SSLError, TimeoutError, ValueError):
         return None
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 async def speaks_tls(endpoint: Endpoint, timeout: float = 3.0) -> bool | None:
     """True if the port completes a TLS handshake, False if it answers in plaintext,
     None if it cannot be told."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    writer = None
     try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
-            ),
-            timeout,
-        )
-        return True
+        async with _unverified_handshake(endpoint, timeout):
+            return True
     except ssl.SSLError as exc:
         # A TLS server that refuses us (no client certificate, say) still speaks TLS.
         return not ("WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc))
     except (OSError, TimeoutError):
         return None
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 def _names(cert: x509.Certificate | None) -> list[str]:
