@@ -42,3 +42,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt -e ".[${extras}]"
     echo "$want" > "$stamp"
 fi
+
+# sslyze (tests/security) pins cryptography<47, older than ours: a virtual environment of its own.
+if [ ! -x .venv-sslyze/bin/python ]; then
+    "$PYTHON" -m venv .venv-sslyze
+fi
+stamp=.venv-sslyze/.watchkeep-installed
+want="$(sha256sum requirements/sslyze.txt | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv-sslyze/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
+    .venv-sslyze/bin/python -m pip install -q --disable-pip-version-check -r requirements/sslyze.txt
+    echo "$want" > "$stamp"
+fi
