@@ -93,7 +93,14 @@ def _site_cas(
     server names, found in a trust store on this host."""
     ca = read_ca(home.ca_cert) if home.ca_cert.exists() else None
     if ca is not None:
-        return home.ca_cert, (ca,)
+        # During a CA rotation both CAs are the site's: every store must hold the bundle.
+        from watchkeep.pki import SitePKI
+        from watchkeep.pki._rotation import trust_bundle
+
+        try:
+            return home.ca_cert, tuple(trust_bundle(SitePKI(home)))
+        except (WatchkeepError, OSError, ValueError):
+            return home.ca_cert, (ca,)
     named = (status or {}).get("site_ca_sha256_fingerprint")
     for store in stores:
         for candidate in store.cas:
