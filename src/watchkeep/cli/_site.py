@@ -103,7 +103,7 @@ def _status(args: argparse.Namespace) -> int:
                 ",".join(f"{k}={v}" for k, v in s["ports"].items()),
                 "on" if s["encryption"] else "off",
                 "online" if s["online"] else "OFFLINE",
-                f"{cert['days_left']:.0f}" if cert else "-",
+                _days_left(cert),
             ]
         )
     print_table(
@@ -134,3 +134,15 @@ def _encryption(args: argparse.Namespace) -> int:
     else:
         print(f"encryption {'on' if enable else 'off'} for {args.server}")
     return 0
+
+
+def _days_left(cert: dict[str, Any] | None) -> str:
+    if not cert:
+        return "-"
+    text = f"{cert['days_left']:.0f}"
+    level = cert.get("expiry_warning")
+    if level == 0:
+        return f"{text} EXPIRED"
+    if level is not None:
+        return f"{text} (under {level}: renew)"
+    return text
