@@ -16,16 +16,20 @@ from watchkeep import __version__
 
 __all__ = ["main"]
 
-# group name -> module that defines `register(subparsers)`; ordered as in `--help`.
-_GROUPS = {
-    "ca": "watchkeep.cli._ca",
-    "cert": "watchkeep.cli._cert",
-    "trust": "watchkeep.cli._trust",
-    "server": "watchkeep.cli._server",
-    "site": "watchkeep.cli._site",
-    "video": "watchkeep.cli._video",
-    "demo": "watchkeep.cli._demo",
-    "doctor": "watchkeep.cli._doctor",
+# command -> the module whose `register(subparsers)` defines it, and its one-line help;
+# ordered as in `--help`. Only the module of the command being run is imported.
+_COMMANDS = {
+    "ca": ("watchkeep.cli._ca", "the site certificate authority"),
+    "cert": ("watchkeep.cli._cert", "server certificates"),
+    "trust": ("watchkeep.cli._trust", "trust stores"),
+    "server": ("watchkeep.cli._server", "run a watchkeep server"),
+    "site": ("watchkeep.cli._site", "the site: servers and cameras"),
+    "encryption": ("watchkeep.cli._site", "turn a server's encryption on or off"),
+    "camera": ("watchkeep.cli._video", "the site's cameras"),
+    "view": ("watchkeep.cli._video", "watch a camera live (the Smart Client of this site)"),
+    "playback": ("watchkeep.cli._video", "fetch recorded video of a time range"),
+    "demo": ("watchkeep.cli._demo", "run a complete encrypted site on this machine"),
+    "doctor": ("watchkeep.cli._doctor", "check every requirement of the site"),
 }
 
 
@@ -35,8 +39,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; fix: see `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="watchkeep", description=__doc__.splitlines()[0] if __doc__ else None)
+def _command_in(argv: Sequence[str]) -> str | None:
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--home":
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the module of the command it names is loaded."""
+    parser = _Parser(
+        prog="watchkeep",
+        description="A video management system whose every link is secured by its own "
+        "certificate authority.",
+    )
     parser.add_argument("--version", action="version", version=f"watchkeep {__version__}")
     parser.add_argument(
         "--home",
@@ -46,9 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=_Parser)
     groups.required = True
-    for module in _GROUPS.values():
+    command = _command_in(argv) if argv is not None else None
+    modules = dict.fromkeys(
+        module for name, (module, _help) in _COMMANDS.items() if command in (None, name)
+    )
+    for module in modules:
         importlib.import_module(module).register(groups)
-    importlib.import_module("watchkeep.cli._site").register_encryption(groups)
+    for name, (_module, text) in _COMMANDS.items():
+        if name not in groups.choices:
+            groups.add_parser(name, help=text)
     _accept_home_after_command(parser)
     return parser
 
@@ -70,8 +97,9 @@ def _accept_home_after_command(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from watchkeep.errors import WatchkeepError
 
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    arguments = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     try:
         result: int = args.handler(args)
         return result

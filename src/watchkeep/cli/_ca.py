@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -138,6 +137,8 @@ def _crl(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
+    import asyncio
+
     from watchkeep.pki import KeyType, SitePKI
     from watchkeep.pki._rotation import rotate_ca
     from watchkeep.trust import DirectoryTrustStore
@@ -188,6 +189,7 @@ async def _roll_site(
 ) -> list[str]:
     """Wait until every server trusts the new CA, re-issue every certificate of the old CA,
     and wait until every server serves its new certificate."""
+    import asyncio
     import time
 
     from watchkeep.client import SiteClient

@@ -15,6 +15,7 @@ __all__ = ["register", "register_encryption"]
 
 
 def register(groups: Any) -> None:
+    register_encryption(groups)
     site = groups.add_parser("site", help="the site: servers and cameras")
     sub = site.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
