@@ -97,6 +97,9 @@ class WatchkeepError(Exception):
     def describe(self) -> str:
         return self.message
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
     def __str__(self) -> str:
         text = self.describe()
         if self.fix:

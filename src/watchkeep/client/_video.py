@@ -5,7 +5,6 @@ A viewer follows its camera to a failover server and back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import aiohttp
 
 from watchkeep.client._http import ApiError
 from watchkeep.client._site import SiteClient
-from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.errors import ConnectionFailed, PeerTimedOut, WatchkeepError
 from watchkeep.media import (
     MJPEG_PART_END,
     Frame,
@@ -122,11 +121,33 @@ async def view_camera(
     reconnect_for: float = 30.0,
 ) -> ViewReport:
     """Pull live frames until ``frames`` arrived or ``duration`` passed, following the
-    camera to whichever recording server records it."""
+    camera to whichever recording server records it. The duration is kept even while no
+    frame comes (a recording server failing over); a failure with no frame at all is raised."""
     report = ViewReport(camera)
     start = time.monotonic()
-    deadline = start + duration if duration else None
-    last_frame = start
+    failures: list[WatchkeepError] = []
+    try:
+        async with asyncio.timeout(duration):
+            await _pull(client, camera, report, frames, out, reconnect_for, failures)
+    except TimeoutError:
+        if duration is None or time.monotonic() - start < duration:
+            raise
+        if report.frames == 0 and failures:
+            raise failures[-1] from None
+    report.seconds = time.monotonic() - start
+    return report
+
+
+async def _pull(
+    client: SiteClient,
+    camera: str,
+    report: ViewReport,
+    frames: int | None,
+    out: IO[bytes] | None,
+    reconnect_for: float,
+    failures: list[WatchkeepError],
+) -> None:
+    last_frame = time.monotonic()
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(resolver=client.resolver()),
         timeout=aiohttp.ClientTimeout(connect=5, sock_read=5),
@@ -149,17 +170,21 @@ async def view_camera(
                         out.write(mjpeg_part_head(frame))
                         out.write(frame.jpeg)
                         out.write(MJPEG_PART_END)
-                    if (frames is not None and report.frames >= frames) or (
-                        deadline is not None and last_frame >= deadline
-                    ):
-                        report.seconds = time.monotonic() - start
-                        return report
-            except (ConnectionFailed, ApiError, TimeoutError):
+                    if frames is not None and report.frames >= frames:
+                        return
+            except (ConnectionFailed, ApiError, TimeoutError) as exc:
+                # A TimeoutError here is a silent socket (aiohttp's read timeout): the
+                # deadline of the whole view arrives as a cancellation instead.
+                failure = (
+                    exc
+                    if isinstance(exc, WatchkeepError)
+                    else PeerTimedOut(str(endpoint), "no frame for 5 s")
+                )
+                failures.append(failure)
                 if time.monotonic() - last_frame > reconnect_for:
-                    raise
+                    raise failure from exc
             report.reconnects += 1
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)
 
 
 async def playback_camera(
