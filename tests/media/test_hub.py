@@ -103,3 +103,34 @@ def test_bad_hub_settings_are_refused() -> None:
         FrameHub("cam", queue_size=0)
     with pytest.raises(ValueError, match="overflow"):
         FrameHub("cam", overflow="block")  # type: ignore[arg-type]
+
+
+async def test_a_direct_subscriber_takes_frames_as_published_and_queues_in_order() -> None:
+    # Given a subscriber that writes frames itself while its "socket" has room
+    hub = FrameHub("cam", queue_size=8)
+    written: list[int] = []
+    room = True
+
+    def direct(frame: Frame) -> bool:
+        if room:
+            written.append(frame.sequence)
+        return room
+
+    subscription = hub.subscribe(direct=direct)
+    sent = frames(10)
+    # When it has room, frames never queue; when it has none, they queue
+    for frame in sent[:3]:
+        hub.publish(frame)
+    assert (written, subscription.pending) == ([0, 1, 2], 0)
+    room = False
+    for frame in sent[3:6]:
+        hub.publish(frame)
+    assert subscription.pending == 3
+    # Then, room again, nothing is offered directly while older frames wait: order holds
+    room = True
+    hub.publish(sent[6])
+    assert written == [0, 1, 2]
+    assert [f.sequence for f in await subscription.get_many()] == [3, 4, 5, 6]
+    hub.publish(sent[7])
+    assert written == [0, 1, 2, 7]
+    assert subscription.dropped == 0

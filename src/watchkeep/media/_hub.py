@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
 from watchkeep.media._frame import Frame
@@ -20,12 +20,20 @@ class Subscription:
     Iteration ends when the subscriber closes it, the hub closes, or (with the
     ``"disconnect"`` policy) the subscriber fell a whole queue behind: :attr:`closed_reason`
     says which. :attr:`dropped` counts frames this subscriber never got.
+
+    With ``direct``, a frame published while nothing is queued is first offered to
+    ``direct(frame)``, called synchronously from :meth:`FrameHub.publish`; it returns True
+    if it took the frame (a live writer whose socket has room writes it at once), False to
+    have it queued as usual. Frames keep their order: nothing is offered while any wait.
     """
 
-    __slots__ = ("_frames", "_hub", "_waiter", "closed_reason", "dropped", "limit")
+    __slots__ = ("_direct", "_frames", "_hub", "_waiter", "closed_reason", "dropped", "limit")
 
-    def __init__(self, hub: FrameHub, limit: int) -> None:
+    def __init__(
+        self, hub: FrameHub, limit: int, direct: Callable[[Frame], bool] | None = None
+    ) -> None:
         self._hub = hub
+        self._direct = direct
         self._frames: deque[Frame] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.limit = limit
@@ -79,6 +87,8 @@ class Subscription:
 
     def _deliver(self, frame: Frame) -> None:
         frames = self._frames
+        if not frames and self._direct is not None and self._direct(frame):
+            return
         if len(frames) >= self.limit:
             if self._hub.overflow == "disconnect":
                 self.dropped += len(frames) + 1
@@ -131,9 +141,15 @@ class FrameHub:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, *, queue_size: int | None = None) -> Subscription:
-        """A new subscription receiving every frame published from now on."""
-        subscription = Subscription(self, queue_size or self.queue_size)
+    def subscribe(
+        self,
+        *,
+        queue_size: int | None = None,
+        direct: Callable[[Frame], bool] | None = None,
+    ) -> Subscription:
+        """A new subscription receiving every frame published from now on (offered first to
+        ``direct``, see :class:`Subscription`)."""
+        subscription = Subscription(self, queue_size or self.queue_size, direct)
         if self._closed:
             subscription.closed_reason = "the camera's hub is closed"
         else:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_writer import StreamWriter
 
 from watchkeep.errors import RecordingError, WatchkeepError
 from watchkeep.media import (
     MJPEG_PART_END,
     CameraSource,
+    Frame,
     FrameHub,
     MjpegCamera,
     Recorder,
@@ -65,6 +67,24 @@ class _Camera:
         self.task: asyncio.Task[None] | None = None
         self.frames = 0
         self.started = time.monotonic()
+        # The last frame as live viewers get it (an MJPEG part, with and without HTTP/1.1
+        # chunk framing): made once per frame, however many viewers there are.
+        self._part: tuple[Frame | None, bool, bytes] = (None, False, b"")
+
+    def live_part(self, frame: Frame, chunked: bool) -> bytes:
+        """``frame`` as the bytes of one MJPEG part (one chunk when ``chunked``)."""
+        last, last_chunked, data = self._part
+        if last is frame and last_chunked == chunked:
+            return data
+        head = mjpeg_part_head(frame)
+        jpeg = frame.jpeg
+        if chunked:
+            size = len(head) + len(jpeg) + len(MJPEG_PART_END)
+            data = b"".join((b"%x\r\n" % size, head, jpeg, MJPEG_PART_END, b"\r\n"))
+        else:
+            data = b"".join((head, jpeg, MJPEG_PART_END))
+        self._part = (frame, chunked, data)
+        return data
 
     async def run(self) -> None:
         await self.source.start()
@@ -194,14 +214,36 @@ class CameraService:
         camera = self._camera(request)
         if isinstance(camera, web.Response):
             return camera
-        subscription = camera.hub.subscribe()
         response = web.StreamResponse(
             headers={"Content-Type": mjpeg_content_type(), "Cache-Control": "no-store"}
         )
         await response.prepare(request)
+        transport, writer, protocol = request.transport, request.writer, request.protocol
+        if transport is None:
+            return response
+        # Parts go to the transport directly, framed here (one chunk each on HTTP/1.1, as
+        # aiohttp's writer would): the writer's per-write work and copies, paid per frame
+        # and per viewer, were the largest cost of serving live video. write_eof() at the
+        # end still comes from aiohttp, on the same framing.
+        chunked = isinstance(writer, StreamWriter) and writer.chunked
+
+        def direct(frame: Frame) -> bool:
+            # Called by the hub as the frame is published: while the viewer's socket has
+            # room, the frame is written at once, with no task switch per viewer.
+            if protocol.writing_paused or transport.is_closing():
+                return False
+            transport.write(camera.live_part(frame, chunked))
+            return True
+
+        subscription = camera.hub.subscribe(direct=direct)
         try:
-            async for frame in subscription:
-                await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+            # Frames queue only while the viewer's socket is full: whatever queued goes out
+            # in one write once it drains.
+            while frames := await subscription.get_many():
+                if transport.is_closing():
+                    break
+                transport.write(b"".join([camera.live_part(f, chunked) for f in frames]))
+                await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
