@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 
 from watchkeep._files import atomic_write
@@ -46,6 +47,21 @@ def configure_logging(name: str) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_requests_in_one_line)
+
+
+def _malformed_requests_in_one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a malformed request (a 64 KiB header, 1000 headers: the client's fault,
+    answered with 400) as an error with a traceback; one warning line says it all, and a
+    hostile client cannot fill the log with tracebacks."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "malformed request from %s refused with %s: %s"
+        record.args = (remote, error.code, str(error.message).splitlines()[0][:200])
+        record.exc_info = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def certificate_status(leaf: x509.Certificate) -> CertificateStatus:

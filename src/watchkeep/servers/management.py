@@ -93,7 +93,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         raise web.HTTPBadRequest(
             text='{"title": "malformed JSON", "status": 400}',
             content_type="application/problem+json",
@@ -741,7 +741,7 @@ class ManagementServer(ServerProcess):
             ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
             readiness = Readiness.from_json(dict(body.get("readiness") or {}))
             encrypted_now = bool(body.get("encrypted_now", False))
-        except (KeyError, TypeError, ValueError, WatchkeepError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, WatchkeepError) as exc:
             return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
         if role is ServerRole.MANAGEMENT:
             return problem(400, "bad heartbeat", "a management server does not register")

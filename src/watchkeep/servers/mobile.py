@@ -107,7 +107,7 @@ class MobileServer(LinkedServer):
     async def login(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return problem(400, "malformed JSON", "the login is not JSON")
         assert self.session is not None
         endpoint = self._ms_endpoint()

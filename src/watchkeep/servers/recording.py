@@ -94,7 +94,7 @@ class RecordingServer(LinkedServer):
             )
         try:
             config = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return problem(400, "malformed JSON", "the configuration is not JSON")
         if not isinstance(config, dict):
             return problem(400, "bad configuration", "expected a JSON object")
