@@ -107,7 +107,7 @@ def session_site_factory(
 @pytest.fixture(scope="session")
 def security_site(session_site_factory: Callable[[str], LocalSite]) -> LocalSite:
     """A management server, a recording server recording cam1 and a mobile server, each
-    encrypted through the CLI (the intermediate TLS policy, ECDSA P-256 certificates).
+    encrypted through the client library (the intermediate TLS policy, ECDSA P-256 certificates).
 
     Shared by the modules that probe and attack: no test may stop, restart or
     reconfigure a server of it, and each leaves it serving.

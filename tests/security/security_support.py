@@ -151,10 +151,15 @@ def add_camera(site: LocalSite, camera: str, server: str, **source: Any) -> None
 
 
 def encrypt(site: LocalSite, *names: str) -> None:
-    """Turn encryption on with the CLI, in the order given; return when each speaks TLS."""
-    for name in names:
-        ran = site.cli("encryption", "enable", "--server", name)
-        assert ran.returncode == 0, f"encryption enable {name}: {ran.stderr}"
+    """Turn encryption on through the client library, as `watchkeep encryption enable`
+    does, in the order given; return when each of those servers speaks TLS."""
+
+    async def go() -> None:
+        async with SiteClient(site.home) as client:
+            for name in names:
+                await client.set_encryption(name, True)
+
+    asyncio.run(go())
 
     def settled() -> bool:
         servers = servers_by_name(site_status(site))
