@@ -30,6 +30,12 @@ __all__ = ["Recorder", "RecorderStats"]
 log = logging.getLogger("watchkeep.media")
 
 _PLAYBACK_BATCH = 4 * 1024 * 1024
+# Frames are handed to the writer thread in batches: at most this long after the first of
+# them arrived, or at once when this many bytes wait. One batch costs one trip to the
+# thread and one pwritev per camera, however many frames it holds; a trip per frame cost
+# more than the writing (and, per camera, frames are flushed to disk every second anyway).
+_WRITE_DELAY = 0.1
+_WRITE_BATCH_BYTES = 8 * 1024 * 1024
 _LOCK_FILE = ".recorder.lock"
 _T = TypeVar("_T")
 
@@ -104,6 +110,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._pending: deque[Frame] = deque()
         self._pending_bytes = 0
+        self._pending_since = 0.0  # loop time of the oldest pending frame
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -228,11 +235,16 @@ class Recorder:
             raise RuntimeError("write() on a recorder that is not open")
         if frame.camera not in self._cameras:
             self._cameras.add(validate_camera_name(frame.camera))
-        self._pending.append(frame)
+        pending = self._pending
+        if not pending:
+            self._pending_since = asyncio.get_running_loop().time()
+            self._wake.set()  # the writer sets its deadline from this first frame
+        pending.append(frame)
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
-        self._wake.set()
+        if self._pending_bytes >= _WRITE_BATCH_BYTES:
+            self._wake.set()
 
     async def flush(self) -> None:
         """Return once every frame written before the call is on disk and indexed.
@@ -267,8 +279,10 @@ class Recorder:
             if not (self._flush_waiters or self._closing):
                 if self.error is not None:
                     deadline: float | None = next_flush  # failing: retry at the flush pace
-                elif self._pending:
+                elif self._pending_bytes >= _WRITE_BATCH_BYTES:
                     deadline = now
+                elif self._pending:
+                    deadline = self._pending_since + _WRITE_DELAY
                 elif self._unflushed:
                     deadline = next_flush
                 else:
