@@ -63,19 +63,21 @@ class LoginThrottle:
         record = self._records.setdefault(key, _Record())
         record.failures += 1
         record.last = now
+        if len(self._records) > MAX_KEYS:
+            self._forget_quietest()
         over = record.failures - self.free
         if over < 0:
             return 0.0
         delay = min(self.max_delay, self.base_delay * 2.0 ** min(over, 30))
         record.blocked_until = now + delay
-        if len(self._records) > MAX_KEYS:
-            self._forget_quietest()
         return delay
 
     def succeeded(self, key: str) -> None:
         self._records.pop(key, None)
 
     def _forget_quietest(self) -> None:
+        # Down to nine tenths at once, so that a flood sorts the keys once in a while, not
+        # at every failure.
         by_age = sorted(self._records, key=lambda k: self._records[k].last)
-        for key in by_age[: len(by_age) - MAX_KEYS]:
+        for key in by_age[: len(by_age) - MAX_KEYS * 9 // 10]:
             del self._records[key]
