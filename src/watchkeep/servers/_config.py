@@ -10,7 +10,12 @@ from typing import Any
 from watchkeep._names import validate_host_name
 from watchkeep.errors import HomeError
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
-from watchkeep.servers._listener import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, ListenerLimits
+from watchkeep.servers._listener import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    ListenerLimits,
+)
 from watchkeep.site import DEFAULT_PORTS, ServerRole
 from watchkeep.tls import ServerIdentity, TlsPolicy
 
@@ -108,18 +113,23 @@ def _warn_days(path: Path, value: Any) -> tuple[int, ...]:
 
 def _listener_limits(path: Path, server: dict[str, Any]) -> ListenerLimits:
     max_connections = server.get("max_connections", MAX_CONNECTIONS)
-    handshake_timeout = server.get("handshake_timeout", HANDSHAKE_TIMEOUT)
+    timeouts = [server.get(k, d) for k, d in _TIMEOUTS.items()]
     whole = isinstance(max_connections, int) and not isinstance(max_connections, bool)
-    number = isinstance(handshake_timeout, int | float) and not isinstance(handshake_timeout, bool)
-    if whole and number and max_connections >= 1 and handshake_timeout > 0:
-        return ListenerLimits(max_connections, float(handshake_timeout))
+    seconds = all(
+        isinstance(t, int | float) and not isinstance(t, bool) and t > 0 for t in timeouts
+    )
+    if whole and seconds and max_connections >= 1:
+        return ListenerLimits(max_connections, *map(float, timeouts))
     raise _fail(
         path,
-        f"[server] max_connections = {max_connections!r} and handshake_timeout = "
-        f"{handshake_timeout!r} must be a whole number >= 1 and a positive number of seconds",
-        f"write e.g. max_connections = {MAX_CONNECTIONS} and handshake_timeout = "
-        f"{HANDSHAKE_TIMEOUT:.0f}",
+        f"[server] max_connections = {max_connections!r} must be a whole number >= 1, and "
+        f"{' and '.join(_TIMEOUTS)} positive numbers of seconds",
+        f"write e.g. max_connections = {MAX_CONNECTIONS}, handshake_timeout = "
+        f"{HANDSHAKE_TIMEOUT:.0f}, idle_timeout = {IDLE_TIMEOUT:.0f}",
     )
+
+
+_TIMEOUTS = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
 
 
 def load_config(path: Path) -> ServerConfig:

@@ -29,10 +29,13 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["HANDSHAKE_TIMEOUT", "MAX_CONNECTIONS", "Listener", "ListenerLimits"]
+__all__ = ["HANDSHAKE_TIMEOUT", "IDLE_TIMEOUT", "MAX_CONNECTIONS", "Listener", "ListenerLimits"]
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 512
+# A connection waiting for its next request (after its handshake, or between requests) is
+# closed after this long: nginx's keep-alive default. A stream in progress is not idle.
+IDLE_TIMEOUT = 75.0
 BACKLOG = 1024
 # How often the limit being reached is logged while it lasts (a flood must not flood the log).
 LIMIT_LOG_INTERVAL = 10.0
@@ -43,16 +46,22 @@ log = logging.getLogger("watchkeep.servers")
 
 @dataclass(frozen=True)
 class ListenerLimits:
-    """What one listener allows: ``[server] max_connections`` and ``handshake_timeout``."""
+    """What one listener allows: ``[server] max_connections``, ``handshake_timeout`` and
+    ``idle_timeout``."""
 
     max_connections: int = MAX_CONNECTIONS
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        if not self.handshake_timeout > 0:
-            raise ValueError("handshake_timeout must be a positive number of seconds")
+        if not (self.handshake_timeout > 0 and self.idle_timeout > 0):
+            raise ValueError("handshake_timeout and idle_timeout must be positive seconds")
+
+    def runner(self, app: web.Application) -> web.AppRunner:
+        """The runner of an application served by listeners with these limits."""
+        return web.AppRunner(app, access_log=None, keepalive_timeout=self.idle_timeout)
 
 
 class Listener:

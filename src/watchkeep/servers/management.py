@@ -120,7 +120,7 @@ class ManagementServer(ServerProcess):
         self.verifier = TokenVerifier(self.signer.key.public_key())
         self.app = web.Application(middlewares=[self._errors], client_max_size=1 << 20)
         self._routes()
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = config.listener_limits.runner(self.app)
         self.listener: Listener | None = None
         self._push_lock = asyncio.Lock()
         self._trust_cache: tuple[object, dict[str, Any]] | None = None

@@ -46,10 +46,10 @@ class MobileServer(LinkedServer):
         r.add_get("/api/v1/cameras", self.cameras)
         r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.relay)
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = config.listener_limits.runner(self.app)
         self.redirect_app = web.Application()
         self.redirect_app.router.add_route("*", "/{tail:.*}", self.redirect)
-        self.redirect_runner = web.AppRunner(self.redirect_app, access_log=None)
+        self.redirect_runner = config.listener_limits.runner(self.redirect_app)
         self.http: Listener | None = None
         self.https: Listener | None = None
         self.session: aiohttp.ClientSession | None = None

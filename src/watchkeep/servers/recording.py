@@ -42,8 +42,8 @@ class RecordingServer(LinkedServer):
         self.control_app = web.Application(middlewares=[self.token_middleware("control")])
         self.control_app.router.add_post("/control/v1/config", self.receive_config)
         self.control_app.router.add_get("/control/v1/status", self.status)
-        self.data_runner = web.AppRunner(self.data_app, access_log=None)
-        self.control_runner = web.AppRunner(self.control_app, access_log=None)
+        self.data_runner = config.listener_limits.runner(self.data_app)
+        self.control_runner = config.listener_limits.runner(self.control_app)
         self.data: Listener | None = None
         self.control: Listener | None = None
         self._control_tls: ReloadableServerContext | None = None
