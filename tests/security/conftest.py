@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from security_support import (
     HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
     MOBILE_MAX_CONNECTIONS,
     Figures,
     add_camera,
@@ -120,13 +121,10 @@ def security_site(session_site_factory: Callable[[str], LocalSite]) -> LocalSite
     ]
     for name, role in servers:
         site.add_server(name, role)
+    limits = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
     for name in ("ms", "rs1"):
-        set_server_options(site.servers[name], handshake_timeout=HANDSHAKE_TIMEOUT)
-    set_server_options(
-        site.servers["mobile1"],
-        handshake_timeout=HANDSHAKE_TIMEOUT,
-        max_connections=MOBILE_MAX_CONNECTIONS,
-    )
+        set_server_options(site.servers[name], **limits)
+    set_server_options(site.servers["mobile1"], max_connections=MOBILE_MAX_CONNECTIONS, **limits)
     build_site(site, servers)
     add_camera(site, "cam1", "rs1")
     encrypt(site, "rs1", "mobile1", "ms")

@@ -46,6 +46,7 @@ ATTACKER_HOST = 250  # hostile clients connect from NETWORK.250
 # Short handshake timeouts let the tests watch half-open connections being dropped; the
 # mobile server's small connection limit lets them reach it cheaply.
 HANDSHAKE_TIMEOUT = 3
+IDLE_TIMEOUT = 5
 HANDSHAKE_TIMEOUT_OPTION = {"handshake_timeout": HANDSHAKE_TIMEOUT}
 MOBILE_MAX_CONNECTIONS = 40
 

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from security_support import (
     HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT,
     MOBILE_MAX_CONNECTIONS,
     Figures,
     LiveViewer,
@@ -199,6 +200,26 @@ def test_idle_and_slow_handshakes_are_dropped_at_the_handshake_timeout(
     figures.hostile("slow handshake")
 
 
+@pytest.mark.parametrize(("name", "listener"), TLS_ENDPOINTS)
+def test_a_connection_idle_after_its_handshake_is_closed_at_the_idle_timeout(
+    security_site: LocalSite, figures: Figures, name: str, listener: str
+) -> None:
+    server = security_site.servers[name]
+    ms = security_site.management
+    context = ssl.create_default_context(cafile=str(ca(security_site)))
+    if listener == "control":
+        context.load_cert_chain(str(ms.chain), str(ms.key))
+    sock = open_socket(server, listener, attacker(security_site))
+    started = time.monotonic()
+    with context.wrap_socket(sock, server_hostname=server.host) as tls:
+        # A handshake, then not one byte of a request: closed once idle_timeout passes.
+        tls.settimeout(IDLE_TIMEOUT + 10)
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            assert tls.recv(1024) == b""
+    assert IDLE_TIMEOUT - 1 <= time.monotonic() - started <= IDLE_TIMEOUT + 8
+    figures.hostile("idle connection after its handshake")
+
+
 @pytest.mark.parametrize(
     ("name", "listener", "path"),
     [("rs1", "data", "/api/v1/status"), ("ms", "api", "/api/v1/site/status")],
@@ -357,7 +378,7 @@ def admin_token(security_site: LocalSite) -> str:
 
 
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

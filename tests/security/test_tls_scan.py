@@ -5,8 +5,9 @@ when sslyze (in its own virtual environment: it shares no code with watchkeep) s
 endpoint with the site CA as its custom CA, then each complies with Mozilla's
 "intermediate" configuration, and with `tls_policy = "modern"` with "modern"; none speaks
 TLS 1.0/1.1, offers a weak suite, compresses, accepts client-initiated renegotiation, or
-ignores TLS_FALLBACK_SCSV. The control listener requires a client certificate: sslyze
-scans it presenting the management server's certificate, as the management server would.
+ignores TLS_FALLBACK_SCSV. The control listener requires a client certificate and the
+management API asks for one: sslyze presents the certificate of the peer that dials each
+(the management server's on the control link, a recording server's on the API).
 And the certificates the servers serve pass pkilint with only the expected private-PKI
 findings, each commented below.
 """
@@ -81,13 +82,15 @@ def endpoint_of(site: LocalSite, label: str, spec: str) -> dict[str, Any]:
         "port": server.ports[listener],
         "ca_file": str(site.home.ca_cert),
     }
-    if listener == "control":
-        # Mutual TLS: present what the management server presents on this link. Its leaf
-        # alone: sslyze's legacy OpenSSL, which probes SSL 2.0, cannot load the chain file
-        # (the listener has the site CA, so the leaf is all it needs).
-        ms = site.management
-        endpoint["client_cert"] = str(ms.tls_dir / f"{ms.role.value}-{ms.host}.pem")
-        endpoint["client_key"] = str(ms.key)
+    # Listeners that ask for a client certificate get one, as their peers present it: the
+    # control link requires the management server's; the management API asks recording
+    # servers for theirs (optional: clients without one are served, and sslyze's
+    # renegotiation probe gives up when asked). The leaf alone: sslyze's legacy OpenSSL,
+    # which probes SSL 2.0, cannot load a chain file (the listener has the site CA anyway).
+    peer = {"control": site.management, "api": site.servers["rs1"]}.get(listener)
+    if peer is not None:
+        endpoint["client_cert"] = str(peer.tls_dir / f"{peer.role.value}-{peer.host}.pem")
+        endpoint["client_key"] = str(peer.key)
     return endpoint
 
 
