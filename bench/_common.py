@@ -77,7 +77,7 @@ def proc_sample(pid: int) -> ProcSample:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (the `bench` extra pins it): the load generators must cost as
+    """uvloop (a dependency, pinned in requirements/lock.txt): the load generators must cost as
     little as they can, for they share the two cores with the server they measure."""
     try:
         import uvloop

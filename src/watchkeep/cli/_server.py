@@ -38,5 +38,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     configure_logging(config.name)
     process = server_for(config)
-    asyncio.run(process.run())
+    if config.role.records:
+        # uvloop carries the recording server's stream path (hundreds of camera and viewer
+        # sockets) at a lower cost per frame than asyncio's own loop: bench/results/stream.md.
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(process.run())
+    else:
+        asyncio.run(process.run())
     return 0
