@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,34 @@ def _listener_limits(path: Path, server: dict[str, Any]) -> ListenerLimits:
 _TIMEOUTS = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
 
 
+def _number(
+    path: Path, table: str, values: dict[str, Any], key: str, default: float, *, whole: bool = False
+) -> Any:
+    """A positive number from the config, or one line that says which and how to fix it."""
+    value = values.get(key, default)
+    kind = int if whole else float
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and whole:
+        ok = float(value).is_integer()
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise _fail(
+            path,
+            f"[{table}] {key} = {value!r} is not a positive {'whole ' if whole else ''}number",
+            f"write e.g. {key} = {kind(default)!r}",
+        )
+    return kind(value)
+
+
+def _fraction(path: Path, value: float) -> float:
+    if not 0 < value < 1:
+        raise _fail(
+            path,
+            f"[site] renew_at = {value!r} is not a fraction of a certificate's lifetime",
+            "write e.g. renew_at = 0.6667 (renew at 2/3 of the lifetime)",
+        )
+    return value
+
+
 def load_config(path: Path) -> ServerConfig:
     try:
         raw = tomllib.loads(path.read_text())
@@ -178,7 +207,14 @@ def load_config(path: Path) -> ServerConfig:
         link = ManagementLink(
             host=validate_host_name(str(ms["host"])),
             address=str(ms["address"]),
-            port=int(ms.get("port", DEFAULT_PORTS[ServerRole.MANAGEMENT]["api"])),
+            port=_number(
+                path,
+                "management",
+                ms,
+                "port",
+                DEFAULT_PORTS[ServerRole.MANAGEMENT]["api"],
+                whole=True,
+            ),
             registration_key=_secret(base, ms, "registration_key_file", path),
         )
     site = raw.get("site", {})
@@ -196,23 +232,27 @@ def load_config(path: Path) -> ServerConfig:
         key=file("key"),
         trust_store=file("trust_store"),
         service_account=server.get("service_account") or None,
-        heartbeat_interval=float(server.get("heartbeat_interval", 1.0)),
+        heartbeat_interval=_number(path, "server", server, "heartbeat_interval", 1.0),
         warn_days=_warn_days(path, server.get("expiry_warn_days", DEFAULT_WARN_DAYS)),
         listener_limits=_listener_limits(path, server),
         management=link,
-        failover_after=float(site.get("failover_after", 5.0)),
+        failover_after=_number(path, "site", site, "failover_after", 5.0),
         admin_password=_secret(base, site, "admin_password_file", path),
         registration_key=_secret(base, site, "registration_key_file", path),
         database_url=site.get("database"),
-        token_ttl=float(site.get("token_ttl", 900.0)),
-        login_failures_per_account=int(site.get("login_failures_per_account", 5)),
-        login_failures_per_address=int(site.get("login_failures_per_address", 20)),
-        login_backoff_max=float(site.get("login_backoff_max", 300.0)),
+        token_ttl=_number(path, "site", site, "token_ttl", 900.0),
+        login_failures_per_account=_number(
+            path, "site", site, "login_failures_per_account", 5, whole=True
+        ),
+        login_failures_per_address=_number(
+            path, "site", site, "login_failures_per_address", 20, whole=True
+        ),
+        login_backoff_max=_number(path, "site", site, "login_backoff_max", 300.0),
         ca_home=(base / str(site["ca_home"])).resolve() if site.get("ca_home") else None,
         ca_passphrase=_secret(base, site, "ca_passphrase_file", path),
-        renew_at=float(site.get("renew_at", DEFAULT_RENEW_AT)),
-        renew_jitter=float(site.get("renew_jitter", 0.05)),
-        renew_check_interval=float(site.get("renew_check_interval", 300.0)),
+        renew_at=_fraction(path, _number(path, "site", site, "renew_at", DEFAULT_RENEW_AT)),
+        renew_jitter=_number(path, "site", site, "renew_jitter", 0.05),
+        renew_check_interval=_number(path, "site", site, "renew_check_interval", 300.0),
         extra={
             k: v
             for k, v in raw.items()
