@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +50,7 @@ class LinkedServer(ServerProcess):
         )
         self.registered = asyncio.Event()
         self._config_lock = asyncio.Lock()
+        self._saved_state: dict[str, Any] | None = None
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
 
@@ -120,17 +122,21 @@ class LinkedServer(ServerProcess):
             cams = config.get("cameras")
             if isinstance(cams, list):
                 await self.set_cameras([c for c in cams if isinstance(c, dict) and "name" in c])
-            self.save_state(
-                {
-                    "ms_encryption": self.ms_encryption,
-                    "encryption": self.encryption,
-                    "cameras": self.camera_config,
-                    "covering": self.covering,
-                    "site": self.site,
-                    "site_cameras": self.site_cameras,
-                    "token_public_key": self._token_key,
-                }
-            )
+            state = {
+                "ms_encryption": self.ms_encryption,
+                "encryption": self.encryption,
+                "cameras": self.camera_config,
+                "covering": self.covering,
+                "site": self.site,
+                "site_cameras": self.site_cameras,
+                "token_public_key": self._token_key,
+            }
+            # Every heartbeat's answer carries the configuration, mostly unchanged: writing
+            # (and fsyncing) it each time blocked the event loop behind the recorder's disk
+            # traffic, and with it every live stream (bench/results/stream.md).
+            if state != self._saved_state:
+                self.save_state(state)
+                self._saved_state = copy.deepcopy(state)
             await self.reconcile_listeners()
 
     def install_trust(self, trust: dict[str, Any], *, authenticated: bool) -> None:
