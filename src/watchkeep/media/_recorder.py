@@ -33,9 +33,11 @@ _PLAYBACK_BATCH = 4 * 1024 * 1024
 # Frames are handed to the writer thread in batches: at most this long after the first of
 # them arrived, or at once when this many bytes wait. One batch costs one trip to the
 # thread and one pwritev per camera, however many frames it holds; a trip per frame cost
-# more than the writing (and, per camera, frames are flushed to disk every second anyway).
-_WRITE_DELAY = 0.1
-_WRITE_BATCH_BYTES = 8 * 1024 * 1024
+# more than the writing (and frames are flushed to disk every second anyway). Each pwritev
+# lets the GIL go, and the writer then waits for the busy event loop to give it back:
+# fewer, larger batches keep it from falling behind with hundreds of cameras.
+_WRITE_DELAY = 0.25
+_WRITE_BATCH_BYTES = 64 * 1024 * 1024
 _LOCK_FILE = ".recorder.lock"
 _T = TypeVar("_T")
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger("watchkeep.recording")
 
 SYNTHETIC_DEFAULTS = {"width": 640, "height": 360, "fps": 10.0, "target_bytes": 30_000}
 MAX_PLAYBACK_SPAN = 24 * 3600.0
+GIL_SWITCH_INTERVAL = 0.0005
 
 
 def source_for(name: str, source: dict[str, Any]) -> CameraSource:
@@ -128,6 +130,11 @@ class CameraService:
         self.cameras: dict[str, _Camera] = {}
 
     async def start(self) -> None:
+        # The recorder's writer thread lets the GIL go at every write and fsync, and then
+        # waits for the event loop to give it back; with the default 5 ms switch interval a
+        # busy loop let it do at most a few hundred writes a second, fewer than a few
+        # hundred cameras need (it fell behind and dropped frames).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         await self.recorder.open()
 
     async def set_cameras(self, wanted: list[dict[str, Any]]) -> None:
