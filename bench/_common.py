@@ -60,10 +60,11 @@ class Histogram:
 
 @dataclass(frozen=True)
 class ProcSample:
-    """CPU seconds (user + system) and resident memory of one process at one moment."""
+    """CPU seconds (user + system; system alone) and resident memory of one process."""
 
     cpu_seconds: float
     rss_bytes: int
+    system_seconds: float = 0.0
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -73,7 +74,7 @@ def proc_sample(pid: int) -> ProcSample:
     utime, stime = int(fields[11]), int(fields[12])
     with open(f"/proc/{pid}/statm") as f:
         resident = int(f.read().split()[1])
-    return ProcSample((utime + stime) / _CLOCK_TICKS, resident * _PAGE)
+    return ProcSample((utime + stime) / _CLOCK_TICKS, resident * _PAGE, stime / _CLOCK_TICKS)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -191,6 +191,7 @@ class ViewerRun:
     frames_per_viewer_min: int
     delays: Histogram
     cpu: dict[str, float] = field(default_factory=dict)  # process label -> cores used
+    system: dict[str, float] = field(default_factory=dict)  # ... of which in the kernel
     rss: dict[str, int] = field(default_factory=dict)  # process label -> bytes at the end
 
     @property
@@ -278,6 +279,7 @@ def run_viewers(
         frames_per_viewer_min=min(r["frames_per_viewer_min"] for r in results),
         delays=delays,
         cpu={k: _cores(before[k], after[k], elapsed) for k in before},
+        system={k: (after[k].system_seconds - before[k].system_seconds) / elapsed for k in before},
         rss={k: after[k].rss_bytes for k in after},
     )
 

@@ -35,6 +35,7 @@ from bench._common import Histogram, new_event_loop
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 16384
 _HEAD_COPY = 1024
+CONNECT_SECONDS = 30.0  # for all connections: a server too busy to accept fails the step
 
 
 class Totals:
@@ -234,18 +235,25 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("ca"):
         context = ssl.create_default_context(cafile=spec["ca"])
     viewers: list[Viewer] = []
+    give_up = time.monotonic() + CONNECT_SECONDS
 
     async def open_one(target: dict[str, Any]) -> None:
         request = _request(target, spec.get("token"))
+        if time.monotonic() > give_up:
+            totals.errors.append(f"not connected within {CONNECT_SECONDS} s")
+            return
         try:
-            _, viewer = await loop.create_connection(
-                lambda: Viewer(request, totals, repeat=bool(spec.get("repeat"))),
-                target["address"],
-                target["port"],
-                ssl=context,
-                server_hostname=target["host"] if context else None,
+            _, viewer = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: Viewer(request, totals, repeat=bool(spec.get("repeat"))),
+                    target["address"],
+                    target["port"],
+                    ssl=context,
+                    server_hostname=target["host"] if context else None,
+                ),
+                CONNECT_SECONDS,
             )
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
             totals.errors.append(f"connect {target['address']}:{target['port']}: {exc}")
             return
         viewers.append(viewer)
