@@ -2,11 +2,18 @@
 
 ``LocalSite`` lays out a site under one directory the way an administrator would: a CA
 home, a certificate, key, trust store and config file per server (each server on its own
-loopback address and host name), and runs each server as its own process.
+loopback address and host name), and runs each server as its own process. Once it runs,
+the site answers its administrator: the management API (``api``, ``status``), waiting
+until servers are online or encrypted, turning encryption on through the CLI.
+
+Nothing waits a fixed time: ``eventually`` polls a condition until a generous deadline, so
+that a slow machine makes a test slower, never wrong. A wait that gives up fails with
+AssertionError saying what the site looked like, as a test's own ``assert`` would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -16,24 +23,71 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from watchkeep._home import Home
 from watchkeep.pki import KeyType, Role, SitePKI
 from watchkeep.site import DEFAULT_PORTS, ServerRole
 from watchkeep.trust import DirectoryTrustStore
 
-__all__ = ["LocalServer", "LocalSite", "free_loopback_network"]
+if TYPE_CHECKING:
+    from watchkeep.client import SiteConnection
+
+__all__ = [
+    "LocalServer",
+    "LocalSite",
+    "cameras_by_name",
+    "eventually",
+    "free_loopback_network",
+    "servers_by_name",
+]
+
+T = TypeVar("T")
 
 ADMIN_PASSWORD_LENGTH = 24
+# Generous: a loaded two-core machine may take several seconds to start a Python process.
+DEADLINE = 30.0
+LOG_TAIL_LINES = 80
 
 
 def free_loopback_network() -> str:
     """A random 127.x.y network prefix, so that sites of parallel or successive runs never
     meet on the same addresses and ports."""
     return f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
+
+
+def eventually(
+    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
+) -> T:
+    """Call ``check`` until it returns a true value without raising AssertionError; that value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() > deadline:
+            # The last value or assertion says what the site looked like when the wait gave up.
+            raise AssertionError(f"not within {timeout:.0f} s: {what or check!r}; last: {last}")
+        time.sleep(interval)
+
+
+def servers_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The servers of a site status (``LocalSite.status``), keyed by name."""
+    return {s["name"]: s for s in status["servers"]}
+
+
+def cameras_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cameras of a site status (``LocalSite.status``), keyed by name."""
+    return {c["name"]: c for c in status["cameras"]}
 
 
 @dataclass
@@ -251,6 +305,20 @@ class LocalSite:
             self.wait_listening(server)
         return server
 
+    def start_together(self, *names: str) -> None:
+        """Start the servers as parallel processes, then wait until each listens."""
+        for name in names:
+            self.start(name, wait=False)
+        for name in names:
+            self.wait_listening(self.servers[name])
+
+    def start_all(self) -> dict[str, Any]:
+        """Start every server, connect the CLI and wait until all have registered; the status."""
+        self.start_together(*self.servers)
+        self.connect_cli()
+        others = [n for n, s in self.servers.items() if s.role is not ServerRole.MANAGEMENT]
+        return self.wait_online(*others)
+
     def wait_listening(self, server: LocalServer, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         port = next(iter(server.ports.values()))
@@ -272,6 +340,14 @@ class LocalSite:
     def log_text(self, name: str) -> str:
         log = self.servers[name].log
         return log.read_text(errors="replace") if log and log.exists() else ""
+
+    def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` of every server's log, each under a header naming the file."""
+        parts = []
+        for name, server in self.servers.items():
+            tail = self.log_text(name).splitlines()[-lines:]
+            parts.append(f"----- {name} ({server.log}) -----\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         server = self.servers[name]
@@ -322,6 +398,81 @@ class LocalSite:
             check=check,
             timeout=timeout,
         )
+
+    # -- the administrator (once `connect_cli` wrote the connection) ---------------------
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        """One call to the management API, logged in as the administrator; the decoded answer."""
+        from watchkeep.client import SiteClient
+
+        async def call() -> Any:
+            async with SiteClient(self.home) as client:
+                return await client.call(method, path, body)
+
+        return asyncio.run(call())
+
+    def status(self) -> dict[str, Any]:
+        """The site status as the management server reports it (`watchkeep site status`)."""
+        status: dict[str, Any] = self.api("GET", "/api/v1/site/status")
+        return status
+
+    def login_token(self, connection: SiteConnection | None = None) -> str:
+        """A bearer token from the management server's log-in (the administrator's by default)."""
+        from watchkeep.client import SiteClient
+
+        async def log_in() -> str:
+            async with SiteClient(self.home, connection) as client:
+                if client.token is None:
+                    raise AssertionError("the log-in answered no token")
+                return client.token
+
+        return asyncio.run(log_in())
+
+    def wait_online(self, *names: str, timeout: float = DEADLINE) -> dict[str, Any]:
+        """Wait until the management server lists every named server online; the status."""
+
+        def check() -> dict[str, Any]:
+            status = self.status()
+            servers = servers_by_name(status)
+            missing = [n for n in names if not servers.get(n, {}).get("online")]
+            if missing:
+                raise AssertionError(f"not online: {missing}")
+            return status
+
+        try:
+            return eventually(check, timeout=timeout, what=f"{', '.join(names)} online")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tails()}") from None
+
+    def encrypt(self, *names: str) -> None:
+        """Turn encryption on with the CLI, in the order given; return once each speaks TLS."""
+        for name in names:
+            ran = self.cli("encryption", "enable", "--server", name)
+            if ran.returncode != 0:
+                raise AssertionError(f"watchkeep encryption enable --server {name}: {ran.stderr}")
+        self.wait_encrypted(*names)
+
+    def encrypt_everything(self) -> None:
+        """`encrypt` every running server in the order the site's rules ask: management last."""
+        clients = [
+            name
+            for name, server in self.servers.items()
+            if server.role is not ServerRole.MANAGEMENT and server.process is not None
+        ]
+        self.encrypt(*clients, self.management.name)
+
+    def wait_encrypted(self, *names: str) -> None:
+        """Wait until the management server lists every named server encrypted, on TLS, online."""
+
+        def settled() -> bool:
+            servers = servers_by_name(self.status())
+            for name in names:
+                s = servers[name]
+                if (s["encryption"], s["encrypted_now"], s["online"]) != (True, True, True):
+                    raise AssertionError(s)
+            return True
+
+        eventually(settled, what=f"{', '.join(names)} encrypted and online")
 
 
 def _die_with_parent() -> None:
