@@ -1,0 +1,77 @@
+"""Hooks and fixtures shared by every suite that runs real sites; each suite's own are in
+the conftest.py beside its tests, the helpers in `watchkeep.testing`.
+
+Sites come from a site factory (`site_factory`, one per module; `open_sites` opens one
+for any other scope): every server process of every site it made is stopped when it
+closes, whatever happened. A suite that judges its servers' logs overrides `open_sites`
+with an ``after_stop`` check. When a test fails, the tail of every server's log of the
+sites still running is attached to its report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import pytest
+
+from watchkeep.testing import LocalSite
+
+_RUNNING: list[LocalSite] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for site in _RUNNING:
+            report.sections.append((f"server logs ({site.root})", site.log_tails()))
+    return report
+
+
+@contextlib.contextmanager
+def _sites(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    after_stop: Callable[[list[LocalSite]], None] | None = None,
+) -> Iterator[Callable[..., LocalSite]]:
+    made: list[LocalSite] = []
+
+    def make(name: str = "site", **kwargs: Any) -> LocalSite:
+        site = LocalSite(tmp_path_factory.mktemp(name), **kwargs)
+        made.append(site)
+        _RUNNING.append(site)
+        site.init_ca()
+        return site
+
+    try:
+        yield make
+    finally:
+        for site in made:
+            site.stop_all()
+            _RUNNING.remove(site)
+    # Only once every server has stopped: what a server writes on its way out counts too.
+    if after_stop is not None:
+        after_stop(made)
+
+
+@pytest.fixture(scope="session")
+def open_sites(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]]:
+    """``with open_sites(after_stop=check) as make:``: ``make(name, **LocalSite options)``
+    gives a site with its CA; ``check`` sees every site made once all have stopped."""
+    return functools.partial(_sites, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def site_factory(
+    open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
+) -> Iterator[Callable[..., LocalSite]]:
+    """Make sites whose processes are all stopped when the module is done."""
+    with open_sites() as make:
+        yield make
