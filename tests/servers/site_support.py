@@ -7,8 +7,9 @@ run as its own process. Tests talk to the servers the way their peers do: throug
 raw `ssl` sockets where the connection itself is the subject, and `openssl` as the
 independent judge.
 
-Nothing here sleeps for a fixed time before asserting: `eventually` polls a condition
-until a generous deadline, so that a slow machine makes a test slower, never wrong.
+What any site's tests need (waiting with `eventually`, the management API as the
+administrator, waiting until servers are online or encrypted) is in `watchkeep.testing`;
+this module holds what only these tests use.
 """
 
 from __future__ import annotations
@@ -20,53 +21,22 @@ import re
 import socket
 import ssl
 import subprocess
-import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from watchkeep.client import SiteClient, call_json, open_session
+from watchkeep.client import call_json, open_session
 from watchkeep.pki import fingerprint
 from watchkeep.servers._tokens import TokenSigner
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, cameras_by_name, eventually, servers_by_name
 from watchkeep.tls import Endpoint, ServerIdentity, TrustMaterial
-
-T = TypeVar("T")
 
 # Generous: a loaded 2-core machine may take several seconds to start a Python process.
 DEADLINE = 30.0
-LOG_TAIL_LINES = 80
-
-
-# -- waiting ------------------------------------------------------------------------------
-
-
-def eventually(
-    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
-) -> T:
-    """Call ``check`` until it returns a true value without raising AssertionError.
-
-    Returns that value; after ``timeout`` seconds fails with the last value or assertion,
-    so that the failure says what the site looked like when the test gave up.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what or check!r}; last: {last}")
-        time.sleep(interval)
 
 
 # -- laying out and running ---------------------------------------------------------------
@@ -76,22 +46,6 @@ def new_site(root: Path, **kwargs: Any) -> LocalSite:
     site = LocalSite(root, **kwargs)
     site.init_ca()
     return site
-
-
-def start_together(site: LocalSite, *names: str) -> None:
-    """Start the servers as parallel processes, then wait until each listens."""
-    for name in names:
-        site.start(name, wait=False)
-    for name in names:
-        site.wait_listening(site.servers[name])
-
-
-def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
-    parts = []
-    for name in site.servers:
-        lines = site.log_text(name).splitlines()[-tail:]
-        parts.append(f"----- {name} ({site.servers[name].log}) -----\n" + "\n".join(lines))
-    return "\n".join(parts)
 
 
 def wait_exit(site: LocalSite, name: str, timeout: float = DEADLINE) -> int:
@@ -113,46 +67,7 @@ def config_tls_paths(server: LocalServer) -> dict[str, Path]:
     return {k: (base / v).resolve() for k, v in raw.get("tls", {}).items()}
 
 
-# -- the management API, as an administrator ----------------------------------------------
-
-
-def api(site: LocalSite, method: str, path: str, body: Any = None) -> Any:
-    """One call to the management API, logged in as the site's administrator."""
-
-    async def go() -> Any:
-        async with SiteClient(site.home) as client:
-            return await client.call(method, path, body)
-
-    return asyncio.run(go())
-
-
-def site_status(site: LocalSite) -> dict[str, Any]:
-    status: dict[str, Any] = api(site, "GET", "/api/v1/site/status")
-    return status
-
-
-def servers_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in status["servers"]}
-
-
-def cameras_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in status["cameras"]}
-
-
-def wait_online(site: LocalSite, *names: str, timeout: float = DEADLINE) -> dict[str, Any]:
-    """Wait until the management server lists every named server online; the status."""
-
-    def check() -> dict[str, Any]:
-        status = site_status(site)
-        servers = servers_by_name(status)
-        missing = [n for n in names if not servers.get(n, {}).get("online")]
-        assert not missing, f"not online: {missing}"
-        return status
-
-    try:
-        return eventually(check, timeout=timeout, what=f"{', '.join(names)} online")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{logs(site)}") from None
+# -- the CLI, as an administrator ---------------------------------------------------------
 
 
 def cli_json(site: LocalSite, *args: str) -> Any:
@@ -364,44 +279,26 @@ def s_client(server: LocalServer, listener: str, ca_file: Path, *options: str) -
     return f"exit {ran.returncode}\n{ran.stdout}\n{ran.stderr}"
 
 
-def encrypt_everything(site: LocalSite) -> None:
-    """Turn encryption on as an administrator must: recording servers first, then the
-    management server; return when every server speaks TLS and is online again."""
-    names = [n for n, s in site.servers.items() if s.role.records and s.process is not None]
-    for name in [*names, site.management.name]:
-        set_encryption(site, name, True)
-
-    def settled() -> bool:
-        servers = servers_by_name(site_status(site))
-        for name in [*names, site.management.name]:
-            s = servers[name]
-            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
-        return True
-
-    eventually(settled, what="every server encrypted and online")
-
-
 def failover_round_trip(site: LocalSite, camera: str) -> None:
     """Kill rs1 with a camera, see fo1 take the camera over, restart rs1, see it return.
 
     Leaves the site as found: rs1 running and online, the camera deleted.
     """
     # Given a camera assigned to rs1 through the management API
-    api(
-        site,
+    site.api(
         "POST",
         "/api/v1/cameras",
         {"name": camera, "recording_server": "rs1", "source": {"kind": "synthetic"}},
     )
     try:
-        assert cameras_by_name(site_status(site))[camera]["recording_server"] == "rs1"
+        assert cameras_by_name(site.status())[camera]["recording_server"] == "rs1"
 
         # When rs1 dies without a word (no orderly stop, no last heartbeat)
         site.kill("rs1")
 
         # Then the management server moves the camera to fo1, which covers rs1
         def taken_over() -> dict[str, Any]:
-            status = site_status(site)
+            status = site.status()
             assert cameras_by_name(status)[camera]["recording_server"] == "fo1"
             servers = servers_by_name(status)
             assert servers["fo1"]["covering"] == "rs1"
@@ -415,7 +312,7 @@ def failover_round_trip(site: LocalSite, camera: str) -> None:
 
         # Then the camera goes back to rs1 and fo1 stands by again
         def given_back() -> bool:
-            status = site_status(site)
+            status = site.status()
             assert cameras_by_name(status)[camera]["recording_server"] == "rs1"
             servers = servers_by_name(status)
             assert servers["fo1"]["covering"] is None
@@ -426,4 +323,4 @@ def failover_round_trip(site: LocalSite, camera: str) -> None:
     finally:
         if site.servers["rs1"].process is None:
             site.start("rs1")
-        api(site, "DELETE", f"/api/v1/cameras/{camera}")
+        site.api("DELETE", f"/api/v1/cameras/{camera}")

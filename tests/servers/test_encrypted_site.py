@@ -16,21 +16,18 @@ import pytest
 from site_support import (
     call,
     endpoint,
-    eventually,
     failover_round_trip,
     leaf_fingerprint,
     new_site,
     s_client,
     served_fingerprint,
-    servers_by_name,
     set_encryption,
-    site_status,
     trust_of,
 )
 
 from watchkeep.client import ApiError, SiteClient, SiteConnection
 from watchkeep.errors import HostnameMismatch, UntrustedIssuer
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, eventually, servers_by_name
 from watchkeep.tls import Endpoint, client_context, speaks_tls
 
 
@@ -96,11 +93,11 @@ def test_a_recording_server_data_port_speaks_tls_with_its_own_certificate(
 def test_recording_servers_keep_heartbeating_over_mutual_tls(encrypted: LocalSite) -> None:
     # Given the management server speaks TLS only (a plaintext heartbeat cannot arrive)
     assert asyncio.run(speaks_tls(endpoint(encrypted.management, "api", tls=True))) is True
-    before = servers_by_name(site_status(encrypted))
+    before = servers_by_name(encrypted.status())
 
     # Then rs1 and fo1 stay online, heard again after this moment
     def heard_again() -> bool:
-        now = servers_by_name(site_status(encrypted))
+        now = servers_by_name(encrypted.status())
         for name in ("rs1", "fo1"):
             assert now[name]["online"], now[name]
             assert now[name]["encrypted_now"], now[name]
@@ -121,7 +118,7 @@ def test_a_recording_server_cannot_drop_encryption_while_the_management_server_h
     assert len(ran.stderr.splitlines()) == 1, ran.stderr
     assert "site.ms_requires_all_rs" in ran.stderr
     assert "watchkeep encryption disable --server ms" in ran.stderr
-    assert servers_by_name(site_status(encrypted))["rs1"]["encryption"] is True
+    assert servers_by_name(encrypted.status())["rs1"]["encryption"] is True
 
 
 def test_a_client_of_another_ca_is_told_the_issuer_is_untrusted(
@@ -198,11 +195,11 @@ def test_encryption_comes_off_in_order_management_server_first(encrypted: LocalS
 
     # Then rs1's data port speaks plaintext, and both recording servers stay online,
     # heartbeating to the now plaintext management server
-    seen = servers_by_name(site_status(encrypted))
+    seen = servers_by_name(encrypted.status())
 
     def back_to_plaintext() -> bool:
         assert asyncio.run(speaks_tls(endpoint(rs1, "data", tls=False))) is False
-        servers = servers_by_name(site_status(encrypted))
+        servers = servers_by_name(encrypted.status())
         assert servers["rs1"]["encryption"] is False
         for name in ("rs1", "fo1"):
             assert servers[name]["online"], servers[name]

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from site_support import eventually, servers_by_name, site_status, start_together, wait_online
 
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, eventually, servers_by_name
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +22,9 @@ def unready_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
     site.add_server("rs1", ServerRole.RECORDING)
     site.add_server("fo1", ServerRole.FAILOVER, trust=False)
     site.add_server("rs2", ServerRole.RECORDING, certificate=False)
-    start_together(site, "ms", "rs1", "fo1", "rs2")
+    site.start_together("ms", "rs1", "fo1", "rs2")
     site.connect_cli()
-    wait_online(site, "rs1", "fo1", "rs2")
+    site.wait_online("rs1", "fo1", "rs2")
     return site
 
 
@@ -39,7 +38,7 @@ def refusal(site: LocalSite, server: str) -> str:
 
 
 def assert_nothing_changed(site: LocalSite) -> None:
-    servers = servers_by_name(site_status(site))
+    servers = servers_by_name(site.status())
     assert {n: s["encryption"] for n, s in servers.items()} == dict.fromkeys(servers, False)
 
 
@@ -90,7 +89,7 @@ def test_the_refusals_are_lifted_once_the_failover_server_trusts_the_ca(
 
     # Then fo1 reports itself ready without a restart, and rs1's encryption is allowed
     def fo1_ready() -> bool:
-        fo = servers_by_name(site_status(unready_site))["fo1"]
+        fo = servers_by_name(unready_site.status())["fo1"]
         assert fo["problems"] == [], fo["problems"]
         return True
 

@@ -16,18 +16,15 @@ from typing import Any
 from site_support import (
     cli_json,
     config_tls_paths,
-    eventually,
     http_exchange,
     identity_of,
     open_tls_connection,
     served_fingerprint,
-    servers_by_name,
-    site_status,
 )
 
 from watchkeep._files import atomic_write
 from watchkeep.pki import Role, certificate_name
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 
 
 def renew_in_place(site: LocalSite, server: LocalServer) -> dict[str, Any]:
@@ -73,7 +70,7 @@ def test_a_renewed_certificate_reaches_new_connections_while_an_open_one_continu
 
     # and the management server learns the new certificate from rs1's heartbeats
     def reported() -> bool:
-        cert = servers_by_name(site_status(encrypted))["rs1"]["certificate"]
+        cert = servers_by_name(encrypted.status())["rs1"]["certificate"]
         assert cert["sha256_fingerprint"] == renewed["sha256_fingerprint"], cert
         return True
 

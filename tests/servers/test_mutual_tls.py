@@ -18,12 +18,9 @@ from site_support import (
     call,
     control_token,
     endpoint,
-    eventually,
     heartbeat_body,
     identity_of,
     raw_response,
-    servers_by_name,
-    site_status,
     trust_of,
 )
 
@@ -31,7 +28,7 @@ from watchkeep.client import ApiError
 from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort
 from watchkeep.pki import Role
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 from watchkeep.tls import ServerIdentity, client_context
 
 
@@ -59,7 +56,7 @@ def heartbeat(
 def ready_body(site: LocalSite, server: LocalServer, **kwargs: Any) -> dict[str, Any]:
     """The heartbeat rs1 itself would send: ready, with the readiness it reports."""
     body = heartbeat_body(server, site, **kwargs)
-    reported = servers_by_name(site_status(site))[server.name]
+    reported = servers_by_name(site.status())[server.name]
     body["readiness"] = {
         "certificate": reported["certificate"],
         "trusted_ca_fingerprints": [site.pki.describe_ca()["sha256_fingerprint"]],
@@ -148,7 +145,7 @@ def test_a_recording_server_with_an_expired_certificate_is_refused_in_the_handsh
     assert type(refused.value) is not ConnectionFailed
     assert "ms.site.test" in str(refused.value)
     assert "client certificate" in str(refused.value)
-    assert "expired-rs" not in servers_by_name(site_status(encrypted))
+    assert "expired-rs" not in servers_by_name(encrypted.status())
 
 
 def test_plaintext_to_the_encrypted_management_server_is_told_as_such(
@@ -202,7 +199,7 @@ def test_a_recording_server_not_ready_for_encryption_is_refused_registration(
         assert "rs9" in lines[0]
         assert "fix:" in lines[0]
         # and the site does not list it
-        assert "rs9" not in servers_by_name(site_status(encrypted))
+        assert "rs9" not in servers_by_name(encrypted.status())
     finally:
         encrypted.stop("rs9")
 

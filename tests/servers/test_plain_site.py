@@ -17,12 +17,11 @@ from site_support import (
     endpoint,
     failover_round_trip,
     openssl_fingerprint,
-    servers_by_name,
     trust_of,
 )
 
 from watchkeep.errors import PeerRefused, TlsToPlaintextPort
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, servers_by_name
 from watchkeep.tls import Endpoint, client_context
 
 HEX64 = set("0123456789abcdef")

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 
 import pytest
-from site_support import start_together, wait_exit
+from site_support import wait_exit
 
 from watchkeep.pki import Role, certificate_name
 from watchkeep.site import ServerRole
@@ -109,7 +109,7 @@ def test_the_fix_given_for_an_expired_certificate_works(refused: LocalSite) -> N
 
     # Then the server starts
     try:
-        start_together(refused, "rs-expired")
+        refused.start_together("rs-expired")
     finally:
         refused.stop("rs-expired")
 
@@ -118,7 +118,7 @@ def test_a_missing_certificate_is_not_a_refusal_to_start(refused: LocalSite) -> 
     # The twin: a server whose certificate is simply not there yet runs in plaintext
     refused.add_server("rs-bare", ServerRole.RECORDING, certificate=False)
     try:
-        start_together(refused, "rs-bare")
+        refused.start_together("rs-bare")
         assert "no certificate is installed" in refused.log_text("rs-bare")
     finally:
         refused.stop("rs-bare")
