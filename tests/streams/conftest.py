@@ -1,4 +1,5 @@
-"""Fixtures for the end-to-end data stream tests (issue 4); helpers are in stream_support.py.
+"""Fixtures for the end-to-end data stream tests (issue 4); helpers are in stream_support.py,
+the hooks and fixtures shared with the other suites in tests/conftest.py.
 
 A started site costs seconds, so the modules that only watch share one encrypted site
 (session scope, `streams_site`); the modules that kill, replace or impersonate servers
@@ -10,55 +11,28 @@ the tail of every running site's server logs is attached to its report.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+import functools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from stream_support import (
-    add_camera,
-    add_user,
-    build_site,
-    connection_as,
-    encrypt,
-    logs,
-    token_for,
-)
+from stream_support import add_camera, add_user, build_site, connection_as
 
 from watchkeep.client import SiteConnection
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
-_RUNNING: list[LocalSite] = []
+SiteFactory = Callable[..., LocalSite]
+OpenSites = Callable[..., contextlib.AbstractContextManager[SiteFactory]]
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed:
-        for site in _RUNNING:
-            report.sections.append((f"server logs ({site.root})", logs(site)))
-    return report
+@pytest.fixture(scope="session")
+def open_sites(open_sites: OpenSites) -> OpenSites:
+    """The shared `open_sites` (tests/conftest.py), with the server logs judged at the end."""
+    return functools.partial(open_sites, after_stop=_no_log_alarms)
 
 
-@contextlib.contextmanager
-def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
-    made: list[LocalSite] = []
-
-    def make(name: str) -> LocalSite:
-        site = LocalSite(tmp_path_factory.mktemp(name))
-        made.append(site)
-        _RUNNING.append(site)
-        site.init_ca()
-        return site
-
-    try:
-        yield make
-    finally:
-        for site in made:
-            site.stop_all()
-            _RUNNING.remove(site)
+def _no_log_alarms(made: list[LocalSite]) -> None:
     # Viewers come and go, break off and vanish, servers die and others take their place:
     # none of it may cost a server a traceback, or go on writing to a connection that is
     # gone (asyncio then logs "socket.send() raised exception." for every write).
@@ -70,50 +44,35 @@ def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
         if line in site.log_text(name)
     ]
     assert not noisy, f"found in the server logs: {noisy}\n" + "\n".join(
-        logs(site) for site in made
+        site.log_tails() for site in made
     )
 
 
 _LOG_ALARMS = ("Traceback", "socket.send() raised exception.")
 
 
-@pytest.fixture(scope="module")
-def site_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
-    """Make sites whose processes are all stopped when the module is done."""
-    with _sites(tmp_path_factory) as make:
-        yield make
-
-
 @pytest.fixture(scope="session")
-def session_site_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[str], LocalSite]]:
-    """Make sites shared by several modules, stopped when the session ends."""
-    with _sites(tmp_path_factory) as make:
-        yield make
-
-
-@pytest.fixture(scope="session")
-def streams_site(session_site_factory: Callable[[str], LocalSite]) -> LocalSite:
+def streams_site(open_sites: OpenSites) -> Iterator[LocalSite]:
     """A management server, a recording server recording cam1 and cam2, and a mobile
     server, encrypted everywhere through the CLI (recording and mobile servers first).
 
     Shared by the modules that watch and play back: no test may stop, restart or
     reconfigure a server of it.
     """
-    site = session_site_factory("streams")
-    build_site(
-        site,
-        [
-            ("ms", ServerRole.MANAGEMENT),
-            ("rs1", ServerRole.RECORDING),
-            ("mobile1", ServerRole.MOBILE),
-        ],
-    )
-    add_camera(site, "cam1", "rs1")
-    add_camera(site, "cam2", "rs1")
-    encrypt(site, "rs1", "mobile1", "ms")
-    return site
+    with open_sites() as make:
+        site = make("streams")
+        build_site(
+            site,
+            [
+                ("ms", ServerRole.MANAGEMENT),
+                ("rs1", ServerRole.RECORDING),
+                ("mobile1", ServerRole.MOBILE),
+            ],
+        )
+        add_camera(site, "cam1", "rs1")
+        add_camera(site, "cam2", "rs1")
+        site.encrypt("rs1", "mobile1", "ms")
+        yield site
 
 
 @pytest.fixture(scope="session")
@@ -126,12 +85,12 @@ def operator(streams_site: LocalSite) -> SiteConnection:
 @pytest.fixture
 def admin_token(streams_site: LocalSite) -> str:
     """A fresh administrator's token (tokens expire: none is kept across tests)."""
-    return token_for(streams_site)
+    return streams_site.login_token()
 
 
 @pytest.fixture
 def operator_token(streams_site: LocalSite, operator: SiteConnection) -> str:
-    return token_for(streams_site, operator)
+    return streams_site.login_token(operator)
 
 
 @pytest.fixture(scope="session")

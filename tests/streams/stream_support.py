@@ -7,8 +7,9 @@ subprocess, and through clients that owe nothing to watchkeep (the standard libr
 `http.client` over `ssl`, `curl`, Chromium), so that a bug shared by our client and our
 servers cannot hide itself.
 
-Nothing here sleeps a fixed time before asserting: `eventually` polls until a generous
-deadline, so a slow machine makes a test slower, never wrong.
+What any site's tests need (waiting with `eventually`, the management API as the
+administrator, waiting until servers are online or encrypted) is in `watchkeep.testing`;
+this module holds what only these tests use.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
@@ -36,11 +37,8 @@ from watchkeep.servers._tokens import TokenSigner
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalServer, LocalSite
 
-T = TypeVar("T")
-
 # Generous: a loaded 2-core machine may take several seconds to start a Python process.
 DEADLINE = 30.0
-LOG_TAIL_LINES = 80
 # Small synthetic cameras keep a whole run cheap on two cores.
 CAMERA_SIZE = "320x180@10"
 FRAME_BYTES = 6000
@@ -49,92 +47,17 @@ JPEG_EOI = b"\xff\xd9"
 PROBLEM_JSON = "application/problem+json"
 
 
-# -- waiting ------------------------------------------------------------------------------
-
-
-def eventually(
-    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
-) -> T:
-    """Call ``check`` until it returns a true value without raising AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what or check!r}; last: {last}")
-        time.sleep(interval)
-
-
 # -- laying out and running ---------------------------------------------------------------
-
-
-def start_together(site: LocalSite, *names: str) -> None:
-    """Start the servers as parallel processes, then wait until each listens."""
-    for name in names:
-        site.start(name, wait=False)
-    for name in names:
-        site.wait_listening(site.servers[name])
-
-
-def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
-    parts = []
-    for name in site.servers:
-        lines = site.log_text(name).splitlines()[-tail:]
-        parts.append(f"----- {name} ({site.servers[name].log}) -----\n" + "\n".join(lines))
-    return "\n".join(parts)
 
 
 def build_site(site: LocalSite, servers: list[tuple[str, ServerRole]], **options: Any) -> None:
     """Lay out, start and register the servers (the management server first in the list)."""
     for name, role in servers:
         site.add_server(name, role, **options.get(name, {}))
-    start_together(site, *[name for name, _ in servers])
-    site.connect_cli()
-    wait_online(site, *[name for name, role in servers if role is not ServerRole.MANAGEMENT])
+    site.start_all()
 
 
-# -- the management API, as an administrator ----------------------------------------------
-
-
-def api(site: LocalSite, method: str, path: str, body: Any = None) -> Any:
-    """One call to the management API, logged in as the site's administrator."""
-
-    async def go() -> Any:
-        async with SiteClient(site.home) as client:
-            return await client.call(method, path, body)
-
-    return asyncio.run(go())
-
-
-def site_status(site: LocalSite) -> dict[str, Any]:
-    status: dict[str, Any] = api(site, "GET", "/api/v1/site/status")
-    return status
-
-
-def servers_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in status["servers"]}
-
-
-def cameras_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in status["cameras"]}
-
-
-def wait_online(site: LocalSite, *names: str) -> dict[str, Any]:
-    def check() -> dict[str, Any]:
-        status = site_status(site)
-        servers = servers_by_name(status)
-        missing = [n for n in names if not servers.get(n, {}).get("online")]
-        assert not missing, f"not online: {missing}"
-        return status
-
-    return eventually(check, what=f"{', '.join(names)} online")
+# -- the CLI and the management API, as an administrator ----------------------------------
 
 
 def cli_ok(site: LocalSite, *args: str) -> str:
@@ -163,27 +86,10 @@ def add_camera(site: LocalSite, camera: str, server: str) -> None:
     assert added == {"name": camera, "recording_server": server}
 
 
-def encrypt(site: LocalSite, *names: str) -> None:
-    """Turn encryption on with the CLI, in the order given; return when each of those
-    servers speaks TLS and is online."""
-    for name in names:
-        cli_ok(site, "encryption", "enable", "--server", name)
-
-    def settled() -> bool:
-        servers = servers_by_name(site_status(site))
-        for name in names:
-            s = servers[name]
-            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
-        return True
-
-    eventually(settled, what=f"{', '.join(names)} encrypted and online")
-
-
 def add_user(site: LocalSite, name: str, role: str, cameras: list[str] | None) -> Path:
     """Create a user as the administrator; the file holding its password."""
     password = f"{name}-password-{os.urandom(6).hex()}"
-    created = api(
-        site,
+    created = site.api(
         "POST",
         "/api/v1/users",
         {"name": name, "password": password, "role": role, "cameras": cameras},
@@ -197,17 +103,6 @@ def add_user(site: LocalSite, name: str, role: str, cameras: list[str] | None) -
 
 def connection_as(site: LocalSite, user: str, password_file: Path) -> SiteConnection:
     return replace(SiteConnection.load(site.home), user=user, password_file=str(password_file))
-
-
-def token_for(site: LocalSite, connection: SiteConnection | None = None) -> str:
-    """A user token from the management server's login (the administrator by default)."""
-
-    async def go() -> str:
-        async with SiteClient(site.home, connection) as client:
-            assert client.token is not None
-            return client.token
-
-    return asyncio.run(go())
 
 
 def management_signer(site: LocalSite) -> TokenSigner:

@@ -27,7 +27,6 @@ from stream_support import (
     read_parts,
     read_problem,
     request,
-    token_for,
 )
 
 from watchkeep._home import Home
@@ -356,7 +355,7 @@ def test_a_valid_token_in_the_query_string_opens_the_stream(
 ) -> None:
     # The refusals above are refusals of the token, not of the query-string route: with a
     # valid token the same request works (at the mobile server and at rs1)
-    token = token_for(streams_site)
+    token = streams_site.login_token()
     for server, listener in [("mobile1", "https"), ("rs1", "data")]:
         path = f"/api/v1/cameras/cam1/live.mjpeg?token={token}"
         with request(streams_site.servers[server], listener, path, ca=ca) as response:

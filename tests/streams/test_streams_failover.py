@@ -17,24 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_support import (
-    DEADLINE,
-    add_camera,
-    assert_frame_from,
-    build_site,
-    cameras_by_name,
-    encrypt,
-    eventually,
-    parse_mjpeg_file,
-    servers_by_name,
-    site_status,
-)
+from stream_support import DEADLINE, add_camera, assert_frame_from, build_site, parse_mjpeg_file
 
 from watchkeep.client import SiteClient
 from watchkeep.client._video import view_camera
 from watchkeep.media import DEFAULT_BOUNDARY, MultipartParser
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, cameras_by_name, eventually, servers_by_name
 
 FRAMES_BEFORE = 10
 FRAMES_AFTER = 30
@@ -52,7 +41,7 @@ def failover_site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
         ],
     )
     add_camera(site, "cam1", "rs1")
-    encrypt(site, "rs1", "fo1", "ms")
+    site.encrypt("rs1", "fo1", "ms")
     return site
 
 
@@ -65,7 +54,7 @@ def site(failover_site: LocalSite) -> Iterator[LocalSite]:
         failover_site.start("rs1")
 
     def back_on_rs1() -> bool:
-        status = site_status(failover_site)
+        status = failover_site.status()
         assert cameras_by_name(status)["cam1"]["recording_server"] == "rs1"
         assert servers_by_name(status)["fo1"]["covering"] is None
         return True
@@ -114,7 +103,7 @@ def test_a_viewer_follows_its_camera_to_the_failover_server(site: LocalSite) -> 
     assert report["frames"] == FRAMES_BEFORE + FRAMES_AFTER, report
     assert report["encrypted"] is True, report
     assert report["reconnects"] >= 1, report
-    status = site_status(site)
+    status = site.status()
     assert cameras_by_name(status)["cam1"]["recording_server"] == "fo1"
     assert servers_by_name(status)["fo1"]["covering"] == "rs1"
 

@@ -23,7 +23,6 @@ from stream_support import (
     assert_frame_from,
     camera_stream,
     cli_ok,
-    eventually,
     live_frames,
     parse_mjpeg_file,
     playback_frames,
@@ -31,15 +30,13 @@ from stream_support import (
     read_problem,
     recorded_past,
     request,
-    servers_by_name,
-    site_status,
     wait_recorded_past,
 )
 
 from watchkeep.client import SiteClient
 from watchkeep.client._video import camera_endpoint
 from watchkeep.media import Frame, unpack_ws_header
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 from watchkeep.tls import client_context
 
 DAY = 24 * 3600
@@ -230,7 +227,7 @@ def test_the_management_server_shows_a_snapshot_from_the_encrypted_recording_ser
     streams_site: LocalSite, ca: Path, admin_token: str
 ) -> None:
     # Given rs1, which records cam1, speaks only TLS
-    rs1 = servers_by_name(site_status(streams_site))["rs1"]
+    rs1 = servers_by_name(streams_site.status())["rs1"]
     assert (rs1["encryption"], rs1["encrypted_now"]) == (True, True)
 
     # When an administrator asks the management server for cam1's snapshot

@@ -18,12 +18,9 @@ from stream_support import (
     add_camera,
     assert_frame_from,
     build_site,
-    encrypt,
     read_parts,
     read_problem,
     request,
-    token_for,
-    wait_online,
 )
 
 from watchkeep.site import ServerRole
@@ -46,13 +43,13 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
         mobile2={"trust": False},
     )
     add_camera(site, "cam1", "rs1")
-    encrypt(site, "rs1")
+    site.encrypt("rs1")
     return site
 
 
 def test_the_mobile_server_relays_a_recording_server_it_verifies(site: LocalSite) -> None:
     # When a client asks mobile1, which trusts the site CA, for cam1
-    with request(site.servers["mobile1"], "http", LIVE, ca=None, token=token_for(site)) as r:
+    with request(site.servers["mobile1"], "http", LIVE, ca=None, token=site.login_token()) as r:
         part = read_parts(r, 1)[0]
     # Then it relays rs1's encrypted stream
     assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)
@@ -62,7 +59,7 @@ def test_a_mobile_server_without_the_site_ca_refuses_the_recording_server(
     site: LocalSite,
 ) -> None:
     # When a client asks mobile2, whose trust store lacks the site CA, for cam1
-    with request(site.servers["mobile2"], "http", LIVE, ca=None, token=token_for(site)) as r:
+    with request(site.servers["mobile2"], "http", LIVE, ca=None, token=site.login_token()) as r:
         # Then mobile2 answers 502 with a problem document naming rs1 and the cause
         problem = read_problem(r, 502)
     assert problem["server"] == "rs1", problem
@@ -85,11 +82,11 @@ def test_a_recording_server_answering_with_another_host_certificate_is_refused(
     site.issue(rs9)
     site.write_config(rs9)
     site.start("rs9")
-    wait_online(site, "rs9")
-    encrypt(site, "rs9")
+    site.wait_online("rs9")
+    site.encrypt("rs9")
 
     # When a client asks mobile1 for cam1, which the site map still puts on rs1
-    token = token_for(site)
+    token = site.login_token()
     with request(site.servers["mobile1"], "http", LIVE, ca=None, token=token) as r:
         # Then mobile1 refuses rs9's certificate for rs1's name: 502, naming rs1 and the
         # rule, and the names the certificate holds

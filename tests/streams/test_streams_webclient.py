@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Error, Page, sync_playwright
-from stream_support import DEADLINE, eventually
+from stream_support import DEADLINE
 
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = DEADLINE * 1000
