@@ -1,5 +1,6 @@
 """Fixtures for the security and reliability tests (issue 7); helpers are in
-security_support.py, the threat model and the figures of the last run in SECURITY.md.
+security_support.py, the hooks and fixtures shared with the other suites in
+tests/conftest.py, the threat model and the figures of the last run in SECURITY.md.
 
 A started site costs seconds on two cores, so the modules that only probe (TLS scans,
 hostile input, access control) share one encrypted site (session scope, `security_site`);
@@ -13,8 +14,9 @@ written to bench/results/security.json and printed at the end of the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,7 @@ from security_support import (
     MOBILE_MAX_CONNECTIONS,
     Figures,
     add_camera,
-    build_site,
     encrypt,
-    logs,
     set_server_options,
     tracebacks,
 )
@@ -37,18 +37,9 @@ from watchkeep.testing import LocalSite
 REPO = Path(__file__).resolve().parents[2]
 FIGURES_FILE = REPO / "bench" / "results" / "security.json"
 FIGURES = Figures()
-_RUNNING: list[LocalSite] = []
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed:
-        for site in _RUNNING:
-            report.sections.append((f"server logs ({site.root})", logs(site)))
-    return report
+SiteFactory = Callable[..., LocalSite]
+OpenSites = Callable[..., contextlib.AbstractContextManager[SiteFactory]]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -65,67 +56,44 @@ def figures() -> Iterator[Figures]:
     FIGURES_FILE.write_text(json.dumps(FIGURES.as_json(), indent=1) + "\n")
 
 
-@contextlib.contextmanager
-def _sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
-    made: list[LocalSite] = []
+@pytest.fixture(scope="session")
+def open_sites(open_sites: OpenSites) -> OpenSites:
+    """The shared `open_sites` (tests/conftest.py), with the server logs judged at the end."""
+    return functools.partial(open_sites, after_stop=_no_tracebacks)
 
-    def make(name: str) -> LocalSite:
-        site = LocalSite(tmp_path_factory.mktemp(name))
-        made.append(site)
-        _RUNNING.append(site)
-        site.init_ca()
-        return site
 
-    try:
-        yield make
-    finally:
-        for site in made:
-            site.stop_all()
-            _RUNNING.remove(site)
+def _no_tracebacks(made: list[LocalSite]) -> None:
     found = [f"{site.root.name}/{name}" for site in made for name in tracebacks(site)]
     FIGURES.crashes += len(found)
     assert not found, f"tracebacks in the logs of {found}:\n" + "\n".join(
-        logs(site) for site in made
+        site.log_tails() for site in made
     )
 
 
-@pytest.fixture(scope="module")
-def site_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], LocalSite]]:
-    """Make sites whose processes are all stopped when the module is done."""
-    with _sites(tmp_path_factory) as make:
-        yield make
-
-
 @pytest.fixture(scope="session")
-def session_site_factory(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[[str], LocalSite]]:
-    """Make sites shared by several modules, stopped when the session ends."""
-    with _sites(tmp_path_factory) as make:
-        yield make
-
-
-@pytest.fixture(scope="session")
-def security_site(session_site_factory: Callable[[str], LocalSite]) -> LocalSite:
+def security_site(open_sites: OpenSites) -> Iterator[LocalSite]:
     """A management server, a recording server recording cam1 and a mobile server, each
     encrypted through the client library (the intermediate TLS policy, ECDSA P-256 certificates).
 
     Shared by the modules that probe and attack: no test may stop, restart or
     reconfigure a server of it, and each leaves it serving.
     """
-    site = session_site_factory("secure")
-    servers = [
-        ("ms", ServerRole.MANAGEMENT),
-        ("rs1", ServerRole.RECORDING),
-        ("mobile1", ServerRole.MOBILE),
-    ]
-    for name, role in servers:
-        site.add_server(name, role)
-    limits = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
-    for name in ("ms", "rs1"):
-        set_server_options(site.servers[name], **limits)
-    set_server_options(site.servers["mobile1"], max_connections=MOBILE_MAX_CONNECTIONS, **limits)
-    build_site(site, servers)
-    add_camera(site, "cam1", "rs1")
-    encrypt(site, "rs1", "mobile1", "ms")
-    return site
+    with open_sites() as make:
+        site = make("secure")
+        servers = [
+            ("ms", ServerRole.MANAGEMENT),
+            ("rs1", ServerRole.RECORDING),
+            ("mobile1", ServerRole.MOBILE),
+        ]
+        for name, role in servers:
+            site.add_server(name, role)
+        limits = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
+        for name in ("ms", "rs1"):
+            set_server_options(site.servers[name], **limits)
+        set_server_options(
+            site.servers["mobile1"], max_connections=MOBILE_MAX_CONNECTIONS, **limits
+        )
+        site.start_all()
+        add_camera(site, "cam1", "rs1")
+        encrypt(site, "rs1", "mobile1", "ms")
+        yield site

@@ -8,8 +8,9 @@ Hostile clients bind to an address of their own on the loopback network, so that
 the servers do to an attacker's address (rate limits) never touches the legitimate
 clients of the same test run.
 
-Nothing here sleeps a fixed time before asserting: `eventually` polls until a generous
-deadline, so that a slow machine makes a test slower, never wrong.
+What any site's tests need (waiting with `eventually`, the management API as the
+administrator, waiting until servers are online or encrypted) is in `watchkeep.testing`;
+this module holds what only these tests use.
 """
 
 from __future__ import annotations
@@ -25,20 +26,16 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from watchkeep.client import SiteClient
 from watchkeep.media import DEFAULT_BOUNDARY, MultipartParser
-from watchkeep.site import ServerRole
-from watchkeep.testing import LocalServer, LocalSite
-
-T = TypeVar("T")
+from watchkeep.testing import LocalServer, LocalSite, eventually
 
 DEADLINE = 30.0
-LOG_TAIL_LINES = 80
 PROBLEM_JSON = "application/problem+json"
 # Small synthetic cameras keep a whole run cheap on two cores.
 CAMERA = {"kind": "synthetic", "width": 320, "height": 180, "fps": 10.0, "target_bytes": 6000}
@@ -49,29 +46,6 @@ HANDSHAKE_TIMEOUT = 3
 IDLE_TIMEOUT = 5
 HANDSHAKE_TIMEOUT_OPTION = {"handshake_timeout": HANDSHAKE_TIMEOUT}
 MOBILE_MAX_CONNECTIONS = 40
-
-
-# -- waiting ------------------------------------------------------------------------------
-
-
-def eventually(
-    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
-) -> T:
-    """Call ``check`` until it returns a true value without raising AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what or check!r}; last: {last}")
-        time.sleep(interval)
 
 
 # -- laying out and running ---------------------------------------------------------------
@@ -90,61 +64,8 @@ def set_server_options(server: LocalServer, **options: Any) -> None:
     )
 
 
-def start_together(site: LocalSite, *names: str) -> None:
-    for name in names:
-        site.start(name, wait=False)
-    for name in names:
-        site.wait_listening(site.servers[name])
-
-
-def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
-    parts = []
-    for name in site.servers:
-        lines = site.log_text(name).splitlines()[-tail:]
-        parts.append(f"----- {name} ({site.servers[name].log}) -----\n" + "\n".join(lines))
-    return "\n".join(parts)
-
-
-def api(site: LocalSite, method: str, path: str, body: Any = None) -> Any:
-    """One call to the management API, logged in as the site's administrator."""
-
-    async def go() -> Any:
-        async with SiteClient(site.home) as client:
-            return await client.call(method, path, body)
-
-    return asyncio.run(go())
-
-
-def site_status(site: LocalSite) -> dict[str, Any]:
-    status: dict[str, Any] = api(site, "GET", "/api/v1/site/status")
-    return status
-
-
-def servers_by_name(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in status["servers"]}
-
-
-def wait_online(site: LocalSite, *names: str, timeout: float = DEADLINE) -> dict[str, Any]:
-    def check() -> dict[str, Any]:
-        status = site_status(site)
-        servers = servers_by_name(status)
-        missing = [n for n in names if not servers.get(n, {}).get("online")]
-        assert not missing, f"not online: {missing}"
-        return status
-
-    return eventually(check, timeout=timeout, what=f"{', '.join(names)} online")
-
-
-def build_site(site: LocalSite, servers: list[tuple[str, ServerRole]]) -> None:
-    """Start the laid-out servers (the management server first) and wait until registered."""
-    start_together(site, *[name for name, _ in servers])
-    site.connect_cli()
-    wait_online(site, *[name for name, role in servers if role is not ServerRole.MANAGEMENT])
-
-
 def add_camera(site: LocalSite, camera: str, server: str, **source: Any) -> None:
-    added = api(
-        site,
+    added = site.api(
         "POST",
         "/api/v1/cameras",
         {"name": camera, "recording_server": server, "source": {**CAMERA, **source}},
@@ -162,33 +83,14 @@ def encrypt(site: LocalSite, *names: str) -> None:
                 await client.set_encryption(name, True)
 
     asyncio.run(go())
-
-    def settled() -> bool:
-        servers = servers_by_name(site_status(site))
-        for name in names:
-            s = servers[name]
-            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
-        return True
-
-    eventually(settled, what=f"{', '.join(names)} encrypted and online")
-
-
-def token_for(site: LocalSite) -> str:
-    """An administrator's token from the management server's log-in."""
-
-    async def go() -> str:
-        async with SiteClient(site.home) as client:
-            assert client.token is not None
-            return client.token
-
-    return asyncio.run(go())
+    site.wait_encrypted(*names)
 
 
 def camera_recorded(site: LocalSite, server: str, camera: str) -> bool:
     """Whether ``server`` records ``camera`` now (its status lists it with frames)."""
     rs = site.servers[server]
     status, _, body = http_request(
-        rs, "data", "/api/v1/status", ca=site.home.ca_cert, token=token_for(site)
+        rs, "data", "/api/v1/status", ca=site.home.ca_cert, token=site.login_token()
     )
     assert status == 200, body
     cams = {c["name"]: c for c in json.loads(body)["cameras"]}
@@ -204,7 +106,7 @@ def assert_all_alive(site: LocalSite, *, figures: Figures | None = None) -> None
     ]
     if figures is not None:
         figures.crashes += len(dead)
-    assert not dead, f"server processes died: {dead}\n{logs(site)}"
+    assert not dead, f"server processes died: {dead}\n{site.log_tails()}"
 
 
 def attacker_address(site: LocalSite, offset: int = 0) -> str:

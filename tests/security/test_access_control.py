@@ -20,23 +20,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from security_support import (
-    Figures,
-    api,
-    http_request,
-    json_request,
-    problem_of,
-    servers_by_name,
-    site_status,
-    token_for,
-)
+from security_support import Figures, http_request, json_request, problem_of
 
 from watchkeep.servers import load_config
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.servers.management import ManagementServer
 from watchkeep.servers.mobile import MobileServer
 from watchkeep.servers.recording import RecordingServer
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, servers_by_name
 
 ANONYMOUS = "anonymous"
 # (server, listener, method, route) -> what an anonymous caller gets. Every route of every
@@ -177,8 +168,7 @@ def test_anonymous_callers_get_401_except_on_public_routes(
 @pytest.fixture(scope="module")
 def operator_token(security_site: LocalSite) -> str:
     password = "operator-password-5678"
-    api(
-        security_site,
+    security_site.api(
         "POST",
         "/api/v1/users",
         {"name": "op1", "password": password, "role": "operator"},
@@ -197,7 +187,7 @@ def test_an_operator_gets_403_on_every_state_changing_route_and_nothing_changes(
     security_site: LocalSite, figures: Figures, operator_token: str, method: str, path: str,
     body: Any,
 ) -> None:  # fmt: skip
-    before = site_status(security_site)
+    before = security_site.status()
     status, headers, reply = http_request(
         security_site.management, "api", path, ca=security_site.home.ca_cert, method=method,
         body=json.dumps(body).encode() if body is not None else None, token=operator_token,
@@ -205,7 +195,7 @@ def test_an_operator_gets_403_on_every_state_changing_route_and_nothing_changes(
     figures.hostile("operator on an administrator route")
     assert status == 403, reply[:300]
     assert problem_of(status, headers, reply)["code"] == "auth.role"
-    after = site_status(security_site)
+    after = security_site.status()
     assert [(s["name"], s["encryption"]) for s in after["servers"]] == [
         (s["name"], s["encryption"]) for s in before["servers"]
     ]
@@ -270,7 +260,7 @@ def test_no_get_route_of_any_server_serves_a_private_key(
     pieces = key_fingerprints(security_site)
     assert len(pieces) >= 5, pieces.keys()  # the CA's, three servers', the token key at least
     ms = security_site.management
-    admin = token_for(security_site)
+    admin = security_site.login_token()
     control = TokenSigner.load_or_create(ms.directory / "data" / "token.key").issue(
         "ms", "management", "control", 60
     )

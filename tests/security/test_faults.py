@@ -34,18 +34,14 @@ from security_support import (
     SeenFrame,
     add_camera,
     assert_all_alive,
-    build_site,
     camera_recorded,
     encrypt,
-    eventually,
     log_lines,
     playback,
-    token_for,
-    wait_online,
 )
 
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, eventually
 
 FLUSH_INTERVAL = 1.0  # the recorder's: frames older than this at a kill are durable
 
@@ -56,7 +52,7 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
     servers = [("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING)]
     for name, role in servers:
         site.add_server(name, role)
-    build_site(site, servers)
+    site.start_all()
     add_camera(site, "cam1", "rs1")
     encrypt(site, "rs1", "ms")
     eventually(lambda: camera_recorded(site, "rs1", "cam1"), what="rs1 recording cam1")
@@ -65,7 +61,7 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
 
 def wait_recorded(site: LocalSite, server: str, camera: str, moment: float) -> list[SeenFrame]:
     """Wait until the recording holds a frame at or after ``moment``; the frames up to it."""
-    token = token_for(site)
+    token = site.login_token()
 
     def check() -> list[SeenFrame]:
         frames = playback(site, server, camera, moment - 3600, moment + 3600, token)
@@ -89,7 +85,7 @@ def test_the_management_server_killed_and_restarted_interrupts_nothing(
     site: LocalSite, figures: Figures
 ) -> None:
     rs1 = site.servers["rs1"]
-    with LiveViewer(rs1, "cam1", token_for(site), site.home.ca_cert) as viewer:
+    with LiveViewer(rs1, "cam1", site.login_token(), site.home.ca_cert) as viewer:
         mark = viewer.mark()
         started = time.time()
         # When the management server dies without a word
@@ -99,7 +95,7 @@ def test_the_management_server_killed_and_restarted_interrupts_nothing(
         assert_all_alive(site, figures=figures)
         # and comes back
         site.start("ms")
-        wait_online(site, "rs1")
+        site.wait_online("rs1")
         back = time.time()
         eventually(lambda: viewer.mark() >= mark + 10, what="frames after the restart")
         # Then the viewer at rs1 saw every frame, without a stall,
@@ -117,7 +113,7 @@ def test_a_recording_server_killed_while_recording_loses_nothing_it_flushed(
     site: LocalSite, figures: Figures
 ) -> None:
     rs1 = site.servers["rs1"]
-    with LiveViewer(rs1, "cam1", token_for(site), site.home.ca_cert) as viewer:
+    with LiveViewer(rs1, "cam1", site.login_token(), site.home.ca_cert) as viewer:
         eventually(lambda: viewer.mark() >= 40, what="four seconds of live video")
         # When rs1 is killed in the middle of recording
         killed_at = time.time()
@@ -126,11 +122,11 @@ def test_a_recording_server_killed_while_recording_loses_nothing_it_flushed(
         seen = list(viewer.frames)
     # and started again (it records again at once, from the cameras it remembers)
     site.start("rs1")
-    wait_online(site, "rs1")
+    site.wait_online("rs1")
     wait_recorded(site, "rs1", "cam1", time.time() + 1)
     # Then everything the viewer saw up to a second before the kill is in the recording,
     # byte for byte,
-    token = token_for(site)
+    token = site.login_token()
     recorded = playback(site, "rs1", "cam1", seen[0].timestamp - 0.001, killed_at + 1, token)
     durable = [f for f in seen if f.timestamp < killed_at - FLUSH_INTERVAL]
     kept = {(f.sequence, f.timestamp, f.digest) for f in recorded}
@@ -178,7 +174,7 @@ def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(
 ) -> None:
     began = time.time()
     site.start("rsfull")
-    wait_online(site, "rsfull")
+    site.wait_online("rsfull")
     # 30 kB frames ten times a second fill 1 MiB in a few seconds.
     add_camera(site, "cam2", "rsfull", width=640, height=360, target_bytes=30_000)
     figures.faults_injected.append("disk full on a recording server")
@@ -189,8 +185,8 @@ def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(
     assert "ENOSPC" in full[0], full[0]
     # keeps serving (the site sees it online, its status answers),
     assert_all_alive(site, figures=figures)
-    wait_online(site, "rsfull")
-    token = token_for(site)
+    site.wait_online("rsfull")
+    token = site.login_token()
     assert playback(site, "rsfull", "cam2", began, time.time(), token)
     # and, when space returns, records again.
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
@@ -204,9 +200,9 @@ def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(
     everything = playback(site, "rsfull", "cam2", began, time.time() + 60, token)
     site.stop("rsfull")
     site.start("rsfull")
-    wait_online(site, "rsfull")
+    site.wait_online("rsfull")
     again = playback(
-        site, "rsfull", "cam2", began, everything[-1].timestamp + 0.001, token_for(site)
+        site, "rsfull", "cam2", began, everything[-1].timestamp + 0.001, site.login_token()
     )
     assert [(f.sequence, f.digest) for f in again][: len(everything)] == [
         (f.sequence, f.digest) for f in everything

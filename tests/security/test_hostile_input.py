@@ -32,19 +32,16 @@ from security_support import (
     MOBILE_MAX_CONNECTIONS,
     Figures,
     LiveViewer,
-    api,
     assert_all_alive,
     attacker_address,
-    eventually,
     http_request,
     json_request,
     log_lines,
     problem_of,
-    token_for,
 )
 
 from watchkeep.servers._tokens import TokenSigner
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually
 
 TLS_ENDPOINTS = [("ms", "api"), ("rs1", "data"), ("rs1", "control"), ("mobile1", "https")]
 IDLE_SOCKETS = 200
@@ -54,7 +51,9 @@ IDLE_SOCKETS = 200
 def viewer(security_site: LocalSite) -> Iterator[LiveViewer]:
     """A legitimate live viewer of cam1 for the whole module."""
     rs1 = security_site.servers["rs1"]
-    with LiveViewer(rs1, "cam1", token_for(security_site), security_site.home.ca_cert) as watching:
+    with LiveViewer(
+        rs1, "cam1", security_site.login_token(), security_site.home.ca_cert
+    ) as watching:
         yield watching
 
 
@@ -228,7 +227,7 @@ def test_a_normal_client_is_served_while_200_idle_sockets_sit_on_the_port(
     security_site: LocalSite, figures: Figures, name: str, listener: str, path: str
 ) -> None:
     server = security_site.servers[name]
-    token = token_for(security_site)
+    token = security_site.login_token()
     idle = [open_socket(server, listener, attacker(security_site)) for _ in range(IDLE_SOCKETS)]
     try:
         started = time.monotonic()
@@ -374,7 +373,7 @@ BODIES = st.one_of(
 
 @pytest.fixture(scope="module")
 def admin_token(security_site: LocalSite) -> str:
-    return token_for(security_site)
+    return security_site.login_token()
 
 
 @settings(
@@ -501,7 +500,7 @@ def hostile_tokens(site: LocalSite, tmp_path: Path) -> dict[str, str]:
     own = TokenSigner.load_or_create(site.management.directory / "data" / "token.key")
     # Another site's management server: its own key, made the way every MS makes one.
     other = TokenSigner.load_or_create(tmp_path / "other-site-token.key")
-    real = token_for(site)
+    real = site.login_token()
     body, _, signature = real.partition(".")
     return {
         "garbage": "not-a-token",
@@ -571,8 +570,7 @@ def test_guessing_one_account_is_slowed_down_whatever_the_address(
     security_site: LocalSite, figures: Figures
 ) -> None:
     password = "victim-password-1234"
-    api(
-        security_site,
+    security_site.api(
         "POST",
         "/api/v1/users",
         {"name": "victim", "password": password, "role": "operator"},
@@ -600,7 +598,7 @@ def test_guessing_one_account_is_slowed_down_whatever_the_address(
     )[0]
     assert "'victim'" in line, line
     # Other accounts are not affected,
-    assert token_for(security_site)
+    assert security_site.login_token()
     # and once the back-off has passed, the right password works (and clears the count).
     time.sleep(int(headers["retry-after"]) + 0.2)
     status, document, _ = login(
@@ -622,4 +620,4 @@ def test_guessing_from_one_address_is_slowed_down_whatever_the_account(
     assert "retry-after" in headers
     figures.hostile("log-in guess")
     # A legitimate client at another address logs in as usual meanwhile.
-    assert token_for(security_site)
+    assert security_site.login_token()

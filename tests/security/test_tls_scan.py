@@ -26,7 +26,6 @@ from security_support import (
     HANDSHAKE_TIMEOUT_OPTION,
     Figures,
     add_camera,
-    build_site,
     connect,
     encrypt,
     set_server_options,
@@ -122,7 +121,7 @@ def modern_site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
     for name, role in servers:
         server = site.add_server(name, role)
         set_server_options(server, tls_policy="modern", **HANDSHAKE_TIMEOUT_OPTION)
-    build_site(site, servers)
+    site.start_all()
     add_camera(site, "cam1", "rs1")
     encrypt(site, "rs1", "mobile1", "ms")
     return site
