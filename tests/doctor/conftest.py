@@ -1,5 +1,6 @@
 """Fixtures for the doctor tests (issue 5); helpers are in doctor_snapshots.py (pure) and
-doctor_sites.py (real sites).
+doctor_sites.py (real sites), the hooks and fixtures shared with the other suites in
+tests/conftest.py.
 
 A started site costs a few seconds, so each module that needs one shares it (module scope)
 and every test leaves it as it found it. When a test fails, the tail of every running
@@ -8,45 +9,24 @@ server's log is attached to the report.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable
 
 import pytest
-from doctor_sites import lay_out, logs, start_site
+from doctor_sites import FAILOVER_AFTER, add_servers
 
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
-_RUNNING: list[LocalSite] = []
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    if report.failed:
-        for site in _RUNNING:
-            report.sections.append((f"server logs ({site.root})", logs(site)))
-    return report
-
 
 @pytest.fixture(scope="module")
-def make_site(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., LocalSite]]:
+def make_site(site_factory: Callable[..., LocalSite]) -> Callable[..., LocalSite]:
     """Start sites whose processes are all stopped when the module is done."""
-    made: list[LocalSite] = []
 
     def make(name: str, *servers: tuple[str, ServerRole]) -> LocalSite:
-        site = lay_out(tmp_path_factory.mktemp(name), servers)
-        made.append(site)  # before starting: a failed start still stops what it started
-        _RUNNING.append(site)
-        start_site(site)
+        # Made by the factory before starting: a failed start still stops what it started.
+        site = site_factory(name, failover_after=FAILOVER_AFTER)
+        add_servers(site, servers)
+        site.start_all()
         return site
 
-    try:
-        yield make
-    finally:
-        for site in made:
-            site.stop_all()
-            _RUNNING.remove(site)
+    return make

@@ -3,7 +3,7 @@ process per server on its own 127.x address), broken in one way at a time.
 
 The doctor runs in-process (``run_doctor``: the same collection and checks as the command)
 or as the command itself (``doctor_cli``). Nothing sleeps for a fixed time before asserting:
-``eventually`` polls until a generous deadline.
+``watchkeep.testing.eventually`` polls until a generous deadline.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from watchkeep.client import SiteClient
 from watchkeep.doctor import (
     Finding,
     ProbeResult,
@@ -33,56 +31,35 @@ from watchkeep.doctor import (
 )
 from watchkeep.pki import Role, fingerprint
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually
 from watchkeep.trust import DirectoryTrustStore
 
-T = TypeVar("T")
-DEADLINE = 30.0
-LOG_TAIL_LINES = 60
+# Between two tries of a wait here: a run of the doctor connects to every server.
+POLL = 0.2
 # Silence after which the management server lists a server offline: longer than LocalSite's
 # default, so that a machine busy with other tests does not make servers flap.
 FAILOVER_AFTER = 6.0
-
-
-def eventually(check: Callable[[], T], *, timeout: float = DEADLINE, what: str = "") -> T:
-    """Call ``check`` until it returns a true value without raising AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}; last: {last}")
-        time.sleep(0.2)
-
-
-def logs(site: LocalSite, *, tail: int = LOG_TAIL_LINES) -> str:
-    parts = []
-    for name in site.servers:
-        lines = site.log_text(name).splitlines()[-tail:]
-        parts.append(f"----- {name} -----\n" + "\n".join(lines))
-    return "\n".join(parts)
 
 
 # -- a site ---------------------------------------------------------------------------------
 
 
 def lay_out(root: Path, servers: Iterable[tuple[str, ServerRole]]) -> LocalSite:
-    """A site on disk: the CA home at ``root``, a certificate, key, trust store and config
-    per server; the CA stays off the management server."""
+    """A site on disk: the CA home at ``root``, and the servers as ``add_servers`` lays
+    them out."""
     site = LocalSite(root, failover_after=FAILOVER_AFTER)
     site.init_ca()
+    add_servers(site, servers)
+    return site
+
+
+def add_servers(site: LocalSite, servers: Iterable[tuple[str, ServerRole]]) -> None:
+    """A certificate, key, trust store and config per server; the CA stays off the
+    management server."""
     for name, role in servers:
         server = site.add_server(name, role)
         if role is ServerRole.MANAGEMENT:
             keep_ca_off(server)
-    return site
 
 
 def keep_ca_off(server: LocalServer) -> None:
@@ -92,41 +69,6 @@ def keep_ca_off(server: LocalServer) -> None:
     lines = server.config.read_text().splitlines()
     kept = [ln for ln in lines if not ln.startswith(("ca_home =", "renew_check_interval ="))]
     server.config.write_text("\n".join(kept) + "\n")
-
-
-def start_site(site: LocalSite) -> None:
-    """Start every server, connect this home, and wait until all are registered."""
-    for name in site.servers:
-        site.start(name, wait=False)
-    for server in site.servers.values():
-        site.wait_listening(server)
-    site.connect_cli()
-    wait_online(site, *site.servers)
-
-
-def site_status(site: LocalSite) -> dict[str, Any]:
-    async def fetch() -> dict[str, Any]:
-        async with SiteClient(site.home) as client:
-            return await client.status()
-
-    return asyncio.run(fetch())
-
-
-def servers_by_name(site: LocalSite) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in site_status(site)["servers"]}
-
-
-def wait_online(site: LocalSite, *names: str) -> None:
-    def online() -> bool:
-        servers = servers_by_name(site)
-        missing = [n for n in names if not servers.get(n, {}).get("online")]
-        assert not missing, f"not online: {missing}"
-        return True
-
-    try:
-        eventually(online, what=f"{', '.join(names)} online")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{logs(site)}") from None
 
 
 def encrypt(site: LocalSite, *names: str) -> None:
@@ -141,16 +83,8 @@ def encrypt(site: LocalSite, *names: str) -> None:
             assert ran.returncode == 0, f"encryption enable --server {name}: {ran.stderr}"
             return True
 
-        eventually(enabled, what=f"encryption enabled on {name}")
-
-    def settled() -> bool:
-        servers = servers_by_name(site)
-        for name in names:
-            s = servers[name]
-            assert (s["encryption"], s["encrypted_now"], s["online"]) == (True, True, True), s
-        return True
-
-    eventually(settled, what=f"{', '.join(names)} encrypted")
+        eventually(enabled, interval=POLL, what=f"encryption enabled on {name}")
+    site.wait_encrypted(*names)
 
 
 # -- the doctor -----------------------------------------------------------------------------
@@ -190,9 +124,9 @@ def wait_for_codes(
         return (findings,)
 
     try:
-        return eventually(found, what=f"findings {sorted(expected)}")[0]
+        return eventually(found, interval=POLL, what=f"findings {sorted(expected)}")[0]
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{logs(site)}") from None
+        raise AssertionError(f"{exc}\n{site.log_tails()}") from None
 
 
 # -- breaking and mending a server's files --------------------------------------------------
@@ -290,5 +224,5 @@ def start_weak_tls_server(
         except OSError:
             return False
 
-    eventually(listening, timeout=10, what="openssl s_server listening")
+    eventually(listening, timeout=10, interval=POLL, what="openssl s_server listening")
     return process

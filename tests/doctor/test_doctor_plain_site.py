@@ -14,22 +14,20 @@ from collections.abc import Callable
 
 import pytest
 from doctor_sites import (
+    POLL,
     codes,
     describe,
     doctor_cli,
     drop_certificate_from_config,
     encrypt,
-    eventually,
     run_doctor,
-    servers_by_name,
     wait_for_codes,
-    wait_online,
 )
 
 from watchkeep.doctor import HOME_PARTY, Severity
 from watchkeep.pki import fingerprint
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, eventually, servers_by_name
 from watchkeep.trust import DirectoryTrustStore
 
 pytestmark = pytest.mark.slow
@@ -89,9 +87,10 @@ def test_a_failover_server_without_a_certificate(site: LocalSite) -> None:
     site.start("fo1")
     eventually(
         lambda: (
-            servers_by_name(site)["fo1"]["online"]
-            and servers_by_name(site)["fo1"]["certificate"] is None
+            servers_by_name(site.status())["fo1"]["online"]
+            and servers_by_name(site.status())["fo1"]["certificate"] is None
         ),
+        interval=POLL,
         what="fo1 online without a certificate",
     )
 
@@ -113,7 +112,7 @@ def test_an_offline_server_is_reported_for_information(site: LocalSite) -> None:
         assert [(f.code, f.server) for f in info] == [("site.offline", "fo1")], describe(findings)
         return True
 
-    eventually(offline, what="fo1 reported offline")
+    eventually(offline, interval=POLL, what="fo1 reported offline")
 
 
 def test_an_unreachable_management_server(site: LocalSite) -> None:
@@ -136,4 +135,4 @@ def test_an_unreachable_management_server(site: LocalSite) -> None:
     finally:
         site.servers["rs1"].key.chmod(0o600)
     site.start("ms")
-    wait_online(site, "ms", "rs1")
+    site.wait_online("ms", "rs1")

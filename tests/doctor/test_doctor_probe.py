@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from doctor_sites import eventually
+from doctor_sites import POLL
 
 from watchkeep._home import Home
 from watchkeep.doctor import ProbeResult, ProbeTarget, probe_endpoint, probe_endpoints, tls_targets
 from watchkeep.pki import KeyType, Role, SitePKI
+from watchkeep.testing import eventually
 from watchkeep.tls import ServerIdentity, TlsPolicy, server_context
 from watchkeep.tls._policy import INTERMEDIATE_CIPHERS
 from watchkeep.trust import DirectoryTrustStore
@@ -169,7 +170,7 @@ def openssl_anything(material: Material) -> Iterator[int]:
         return False
 
     try:
-        eventually(listening, timeout=10, what="openssl s_server listening")
+        eventually(listening, timeout=10, interval=POLL, what="openssl s_server listening")
         yield port
     finally:
         process.terminate()

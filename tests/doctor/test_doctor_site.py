@@ -17,29 +17,27 @@ from collections.abc import Callable
 
 import pytest
 from doctor_sites import (
+    POLL,
     codes,
     describe,
     doctor_cli,
     drop_certificate_from_config,
     encrypt,
-    eventually,
     install_foreign_certificate,
     probe,
     refresh_crls,
     reload,
     run_doctor,
-    site_status,
     start_weak_tls_server,
     untrust_site_ca,
     wait_for_codes,
-    wait_online,
     write_leaf_only,
 )
 
 from watchkeep.doctor import Severity
 from watchkeep.pki import Role, certificate_name, utcnow
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +68,7 @@ def mend_rs1(site: LocalSite) -> None:
     site.issue(rs1)
     rs1.key.chmod(0o600)
     reload(rs1)
-    wait_online(site, "rs1")
+    site.wait_online("rs1")
 
 
 def apply_fix(site: LocalSite, fix: str) -> None:
@@ -152,7 +150,11 @@ def test_a_chain_served_incomplete(site: LocalSite) -> None:
     reload(rs1)
     try:
         # Then the doctor reports cert.chain, for the file and for what rs1 serves
-        eventually(lambda: len(probe(rs1, "data").chain) == 1, what="rs1 serves its leaf only")
+        eventually(
+            lambda: len(probe(rs1, "data").chain) == 1,
+            interval=POLL,
+            what="rs1 serves its leaf only",
+        )
         findings = wait_for_codes(site, {"cert.chain"})
         text = describe(findings)
         assert f"{rs1.chain} holds the server certificate without the site CA" in text
@@ -163,7 +165,9 @@ def test_a_chain_served_incomplete(site: LocalSite) -> None:
     finally:
         rs1.chain.write_bytes(complete)
         reload(rs1)
-        eventually(lambda: len(probe(rs1, "data").chain) == 2, what="rs1 serves its chain")
+        eventually(
+            lambda: len(probe(rs1, "data").chain) == 2, interval=POLL, what="rs1 serves its chain"
+        )
 
 
 def test_an_expired_certificate(site: LocalSite) -> None:
@@ -241,7 +245,7 @@ def test_the_site_ca_missing_from_a_trust_store(site: LocalSite) -> None:
         )
     finally:
         site.trust(mob)
-        wait_online(site, "mob")
+        site.wait_online("mob")
 
 
 def test_a_private_key_others_can_read(site: LocalSite) -> None:
@@ -264,7 +268,7 @@ def test_a_recording_server_without_a_certificate_on_an_encrypted_site(site: Loc
         findings = wait_for_codes(site, {"site.ms_requires_all_rs"})
         assert [f.server for f in findings] == ["rs2"]
         assert "names no certificate" in findings[0].message
-        assert "rs2" not in {s["name"] for s in site_status(site)["servers"]}
+        assert "rs2" not in {s["name"] for s in site.status()["servers"]}
     finally:
         site.stop("rs2")
         del site.servers["rs2"]
@@ -288,7 +292,7 @@ def test_a_listener_that_accepts_old_protocols_and_weak_suites(site: LocalSite) 
         weak.terminate()
         weak.wait(10)
         site.start("mob")
-        wait_online(site, "mob")
+        site.wait_online("mob")
 
 
 def test_the_command_exits_1_and_prints_a_table_with_fixes(site: LocalSite) -> None:
