@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from tests.lifecycle.conftest import wait_for
 
 from watchkeep.pki import SitePKI, fingerprint
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalServer, LocalSite
+from watchkeep.testing import LocalServer, LocalSite, eventually
 from watchkeep.tls import Endpoint, fetch_peer_certificate
 
 pytestmark = pytest.mark.slow
@@ -40,12 +39,12 @@ def encrypted_site_with_camera(make_site: Callable[..., LocalSite]) -> LocalSite
     for name in site.servers:
         site.start(name)
     site.connect_cli()
-    wait_for(
-        "servers online",
+    eventually(
         lambda: (
             site.cli("site", "status").returncode == 0
             and "OFFLINE" not in site.cli("site", "status").stdout
         ),
+        what="servers online",
     )
     assert (
         site.cli(
@@ -56,7 +55,7 @@ def encrypted_site_with_camera(make_site: Callable[..., LocalSite]) -> LocalSite
     for name in ("rs1", "mobile1", "ms"):
         result = site.cli("encryption", "enable", "--server", name)
         assert result.returncode == 0, result.stderr
-    wait_for("rs1 data over TLS", lambda: served_certificate(site.servers["rs1"]))
+    eventually(lambda: served_certificate(site.servers["rs1"]), what="rs1 data over TLS")
     return site
 
 
@@ -104,14 +103,14 @@ def test_renewal_while_streaming(make_site: Callable[..., LocalSite], tmp_path: 
     site.issue(rs1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
     aged = SitePKI(site.home).find(f"recording-{rs1.host}")
     # Then the management server renews it, with a new key, and rs1 serves the new one
-    renewed = wait_for(
-        "renewal",
+    renewed = eventually(
         lambda: (r := SitePKI(site.home).find(f"recording-{rs1.host}")).serial != aged.serial and r,
+        what="renewal",
     )
     assert f"renewed recording-{rs1.host}" in site.log_text("ms")
-    wait_for(
-        "the new certificate served",
+    eventually(
         lambda: fingerprint(served_certificate(rs1)) == renewed.sha256_fingerprint,
+        what="the new certificate served",
     )
     assert SitePKI(site.home).find(aged.serial).status == "superseded"
     # ... while the client lost no frame and never reconnected
@@ -128,12 +127,13 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
         site.start(name)
     site.connect_cli()
     # Then rs1 logs the 30- and 14-day thresholds, once each, naming the fix
-    log = wait_for("the warnings", lambda: "under 14 days" in (t := site.log_text("rs1")) and t)
+    log = eventually(
+        lambda: "under 14 days" in (t := site.log_text("rs1")) and t, what="the warnings"
+    )
     assert log.count(f"[cert.expiry_warning] rs1: its certificate (serial {aged.serial}") == 2
     assert "fix: watchkeep cert renew" in log
     # ... the site status says which threshold it is inside
-    status = wait_for(
-        "rs1 in the status",
+    status = eventually(
         lambda: next(
             (
                 s
@@ -142,6 +142,7 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
             ),
             None,
         ),
+        what="rs1 in the status",
     )
     assert status["certificate"]["expiry_warning"] == 14
     assert 9.5 < status["certificate"]["days_left"] < 10.5
@@ -153,7 +154,9 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
     # A restart does not repeat the warnings.
     site.stop("rs1")
     site.start("rs1")
-    wait_for("rs1 up again", lambda: site.log_text("rs1").count("recording server ready") == 2)
+    eventually(
+        lambda: site.log_text("rs1").count("recording server ready") == 2, what="rs1 up again"
+    )
     assert (
         site.log_text("rs1").count(
             f"[cert.expiry_warning] rs1: its certificate (serial {aged.serial}"
@@ -176,7 +179,7 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
         "mobile1": f"http://{mobile.address}:{mobile.ports['http']}/metrics",
     }
     for name, url in urls.items():
-        text = wait_for(f"{name} metrics", lambda url=url: _get(url))
+        text = eventually(lambda url=url: _get(url), what=f"{name} metrics")
         own = SitePKI(site.home).find(f"{site.servers[name].role.value}-{site.servers[name].host}")
         assert re.search(
             rf'watchkeep_certificate_days_left{{server="{name}",[^}}]*serial="{own.serial}"[^}}]*}} 89\.9|90\.0',
@@ -185,8 +188,8 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
         assert f'serial="{ca_serial}",kind="ca"' in text  # the CA itself is watched too
         assert "watchkeep_certificate_not_after_timestamp_seconds{" in text
     # The management server's scrape covers the whole site.
-    text = wait_for(
-        "rs1 in the ms metrics", lambda: 'server="rs1"' in (t := _get(urls["ms"])) and t
+    text = eventually(
+        lambda: 'server="rs1"' in (t := _get(urls["ms"])) and t, what="rs1 in the ms metrics"
     )
     assert 'server="mobile1"' in text
 
@@ -225,18 +228,18 @@ def test_ca_rotation_while_streaming(make_site: Callable[..., LocalSite], tmp_pa
     retire = site.cli("ca", "retire", old_fp[:16])
     assert retire.returncode == 0, retire.stderr
     for server in site.servers.values():
-        wait_for(
-            f"{server.name} to drop the old CA",
+        eventually(
             lambda server=server: (
                 not any(old_fp[:16] in p.name for p in server.trust_dir.glob("watchkeep-*.pem"))
             ),
+            what=f"{server.name} to drop the old CA",
         )
-    wait_for(
-        "every server to report only the new CA",
+    eventually(
         lambda: all(
             s["trusted_ca_fingerprints"] == [new_fp]
             for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
         ),
+        what="every server to report only the new CA",
     )
 
 
