@@ -48,10 +48,6 @@ class KeyType(enum.StrEnum):
         except ValueError:
             raise InvalidChoice("key type", text, [k.value for k in cls]) from None
 
-    @property
-    def is_rsa(self) -> bool:
-        return self is not KeyType.ECDSA_P256
-
 
 def generate_key(key_type: KeyType) -> PrivateKey:
     if key_type is KeyType.ECDSA_P256:

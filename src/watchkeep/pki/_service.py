@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +113,6 @@ def record_to_json(record: CertificateRecord, now: dt.datetime) -> dict[str, Any
         "revoked_at": _iso(record.revoked_at),
         "revocation_reason": record.revocation_reason,
     }
-
-
-@dataclass(frozen=True)
-class _CASettings:
-    key_type: str
-    passphrase_protected: bool
 
 
 class SitePKI:

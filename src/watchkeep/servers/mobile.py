@@ -28,7 +28,6 @@ from watchkeep.tls import Endpoint, explain_connection_failure
 __all__ = ["MobileServer"]
 
 log = logging.getLogger("watchkeep.mobile")
-RELAY_CHUNK = 256 * 1024
 
 
 class MobileServer(LinkedServer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -129,9 +129,6 @@ class Server:
     encrypted_now: bool = False
     covering: str | None = None  # a failover server: the recording server it stands in for
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def with_(self, **changes: Any) -> Server:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -134,12 +134,6 @@ class Inventory:
             return next((r for r in records if r.status == "active"), records[0])
         return self.by_serial(name_or_serial.replace(":", ""))
 
-    def active_for(self, role: str, host: str) -> CertificateRecord | None:
-        return next(
-            (r for r in self.active() if r.role == role and host in r.hosts),
-            None,
-        )
-
     def add(self, record: CertificateRecord, *, supersede: Sequence[str] = ()) -> None:
         """Insert ``record`` and mark ``supersede`` serials superseded by it, atomically."""
         with self.engine.begin() as conn:

@@ -119,10 +119,6 @@ class DirectoryTrustStore:
                 found.append(self._describe(cert, file))
         return found
 
-    def contains(self, cert: x509.Certificate) -> bool:
-        fp = fingerprint(cert)
-        return any(e.sha256_fingerprint == fp for e in self.entries())
-
     def remove(self, fingerprint_prefix: str) -> TrustedCertificate:
         wanted = fingerprint_prefix.replace(":", "").lower()
         matches = [e for e in self.entries() if e.sha256_fingerprint.startswith(wanted)]
