@@ -651,7 +651,9 @@ class ManagementServer(ServerProcess):
 
     # -- recording/mobile servers --------------------------------------------------------
 
-    def _config_for(self, server: Server, all_cameras: list[Camera]) -> dict[str, Any]:
+    def _config_for(
+        self, server: Server, all_cameras: list[Camera], all_servers: list[Server]
+    ) -> dict[str, Any]:
         mine = [c for c in all_cameras if c.served_by == server.name]
         return {
             "ms_encryption": self.encryption,
@@ -671,7 +673,7 @@ class ManagementServer(ServerProcess):
                     "ports": s.ports,
                     "encryption": s.encryption,
                 }
-                for s in self._server_rows()
+                for s in all_servers
             },
         }
 
@@ -804,8 +806,10 @@ class ManagementServer(ServerProcess):
                 conn.execute(sa.update(servers).where(servers.c.name == name).values(**values))
         if existing is None or not existing.online:
             self._rebalance()
-        me = next(s for s in self._server_rows() if s.name == name)
-        return web.json_response(self._config_for(me, self._cameras()))
+        # One read of the site per heartbeat: every recording server sends one a second.
+        everyone = self._server_rows()
+        me = next(s for s in everyone if s.name == name)
+        return web.json_response(self._config_for(me, self._cameras(), everyone))
 
     # -- failover ------------------------------------------------------------------------
 
@@ -850,7 +854,8 @@ class ManagementServer(ServerProcess):
         within one heartbeat."""
         async with self._push_lock:
             all_cameras = self._cameras()
-            targets = [s for s in self._server_rows() if s.role.records and s.online]
+            everyone = self._server_rows()
+            targets = [s for s in everyone if s.role.records and s.online]
             if not targets:
                 return
             tls = self.encryption
@@ -869,7 +874,7 @@ class ManagementServer(ServerProcess):
                             "POST",
                             "/control/v1/config",
                             ssl_context=context,
-                            body=self._config_for(server, all_cameras),
+                            body=self._config_for(server, all_cameras, everyone),
                             token=token,
                         )
                     except (ConnectionFailed, ApiError) as exc:
