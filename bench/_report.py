@@ -214,18 +214,21 @@ def markdown(result: dict[str, Any]) -> str:
             " X-Timestamp set when a frame is made). rs1 pulls and parses them (sources of kind"
             " `mjpeg`, added through `POST /api/v1/cameras`), records them to disk and serves one"
             " encrypted live viewer per camera. The search steps up until a step fails:"
-            f" {capacity['criteria']}. CPU and memory are rs1's, from /proc, over the counted"
-            " window; memory per camera is above rs1 idle with no camera.",
+            f" {capacity['criteria']}; a step that fails is measured once more (attempt 2), as"
+            " other work on the machine comes and goes. CPU and memory are rs1's, from /proc,"
+            " over the counted window; memory per camera is above rs1 idle with no camera.",
             "",
-            "| cameras | ok | p50 / p99 / max delay ms | frames lost | rs1 cores | % core per camera | RSS MB | KB per camera | farm cores | viewer cores |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| cameras | ok | p50 / p99 / max delay ms | frames lost | rs1 cores (kernel) | µs rs1 CPU per frame | % core per camera | RSS MB | KB per camera | farm cores | viewer cores |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in capacity["rows"]:
+            attempt = " (again)" if r.get("attempt") == 2 else ""
             out.append(
-                f"| {r['cameras']} | {'yes' if r['ok'] else 'no'} | {r['delay_p50_ms']} /"
+                f"| {r['cameras']}{attempt} | {'yes' if r['ok'] else 'no'} | {r['delay_p50_ms']} /"
                 f" {r['delay_p99_ms']} / {r['delay_max_ms']} | {r['frames_lost']} (gaps"
                 f" {r['viewer_gaps']}, skips {r['camera_skips']}, recorder {r['recorder_drops']}) |"
-                f" {r['server_cores']} | {r['server_core_percent_per_camera']} | {r['server_rss_mb']} |"
+                f" {r['server_cores']} ({r.get('server_kernel_cores')}) | {r.get('server_us_per_frame')} |"
+                f" {r['server_core_percent_per_camera']} | {r['server_rss_mb']} |"
                 f" {r['server_rss_kb_per_camera']} | {r['farm_cores']} | {r['viewer_cores']} |"
             )
         out += [
@@ -297,16 +300,20 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Improvements to the stream path",
             "",
-            "Each measured with this benchmark before and after the change (same machine, runs"
-            " minutes apart; the profile that pointed at it is named).",
+            "Measured before and after the change (with this benchmark unless the measure says"
+            " otherwise; same machine, runs minutes apart); the profile that pointed at it is named.",
             "",
-            "| change | measure | before | after |",
-            "| --- | --- | ---: | ---: |",
+            "| change | commit | profile that pointed at it | measure | before | after | notes |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for item in improvements:
             out.append(
-                f"| {item['change']} | {item['measure']} | {item['before']} | {item['after']} |"
+                f"| {item['change']} | {item['commit']} | {item['profile']} | {item['measure']} |"
+                f" {item['before']} | {item['after']} | {item['runs']} |"
             )
+    analysis = HERE / "analysis.md"
+    if analysis.exists():
+        out += ["", analysis.read_text().rstrip()]
     return "\n".join(out) + "\n"
 
 
