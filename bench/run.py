@@ -595,7 +595,7 @@ def summarize_profile(raw: Path, out: Path, top: int = 30) -> None:
 
 # -- 3. handshakes ------------------------------------------------------------------------
 
-HANDSHAKE_CLIENTS = 2
+HANDSHAKE_CLIENTS = 4  # processes, each one handshake at a time
 
 
 def handshake_rate(address: str, port: int, host: str, seconds: float) -> float:
