@@ -243,6 +243,10 @@ def run_viewers(
             line = process.stdout.readline()
             if line.strip() != "connected":
                 raise RuntimeError(f"a viewer process failed to start: {line!r}")
+        for process in spawned:
+            assert process.stdin is not None
+            process.stdin.write("start\n")
+            process.stdin.flush()
         time.sleep(warmup)
         watched = {**(watch or {}), **{f"viewers{i}": p.pid for i, p in enumerate(spawned)}}
         before = {label: proc_sample(pid) for label, pid in watched.items()}

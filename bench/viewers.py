@@ -3,8 +3,9 @@ arrives (bytes, frames, sequence gaps, camera-to-viewer delay), for a fixed time
 
     python -m bench.viewers   (spec on standard input, one line; then "go")
 
-It prints ``connected`` once its connections are open, starts counting at the next line
-of standard input, and prints its result (JSON, one line) after ``duration`` seconds.
+It prints ``connected`` once its connections are open (reading nothing yet), starts
+reading at the next line of standard input, counting at the one after, and prints its
+result (JSON, one line) after ``duration`` seconds.
 The spec (JSON, one line)::
 
     {"targets": [{"address": "127.1.2.3", "port": 7563, "host": "rs1.site.test",
@@ -78,6 +79,9 @@ class Viewer(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.totals.open += 1
         transport.write(self.request)
+        # Not a byte is read until every viewer is connected: a server already streaming
+        # to the first viewers would make the handshakes of the last ones a test of its own.
+        self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.totals.ended += 1
@@ -262,9 +266,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     batch = 25
     for i in range(0, len(spec["targets"]), batch):
         await asyncio.gather(*(open_one(t) for t in spec["targets"][i : i + batch]))
-    # Tell the orchestrator, then count from its "go" (given to every viewer process at
-    # once, after a warm-up) for the duration.
+    # Tell the orchestrator; read from its "start" (given to every viewer process at once);
+    # count from its "go" (after a warm-up) for the duration.
     print("connected", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for viewer in viewers:
+        if viewer.transport is not None and not viewer.transport.is_closing():
+            viewer.transport.resume_reading()
     await loop.run_in_executor(None, sys.stdin.readline)
     totals.counting = True
     began = time.monotonic()
