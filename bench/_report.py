@@ -345,7 +345,7 @@ def chart(rows: list[dict[str, Any]], path: Path, result: dict[str, Any]) -> Non
         return top + plot_h * (1 - value / scale_max)
 
     draw.text(
-        (left, 20),
+        (left, 8),
         "Live MJPEG throughput against viewers (one recording server)",
         fill="black",
         font=font,
@@ -360,7 +360,7 @@ def chart(rows: list[dict[str, Any]], path: Path, result: dict[str, Any]) -> Non
         x = x_of(count)
         draw.text((x, top + plot_h + 12), str(count), fill="black", font=small, anchor="mt")
     draw.text((left + plot_w / 2, height - 30), "viewers", fill="black", font=font, anchor="mm")
-    draw.text((15, top - 30), "MB/s to all viewers", fill="black", font=small)
+    draw.text((15, top - 24), "MB/s to all viewers", fill="black", font=small)
     legend_y = top
     for mode in modes:
         points = [
