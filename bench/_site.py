@@ -89,6 +89,11 @@ class BenchSite:
         # cannot fill it.
         rs1.extra["recording"] = {"max_bytes": 4 * 1024**3}
         site.write_config(rs1)
+        # Room for a viewer per camera past the default limit of connections per listener
+        # (512), so that the capacity search is not capped by a setting.
+        rs1.config.write_text(
+            rs1.config.read_text().replace("[server]\n", "[server]\nmax_connections = 4096\n", 1)
+        )
         site.start("ms", wait=False)
         site.start("rs1", wait=False)
         site.wait_listening(site.servers["ms"])
