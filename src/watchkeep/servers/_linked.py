@@ -240,6 +240,15 @@ class LinkedServer(ServerProcess):
     async def heartbeat_loop(self) -> None:
         async with open_session({self.link.host: self.link.address}, timeout=5) as session:
             while not self.stopping.is_set():
-                await self.heartbeat_once(session)
+                try:
+                    await self.heartbeat_once(session)
+                except Exception as exc:  # the link must outlive any one answer
+                    # A heartbeat loop that died would leave the server silently unregistered.
+                    log.error(
+                        "%s: heartbeat failed (%s: %s); trying again",
+                        self.config.name,
+                        type(exc).__name__,
+                        exc,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)

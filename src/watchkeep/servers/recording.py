@@ -4,11 +4,13 @@ server, heartbeats, takes its configuration, and serves data streams and the con
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from watchkeep.errors import WatchkeepError
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
@@ -119,11 +121,16 @@ class RecordingServer(LinkedServer):
         assert self.control is not None
         can_tls = self.tls is not None
         want_data = self.encryption and can_tls
-        if want_data != self.data.tls:
-            await self.data.restart(self.server_ssl_context() if want_data else None)
         want_control = self.ms_encryption and can_tls
-        if want_control != self.control.tls:
-            await self.control.restart(self._control_ssl() if want_control else None)
+        try:
+            if want_data != self.data.tls:
+                await self.data.restart(self.server_ssl_context() if want_data else None)
+            if want_control != self.control.tls:
+                await self.control.restart(self._control_ssl() if want_control else None)
+        except (WatchkeepError, OSError, ssl.SSLError) as exc:
+            # Files caught mid-renewal, say: the listener keeps its setting and the next
+            # heartbeat tries again.
+            log.error("%s: cannot switch a listener's encryption yet: %s", self.config.name, exc)
 
     def _control_ssl(self) -> Any:
         assert self.tls is not None
