@@ -22,8 +22,8 @@ from watchkeep.errors import RecordingError
 from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
 from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
-from watchkeep.media._segment import SegmentFormatError, SegmentReader
-from watchkeep.media._store import RepairReport, SegmentInfo, SegmentStore, StepResult
+from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
+from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
 
 __all__ = ["Recorder", "RecorderStats"]
 
@@ -110,7 +110,7 @@ class Recorder:
         self._engine: sa.Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self._pending: deque[Frame] = deque()
+        self._pending: deque[Record] = deque()
         self._pending_bytes = 0
         self._pending_since = 0.0  # loop time of the oldest pending frame
         self._flush_waiters: list[asyncio.Future[None]] = []
@@ -241,7 +241,9 @@ class Recorder:
         if not pending:
             self._pending_since = asyncio.get_running_loop().time()
             self._wake.set()  # the writer sets its deadline from this first frame
-        pending.append(frame)
+        # The record's CRC is computed here, on the event loop's thread (a few microseconds
+        # a frame), so that the writer thread never lets the GIL go per frame.
+        pending.append((frame, encode_record_header(frame)))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
@@ -268,7 +270,7 @@ class Recorder:
 
     def _drop_oldest(self) -> None:
         while self._pending_bytes > self.max_pending_bytes and len(self._pending) > 1:
-            dropped = self._pending.popleft()
+            dropped, _ = self._pending.popleft()
             self._pending_bytes -= len(dropped.jpeg)
             self.stats.frames_dropped += 1
 
@@ -347,7 +349,7 @@ class Recorder:
             stats.flushes += 1
         if result.unwritten:
             self._pending.extendleft(reversed(result.unwritten))
-            self._pending_bytes += sum(len(f.jpeg) for f in result.unwritten)
+            self._pending_bytes += sum(len(f.jpeg) for f, _ in result.unwritten)
             self._drop_oldest()
         self._unflushed = not result.flushed and (self._unflushed or result.frames_written > 0)
         if result.error is not None:

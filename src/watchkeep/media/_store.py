@@ -13,6 +13,7 @@ record while its recorder runs; a torn record left by a crash is cut by :meth:`r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -32,12 +33,16 @@ from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
     SegmentTooShort,
-    encode_record_header,
     encode_segment_header,
     scan_segment,
 )
 
-__all__ = ["RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
+__all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
+
+# A frame to record and its record header (made by the recorder as the frame arrives: the
+# header's CRC is computed there, not in the writer thread, where each CRC let the GIL go
+# and then waited for the busy event loop to give it back).
+Record = tuple[Frame, bytes]
 
 log = logging.getLogger("watchkeep.media")
 
@@ -77,7 +82,7 @@ class RepairReport:
 class StepResult:
     """The outcome of one writer-thread step."""
 
-    unwritten: list[Frame] = field(default_factory=list)
+    unwritten: list[Record] = field(default_factory=list)
     error: RecordingError | None = None
     frames_written: int = 0
     bytes_written: int = 0
@@ -97,6 +102,7 @@ class _Segment:
         "first",
         "frames",
         "indexed_size",
+        "released",
         "last_write",
         "path",
         "rel",
@@ -117,6 +123,7 @@ class _Segment:
         self.end = first
         self.row_id: int | None = None
         self.indexed_size = 0  # what the index row says (0: no row yet)
+        self.released = 0  # bytes synced and dropped from the page cache
         self.dirty = True
         self.closing = False
         self.last_write = time.monotonic()
@@ -267,16 +274,16 @@ class SegmentStore:
 
     def step(
         self,
-        frames: list[Frame],
+        records: list[Record],
         *,
         flush: bool,
         max_age: float | None,
         max_bytes: int | None,
     ) -> StepResult:
-        """Append ``frames``; then, if asked, flush and apply retention."""
+        """Append ``records``; then, if asked, flush and apply retention."""
         result = StepResult()
-        if frames:
-            self._append(frames, result)
+        if records:
+            self._append(records, result)
         if flush:
             try:
                 self._flush()
@@ -290,18 +297,18 @@ class SegmentStore:
                     result.error = result.error or exc
         return result
 
-    def _append(self, frames: list[Frame], result: StepResult) -> None:
-        by_camera: dict[str, list[Frame]] = {}
-        for frame in frames:
-            by_camera.setdefault(frame.camera, []).append(frame)
+    def _append(self, records: list[Record], result: StepResult) -> None:
+        by_camera: dict[str, list[Record]] = {}
+        for record in records:
+            by_camera.setdefault(record[0].camera, []).append(record)
         for camera, batch in by_camera.items():
             done = 0
             segment: _Segment | None = None
             try:
                 while done < len(batch):
-                    segment = self._segment_for(batch[done])
+                    segment = self._segment_for(batch[done][0])
                     end = done + 1
-                    while end < len(batch) and not self._must_rotate(segment, batch[end]):
+                    while end < len(batch) and not self._must_rotate(segment, batch[end][0]):
                         end += 1
                     result.bytes_written += self._write_records(segment, batch[done:end])
                     result.frames_written += end - done
@@ -359,10 +366,10 @@ class SegmentStore:
         self._dirs_to_sync.add(directory)
         return _Segment(camera, f"{camera}/{name}", path, fd, len(header), frame.timestamp)
 
-    def _write_records(self, segment: _Segment, frames: list[Frame]) -> int:
+    def _write_records(self, segment: _Segment, records: list[Record]) -> int:
         buffers: list[bytes] = []
-        for frame in frames:
-            buffers.append(encode_record_header(frame))
+        for frame, header in records:
+            buffers.append(header)
             buffers.append(frame.jpeg)
         try:
             written = _write_all(segment.fd, buffers, segment.size)
@@ -378,9 +385,9 @@ class SegmentStore:
             raise
         with self._lock:
             segment.size += written
-            segment.frames += len(frames)
-            segment.start = min(segment.start, min(f.timestamp for f in frames))
-            segment.end = max(segment.end, max(f.timestamp for f in frames))
+            segment.frames += len(records)
+            segment.start = min(segment.start, min(f.timestamp for f, _ in records))
+            segment.end = max(segment.end, max(f.timestamp for f, _ in records))
             segment.dirty = True
             segment.last_write = time.monotonic()
         return written
@@ -399,6 +406,7 @@ class SegmentStore:
                     os.fdatasync(segment.fd)
                 except OSError as exc:
                     raise _os_error(exc, segment.camera, str(segment.path)) from exc
+                _release(segment)
         for directory in sorted(self._dirs_to_sync):
             try:
                 _fsync_directory(directory)
@@ -548,6 +556,27 @@ def _write_all(fd: int, buffers: list[bytes], offset: int) -> int:
                 queue[0] = memoryview(head)[written:]
                 written = 0
     return total
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _release(segment: _Segment) -> None:
+    """Drop what was just synced from the page cache.
+
+    Recorded video is written once and seldom read soon: kept cached, it grows the page
+    cache by the cameras' whole bit rate (gigabytes a minute), pushing out what is worth
+    caching, and every write lands in a page never used before, which costs far more than
+    the copy (on virtual machines, a fault in the host too). Released pages are reused by
+    the next writes. Playback reads them back from disk.
+    """
+    end = segment.size - segment.size % _PAGE  # the kernel drops whole pages only
+    if end > segment.released:
+        with contextlib.suppress(OSError):  # advice only: a failure loses nothing
+            os.posix_fadvise(
+                segment.fd, segment.released, end - segment.released, os.POSIX_FADV_DONTNEED
+            )
+        segment.released = end
 
 
 def _fsync_directory(directory: Path) -> None:
