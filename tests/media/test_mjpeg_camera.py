@@ -256,3 +256,95 @@ async def test_an_https_camera_is_verified_against_the_given_trust(tmp_path: Pat
 def test_bad_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         MjpegCamera("cam", "rtsp://camera/stream")
+
+
+@asynccontextmanager
+async def raw_camera(
+    answer: Callable[[bytes, int], Awaitable[bytes | None]],
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A bare TCP camera: ``answer(request, index)`` gives the bytes to send (None: send
+    nothing more and hold the connection). Yields the address and the requests received."""
+    requests: list[bytes] = []
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        requests.append(request)
+        data = await answer(request, len(requests) - 1)
+        if data is not None:
+            writer.write(data)
+            await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"{HOST}:{port}", requests
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_http_1_0_camera_with_a_password_in_its_url() -> None:
+    """Many IP cameras answer HTTP/1.0, close-delimited (no chunks), with their own boundary,
+    and want HTTP Basic authentication."""
+    j = await jpegs(3)
+
+    async def answer(_request: bytes, _index: int) -> bytes:
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=myboundary\r\n\r\n"
+        body = b"".join(
+            b"--myboundary\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%b\r\n"
+            % (len(jpeg), jpeg)
+            for jpeg in j
+        )
+        return head + body
+
+    async with raw_camera(answer) as (address, requests):
+        camera = MjpegCamera("porch", f"http://admin:p%40ss@{address}/video.cgi?res=half")
+        await camera.start()
+        frames = await take(camera, 3)
+    assert [f.jpeg for f in frames] == j
+    assert [f.sequence for f in frames] == [0, 1, 2]
+    request = requests[0].decode()
+    assert request.startswith("GET /video.cgi?res=half HTTP/1.1\r\n")
+    assert f"Host: {address}\r\n" in request
+    assert "Authorization: Basic YWRtaW46cEBzcw==\r\n" in request  # admin:p@ss
+
+
+async def test_a_camera_that_goes_silent_is_reconnected_after_the_read_timeout() -> None:
+    j = await jpegs(2)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=b\r\n\r\n"
+
+    async def answer(_request: bytes, index: int) -> bytes:
+        jpeg = j[index % 2]
+        # One frame, then silence with the connection held open.
+        return head + b"--b\r\nContent-Length: %d\r\n\r\n%b\r\n" % (len(jpeg), jpeg)
+
+    async with raw_camera(answer) as (address, requests):
+        camera = MjpegCamera("attic", f"http://{address}/", read_timeout=0.3, backoff_initial=0.01)
+        await camera.start()
+        frames = await take(camera, 2)
+    assert [f.jpeg for f in frames] == j
+    assert len(requests) == 2
+    assert camera.stats.reconnects == 1
+    assert camera.stats.last_error == "no data within the read timeout"
+
+
+async def test_an_error_of_the_sink_ends_the_run() -> None:
+    j = await jpegs(1)
+
+    async def script(_request: web.Request, response: web.StreamResponse, _index: int) -> None:
+        await response.write(part(j[0], 0))
+
+    def sink(_frame: Frame) -> None:
+        raise RuntimeError("the consumer broke")
+
+    async with mjpeg_server(script) as url:
+        camera = MjpegCamera("hall", url)
+        await camera.start()
+        with pytest.raises(RuntimeError, match="the consumer broke"):
+            await asyncio.wait_for(camera.run(sink), 10)
+        await camera.stop()
+    assert camera.stats.frames == 1

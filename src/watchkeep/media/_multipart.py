@@ -109,11 +109,12 @@ class MultipartParser:
             self._pos = found
             return False
         headers: dict[str, str] = {}
-        lines = bytes(buffer[start : end.start()]).split(b"\n")
+        # Decoded once for the block (one call per header would cost more than the rest).
+        lines = buffer[start : end.start()].decode("latin-1").split("\n")
         for line in lines[1:]:  # lines[0] ends the delimiter line (transport padding)
-            name, sep, value = line.partition(b":")
+            name, sep, value = line.partition(":")
             if sep:
-                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+                headers[name.strip().lower()] = value.strip()
         self._headers = headers
         self._body_start = self._pos = end.end()
         return True

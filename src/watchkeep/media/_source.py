@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from watchkeep.media._frame import Frame, validate_camera_name
@@ -48,6 +48,16 @@ class CameraSource(abc.ABC):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
         await self._release()
+
+    async def run(self, sink: Callable[[Frame], None]) -> None:
+        """Hand every frame to ``sink`` as it comes, until :meth:`stop` (call after start).
+
+        What a recording server uses: a source that reads a network stream calls ``sink``
+        straight from the code that receives the bytes, with no task switch per frame. An
+        exception from ``sink`` ends the run and is raised here.
+        """
+        async for frame in self:
+            sink(frame)
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         if not self._started:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import sys
@@ -91,15 +92,19 @@ class _Camera:
     async def run(self) -> None:
         await self.source.start()
         try:
-            async for frame in self.source:
-                self.frames += 1
-                self.hub.publish(frame)
-                try:
-                    self.recorder.write(frame)
-                except RecordingError as exc:
-                    log.error("camera %s: %s", self.name, exc)
+            await self.source.run(self._frame)
         finally:
             await self.source.stop()
+
+    def _frame(self, frame: Frame) -> None:
+        # Called by the source as each frame arrives (for a network camera, from the code
+        # that received its bytes): to live viewers first, then to the recorder.
+        self.frames += 1
+        self.hub.publish(frame)
+        try:
+            self.recorder.write(frame)
+        except RecordingError as exc:
+            log.error("camera %s: %s", self.name, exc)
 
     def fps(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -136,6 +141,10 @@ class CameraService:
         # hundred cameras need (it fell behind and dropped frames).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         await self.recorder.open()
+        # Every frame makes a few short-lived objects; the collections they trigger walked
+        # everything the server had loaded (aiohttp, SQLAlchemy, ...) at each full pass.
+        # What exists once the server is up is kept out of the collector's walks.
+        gc.freeze()
 
     async def set_cameras(self, wanted: list[dict[str, Any]]) -> None:
         want = {str(c["name"]): dict(c.get("source", {})) for c in wanted}
