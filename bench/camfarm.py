@@ -10,37 +10,69 @@ not taken the previous ones (``skipped``: a camera does not queue video without 
 and how late the farm's clock ticks ran (its own lag, which would hide in the figures).
 
 Each camera's frames are due at its own phase of the frame interval (cameras are not
-synchronised), are made by `SyntheticCamera.render` with ``X-Timestamp`` set to the time of
-rendering, and are written whole. The sequence number advances at every due time, sent or
-not, so a skipped frame shows as a gap downstream.
+synchronised). The farm must cost far less than the recording server it feeds, for they
+share the machine, so a camera does not encode a picture per frame: it renders a few
+pictures with `SyntheticCamera.render` at start and sends them in turn (the recording
+server does not look at the picture, and each is a whole JPEG). What changes per frame is
+the part head, written as `mjpeg_part_head` writes it: ``X-Timestamp`` is the time of the
+clock tick that sends the frame (within ``_TICK`` of its writing), ``X-Sequence`` advances
+at every due time, sent or not, so a skipped frame shows as a gap downstream. A part is
+written whole, head and picture as two buffers of one ``writev``: the picture is not copied.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import heapq
 import json
 import sys
 import time
 from typing import cast
 
 from bench._common import new_event_loop
-from watchkeep.media import MJPEG_PART_END, SyntheticCamera, mjpeg_content_type, mjpeg_part_head
+from watchkeep.media import (
+    MJPEG_PART_END,
+    Frame,
+    SyntheticCamera,
+    mjpeg_content_type,
+    mjpeg_part_head,
+)
 
 # What a camera lets queue in its socket before it skips frames: half a second of video.
 _MAX_BUFFERED = 256 * 1024
 _TICK = 0.002  # frames due within this are sent together
+_PICTURES = 4  # rendered per camera at start, sent in turn
 _HEAD = (
     "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
 )
+# The part head as mjpeg_part_head writes it, made per frame from three pieces: the part's
+# lead (delimiter, Content-Type, Content-Length, "X-Timestamp: "), fixed per picture; the
+# timestamp and "X-Sequence: ", once per tick; the sequence number and the blank line.
+_STAMP = b"X-Timestamp: "
+_TICK_PIECE = b"%.6f\r\nX-Sequence: "
+_PART_HEAD = b"%b%b%d\r\n\r\n"
 
 
 class Camera:
+    __slots__ = ("name", "pictures", "sequence", "viewers")
+
     def __init__(self, source: SyntheticCamera) -> None:
-        self.source = source
+        self.name = source.name
         self.sequence = 0
         self.viewers: list[asyncio.Transport] = []
+        # Per picture: the lead of its part head, and its JPEG followed by the part's end
+        # (copied once here, so that a part is two buffers).
+        self.pictures: list[tuple[bytes, bytes]] = []
+        for sequence in range(_PICTURES):
+            frame = source.render(sequence, time.time())
+            head = mjpeg_part_head(frame)
+            lead = head[: head.index(_STAMP) + len(_STAMP)]
+            self.pictures.append((lead, frame.jpeg + MJPEG_PART_END))
+            # The head made per frame must be the one mjpeg_part_head writes.
+            check = Frame(self.name, 123456 + sequence, 1700000000.25 + sequence, frame.jpeg)
+            made = _PART_HEAD % (lead, _TICK_PIECE % check.timestamp, check.sequence)
+            if made != mjpeg_part_head(check):
+                raise RuntimeError(f"camfarm: a part head differs from mjpeg_part_head's: {made!r}")
 
 
 class Farm:
@@ -55,40 +87,72 @@ class Farm:
         self.ticks = 0
 
     async def tick(self) -> None:
+        """Send every camera's frames when due, until cancelled or failed."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        count = len(self.cameras)
-        # Spread the cameras over one frame interval.
-        due = [(now + self.interval * i / count, i, c) for i, c in enumerate(self.cameras.values())]
-        heapq.heapify(due)
-        while True:
-            now = loop.time()
-            lag = now - due[0][0]
-            if lag > 0:
-                self.max_lag = max(self.max_lag, lag)
-                self.lag_total += lag
-                self.ticks += 1
-            limit = now + _TICK
-            while due[0][0] <= limit:
-                when, index, camera = due[0]
-                self.send(camera)
-                heapq.heapreplace(due, (when + self.interval, index, camera))
-            await asyncio.sleep(max(0.0, due[0][0] - loop.time()))
-
-    def send(self, camera: Camera) -> None:
-        sequence = camera.sequence
-        camera.sequence += 1
-        if not camera.viewers:
+        cameras = list(self.cameras.values())
+        count = len(cameras)
+        stopped: asyncio.Future[None] = loop.create_future()
+        if not count:
+            await stopped  # nothing to send, ever
             return
-        frame = camera.source.render(sequence, time.time())
-        self.rendered += 1
-        part = b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END))
-        for transport in camera.viewers:
-            if transport.get_write_buffer_size() > _MAX_BUFFERED:
-                self.skipped += 1
-            else:
-                transport.write(part)
-                self.sent += 1
+        interval = self.interval
+        # Camera i is due at base + interval * i / count: spread over one frame interval.
+        # They come due in their order, so one index walks them (no heap), and a timer
+        # callback (no task switch) sends each tick's frames.
+        phases = [interval * i / count for i in range(count)]
+        base = loop.time()
+        index = 0
+        clock = loop.time
+        wall = time.time
+
+        def tick() -> None:
+            nonlocal base, index
+            if stopped.done():  # cancelled
+                return
+            try:
+                now = clock()
+                due = base + phases[index]
+                lag = now - due
+                if lag > 0:
+                    if lag > self.max_lag:
+                        self.max_lag = lag
+                    self.lag_total += lag
+                    self.ticks += 1
+                limit = now + _TICK
+                if due <= limit:
+                    # One timestamp for the tick: every frame of it is written within it.
+                    stamp = _TICK_PIECE % wall()
+                    sent = skipped = rendered = 0
+                    while due <= limit:
+                        camera = cameras[index]
+                        sequence = camera.sequence
+                        camera.sequence = sequence + 1
+                        viewers = camera.viewers
+                        if viewers:
+                            rendered += 1
+                            lead, picture = camera.pictures[sequence % _PICTURES]
+                            head = _PART_HEAD % (lead, stamp, sequence)
+                            for transport in viewers:
+                                if transport.get_write_buffer_size() > _MAX_BUFFERED:
+                                    skipped += 1
+                                else:
+                                    transport.writelines((head, picture))
+                                    sent += 1
+                        index += 1
+                        if index == count:
+                            index = 0
+                            base += interval
+                        due = base + phases[index]
+                    self.sent += sent
+                    self.skipped += skipped
+                    self.rendered += rendered
+                loop.call_at(due, tick)
+            except Exception as exc:  # ends the farm, as one in its loop would
+                if not stopped.done():
+                    stopped.set_exception(exc)
+
+        loop.call_soon(tick)
+        await stopped
 
     def stats(self) -> dict[str, object]:
         return {

@@ -16,16 +16,21 @@ The spec (JSON, one line)::
      "repeat": false}                      # request again when a response ends (nginx file)
 
 A viewer decodes HTTP/1.1 (chunked, Content-Length or close-delimited bodies) and the
-multipart parts by their Content-Length, without copying the pictures: it must cost far
-less than the server it measures, for they share the machine. The delay of a frame is the
-time of arrival of its last byte minus its ``X-Timestamp`` (set by the camera when it made
-the frame; every process here reads the same clock).
+multipart parts by their Content-Length: it must cost far less than the server it
+measures, for they share the machine. So each connection reads (the TLS layer decrypts)
+into one buffer of its own, allocated once (`asyncio.BufferedProtocol`), and parses it in
+place: pictures are skipped by their length, never copied or sliced; only a head cut off
+by the end of a read is moved, to the buffer's start, to be completed by the next read.
+The delay of a frame is the time of arrival of its last byte (the time of the read that
+brought it) minus its ``X-Timestamp`` (set by the camera when it made the frame; every
+process here reads the same clock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import sys
 import time
@@ -35,8 +40,30 @@ from bench._common import Histogram, new_event_loop
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 16384
-_HEAD_COPY = 1024
+# Per connection: what one read may bring (a read wants at least what the TLS layer holds
+# decrypted; a burst larger than this is read in several goes). With a plain Protocol,
+# uvloop's TLS layer makes a new 256 KB bytes per read (an mmap, page faults and a munmap):
+# that, not the parsing, was most of a viewer's CPU per frame.
+_BUFFER = 64 * 1024
 CONNECT_SECONDS = 30.0  # for all connections: a server too busy to accept fails the step
+
+# A part head as watchkeep.media.mjpeg_part_head writes it (rs1, and the recording nginx
+# serves): read with one match. Any other is parsed header by header.
+_PART_HEAD = re.compile(
+    rb"--[^\r\n]*\r\nContent-Type: image/jpeg\r\nContent-Length: (\d+)\r\n"
+    rb"X-Timestamp: (\d+\.\d+)\r\nX-Sequence: (\d+)\r\n\r\n"
+)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[^\r\n]*)?\r\n")  # others: by find
+_BINS = Histogram.BINS
+
+# Transfer states: where the next byte of the response belongs.
+_RESPONSE = 0  # the response head
+_CHUNK_SIZE = 1  # a chunk-size line
+_CHUNK_DATA = 2  # the data of a chunk (``remaining`` bytes)
+_CHUNK_CRLF = 3  # the CRLF after a chunk's data (``remaining`` bytes)
+_BODY = 4  # a body of ``remaining`` bytes (-1: to the end of the connection)
+_TRAILER = 5  # the lines after the last chunk, up to an empty one
+_FAILED = 6  # nothing more is read
 
 
 class Totals:
@@ -51,7 +78,7 @@ class Totals:
         self.ended = 0
 
 
-class Viewer(asyncio.Protocol):
+class Viewer(asyncio.BufferedProtocol):
     """One connection: an HTTP response whose body is a stream of MJPEG parts."""
 
     def __init__(self, request: bytes, totals: Totals, *, repeat: bool) -> None:
@@ -63,22 +90,24 @@ class Viewer(asyncio.Protocol):
         self.gaps = 0
         self.last_sequence: int | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.buffer = bytearray(_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.kept = 0  # bytes at the buffer's start, kept from the last read (a cut head)
         self._new_response()
 
     def _new_response(self) -> None:
-        self.state = "response"  # response | chunk-size | chunk-data | chunk-crlf | body
-        self.head = bytearray()
-        self.chunked = False
+        self.state = _RESPONSE
         self.remaining = -1  # of the body (Content-Length) or of a chunk; -1: to the end
-        self.part_head = bytearray()
         self.part_left = 0  # bytes of the current part's picture (+ CRLF) still to come
+        # A part head split between chunks (or bodies), gathered here; rare.
+        self.part_head = bytearray()
         self.pending_timestamp: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = cast(asyncio.Transport, transport)
         self.totals.open += 1
-        transport.write(self.request)
+        self.transport.write(self.request)
         # Not a byte is read until every viewer is connected: a server already streaming
         # to the first viewers would make the handshakes of the last ones a test of its own.
         self.transport.pause_reading()
@@ -89,58 +118,148 @@ class Viewer(asyncio.Protocol):
             self.closed.set_result(None)
 
     def fail(self, why: str) -> None:
+        self.state = _FAILED
         self.totals.errors.append(why)
         if self.transport is not None:
             self.transport.close()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        kept = self.kept
+        return self.view[kept:] if kept else self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
         totals = self.totals
         if totals.counting:
-            totals.bytes += len(data)
-        start, end = 0, len(data)
+            totals.bytes += nbytes
+        buffer = self.buffer
+        end = self.kept + nbytes
+        self.kept = 0
+        now = 0.0  # the time of this read, taken when a frame ends in it
+        start = 0
         while start < end:
             state = self.state
-            if state == "chunk-data" or state == "body":
-                take = end - start if self.remaining < 0 else min(self.remaining, end - start)
-                self._body(data, start, start + take)
-                start += take
-                if self.remaining >= 0:
-                    self.remaining -= take
-                    if self.remaining == 0:
-                        if state == "chunk-data":
-                            self.state, self.remaining = "chunk-crlf", 2
-                        else:
-                            self._response_done()
-            elif state == "chunk-crlf":
+            if state in (_CHUNK_DATA, _BODY):
+                remaining = self.remaining
+                stop = end if remaining < 0 or remaining > end - start else start + remaining
+                # The multipart body: skip pictures by their length, parse part heads.
+                at = start
+                while at < stop:
+                    left = self.part_left
+                    if left:
+                        if left > stop - at:
+                            self.part_left = left - (stop - at)
+                            at = stop
+                            break
+                        at += left
+                        self.part_left = 0
+                        timestamp = self.pending_timestamp
+                        if timestamp is not None:
+                            # The frame's last byte is here: its delay ends now.
+                            self.pending_timestamp = None
+                            if totals.counting:
+                                if not now:
+                                    now = time.time()
+                                index = int((now - timestamp) * 1000.0)
+                                totals.delays.counts[
+                                    index if 0 <= index < _BINS else (0 if index < 0 else _BINS - 1)
+                                ] += 1
+                        continue
+                    if self.part_head:
+                        at = self._gather_part_head(at, stop)
+                        if self.state == _FAILED:
+                            return
+                        continue
+                    match = _PART_HEAD.match(buffer, at, stop)
+                    if match is not None:
+                        length, stamp, sequence = match.groups()
+                        self._part(int(length), float(stamp), int(sequence))
+                        at = match.end()
+                        continue
+                    found = buffer.find(_HEAD_END, at, min(stop, at + _MAX_HEAD + 4))
+                    if found >= 0:
+                        self._part_fields(bytes(buffer[at:found]))
+                        at = found + 4
+                    elif stop - at > _MAX_HEAD:
+                        self.fail("a part head too long")
+                        return
+                    elif stop == end and (remaining < 0 or remaining > end - start):
+                        break  # the head goes on in the next read: kept below
+                    else:  # the head goes on in the next chunk (or body)
+                        self.part_head += buffer[at:stop]
+                        at = stop
+                    if self.state == _FAILED:
+                        return
+                if remaining >= 0:
+                    remaining -= at - start
+                    self.remaining = remaining
+                start = at
+                if remaining == 0:
+                    if state == _CHUNK_DATA:
+                        self.state, self.remaining = _CHUNK_CRLF, 2
+                    else:
+                        self._response_done()
+                elif at < end:  # a part head cut by the end of this read
+                    break
+            elif state == _CHUNK_CRLF:
                 take = min(self.remaining, end - start)
                 start += take
                 self.remaining -= take
                 if self.remaining == 0:
-                    self.state = "chunk-size"
-            else:  # response head or chunk-size line: small, copied into self.head
-                marker = _HEAD_END if state == "response" else b"\r\n"
-                old = len(self.head)
-                self.head += data[start : start + _HEAD_COPY]
-                found = self.head.find(marker, max(0, old - len(marker) + 1))
+                    self.state = _CHUNK_SIZE
+            elif state == _FAILED:
+                return
+            else:  # the response head, a chunk-size line or a trailer line
+                if state == _CHUNK_SIZE:
+                    match = _CHUNK_LINE.match(buffer, start, end)
+                    if match is not None:
+                        size = int(match[1], 16)
+                        start = match.end()
+                        if size:
+                            self.state, self.remaining = _CHUNK_DATA, size
+                        else:
+                            self.state = _TRAILER
+                        continue
+                marker = _HEAD_END if state == _RESPONSE else b"\r\n"
+                found = buffer.find(marker, start, end)
                 if found < 0:
-                    if len(self.head) > _MAX_HEAD:
+                    if end - start > _MAX_HEAD:
                         self.fail("a response or chunk head too long")
                         return
-                    start += min(_HEAD_COPY, end - start)
-                    continue
-                start += found + len(marker) - old
-                line = bytes(self.head[:found])
-                self.head.clear()
-                if state == "response":
+                    break  # kept below, for the next read to complete
+                line = bytes(buffer[start:found])
+                start = found + len(marker)
+                if state == _RESPONSE:
                     self._response_head(line)
                     if self.transport is None or self.transport.is_closing():
                         return
+                elif state == _TRAILER:
+                    if not line:
+                        self._response_done()
                 else:
                     size = int(line.split(b";", 1)[0], 16)
                     if size == 0:
-                        self._response_done()
+                        self.state = _TRAILER
                     else:
-                        self.state, self.remaining = "chunk-data", size
+                        self.state, self.remaining = _CHUNK_DATA, size
+        if start < end:
+            # A head cut by the end of the read: to the buffer's start, for the next read.
+            buffer[: end - start] = buffer[start:end]
+            self.kept = end - start
+
+    def _gather_part_head(self, at: int, stop: int) -> int:
+        """The slow path: a part head begun in an earlier chunk (or body) goes on here."""
+        head = self.part_head
+        old = len(head)
+        head += self.buffer[at : min(stop, at + _MAX_HEAD + 4)]
+        found = head.find(_HEAD_END, max(0, old - 3))
+        if found < 0:
+            if len(head) > _MAX_HEAD:
+                self.fail("a part head too long")
+            return min(stop, at + _MAX_HEAD + 4)
+        fields = bytes(head[:found])
+        head.clear()
+        self._part_fields(fields)
+        return at + found + 4 - old
 
     def _response_head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -148,53 +267,27 @@ class Viewer(asyncio.Protocol):
         if len(status) < 2 or status[1] != b"200":
             self.fail(f"HTTP answer {lines[0][:80]!r}")
             return
-        self.chunked = False
+        chunked = False
         self.remaining = -1
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"transfer-encoding" and b"chunked" in value.lower():
-                self.chunked = True
+                chunked = True
             elif name == b"content-length":
                 self.remaining = int(value)
-        self.state = "chunk-size" if self.chunked else "body"
+        self.state = _CHUNK_SIZE if chunked else _BODY
 
     def _response_done(self) -> None:
         if self.repeat and self.transport is not None:
             self._new_response()
             self.transport.write(self.request)
         elif self.transport is not None:
+            self.state = _FAILED  # the end: nothing more is read
             self.transport.close()
 
-    def _body(self, data: bytes, start: int, end: int) -> None:
-        """A piece of the multipart body: skip pictures by their length, read part heads."""
-        while start < end:
-            left = self.part_left
-            if left:
-                take = min(left, end - start)
-                self.part_left = left - take
-                start += take
-                if left == take and self.pending_timestamp is not None:
-                    # The frame's last byte is here: its delay ends now.
-                    if self.totals.counting:
-                        self.totals.delays.add(time.time() - self.pending_timestamp)
-                    self.pending_timestamp = None
-                continue
-            head = self.part_head
-            old = len(head)
-            head += data[start : min(end, start + _HEAD_COPY)]
-            found = head.find(_HEAD_END, max(0, old - 3))
-            if found < 0:
-                if len(head) > _MAX_HEAD:
-                    self.fail("a part head too long")
-                    return
-                start += min(_HEAD_COPY, end - start)
-                continue
-            start += found + 4 - old
-            self._part(bytes(head[:found]))
-            head.clear()
-
-    def _part(self, head: bytes) -> None:
+    def _part_fields(self, head: bytes) -> None:
+        """A part head in any other form than mjpeg_part_head's: header by header."""
         length = -1
         timestamp = sequence = None
         for line in head.split(b"\r\n"):
@@ -209,6 +302,9 @@ class Viewer(asyncio.Protocol):
         if length < 0:
             self.fail("a part without Content-Length")
             return
+        self._part(length, timestamp, sequence)
+
+    def _part(self, length: int, timestamp: float | None, sequence: int | None) -> None:
         # The picture, then the CRLF that ends the part, are skipped by length.
         self.part_left = length + 2
         totals = self.totals
