@@ -72,6 +72,8 @@ class MultipartParser:
         out: list[MjpegPart] = []
         while True:
             if self._headers is None:
+                if self._take_whole_part(out):
+                    continue
                 if not self._read_head():
                     break
             elif not self._read_body(out):
@@ -83,6 +85,47 @@ class MultipartParser:
                 self._body_start -= self._pos
             self._pos = 0
         return out
+
+    def _take_whole_part(self, out: list[MjpegPart]) -> bool:
+        """The usual case in one step: at the read position, a delimiter (after the line
+        break that ends the previous part), headers ending in CRLF CRLF with a
+        ``Content-Length``, and that many bytes holding exactly one JPEG, all received.
+        False, having changed nothing, for anything else: the general path decides."""
+        buffer, delimiter, pos = self._buffer, self._delimiter, self._pos
+        if buffer.startswith(b"\r\n", pos):
+            pos += 2
+        if not buffer.startswith(delimiter, pos):
+            return False
+        start = pos + len(delimiter)
+        end = buffer.find(b"\r\n\r\n", start, start + _MAX_HEADER_BLOCK)
+        if end < 0:
+            return False
+        text = buffer[start:end].decode("latin-1")
+        if "\n\n" in text or "\n\r\n" in text or text.startswith("--"):
+            return False  # an earlier end of the headers, or the close delimiter
+        headers: dict[str, str] = {}
+        for line in text.split("\r\n")[1:]:  # [0] ends the delimiter line
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        length = _content_length(headers.get("content-length"))
+        body = end + 4
+        if length is None or length > self._max_part_size or len(buffer) < body + length:
+            return False
+        stop = body + length
+        if not (
+            length > 4
+            and buffer.startswith(_SOI, body)
+            and buffer.endswith(_EOI, body, stop)
+            # A part shorter than it claimed swallows the next delimiter.
+            and buffer.find(delimiter, body, stop) < 0
+        ):
+            return False
+        with memoryview(buffer) as view:  # one copy; a bytearray slice would make two
+            out.append(MjpegPart(headers, bytes(view[body:stop])))
+        self.parts += 1
+        self._pos = stop
+        return True
 
     def _read_head(self) -> bool:
         """Find the next delimiter and parse the part headers after it."""
