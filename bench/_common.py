@@ -68,13 +68,42 @@ class ProcSample:
 
 
 def proc_sample(pid: int) -> ProcSample:
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces: the fields after its closing parenthesis.
-        fields = f.read().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    with open(f"/proc/{pid}/statm") as f:
-        resident = int(f.read().split()[1])
+    """The process and every live process under it (a recording server's writer process
+    is part of that server): CPU and memory added up."""
+    utime = stime = resident = 0
+    for member in _tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                # The command name may hold spaces: the fields after its closing parenthesis.
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{member}/statm") as f:
+                pages = int(f.read().split()[1])
+        except FileNotFoundError:
+            if member == pid:
+                raise
+            continue  # a child that ended meanwhile
+        utime, stime = utime + int(fields[11]), stime + int(fields[12])
+        resident += pages
     return ProcSample((utime + stime) / _CLOCK_TICKS, resident * _PAGE, stime / _CLOCK_TICKS)
+
+
+def _tree(pid: int) -> list[int]:
+    found, queue = [pid], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                continue
+            found += children
+            queue += children
+    return found
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,6 +1,6 @@
 """Records deterministic frames until it is killed (the crash-recovery test runs it).
 
-Usage: python recorder_child.py ROOT DATABASE. After each flush it prints the sequence
+Usage: python recorder_child.py ROOT DATABASE WRITER (thread or process). After each flush it prints the sequence
 number of the last frame written before the flush: every frame up to it is durable.
 """
 
@@ -21,8 +21,15 @@ def crash_frame(sequence: int) -> Frame:
     return Frame(CAMERA, sequence, BASE + sequence * 0.01, payload)
 
 
-async def record(root: str, database: str) -> None:
-    recorder = Recorder(root, database, segment_seconds=0.5, flush_interval=0.2)
+async def record(root: str, database: str, writer: str) -> None:
+    assert writer in ("thread", "process")
+    recorder = Recorder(
+        root,
+        database,
+        segment_seconds=0.5,
+        flush_interval=0.2,
+        writer=writer,  # type: ignore[arg-type]
+    )
     await recorder.open()
     sequence = 0
     while True:
@@ -38,4 +45,4 @@ async def record(root: str, database: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], sys.argv[2]))
+    asyncio.run(record(sys.argv[1], sys.argv[2], sys.argv[3]))

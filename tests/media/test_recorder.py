@@ -110,6 +110,15 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "recordings", tmp_path / "index.db"
 
 
+@pytest.fixture(params=["thread", "process"], autouse=True)
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: the writer in a thread, and in a child process."""
+    defaults = Recorder.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "writer", request.param)
+    return str(request.param)
+
+
 # Round trips and rotation.
 
 
@@ -309,11 +318,13 @@ async def test_opening_repairs_torn_records_and_an_index_behind_its_files(
     assert not (root / "yard" / "01700000009000000.wkseg").exists()
 
 
-def test_everything_flushed_before_a_kill_9_is_there_after_it(paths: tuple[Path, Path]) -> None:
+def test_everything_flushed_before_a_kill_9_is_there_after_it(
+    paths: tuple[Path, Path], writer: str
+) -> None:
     root, database = paths
     child = Path(__file__).with_name("recorder_child.py")
     process = subprocess.Popen(
-        [sys.executable, str(child), str(root), str(database)],
+        [sys.executable, str(child), str(root), str(database), writer],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -345,6 +356,34 @@ def test_everything_flushed_before_a_kill_9_is_there_after_it(paths: tuple[Path,
     assert [f.sequence for f in frames] == list(range(len(frames)))
     assert len(frames) > durable
     assert frames == [crash_frame(n) for n in range(len(frames))]
+    assert_index_matches_files(root, database)
+
+
+async def test_a_writer_process_that_dies_is_started_again(
+    paths: tuple[Path, Path], writer: str
+) -> None:
+    if writer != "process":
+        pytest.skip("only a writer process can die on its own")
+    root, database = paths
+    frames = frames_of("lobby", 20)
+    async with Recorder(root, database, segment_seconds=60.0) as recorder:
+        for frame in frames[:10]:
+            recorder.write(frame)
+        await recorder.flush()
+        process = recorder._store._process  # type: ignore[union-attr]
+        assert process is not None
+        assert process.pid != os.getpid()
+        process.kill()
+        process.wait()
+        for frame in frames[10:]:
+            recorder.write(frame)
+        await recorder.flush()  # a new writer repairs what the old one left, then writes
+        again = recorder._store._process  # type: ignore[union-attr]
+        assert again is not None
+        assert again.pid != process.pid
+        assert again.poll() is None
+        assert await collect(recorder, "lobby", T0, T0 + 3600) == frames
+        assert recorder.stats.frames_dropped == 0
     assert_index_matches_files(root, database)
 
 

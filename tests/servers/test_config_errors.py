@@ -26,6 +26,7 @@ address = "127.0.0.9"
         ("[server]\nheartbeat_interval = nan\n", "heartbeat_interval"),
         ("[ports]\napi = 70000\n", "[ports] api"),
         ("[site\n", "not valid TOML"),
+        ('[recording]\nwriter = "fork"\n', "[recording] writer"),
     ],
 )
 def test_bad_setting_is_one_line(tmp_path: Path, extra: str, words: str) -> None:

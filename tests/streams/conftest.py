@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from stream_support import add_camera, add_user, build_site, connection_as
+from stream_support import add_camera, add_user, connection_as, proc_cmdlines
 
 from watchkeep.client import SiteConnection
 from watchkeep.site import ServerRole
@@ -61,14 +61,21 @@ def streams_site(open_sites: OpenSites) -> Iterator[LocalSite]:
     """
     with open_sites() as make:
         site = make("streams")
-        build_site(
-            site,
-            [
-                ("ms", ServerRole.MANAGEMENT),
-                ("rs1", ServerRole.RECORDING),
-                ("mobile1", ServerRole.MOBILE),
-            ],
-        )
+        site.add_server("ms", ServerRole.MANAGEMENT)
+        rs1 = site.add_server("rs1", ServerRole.RECORDING)
+        # Its recorder's writer runs in a process of its own: every playback here reads
+        # what that process wrote (the writer thread is the default elsewhere).
+        rs1.extra["recording"] = {"writer": "process"}
+        site.write_config(rs1)
+        site.add_server("mobile1", ServerRole.MOBILE)
+        site.start_all()
+        assert rs1.process is not None
+        writers = [
+            pid
+            for pid, line in proc_cmdlines().items()
+            if "watchkeep.media._writer" in line and f" {rs1.process.pid}" in line
+        ]
+        assert len(writers) == 1, "rs1 runs no writer process"
         add_camera(site, "cam1", "rs1")
         add_camera(site, "cam2", "rs1")
         site.encrypt("rs1", "mobile1", "ms")

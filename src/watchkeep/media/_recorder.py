@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import sqlalchemy as sa
 
@@ -24,6 +24,7 @@ from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
 from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
+from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]
 
@@ -64,6 +65,10 @@ class Recorder:
     older than ``max_age`` seconds go, and the oldest go while all recordings exceed
     ``max_bytes``.
 
+    With ``writer="process"`` that writer (and the records' CRCs) runs in a child process
+    instead (:class:`~watchkeep.media._writer.WriterProcess`), off the GIL of the event
+    loop that feeds it: what a recording server with hundreds of cameras needs.
+
     :meth:`open` repairs what an unclean stop left (a torn last record, index rows behind
     their files), so everything flushed before a crash or ``kill -9`` is there after it.
     On a full disk, :attr:`error` holds a :class:`RecordingDiskFull` and :meth:`flush`
@@ -82,6 +87,7 @@ class Recorder:
         flush_interval: float = 1.0,
         max_pending_bytes: int = 256 * 1024 * 1024,
         max_playback_span: float = 24 * 3600.0,
+        writer: Literal["thread", "process"] = "thread",
     ) -> None:
         if not segment_seconds > 0:
             raise ValueError("segment_seconds must be positive")
@@ -103,10 +109,14 @@ class Recorder:
         self.flush_interval = flush_interval
         self.max_pending_bytes = max_pending_bytes
         self.max_playback_span = max_playback_span
+        if writer not in ("thread", "process"):
+            raise ValueError(f"writer must be 'thread' or 'process', not {writer!r}")
+        self.writer = writer
+        self._in_process = writer == "process"
         self.stats = RecorderStats()
         self.repair_report: RepairReport | None = None
         self.error: RecordingError | None = None
-        self._store: SegmentStore | None = None
+        self._store: SegmentStore | WriterProcess | None = None
         self._engine: sa.Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -130,7 +140,11 @@ class Recorder:
         loop = asyncio.get_running_loop()
         try:
             engine = await loop.run_in_executor(executor, self._open_index)
-            store = SegmentStore(self.root, engine, str(self.database), self.segment_seconds)
+            store: SegmentStore | WriterProcess
+            if self.writer == "process":
+                store = WriterProcess(self.root, str(self.database), self.segment_seconds)
+            else:
+                store = SegmentStore(self.root, engine, str(self.database), self.segment_seconds)
             try:
                 report = await loop.run_in_executor(executor, store.repair)
             except BaseException:
@@ -241,9 +255,10 @@ class Recorder:
         if not pending:
             self._pending_since = asyncio.get_running_loop().time()
             self._wake.set()  # the writer sets its deadline from this first frame
-        # The record's CRC is computed here, on the event loop's thread (a few microseconds
-        # a frame), so that the writer thread never lets the GIL go per frame.
-        pending.append((frame, encode_record_header(frame)))
+        # With a writer thread the record's CRC is computed here, on the event loop's thread
+        # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
+        # a writer process makes it itself.
+        pending.append((frame, b"" if self._in_process else encode_record_header(frame)))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
@@ -360,7 +375,7 @@ class Recorder:
             log.warning("recordings: writing again after: %s", self.error)
             self.error = None
 
-    def _require_open(self) -> tuple[SegmentStore, ThreadPoolExecutor]:
+    def _require_open(self) -> tuple[SegmentStore | WriterProcess, ThreadPoolExecutor]:
         if self._store is None or self._executor is None:
             raise RuntimeError("the recorder is not open")
         return self._store, self._executor

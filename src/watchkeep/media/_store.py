@@ -33,15 +33,17 @@ from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
     SegmentTooShort,
+    encode_record_header,
     encode_segment_header,
     scan_segment,
 )
 
 __all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
 
-# A frame to record and its record header (made by the recorder as the frame arrives: the
-# header's CRC is computed there, not in the writer thread, where each CRC let the GIL go
-# and then waited for the busy event loop to give it back).
+# A frame to record and its record header: made by the recorder as the frame arrives (the
+# CRC is computed there, not in a writer thread, where each CRC let the GIL go and then
+# waited for the busy event loop to give it back), or empty for the store to make (a writer
+# process has a GIL of its own).
 Record = tuple[Frame, bytes]
 
 log = logging.getLogger("watchkeep.media")
@@ -156,6 +158,17 @@ class SegmentStore:
             if current is not None:
                 live.append(current)
             return [s.info() for s in live if s.frames]
+
+    def snapshot(self) -> tuple[dict[str, list[SegmentInfo]], int]:
+        """Every camera's segments being written (as :meth:`tracked`), and :attr:`total_bytes`."""
+        with self._lock:
+            live = [*self._closing, *self._open.values()]
+        tracked: dict[str, list[SegmentInfo]] = {}
+        for segment in live:
+            tracked.setdefault(segment.camera, [])
+            if segment.frames:
+                tracked[segment.camera].append(segment.info())
+        return tracked, self.total_bytes
 
     def recording(self, camera: str) -> bool:
         with self._lock:
@@ -369,7 +382,7 @@ class SegmentStore:
     def _write_records(self, segment: _Segment, records: list[Record]) -> int:
         buffers: list[bytes] = []
         for frame, header in records:
-            buffers.append(header)
+            buffers.append(header or encode_record_header(frame))
             buffers.append(frame.jpeg)
         try:
             written = _write_all(segment.fd, buffers, segment.size)

@@ -218,6 +218,13 @@ def load_config(path: Path) -> ServerConfig:
             registration_key=_secret(base, ms, "registration_key_file", path),
         )
     site = raw.get("site", {})
+    writer = raw.get("recording", {}).get("writer", "thread")
+    if writer not in ("thread", "process"):
+        raise _fail(
+            path,
+            f'[recording] writer is {writer!r}: it is "thread" or "process"',
+            'write writer = "thread" (or "process" on a server with cores to spare)',
+        )
     data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()
     return ServerConfig(
         path=path,

@@ -122,7 +122,10 @@ class CameraService:
         segment_seconds: float = 60.0,
         max_age: float | None = None,
         max_bytes: int | None = None,
+        writer: str = "thread",
     ) -> None:
+        if writer not in ("thread", "process"):
+            raise ValueError(f"writer must be 'thread' or 'process', not {writer!r}")
         self.server = server
         self.recorder = Recorder(
             data_dir / "recordings",
@@ -131,6 +134,7 @@ class CameraService:
             max_age=max_age,
             max_bytes=max_bytes,
             max_playback_span=MAX_PLAYBACK_SPAN,
+            writer="process" if writer == "process" else "thread",
         )
         self.cameras: dict[str, _Camera] = {}
 
