@@ -112,3 +112,29 @@ def test_a_recording_server_answering_with_another_host_certificate_is_refused(
 @pytest.fixture
 def ca_file(site: LocalSite) -> Path:
     return site.home.ca_cert
+
+
+def test_a_mobile_server_with_an_old_site_map_goes_up_to_tls(
+    site_factory: Callable[[str], LocalSite],
+) -> None:
+    # Given mobile3, which learnt the site (rs1 in plaintext) at its registration and will
+    # not hear of it again for an hour, and rs1 encrypted after that
+    site = site_factory("stale")
+    build_site(site, [("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING)])
+    add_camera(site, "cam1", "rs1")
+    mobile3 = site.add_server("mobile3", ServerRole.MOBILE)
+    site.write_config(mobile3)
+    text = mobile3.config.read_text()
+    mobile3.config.write_text(
+        text.replace(f"heartbeat_interval = {site.heartbeat_interval}", "heartbeat_interval = 3600")
+    )
+    site.start("mobile3")
+    site.wait_online("mobile3")
+    site.encrypt("rs1")
+
+    # When a client asks mobile3 for cam1
+    with request(mobile3, "http", LIVE, ca=None, token=site.login_token()) as r:
+        part = read_parts(r, 1)[0]
+    # Then mobile3 found rs1's port speaking TLS and relayed its verified stream
+    assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)
+    assert "recording server refused" not in site.log_text("mobile3")

@@ -10,6 +10,7 @@ recording server that fails verification is refused with the reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from importlib import resources
 from typing import Any
@@ -18,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from watchkeep.client import ApiError, call_json, open_session
-from watchkeep.errors import ConnectionFailed
+from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
@@ -160,17 +161,24 @@ class MobileServer(LinkedServer):
             return problem(404, "unknown camera", f"the site has no camera {name}")
         assert self.session is not None
         token = request.headers.get("Authorization", "")[7:] or request.query.get("token", "")
-        scheme = "https" if endpoint.tls else "http"
-        url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
-        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
-        try:
-            upstream = await self.session.get(
-                url, headers={"Authorization": f"Bearer {token}"}, ssl=context
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = await explain_connection_failure(
-                exc, endpoint, trust_dir=str(self.config.trust_store)
-            )
+        while True:
+            scheme = "https" if endpoint.tls else "http"
+            url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
+            context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
+            try:
+                upstream = await self.session.get(
+                    url, headers={"Authorization": f"Bearer {token}"}, ssl=context
+                )
+                break
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = await explain_connection_failure(
+                    exc, endpoint, trust_dir=str(self.config.trust_store)
+                )
+            if isinstance(error, PlaintextToTlsPort) and not endpoint.tls:
+                # The site map (learnt at the last heartbeat) is older than the recording
+                # server's encryption: go up to verified TLS, never down.
+                endpoint = dataclasses.replace(endpoint, tls=True)
+                continue
             log.error("%s: camera %s: %s", self.config.name, name, error)
             return problem(
                 502,
