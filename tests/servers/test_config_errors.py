@@ -27,6 +27,8 @@ address = "127.0.0.9"
         ("[ports]\napi = 70000\n", "[ports] api"),
         ("[site\n", "not valid TOML"),
         ('[recording]\nwriter = "fork"\n', "[recording] writer"),
+        ('[recording]\nsegment_seconds = "a minute"\n', "[recording] segment_seconds"),
+        ("[recording]\nmax_bytes = -5\n", "[recording] max_bytes"),
     ],
 )
 def test_bad_setting_is_one_line(tmp_path: Path, extra: str, words: str) -> None:

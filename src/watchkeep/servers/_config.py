@@ -218,7 +218,12 @@ def load_config(path: Path) -> ServerConfig:
             registration_key=_secret(base, ms, "registration_key_file", path),
         )
     site = raw.get("site", {})
-    writer = raw.get("recording", {}).get("writer", "thread")
+    recording = raw.get("recording", {})
+    _number(path, "recording", recording, "segment_seconds", 60.0)
+    for key, example in (("max_age", 2_592_000), ("max_bytes", 500_000_000_000)):
+        if key in recording:
+            _number(path, "recording", recording, key, example, whole=key == "max_bytes")
+    writer = recording.get("writer", "thread")
     if writer not in ("thread", "process"):
         raise _fail(
             path,
