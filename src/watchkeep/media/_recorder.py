@@ -67,7 +67,8 @@ class Recorder:
 
     With ``writer="process"`` that writer (and the records' CRCs) runs in a child process
     instead (:class:`~watchkeep.media._writer.WriterProcess`), off the GIL of the event
-    loop that feeds it: what a recording server with hundreds of cameras needs.
+    loop that feeds it, at the cost of a copy of every frame through a socket: worth it on
+    a server with cores to spare (bench/analysis.md has the measurements).
 
     :meth:`open` repairs what an unclean stop left (a torn last record, index rows behind
     their files), so everything flushed before a crash or ``kill -9`` is there after it.
@@ -112,7 +113,6 @@ class Recorder:
         if writer not in ("thread", "process"):
             raise ValueError(f"writer must be 'thread' or 'process', not {writer!r}")
         self.writer = writer
-        self._in_process = writer == "process"
         self.stats = RecorderStats()
         self.repair_report: RepairReport | None = None
         self.error: RecordingError | None = None
@@ -258,7 +258,7 @@ class Recorder:
         # With a writer thread the record's CRC is computed here, on the event loop's thread
         # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
         # a writer process makes it itself.
-        pending.append((frame, b"" if self._in_process else encode_record_header(frame)))
+        pending.append((frame, b"" if self.writer == "process" else encode_record_header(frame)))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
