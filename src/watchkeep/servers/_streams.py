@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_writer import StreamWriter
@@ -122,10 +122,8 @@ class CameraService:
         segment_seconds: float = 60.0,
         max_age: float | None = None,
         max_bytes: int | None = None,
-        writer: str = "thread",
+        writer: Literal["thread", "process"] = "thread",
     ) -> None:
-        if writer not in ("thread", "process"):
-            raise ValueError(f"writer must be 'thread' or 'process', not {writer!r}")
         self.server = server
         self.recorder = Recorder(
             data_dir / "recordings",
@@ -134,7 +132,7 @@ class CameraService:
             max_age=max_age,
             max_bytes=max_bytes,
             max_playback_span=MAX_PLAYBACK_SPAN,
-            writer="process" if writer == "process" else "thread",
+            writer=writer,
         )
         self.cameras: dict[str, _Camera] = {}
 

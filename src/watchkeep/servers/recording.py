@@ -39,7 +39,7 @@ class RecordingServer(LinkedServer):
             segment_seconds=float(recording.get("segment_seconds", 60.0)),
             max_age=float(recording["max_age"]) if "max_age" in recording else None,
             max_bytes=int(recording["max_bytes"]) if "max_bytes" in recording else None,
-            writer=str(recording.get("writer", "thread")),  # checked by load_config
+            writer="process" if recording.get("writer") == "process" else "thread",
         )
         self.media.add_routes(self.data_app)
         self.control_app = web.Application(middlewares=[self.token_middleware("control")])
