@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -473,6 +475,34 @@ class LocalSite:
             return True
 
         eventually(settled, what=f"{', '.join(names)} encrypted and online")
+        if self.management.name not in names:
+            return
+        # A recording or failover server turns its control listener to TLS only when its
+        # next heartbeat meets the management server's TLS port, a moment after the status
+        # above says every server is encrypted: wait for that too, or the next caller meets
+        # a plaintext control port.
+        for server in self.servers.values():
+            if "control" in server.ports and server.process is not None:
+                eventually(
+                    functools.partial(speaks_tls, server.address, server.ports["control"]),
+                    what=f"{server.name}'s control listener speaking TLS",
+                )
+
+
+def speaks_tls(address: str, port: int) -> bool:
+    """Whether ``address:port`` answers a TLS ClientHello with a TLS handshake (nothing
+    verified; the handshake stops before any client certificate is asked for)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((address, port), timeout=5) as sock,
+            context.wrap_socket(sock),
+        ):
+            return True
+    except OSError as exc:  # ssl.SSLError too; a listener being restarted refuses
+        raise AssertionError(f"{address}:{port} does not speak TLS yet: {exc}") from exc
 
 
 def _die_with_parent() -> None:
