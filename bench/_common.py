@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Histogram", "ProcSample", "new_event_loop", "proc_sample"]
+__all__ = ["Histogram", "ProcSample", "idle_seconds", "new_event_loop", "proc_sample"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -60,11 +60,14 @@ class Histogram:
 
 @dataclass(frozen=True)
 class ProcSample:
-    """CPU seconds (user + system; system alone) and resident memory of one process."""
+    """CPU seconds (user + system; system alone; the first thread alone) and resident
+    memory of one process."""
 
     cpu_seconds: float
     rss_bytes: int
     system_seconds: float = 0.0
+    # The process's first thread: a server's event loop, whatever its other threads do.
+    main_thread_seconds: float = 0.0
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -84,7 +87,21 @@ def proc_sample(pid: int) -> ProcSample:
             continue  # a child that ended meanwhile
         utime, stime = utime + int(fields[11]), stime + int(fields[12])
         resident += pages
-    return ProcSample((utime + stime) / _CLOCK_TICKS, resident * _PAGE, stime / _CLOCK_TICKS)
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return ProcSample(
+        (utime + stime) / _CLOCK_TICKS,
+        resident * _PAGE,
+        stime / _CLOCK_TICKS,
+        (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+    )
+
+
+def idle_seconds() -> float:
+    """CPU seconds every core of the machine has spent idle (or waiting for I/O) since boot."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # "cpu user nice system idle iowait ..."
+    return (int(fields[4]) + int(fields[5])) / _CLOCK_TICKS
 
 
 def _tree(pid: int) -> list[int]:

@@ -128,7 +128,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"  {row['cameras']:>5} cameras  p99 {_fmt(row['delay_p99_ms']):>7} ms  lost"
                 f" {row['frames_lost']:>5}  rs1 {row['server_cores']:.2f} cores"
-                f" ({row['server_core_percent_per_camera']:.3f}%/camera,"
+                f" (loop {row.get('server_loop_thread_cores', 0):.2f},"
+                f" {row['server_core_percent_per_camera']:.3f}%/camera,"
                 f" {row['server_rss_kb_per_camera']} KB/camera)  {'ok' if row['ok'] else 'FAILS'}"
             )
     return "\n".join(lines)
@@ -216,10 +217,12 @@ def markdown(result: dict[str, Any]) -> str:
             " encrypted live viewer per camera. The search steps up until a step fails:"
             f" {capacity['criteria']}; a step that fails is measured once more (attempt 2), as"
             " other work on the machine comes and goes. CPU and memory are rs1's, from /proc,"
-            " over the counted window; memory per camera is above rs1 idle with no camera.",
+            " over the counted window; memory per camera is above rs1 idle with no camera. rs1's"
+            " loop thread is its event loop alone (one core at most); machine idle is what"
+            " the two cores had left over the window (/proc/stat).",
             "",
-            "| cameras | ok | p50 / p99 / max delay ms | frames lost | rs1 cores (kernel) | µs rs1 CPU per frame | % core per camera | RSS MB | KB per camera | farm cores | viewer cores |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| cameras | ok | p50 / p99 / max delay ms | frames lost | rs1 cores (kernel) | rs1 loop thread cores | µs rs1 CPU per frame | % core per camera | RSS MB | KB per camera | farm cores | viewer cores | machine idle cores |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in capacity["rows"]:
             attempt = " (again)" if r.get("attempt") == 2 else ""
@@ -227,9 +230,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {r['cameras']}{attempt} | {'yes' if r['ok'] else 'no'} | {r['delay_p50_ms']} /"
                 f" {r['delay_p99_ms']} / {r['delay_max_ms']} | {r['frames_lost']} (gaps"
                 f" {r['viewer_gaps']}, skips {r['camera_skips']}, recorder {r['recorder_drops']}) |"
-                f" {r['server_cores']} ({r.get('server_kernel_cores')}) | {r.get('server_us_per_frame')} |"
+                f" {r['server_cores']} ({r.get('server_kernel_cores')}) |"
+                f" {r.get('server_loop_thread_cores', '-')} | {r.get('server_us_per_frame')} |"
                 f" {r['server_core_percent_per_camera']} | {r['server_rss_mb']} |"
                 f" {r['server_rss_kb_per_camera']} | {r['farm_cores']} | {r['viewer_cores']} |"
+                f" {r.get('machine_idle_cores', '-')} |"
             )
         out += [
             "",

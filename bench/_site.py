@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench._common import Histogram, ProcSample, proc_sample
+from bench._common import Histogram, ProcSample, idle_seconds, proc_sample
 from watchkeep.client import SiteClient
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
@@ -197,6 +197,8 @@ class ViewerRun:
     delays: Histogram
     cpu: dict[str, float] = field(default_factory=dict)  # process label -> cores used
     system: dict[str, float] = field(default_factory=dict)  # ... of which in the kernel
+    main_thread: dict[str, float] = field(default_factory=dict)  # ... in its first thread
+    machine_idle: float = 0.0  # cores of the machine left idle meanwhile
     rss: dict[str, int] = field(default_factory=dict)  # process label -> bytes at the end
 
     @property
@@ -255,6 +257,7 @@ def run_viewers(
         time.sleep(warmup)
         watched = {**(watch or {}), **{f"viewers{i}": p.pid for i, p in enumerate(spawned)}}
         before = {label: proc_sample(pid) for label, pid in watched.items()}
+        idle_before = idle_seconds()
         began = time.monotonic()
         for process in spawned:
             assert process.stdin is not None
@@ -264,6 +267,7 @@ def run_viewers(
             during()
         time.sleep(max(0.0, duration - (time.monotonic() - began)))
         after = {label: proc_sample(pid) for label, pid in watched.items()}
+        idle_after = idle_seconds()
         elapsed = time.monotonic() - began
         results = []
         for process in spawned:
@@ -289,6 +293,11 @@ def run_viewers(
         delays=delays,
         cpu={k: _cores(before[k], after[k], elapsed) for k in before},
         system={k: (after[k].system_seconds - before[k].system_seconds) / elapsed for k in before},
+        main_thread={
+            k: (after[k].main_thread_seconds - before[k].main_thread_seconds) / elapsed
+            for k in before
+        },
+        machine_idle=(idle_after - idle_before) / elapsed,
         rss={k: after[k].rss_bytes for k in after},
     )
 

@@ -554,11 +554,14 @@ def capacity_step(
         if result.frames
         else None,
         "server_kernel_cores": round(result.system["server"], 3),
+        # The event loop's thread alone: it cannot use more than one core.
+        "server_loop_thread_cores": round(result.main_thread["server"], 3),
         "server_core_percent_per_camera": round(100 * server_cores / cameras, 3),
         "server_rss_mb": round(rss / 1e6, 1),
         "server_rss_kb_per_camera": round((rss - idle_rss) / cameras / 1e3, 1),
         "farm_cores": round(sum(v for k, v in result.cpu.items() if k.startswith("farm")), 3),
         "viewer_cores": round(sum(v for k, v in result.cpu.items() if k.startswith("viewers")), 3),
+        "machine_idle_cores": round(result.machine_idle, 3),
         "farm_max_tick_lag_ms": max(
             round(f["max_tick_lag_seconds"] * 1000, 1) for f in farms_after
         ),

@@ -55,6 +55,13 @@ def test_the_quick_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> Non
         assert section in result["machine"]
     assert {"python", "openssl", "aiohttp", "cryptography"} <= set(result["machine"]["versions"])
     assert "tls_vs_plain_ratio" in ran.stdout
+    # Each capacity row says how busy rs1's event loop (one thread) and the machine were
+    cores = os.cpu_count() or 1
+    for row in result["figures"]["capacity"]["rows"]:
+        assert 0 < row["server_loop_thread_cores"] <= row["server_cores"] + 0.05, row
+        assert row["server_loop_thread_cores"] <= 1.05, row
+        assert 0 <= row["machine_idle_cores"] <= cores + 0.05, row
     markdown = (tmp_path / "stream.md").read_text()
     assert "## 2. Camera capacity" in markdown
+    assert "rs1 loop thread cores" in markdown
     assert (tmp_path / "stream.png").read_bytes().startswith(b"\x89PNG")
