@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import subprocess
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from watchkeep.testing import LocalSite
+from watchkeep.testing import LocalSite, can_mount
 
 _RUNNING: list[LocalSite] = []
 
@@ -75,3 +77,31 @@ def site_factory(
     """Make sites whose processes are all stopped when the module is done."""
     with open_sites() as make:
         yield make
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[..., Path]]:
+    """``tmpfs(directory, size="1m", mode=None)`` mounts a tmpfs there for the test and
+    returns the directory; everything mounted is unmounted after the test (and after the
+    fixtures that use it). Skips the test where nothing can be mounted (root only)."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path, size: str = "1m", mode: str | None = None) -> Path:
+        if not can_mount():
+            pytest.skip("needs root to mount a tmpfs (run the suite as root)")
+        directory.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (f",mode={mode}" if mode else "")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in reversed(mounted):
+        subprocess.run(["umount", "-l", str(directory)], check=False)

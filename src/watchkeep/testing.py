@@ -19,6 +19,7 @@ import ctypes
 import functools
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -487,6 +488,12 @@ class LocalSite:
                     functools.partial(speaks_tls, server.address, server.ports["control"]),
                     what=f"{server.name}'s control listener speaking TLS",
                 )
+
+
+def can_mount() -> bool:
+    """Whether this process may mount file systems (root, with mount(8)): the tests that
+    need a small or separate file system mount a tmpfs."""
+    return os.geteuid() == 0 and shutil.which("mount") is not None
 
 
 def speaks_tls(address: str, port: int) -> bool:

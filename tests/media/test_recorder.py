@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
 import signal
 import sqlite3
 import struct
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from watchkeep.media import (
     Recorder,
     RecordingDiskFull,
     UnknownCamera,
+    _store,
 )
 
 T0 = 1_700_000_000.0
@@ -387,28 +387,120 @@ async def test_a_writer_process_that_dies_is_started_again(
     assert_index_matches_files(root, database)
 
 
+# Many cameras: one syncfs() instead of an fdatasync() per segment.
+
+
+def counted(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[tuple[Any, ...]]:
+    """Wrap ``owner.name`` to record its calls (in this process: a writer thread's)."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(owner, name)
+
+    def wrapper(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def write_all(recorder: Recorder, cameras: dict[str, list[Frame]]) -> None:
+    for frames in cameras.values():
+        for frame in frames:
+            recorder.write(frame)
+
+
+async def test_many_cameras_are_made_durable_with_one_syncfs(
+    paths: tuple[Path, Path], writer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if _store._syncfs is None:
+        pytest.skip("syncfs(2) is Linux's")
+    root, database = paths
+    # Counted in this process, where a writer thread runs (a writer process is checked by
+    # what it recorded).
+    syncs = counted(monkeypatch, _store, "_syncfs")
+    datasyncs = counted(monkeypatch, os, "fdatasync")
+    few = {f"few{n}": frames_of(f"few{n}", 6) for n in range(_store._SYNCFS_FROM - 1)}
+    many = {f"many{n}": frames_of(f"many{n}", 6) for n in range(_store._SYNCFS_FROM + 4)}
+    async with Recorder(root, database) as recorder:
+        # Fewer segments to sync than the threshold: one fdatasync() each, as before.
+        write_all(recorder, few)
+        await recorder.flush()
+        if writer == "thread":
+            assert (len(syncs), len(datasyncs)) == (0, len(few))
+        # More: one syncfs() of the recordings' file system, no fdatasync().
+        write_all(recorder, many)
+        await recorder.flush()
+        if writer == "thread":
+            assert (len(syncs), len(datasyncs)) == (1, len(few))
+        for name, frames in {**few, **many}.items():
+            assert await collect(recorder, name, T0, T0 + 100) == frames
+    assert_index_matches_files(root, database)
+    async with Recorder(root, database) as again:
+        for name, frames in {**few, **many}.items():
+            assert await collect(again, name, T0, T0 + 100) == frames
+
+
+async def test_a_camera_directory_on_another_file_system_is_synced_on_its_own(
+    paths: tuple[Path, Path],
+    writer: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmpfs: Callable[..., Path],
+) -> None:
+    if _store._syncfs is None:
+        pytest.skip("syncfs(2) is Linux's")
+    root, database = paths
+    mounted = tmpfs(root / "mounted", "4m")
+    syncs = counted(monkeypatch, _store, "_syncfs")
+    datasyncs = counted(monkeypatch, os, "fdatasync")
+    cameras = {f"cam{n}": frames_of(f"cam{n}", 6) for n in range(_store._SYNCFS_FROM)}
+    cameras["mounted"] = frames_of("mounted", 6)
+    async with Recorder(root, database) as recorder:
+        write_all(recorder, cameras)
+        await recorder.flush()
+        if writer == "thread":
+            # syncfs() of the recordings' file system does not reach the tmpfs.
+            assert len(syncs) == 1
+            (only,) = datasyncs
+            assert Path(f"/proc/self/fd/{only[0]}").resolve().parent == mounted
+        for name, frames in cameras.items():
+            assert await collect(recorder, name, T0, T0 + 100) == frames
+    assert_index_matches_files(root, database)
+
+
+async def test_a_failed_syncfs_is_one_clear_error_naming_the_recordings(
+    paths: tuple[Path, Path], writer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if writer != "thread":
+        pytest.skip("the failure is injected in this process")
+    root, database = paths
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    working = _store._syncfs
+    monkeypatch.setattr(_store, "_syncfs", failing)
+    cameras = {f"cam{n}": frames_of(f"cam{n}", 4) for n in range(_store._SYNCFS_FROM)}
+    async with Recorder(root, database) as recorder:
+        write_all(recorder, cameras)
+        with pytest.raises(RecordingError) as caught:
+            await recorder.flush()
+        message = str(caught.value)
+        assert "Input/output error" in message, message
+        assert str(root) in message, message
+        # Nothing is lost: the frames stay written and the next flush that works indexes them.
+        monkeypatch.setattr(_store, "_syncfs", working)
+        await recorder.flush()
+        for name, frames in cameras.items():
+            assert await collect(recorder, name, T0, T0 + 100) == frames
+
+
 # A full disk.
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+def tiny_disk(tmp_path: Path, tmpfs: Callable[..., Path]) -> Path:
     """A 1 MiB tmpfs, mounted for the test (root only)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("ENOSPC test needs root to mount a 1 MiB tmpfs (run the suite as root)")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"ENOSPC test cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    return tmpfs(tmp_path / "tiny")
 
 
 def fill(path: Path) -> None:

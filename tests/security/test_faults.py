@@ -20,8 +20,6 @@ mid-write leave no half-written CA or key (tests/pki/test_pki_atomicity.py).
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +39,7 @@ from security_support import (
 )
 
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite, eventually
+from watchkeep.testing import LocalSite, can_mount, eventually
 
 FLUSH_INTERVAL = 1.0  # the recorder's: frames older than this at a kill are durable
 
@@ -147,26 +145,16 @@ def test_a_recording_server_killed_while_recording_loses_nothing_it_flushed(
 
 
 @pytest.fixture
-def tiny_disk(site: LocalSite) -> Iterator[Path]:
+def tiny_disk(site: LocalSite, tmpfs: Callable[..., Path]) -> Iterator[Path]:
     """A 1 MiB tmpfs as the data directory of a new recording server, rsfull (root only)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
+    if not can_mount():  # before the server joins the site
         pytest.skip("the full-disk test needs root to mount a 1 MiB tmpfs (run the suite as root)")
     server = site.add_server("rsfull", ServerRole.RECORDING)
-    data = server.directory / "data"
-    data.mkdir(exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(data)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"the full-disk test cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    data = tmpfs(server.directory / "data", mode="0700")
     try:
         yield data
     finally:
-        site.stop("rsfull")
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        site.stop("rsfull")  # before the tmpfs goes
 
 
 def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(

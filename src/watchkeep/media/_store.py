@@ -14,12 +14,14 @@ record while its recorder runs; a torn record left by a crash is cut by :meth:`r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +51,15 @@ Record = tuple[Frame, bytes]
 log = logging.getLogger("watchkeep.media")
 
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# From this many segments to make durable at once, one syncfs() of the recordings' file
+# system replaces an fdatasync() per segment. Every system call of the writer thread lets
+# the GIL go and must then win it back from a busy event loop: at 400 cameras, 400
+# fdatasync() and 400 page-cache releases a second kept the writer waiting for the GIL
+# until the recorder dropped frames (bench/analysis.md). syncfs() also makes the new
+# directory entries durable, which fdatasync() of the files does not.
+_SYNCFS_FROM = 16
+# What was made durable is dropped from the page cache once a segment has this much more.
+_RELEASE_BYTES = 1 << 20
 try:
     _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
 except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
@@ -98,6 +109,7 @@ class _Segment:
     __slots__ = (
         "camera",
         "closing",
+        "dev",
         "dirty",
         "end",
         "fd",
@@ -118,6 +130,7 @@ class _Segment:
         self.rel = rel
         self.path = path
         self.fd = fd
+        self.dev = os.fstat(fd).st_dev  # the file system it is on
         self.size = size  # bytes of complete records (and header) written
         self.first = first  # timestamp of the first frame: rotation is measured from it
         self.frames = 0
@@ -147,6 +160,7 @@ class SegmentStore:
         self._closing: list[_Segment] = []
         self._dirs_to_sync: set[Path] = set()
         self._indexed_bytes = 0
+        self._root_fd: int | None = None  # for syncfs(), opened at the first that needs it
 
     # Reading the state (any thread).
 
@@ -413,12 +427,24 @@ class SegmentStore:
             if now - segment.last_write >= self._segment_seconds:
                 self._retire(segment)
         live = [*self._open.values(), *self._closing]
+        dirty = [segment for segment in live if segment.dirty]
+        if len(dirty) >= _SYNCFS_FROM and _syncfs is not None:
+            root_fd = self._root_descriptor()
+            root_dev = os.fstat(root_fd).st_dev
+            try:
+                _syncfs(root_fd)
+            except OSError as exc:
+                raise _os_error(exc, None, str(self.root)) from exc
+            # A camera directory mounted from another file system is synced on its own.
+            dirty = [segment for segment in dirty if segment.dev != root_dev]
+            self._dirs_to_sync = {d for d in self._dirs_to_sync if not _on(d, root_dev)}
+        for segment in dirty:
+            try:
+                os.fdatasync(segment.fd)
+            except OSError as exc:
+                raise _os_error(exc, segment.camera, str(segment.path)) from exc
         for segment in live:
             if segment.dirty:
-                try:
-                    os.fdatasync(segment.fd)
-                except OSError as exc:
-                    raise _os_error(exc, segment.camera, str(segment.path)) from exc
                 _release(segment)
         for directory in sorted(self._dirs_to_sync):
             try:
@@ -470,6 +496,11 @@ class SegmentStore:
             if not segment.frames:
                 segment.path.unlink(missing_ok=True)
 
+    def _root_descriptor(self) -> int:
+        if self._root_fd is None:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        return self._root_fd
+
     def close(self) -> None:
         """Flush everything, close every segment and mark their rows closed.
 
@@ -491,6 +522,9 @@ class SegmentStore:
                     os.close(segment.fd)
                 except OSError as exc:  # pragma: no cover - a bad descriptor is a bug
                     log.warning("recordings: closing %s: %s", segment.path, exc)
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
 
     def _enforce_retention(self, max_age: float | None, max_bytes: int | None) -> int:
         """Delete the oldest closed segments beyond ``max_age`` seconds or ``max_bytes``.
@@ -584,12 +618,44 @@ def _release(segment: _Segment) -> None:
     the next writes. Playback reads them back from disk.
     """
     end = segment.size - segment.size % _PAGE  # the kernel drops whole pages only
-    if end > segment.released:
+    # A few calls a second per camera would cost more in GIL hand-overs than they save.
+    if end > segment.released and (segment.closing or end - segment.released >= _RELEASE_BYTES):
         with contextlib.suppress(OSError):  # advice only: a failure loses nothing
             os.posix_fadvise(
                 segment.fd, segment.released, end - segment.released, os.POSIX_FADV_DONTNEED
             )
         segment.released = end
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """Linux's syncfs(2), which the os module lacks (None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        # A CDLL call lets the GIL go for its duration, as os.fdatasync() does.
+        if function(fd) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number))
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
+
+
+def _on(directory: Path, device: int) -> bool:
+    """Whether ``directory`` is on the file system ``device`` (no if it cannot be told)."""
+    try:
+        return directory.stat().st_dev == device
+    except OSError:
+        return False  # its own fsync says what is wrong with it
 
 
 def _fsync_directory(directory: Path) -> None:
