@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import signal
 import sqlite3
@@ -175,6 +176,30 @@ async def test_frames_are_flushed_without_being_asked(paths: tuple[Path, Path]) 
         assert row["open"] == 1  # still being written: flushed, not closed
         segment = root / row["path"]
         assert read_segment(segment)[2] == segment.stat().st_size == row["bytes"]
+
+
+async def test_frames_waiting_to_be_written_are_not_walked_by_the_garbage_collector(
+    paths: tuple[Path, Path],
+) -> None:
+    # At hundreds of cameras, frames queued as objects the collector tracks reached its
+    # oldest generation by the thousand a second and set off full collections of tens of
+    # milliseconds, every stream stopped meanwhile.
+    root, database = paths
+    async with Recorder(root, database) as recorder:
+        for frame in frames_of("lobby", 50):
+            recorder.write(frame)
+        queued = list(recorder._pending)  # nothing awaited: the writer has not taken them
+        assert len(queued) == 50
+        gc.collect()
+        assert not [record for record in queued if gc.is_tracked(record)]
+        await recorder.flush()
+        assert await collect(recorder, "lobby", T0, T0 + 100) == as_frames(queued)
+
+
+def as_frames(records: list[tuple[Any, ...]]) -> list[Frame]:
+    return [
+        Frame(camera, sequence, timestamp, jpeg) for camera, sequence, timestamp, jpeg, _ in records
+    ]
 
 
 # Playback ranges.

@@ -22,7 +22,7 @@ from watchkeep.errors import RecordingError
 from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
 from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
-from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
+from watchkeep.media._segment import SegmentFormatError, SegmentReader, record_header
 from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
 from watchkeep.media._writer import WriterProcess
 
@@ -258,7 +258,14 @@ class Recorder:
         # With a writer thread the record's CRC is computed here, on the event loop's thread
         # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
         # a writer process makes it itself.
-        pending.append((frame, b"" if self.writer == "process" else encode_record_header(frame)))
+        camera, sequence, timestamp, jpeg = (
+            frame.camera,
+            frame.sequence,
+            frame.timestamp,
+            frame.jpeg,
+        )
+        header = b"" if self.writer == "process" else record_header(timestamp, sequence, jpeg)
+        pending.append((camera, sequence, timestamp, jpeg, header))  # a Record: a plain tuple
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
@@ -285,8 +292,8 @@ class Recorder:
 
     def _drop_oldest(self) -> None:
         while self._pending_bytes > self.max_pending_bytes and len(self._pending) > 1:
-            dropped, _ = self._pending.popleft()
-            self._pending_bytes -= len(dropped.jpeg)
+            dropped = self._pending.popleft()
+            self._pending_bytes -= len(dropped[3])
             self.stats.frames_dropped += 1
 
     async def _run(self) -> None:
@@ -364,7 +371,7 @@ class Recorder:
             stats.flushes += 1
         if result.unwritten:
             self._pending.extendleft(reversed(result.unwritten))
-            self._pending_bytes += sum(len(f.jpeg) for f, _ in result.unwritten)
+            self._pending_bytes += sum(len(r[3]) for r in result.unwritten)
             self._drop_oldest()
         self._unflushed = not result.flushed and (self._unflushed or result.frames_written > 0)
         if result.error is not None:

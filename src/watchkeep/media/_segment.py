@@ -63,14 +63,18 @@ def encode_segment_header(camera: str) -> bytes:
 
 def encode_record_header(frame: Frame) -> bytes:
     """The record header for ``frame``; the record continues with ``frame.jpeg``."""
-    jpeg = frame.jpeg
+    return record_header(frame.timestamp, frame.sequence, frame.jpeg)
+
+
+def record_header(timestamp: float, sequence: int, jpeg: bytes) -> bytes:
+    """The record header of a picture ``jpeg`` taken at ``timestamp``, number ``sequence``."""
     # Wrap the sequence into the field rather than fail the whole batch on a silly camera.
-    sequence = frame.sequence & 0xFFFFFFFFFFFFFFFF
+    sequence &= 0xFFFFFFFFFFFFFFFF
     # binascii's CRC-32 is zlib's, but keeps the GIL: this runs on the event loop's thread
     # (once per frame), where zlib.crc32 would let the GIL go for every picture and then
     # wait to get it back from whatever thread took it (twice the time, and stalls).
-    crc = binascii.crc32(jpeg, binascii.crc32(_STAMP.pack(frame.timestamp, sequence)))
-    return _RECORD.pack(len(jpeg), crc, frame.timestamp, sequence)
+    crc = binascii.crc32(jpeg, binascii.crc32(_STAMP.pack(timestamp, sequence)))
+    return _RECORD.pack(len(jpeg), crc, timestamp, sequence)
 
 
 def _read_file_header(file: BinaryIO, path: str) -> tuple[str, int]:

@@ -29,24 +29,28 @@ import sqlalchemy as sa
 
 from watchkeep.errors import RecordingError, UsageError
 from watchkeep.media._errors import RecordingDiskFull
-from watchkeep.media._frame import Frame, validate_camera_name
+from watchkeep.media._frame import validate_camera_name
 from watchkeep.media._index import index_error, segments
 from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
     SegmentTooShort,
-    encode_record_header,
     encode_segment_header,
+    record_header,
     scan_segment,
 )
 
 __all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
 
-# A frame to record and its record header: made by the recorder as the frame arrives (the
-# CRC is computed there, not in a writer thread, where each CRC let the GIL go and then
-# waited for the busy event loop to give it back), or empty for the store to make (a writer
-# process has a GIL of its own).
-Record = tuple[Frame, bytes]
+# A frame to record, (camera, sequence, timestamp, picture, record header), as a plain tuple:
+# the garbage collector stops tracking a tuple of strings, numbers and bytes at its first
+# pass, so frames waiting to be written never reach the older generations (as Frame
+# instances, thousands a second did, and set off a full collection every few seconds,
+# 40-70 ms at 350 cameras, with every stream stopped meanwhile). The header is made by the
+# recorder as the frame arrives (the CRC is computed there, not in a writer thread, where
+# each CRC let the GIL go and then waited for the busy event loop to give it back), or
+# empty for the store to make (a writer process has a GIL of its own).
+Record = tuple[str, int, float, bytes, bytes]
 
 log = logging.getLogger("watchkeep.media")
 
@@ -327,15 +331,15 @@ class SegmentStore:
     def _append(self, records: list[Record], result: StepResult) -> None:
         by_camera: dict[str, list[Record]] = {}
         for record in records:
-            by_camera.setdefault(record[0].camera, []).append(record)
+            by_camera.setdefault(record[0], []).append(record)
         for camera, batch in by_camera.items():
             done = 0
             segment: _Segment | None = None
             try:
                 while done < len(batch):
-                    segment = self._segment_for(batch[done][0])
+                    segment = self._segment_for(batch[done])
                     end = done + 1
-                    while end < len(batch) and not self._must_rotate(segment, batch[end][0]):
+                    while end < len(batch) and not self._must_rotate(segment, batch[end][2]):
                         end += 1
                     result.bytes_written += self._write_records(segment, batch[done:end])
                     result.frames_written += end - done
@@ -345,18 +349,19 @@ class SegmentStore:
                 where = str(segment.path) if segment is not None else str(self.root / camera)
                 result.error = result.error or _os_error(exc, camera, where)
 
-    def _must_rotate(self, segment: _Segment, frame: Frame) -> bool:
-        return abs(frame.timestamp - segment.first) >= self._segment_seconds
+    def _must_rotate(self, segment: _Segment, timestamp: float) -> bool:
+        return abs(timestamp - segment.first) >= self._segment_seconds
 
-    def _segment_for(self, frame: Frame) -> _Segment:
-        segment = self._open.get(frame.camera)
-        if segment is not None and not self._must_rotate(segment, frame):
+    def _segment_for(self, record: Record) -> _Segment:
+        camera, timestamp = record[0], record[2]
+        segment = self._open.get(camera)
+        if segment is not None and not self._must_rotate(segment, timestamp):
             return segment
         if segment is not None:
             self._retire(segment)
-        segment = self._create(frame)
+        segment = self._create(camera, timestamp)
         with self._lock:
-            self._open[frame.camera] = segment
+            self._open[camera] = segment
         return segment
 
     def _retire(self, segment: _Segment) -> None:
@@ -366,13 +371,13 @@ class SegmentStore:
             segment.closing = True
             self._closing.append(segment)
 
-    def _create(self, frame: Frame) -> _Segment:
-        camera = validate_camera_name(frame.camera)
+    def _create(self, camera: str, timestamp: float) -> _Segment:
+        camera = validate_camera_name(camera)
         directory = self.root / camera
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             self._dirs_to_sync.add(self.root)
-        stem = f"{max(0, round(frame.timestamp * 1_000_000)):017d}"
+        stem = f"{max(0, round(timestamp * 1_000_000)):017d}"
         for attempt in range(1000):
             name = f"{stem}{f'-{attempt}' if attempt else ''}{SEGMENT_SUFFIX}"
             try:
@@ -391,13 +396,13 @@ class SegmentStore:
             path.unlink(missing_ok=True)
             raise
         self._dirs_to_sync.add(directory)
-        return _Segment(camera, f"{camera}/{name}", path, fd, len(header), frame.timestamp)
+        return _Segment(camera, f"{camera}/{name}", path, fd, len(header), timestamp)
 
     def _write_records(self, segment: _Segment, records: list[Record]) -> int:
         buffers: list[bytes] = []
-        for frame, header in records:
-            buffers.append(header or encode_record_header(frame))
-            buffers.append(frame.jpeg)
+        for _camera, sequence, timestamp, jpeg, header in records:
+            buffers.append(header or record_header(timestamp, sequence, jpeg))
+            buffers.append(jpeg)
         try:
             written = _write_all(segment.fd, buffers, segment.size)
         except OSError:
@@ -413,8 +418,8 @@ class SegmentStore:
         with self._lock:
             segment.size += written
             segment.frames += len(records)
-            segment.start = min(segment.start, min(f.timestamp for f, _ in records))
-            segment.end = max(segment.end, max(f.timestamp for f, _ in records))
+            segment.start = min(segment.start, min(r[2] for r in records))
+            segment.end = max(segment.end, max(r[2] for r in records))
             segment.dirty = True
             segment.last_write = time.monotonic()
         return written

@@ -33,7 +33,6 @@ from typing import Any
 
 from watchkeep.errors import RecordingError
 from watchkeep.media._errors import RecordingDiskFull
-from watchkeep.media._frame import Frame
 from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
 
 __all__ = ["WriterProcess"]
@@ -118,10 +117,10 @@ class WriterProcess:
                 self.repair()
             except (OSError, RecordingError) as exc:
                 return StepResult(unwritten=records, error=_as_recording_error(exc))
-        frames = [(f.camera, f.sequence, f.timestamp, len(f.jpeg)) for f, _ in records]
+        frames = [(r[0], r[1], r[2], len(r[3])) for r in records]
         try:
             answer = self._call(
-                ("step", frames, flush, max_age, max_bytes), [f.jpeg for f, _ in records]
+                ("step", frames, flush, max_age, max_bytes), [r[3] for r in records]
             )
         except (OSError, RecordingError) as exc:
             return StepResult(unwritten=records, error=_as_recording_error(exc))
@@ -261,8 +260,8 @@ def _serve(sock: socket.socket) -> None:
                     _, frames, flush, max_age, max_bytes = message
                     records = _records(frames, data)
                     result = store.step(records, flush=flush, max_age=max_age, max_bytes=max_bytes)
-                    position = {id(record[0]): i for i, record in enumerate(records)}
-                    answer["unwritten"] = [position[id(f)] for f, _ in result.unwritten]
+                    position = {id(record): i for i, record in enumerate(records)}
+                    answer["unwritten"] = [position[id(r)] for r in result.unwritten]
                     answer["step_error"] = (
                         None if result.error is None else _error_state(result.error)
                     )
@@ -301,7 +300,7 @@ def _records(frames: list[tuple[str, int, float, int]], data: bytearray) -> list
         # The picture stays in the received buffer: pwritev takes the view as it is. The
         # record header (its CRC) is made by the store.
         jpeg: Any = view[offset : offset + length]
-        records.append((Frame(camera, sequence, timestamp, jpeg), b""))
+        records.append((camera, sequence, timestamp, jpeg, b""))
         offset += length
     return records
 
