@@ -497,8 +497,9 @@ def can_mount() -> bool:
 
 
 def speaks_tls(address: str, port: int) -> bool:
-    """Whether ``address:port`` answers a TLS ClientHello with a TLS handshake (nothing
-    verified; the handshake stops before any client certificate is asked for)."""
+    """True if ``address:port`` answers a TLS ClientHello with a TLS handshake, else an
+    AssertionError (for `eventually`). Nothing is verified, and no client certificate is
+    sent: a listener that requires one refuses only after the client's side is done."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

@@ -22,7 +22,7 @@ from watchkeep.errors import RecordingError
 from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
 from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
-from watchkeep.media._segment import SegmentFormatError, SegmentReader, record_header
+from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
 from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
 from watchkeep.media._writer import WriterProcess
 
@@ -258,14 +258,9 @@ class Recorder:
         # With a writer thread the record's CRC is computed here, on the event loop's thread
         # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
         # a writer process makes it itself.
-        camera, sequence, timestamp, jpeg = (
-            frame.camera,
-            frame.sequence,
-            frame.timestamp,
-            frame.jpeg,
-        )
-        header = b"" if self.writer == "process" else record_header(timestamp, sequence, jpeg)
-        pending.append((camera, sequence, timestamp, jpeg, header))  # a Record: a plain tuple
+        header = b"" if self.writer == "process" else encode_record_header(frame)
+        # A Record, a plain tuple: see its definition for why.
+        pending.append((frame.camera, frame.sequence, frame.timestamp, frame.jpeg, header))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
