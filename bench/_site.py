@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench._common import Histogram, ProcSample, idle_seconds, proc_sample
+from watchkeep import testing
 from watchkeep.client import SiteClient
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
@@ -27,19 +28,8 @@ T = TypeVar("T")
 
 
 def eventually(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (AssertionError, OSError) as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.1)
-    raise TimeoutError(f"not within {timeout:.0f} s: {what} (last: {last})")
+    """watchkeep.testing's, also waiting through OSError (a server not listening yet)."""
+    return testing.eventually(check, timeout=timeout, what=what, retry_on=(AssertionError, OSError))
 
 
 def python_module(module: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:

@@ -118,11 +118,16 @@ def issuance_rates(work: Path, budget: float, minimum: int) -> list[dict[str, An
         # Warm both paths (imports, database schema, first fsync) before timing either.
         bare_issue(ca, key_type, f"warm.{prefix}.bench.example")
         pki.issue(Role.RECORDING, [f"warm.{prefix}.bench.example"], key_type=key_type)
+
+        def baseline(i: int, kt: KeyType = key_type, p: str = prefix) -> object:
+            return bare_issue(ca, kt, f"b{i}.{p}.bench.example")
+
+        def watchkeep(i: int, kt: KeyType = key_type, p: str = prefix) -> object:
+            return pki.issue(Role.RECORDING, [f"w{i}.{p}.bench.example"], key_type=kt)
+
         bare, ours, n = paired_rates(
-            lambda i, kt=key_type, p=prefix: bare_issue(ca, kt, f"b{i}.{p}.bench.example"),
-            lambda i, kt=key_type, p=prefix: pki.issue(
-                Role.RECORDING, [f"w{i}.{p}.bench.example"], key_type=kt
-            ),
+            baseline,
+            watchkeep,
             budget,
             minimum,
         )

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -157,7 +159,7 @@ def record_stream(bench: BenchSite, camera: str, frames: int, out: Path) -> floa
     )
     response = connection.getresponse()
     parser = MultipartParser("watchkeep-frame")
-    parts = []
+    parts: list[Any] = []
     began = time.monotonic()
     while len(parts) < frames:
         chunk = response.read1(1 << 16)
@@ -269,9 +271,8 @@ def throughput(bench: BenchSite, sizes: Sizes, work: Path) -> dict[str, Any]:
     fps = record_stream(bench, "tp", 480 if sizes is FULL else 60, stream)
     part_bytes = stream.stat().st_size / (480 if sizes is FULL else 60)
     rate = int(THROUGHPUT_CAMERA["fps"] * part_bytes)
-    nginx, nginx_port = (
-        start_nginx(bench, work / "nginx", stream, rate) if _mkdir(work / "nginx") else (None, 0)
-    )
+    (work / "nginx").mkdir(parents=True, exist_ok=True)
+    nginx, nginx_port = start_nginx(bench, work / "nginx", stream, rate)
     rs_target = {
         "address": rs1.address,
         "port": rs1.ports["data"],
@@ -339,11 +340,6 @@ def throughput(bench: BenchSite, sizes: Sizes, work: Path) -> dict[str, Any]:
         "tls_vs_nginx_ratio": next(r["tls_vs_nginx"] for r in ratios if r["viewers"] == top),
         "at_viewers": top,
     }
-
-
-def _mkdir(path: Path) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return True
 
 
 def nginx_worker_pid(master: int) -> int:
@@ -623,6 +619,10 @@ def handshake_rate(address: str, port: int, host: str, seconds: float) -> float:
     return done / seconds
 
 
+def serves_key_type(address: str, port: int, host: str, key_type: str) -> bool:
+    return served_key_type(address, port, host) == key_type
+
+
 def served_key_type(address: str, port: int, host: str) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -659,7 +659,7 @@ def handshakes(bench: BenchSite, sizes: Sizes) -> dict[str, Any]:
             assert rs1.process is not None
             rs1.process.send_signal(signal.SIGHUP)
             eventually(
-                lambda kt=key_type, p=port: served_key_type(rs1.address, p, rs1.host) == kt.value,
+                functools.partial(serves_key_type, rs1.address, port, rs1.host, key_type.value),
                 f"rs1 serving its {key_type.value} certificate",
             )
         s_port = free_port(rs1.address)
@@ -845,12 +845,8 @@ def machine() -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         "cryptography": cryptography.__version__,
     }
-    try:
-        import uvloop
-
-        versions["uvloop"] = uvloop.__version__
-    except ImportError:
-        pass
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        versions["uvloop"] = importlib.metadata.version("uvloop")
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
     versions["nginx"] = nginx.stderr.strip().removeprefix("nginx version: ")
     return {

@@ -63,15 +63,21 @@ def free_loopback_network() -> str:
 
 
 def eventually(
-    check: Callable[[], T], *, timeout: float = DEADLINE, interval: float = 0.1, what: str = ""
+    check: Callable[[], T | None],
+    *,
+    timeout: float = DEADLINE,
+    interval: float = 0.1,
+    what: str = "",
+    retry_on: tuple[type[Exception], ...] = (AssertionError,),
 ) -> T:
-    """Call ``check`` until it returns a true value without raising AssertionError; that value."""
+    """Call ``check`` until it returns a true value without raising AssertionError (or
+    another of ``retry_on``); that value."""
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
         try:
             result = check()
-        except AssertionError as exc:
+        except retry_on as exc:
             last = exc
         else:
             if result:

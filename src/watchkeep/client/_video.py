@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -24,7 +24,20 @@ from watchkeep.media import (
 )
 from watchkeep.tls import Endpoint, client_context, explain_connection_failure
 
-__all__ = ["ViewReport", "camera_endpoint", "playback_camera", "stream_frames", "view_camera"]
+__all__ = [
+    "ByteSink",
+    "ViewReport",
+    "camera_endpoint",
+    "playback_camera",
+    "stream_frames",
+    "view_camera",
+]
+
+
+class ByteSink(Protocol):
+    """Where pulled video goes: anything with ``write(bytes)`` (a file, a pipe, a counter)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 @dataclass
@@ -117,7 +130,7 @@ async def view_camera(
     *,
     frames: int | None,
     duration: float | None = None,
-    out: IO[bytes] | None = None,
+    out: ByteSink | None = None,
     reconnect_for: float = 30.0,
 ) -> ViewReport:
     """Pull live frames until ``frames`` arrived or ``duration`` passed, following the
@@ -143,7 +156,7 @@ async def _pull(
     camera: str,
     report: ViewReport,
     frames: int | None,
-    out: IO[bytes] | None,
+    out: ByteSink | None,
     reconnect_for: float,
     failures: list[WatchkeepError],
 ) -> None:
@@ -188,7 +201,7 @@ async def _pull(
 
 
 async def playback_camera(
-    client: SiteClient, camera: str, start: float, end: float, out: IO[bytes] | None
+    client: SiteClient, camera: str, start: float, end: float, out: ByteSink | None
 ) -> ViewReport:
     report = ViewReport(camera)
     began = time.monotonic()

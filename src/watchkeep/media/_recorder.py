@@ -23,7 +23,14 @@ from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
 from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
-from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
+from watchkeep.media._store import (
+    Record,
+    RepairReport,
+    SegmentInfo,
+    SegmentStore,
+    StepResult,
+    Store,
+)
 from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]
@@ -116,7 +123,7 @@ class Recorder:
         self.stats = RecorderStats()
         self.repair_report: RepairReport | None = None
         self.error: RecordingError | None = None
-        self._store: SegmentStore | WriterProcess | None = None
+        self._store: Store | None = None
         self._engine: sa.Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +147,7 @@ class Recorder:
         loop = asyncio.get_running_loop()
         try:
             engine = await loop.run_in_executor(executor, self._open_index)
-            store: SegmentStore | WriterProcess
+            store: Store
             if self.writer == "process":
                 store = WriterProcess(self.root, str(self.database), self.segment_seconds)
             else:
@@ -377,7 +384,7 @@ class Recorder:
             log.warning("recordings: writing again after: %s", self.error)
             self.error = None
 
-    def _require_open(self) -> tuple[SegmentStore | WriterProcess, ThreadPoolExecutor]:
+    def _require_open(self) -> tuple[Store, ThreadPoolExecutor]:
         if self._store is None or self._executor is None:
             raise RuntimeError("the recorder is not open")
         return self._store, self._executor

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 
@@ -43,7 +44,7 @@ from watchkeep.media._segment import (
 )
 from watchkeep.media._uring import AdviceJob, WriteJob, WriteRing
 
-__all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult"]
+__all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult", "Store"]
 
 # A frame to record, (camera, sequence, timestamp, picture, record header), as a plain tuple:
 # the garbage collector stops tracking a tuple of strings, numbers and bytes at its first
@@ -110,6 +111,36 @@ class StepResult:
     bytes_written: int = 0
     flushed: bool = False
     removed: int = 0
+
+
+class Store(Protocol):
+    """What the recorder asks of its store: :class:`SegmentStore` in the writer thread, or
+    :class:`~watchkeep.media._writer.WriterProcess`, the same store in a child process.
+
+    :meth:`repair`, :meth:`step` and :meth:`close` block and are called from the writer
+    thread only; :meth:`tracked`, :meth:`recording` and :attr:`total_bytes` answer from any
+    thread (playback and retention ask them from the event loop).
+    """
+
+    def repair(self) -> RepairReport: ...
+
+    def step(
+        self,
+        records: list[Record],
+        *,
+        flush: bool,
+        max_age: float | None,
+        max_bytes: int | None,
+    ) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+    def tracked(self, camera: str) -> list[SegmentInfo]: ...
+
+    def recording(self, camera: str) -> bool: ...
+
+    @property
+    def total_bytes(self) -> int: ...
 
 
 class _Segment:
