@@ -4,11 +4,12 @@ Everything here is blocking and runs in the recorder's one writer thread, which 
 event loop free and needs no locking between writes; only the list of segments being
 written is shared with readers (playback), under a small lock.
 
-Durability order: records are appended with ``pwritev`` at the segment's known good size;
-a flush ``fdatasync``s every segment written since the last one (and the directories that
-gained a file), *then* commits their index rows. A row thus never claims bytes that are not
-on disk. A failed write is cut back to the last good size, so a file never holds a torn
-record while its recorder runs; a torn record left by a crash is cut by :meth:`repair`.
+Durability order: records are appended (through an io_uring, see :mod:`._uring`, or with
+``pwritev``) at the segment's known good size; a flush ``fdatasync``s every segment written
+since the last one (or ``syncfs``s their file system), and the directories that gained a
+file, *then* commits their index rows. A row thus never claims bytes that are not on disk.
+A failed write is cut back to the last good size, so a file never holds a torn record while
+its recorder runs; a torn record left by a crash is cut by :meth:`repair`.
 """
 
 from __future__ import annotations
@@ -527,7 +528,7 @@ class SegmentStore:
         are reused by the next writes. Playback reads them back from disk. Advice only: a
         failure loses nothing.
         """
-        advice: list[tuple[_Segment, AdviceJob]] = []
+        advice: list[AdviceJob] = []
         for segment in synced:
             end = segment.size - segment.size % _PAGE  # the kernel drops whole pages only
             # A few calls a second per camera would cost more in GIL hand-overs than they
@@ -535,20 +536,18 @@ class SegmentStore:
             if end > segment.released and (
                 segment.closing or end - segment.released >= _RELEASE_BYTES
             ):
-                start = segment.released
-                advice.append((segment, (segment.fd, start, end - start, os.POSIX_FADV_DONTNEED)))
+                length = end - segment.released
+                advice.append((segment.fd, segment.released, length, os.POSIX_FADV_DONTNEED))
                 segment.released = end
-        if not advice:
-            return
-        ring = self._ring if len(advice) > 1 else None
         done = [-errno.EOPNOTSUPP] * len(advice)
-        if isinstance(ring, WriteRing):
+        ring = self._ring
+        if len(advice) > 1 and isinstance(ring, WriteRing):
             try:
-                done = ring.fadvise_many([job for _segment, job in advice])
+                done = ring.fadvise_many(advice)
             except OSError as exc:
                 log.warning("recordings: io_uring failed (%s); using system calls from now on", exc)
                 self._ring = None
-        for (_segment, job), result in zip(advice, done, strict=True):
+        for job, result in zip(advice, done, strict=True):
             # A kernel before 5.6 knows no fadvise in the ring (EINVAL): the system call.
             if result in (-errno.EOPNOTSUPP, -errno.EINVAL):
                 with contextlib.suppress(OSError):

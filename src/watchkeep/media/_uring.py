@@ -51,6 +51,7 @@ _ENTER_GETEVENTS = 1 << 0
 _OP_WRITEV = 2
 _OP_FADVISE = 24  # Linux 5.6
 _IOV_MAX = 1024  # UIO_MAXIOV: more buffers than this in one write are refused
+_RETRIES = 1000  # interrupted or busy io_uring_enter calls for one submission, at most
 
 _PARAMS_SIZE = 120
 _U32 = struct.Struct("<I")
@@ -59,12 +60,10 @@ _U32 = struct.Struct("<I")
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 _CQE = struct.Struct("<QiI")  # user_data, res, flags
 
-# Where a bytes object keeps its data, relative to id(): CPython's layout, checked below
-# against ctypes (the slow, portable way) before it is trusted.
-_BYTES_DATA_OFFSET: int | None = None
-
 
 def _probe_bytes_offset() -> int | None:
+    """Where a bytes object keeps its data, relative to id(): CPython's layout, checked
+    against ctypes (the slow, portable way) before it is trusted."""
     if sys.implementation.name != "cpython":
         return None
     probes = [b"watchkeep", bytes(range(256)) * 80]
@@ -100,7 +99,7 @@ class _Offsets:
 
 
 class WriteRing:
-    """An io_uring for vectored writes, used by one thread at a time."""
+    """An io_uring for vectored writes and page-cache advice, used by one thread at a time."""
 
     def __init__(self, fd: int, offsets: _Offsets, enter: ctypes._CFuncPtr) -> None:  # type: ignore[name-defined]
         self._fd = fd
@@ -228,6 +227,7 @@ class WriteRing:
         new_tail = (tail + len(todo)) & 0xFFFFFFFF
         _U32.pack_into(sq, o.sq_tail, new_tail)
         waiting = len(todo)
+        retries = 0
         while waiting:
             # What the kernel has not taken yet (after an interrupted call, some may be).
             to_submit = (new_tail - _U32.unpack_from(sq, o.sq_head)[0]) & 0xFFFFFFFF
@@ -236,7 +236,8 @@ class WriteRing:
             )
             if done < 0:
                 number = ctypes.get_errno()
-                if number not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+                retries += 1
+                if number not in (errno.EINTR, errno.EAGAIN, errno.EBUSY) or retries > _RETRIES:
                     self.broken = OSError(number, f"io_uring_enter: {os.strerror(number)}")
                     raise self.broken
             waiting -= self._reap(results)
