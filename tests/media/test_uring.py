@@ -114,3 +114,23 @@ def test_addresses_are_those_of_the_bytes_themselves() -> None:
     assert address is not None
     assert ctypes.string_at(address, 4) == b"cdef"
     assert buffer_address(memoryview(b"read-only")) is None
+
+
+def test_a_system_that_refuses_submissions_gets_no_ring(
+    ring: WriteRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some seccomp profiles allow io_uring_setup and refuse io_uring_enter: the caller must
+    # then hear "no ring" at once, not fail at its first write.
+    import ctypes
+
+    def refused(*_args: object) -> int:
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    real_init = WriteRing.__init__
+
+    def init(self: WriteRing, fd: int, offsets: object, enter: object) -> None:
+        real_init(self, fd, offsets, refused)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WriteRing, "__init__", init)
+    assert WriteRing.open() is None

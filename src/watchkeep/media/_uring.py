@@ -48,6 +48,7 @@ _OFF_SQES = 0x10000000
 _FEAT_SINGLE_MMAP = 1 << 0
 _FEAT_NODROP = 1 << 1
 _ENTER_GETEVENTS = 1 << 0
+_OP_NOP = 0
 _OP_WRITEV = 2
 _OP_FADVISE = 24  # Linux 5.6
 _IOV_MAX = 1024  # UIO_MAXIOV: more buffers than this in one write are refused
@@ -153,10 +154,18 @@ class WriteRing:
             os.close(fd)
             return None
         try:
-            return cls(fd, offsets, enter)
+            ring = cls(fd, offsets, enter)
         except (OSError, ValueError):
             os.close(fd)
             return None
+        try:
+            # A seccomp profile can allow the setup and refuse the submissions: try one.
+            ring._run([(_OP_NOP, -1, 0, 0, 0, 0)], None)
+        except OSError:
+            ring._in_flight.clear()  # a NOP reads no memory of ours
+            ring.close()
+            return None
+        return ring
 
     def close(self) -> None:
         if self._in_flight:
