@@ -501,11 +501,12 @@ class SegmentStore:
     def _ring_writes(self, jobs: Sequence[WriteJob]) -> list[int]:
         """The ring's outcome per job (bytes written, or -errno); zeros without a ring."""
         if self._ring is _NOT_OPENED:
-            self._ring = WriteRing.open() if _io_uring_allowed() else None
-            log.info(
-                "recordings: writing through %s",
-                "io_uring" if self._ring is not None else "pwritev (no io_uring here)",
-            )
+            if _io_uring_allowed():
+                self._ring = WriteRing.open()
+                how = "io_uring" if self._ring else "pwritev (this system gives no io_uring)"
+            else:
+                self._ring, how = None, "pwritev (WATCHKEEP_IO_URING=0)"
+            log.info("recordings: writing through %s", how)
         ring = self._ring
         if not isinstance(ring, WriteRing):
             return [0] * len(jobs)
