@@ -107,6 +107,14 @@ async def collect(recorder: Recorder, camera: str, start: float, end: float) -> 
     return [frame async for frame in recorder.playback(camera, start, end)]
 
 
+async def assert_recorded(
+    recorder: Recorder, cameras: dict[str, list[Frame]], end: float = T0 + 100
+) -> None:
+    """Playback from ``T0`` to ``end`` gives each camera exactly its frames."""
+    for name, frames in cameras.items():
+        assert await collect(recorder, name, T0, end) == frames
+
+
 @pytest.fixture
 def paths(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "recordings", tmp_path / "index.db"
@@ -135,8 +143,7 @@ async def test_frames_come_back_byte_for_byte_before_and_after_a_restart(
             for frames in cameras.values():
                 recorder.write(frames[index])
         await recorder.flush()
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 10) == frames
+        await assert_recorded(recorder, cameras, T0 + 10)
         assert await recorder.cameras() == ["gate", "lobby", "yard"]
     assert_index_matches_files(root, database)
     # One file per camera per 2 s: 24 frames 0.25 s apart make three of eight frames each.
@@ -152,8 +159,7 @@ async def test_frames_come_back_byte_for_byte_before_and_after_a_restart(
     async with Recorder(root, database, segment_seconds=2.0) as again:
         assert again.repair_report is not None
         assert again.repair_report.scanned == 0  # a clean stop leaves nothing to repair
-        for name, frames in cameras.items():
-            assert await collect(again, name, T0, T0 + 10) == frames
+        await assert_recorded(again, cameras, T0 + 10)
         segments = await again.segments("lobby")
         assert [(s.start, s.end, s.frames) for s in segments] == [
             (T0, T0 + 1.75, 8),
@@ -458,12 +464,10 @@ async def test_many_cameras_are_made_durable_with_one_syncfs(
         await recorder.flush()
         if writer == "thread":
             assert (len(syncs), len(datasyncs)) == (1, len(few))
-        for name, frames in {**few, **many}.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, few | many)
     assert_index_matches_files(root, database)
     async with Recorder(root, database) as again:
-        for name, frames in {**few, **many}.items():
-            assert await collect(again, name, T0, T0 + 100) == frames
+        await assert_recorded(again, few | many)
 
 
 async def test_a_camera_directory_on_another_file_system_is_synced_on_its_own(
@@ -488,8 +492,7 @@ async def test_a_camera_directory_on_another_file_system_is_synced_on_its_own(
             assert len(syncs) == 1
             (only,) = datasyncs
             assert Path(f"/proc/self/fd/{only[0]}").resolve().parent == mounted
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, cameras)
     assert_index_matches_files(root, database)
 
 
@@ -516,8 +519,7 @@ async def test_a_failed_syncfs_is_one_clear_error_naming_the_recordings(
         # Nothing is lost: the frames stay written and the next flush that works indexes them.
         monkeypatch.setattr(_store, "_syncfs", working)
         await recorder.flush()
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, cameras)
 
 
 # Many cameras: their writes go together through an io_uring, where there is one.
@@ -556,12 +558,10 @@ async def test_many_cameras_are_written_in_one_call_and_come_back_byte_for_byte(
                 assert len(writes) == headers
             else:
                 assert len(writes) == 2 * headers
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, cameras)
     assert_index_matches_files(root, database)
     async with Recorder(root, database, segment_seconds=1.0) as again:
-        for name, frames in cameras.items():
-            assert await collect(again, name, T0, T0 + 100) == frames
+        await assert_recorded(again, cameras)
 
 
 async def test_a_ring_that_fails_hands_over_to_pwritev_and_nothing_is_lost(
@@ -589,8 +589,7 @@ async def test_a_ring_that_fails_hands_over_to_pwritev_and_nothing_is_lost(
                 await recorder.flush()  # two batches: the second goes straight to pwritev
         assert recorder.error is None
         assert submitted == [len(cameras)]
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, cameras)
     assert_index_matches_files(root, database)
 
 
@@ -638,8 +637,7 @@ async def test_many_cameras_on_a_full_disk_are_cut_back_and_resume(
         await recorder.flush()
         assert recorder.error is None
         assert recorder.stats.frames_dropped == 0
-        for name, frames in cameras.items():
-            assert await collect(recorder, name, T0, T0 + 100) == frames
+        await assert_recorded(recorder, cameras)
     assert_index_matches_files(root, database)
 
 
