@@ -7,8 +7,11 @@ itself, so that it can bound them:
   another, and a connection that never finishes its handshake is dropped);
 * at most ``max_connections`` connections are open at once, counted from ``accept()``
   (half-open TLS connections included), so idle sockets cannot exhaust the process's file
-  descriptors; past the limit a new connection is closed at once and the server says so
-  in its log.
+  descriptors. At the limit a new connection takes the place of the oldest one that is
+  serving no request (still in its handshake, or waiting for a request), as nginx reclaims
+  idle keep-alive connections: whoever holds the slots with idle sockets cannot lock other
+  clients out. Only when every connection is serving a request is the new one closed at
+  once. Either way the server says so in its log.
 
 A listener is restarted in place when its server's encryption is turned on or off.
 """
@@ -24,8 +27,8 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -82,13 +85,13 @@ class Listener:
         self.port = port
         self.limits = limits or ListenerLimits()
         self.ssl_context: ssl.SSLContext | None = None
-        self.refused = 0  # connections closed at once because the limit was reached
+        self.refused = 0  # connections closed at once: the limit reached, all busy
+        self.evicted = 0  # connections serving no request, closed to make room
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
-        self._open: set[asyncio.BaseTransport] = set()
-        self._count = 0
-        self._limit_logged = -LIMIT_LOG_INTERVAL
+        # Every accepted connection until it ends, oldest first (a dict keeps the order).
+        self._slots: dict[_Slot, None] = {}
+        self._logged: dict[str, float] = {}  # when each kind of limit warning was last logged
 
     @property
     def tls(self) -> bool:
@@ -101,7 +104,7 @@ class Listener:
     @property
     def connections(self) -> int:
         """Connections open now, those still in their TLS handshake included."""
-        return self._count
+        return len(self._slots)
 
     async def start(self, ssl_context: ssl.SSLContext | None) -> None:
         family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
@@ -137,52 +140,85 @@ class Listener:
                     await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 # Anything else (a peer that reset before accept) concerns that peer only.
                 continue
-            if self._count >= self.limits.max_connections:
-                self._refuse(conn, peer)
-                continue
-            self._count += 1
-            task = asyncio.create_task(self._serve(conn, context))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            who = _address(peer)
+            if len(self._slots) >= self.limits.max_connections:
+                victim = self._idlest()
+                if victim is None:
+                    self._refuse(conn, who)
+                    continue
+                self._evict(victim, who)
+            slot = _Slot(who, time.monotonic())
+            self._slots[slot] = None
+            slot.task = asyncio.create_task(self._serve(conn, context, slot))
 
-    def _refuse(self, conn: socket.socket, peer: Any) -> None:
+    def _release(self, slot: _Slot) -> None:
+        self._slots.pop(slot, None)
+
+    def _idlest(self) -> _Slot | None:
+        """The oldest connection serving no request, if any."""
+        for slot in self._slots:
+            if not slot.serving():
+                return slot
+        return None
+
+    def _evict(self, victim: _Slot, newcomer: str) -> None:
+        self._release(victim)
+        self.evicted += 1
+        victim.close()
+        self._warn(
+            "evict",
+            "is at its connection limit (%d open); closing the oldest connections that serve "
+            "no request to make room (last: one from %s, open %.0f s without a request, for "
+            "one from %s; %d closed so far)",
+            self.limits.max_connections,
+            victim.peer,
+            time.monotonic() - victim.accepted,
+            newcomer,
+            self.evicted,
+        )
+
+    def _refuse(self, conn: socket.socket, who: str) -> None:
         self.refused += 1
         # SO_LINGER 0: a reset, so the refused client learns at once instead of waiting.
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
+        self._warn(
+            "refuse",
+            "reached its connection limit (%d open, every one serving a request); refusing "
+            "new connections (last from %s, %d refused so far)",
+            self.limits.max_connections,
+            who,
+            self.refused,
+        )
+
+    def _warn(self, kind: str, what: str, *args: object) -> None:
+        """Log ``what`` about this listener and the fix, once per LIMIT_LOG_INTERVAL for
+        each ``kind``: a flood must not flood the log."""
         now = time.monotonic()
-        if now - self._limit_logged >= LIMIT_LOG_INTERVAL:
-            self._limit_logged = now
+        if now - self._logged.get(kind, -LIMIT_LOG_INTERVAL) >= LIMIT_LOG_INTERVAL:
+            self._logged[kind] = now
             log.warning(
-                "%s: %s listener on %s:%d reached its connection limit (%d open); refusing "
-                "new connections (last from %s, %d refused so far); raise [server] "
-                "max_connections if this is legitimate load",
+                "%s: %s listener on %s:%d " + what + "; raise [server] max_connections if "
+                "this is legitimate load",
                 self.server,
                 self.name,
                 self.address,
                 self.port,
-                self.limits.max_connections,
-                peer[0] if isinstance(peer, tuple) else peer,
-                self.refused,
+                *args,
             )
 
-    async def _serve(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
+    async def _serve(
+        self, conn: socket.socket, context: ssl.SSLContext | None, slot: _Slot
+    ) -> None:
         """Hand one accepted connection to the application, after its TLS handshake."""
         loop = asyncio.get_running_loop()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._count -= 1
-
         assert self.runner.server is not None
         handler = self.runner.server
 
         def protocol() -> asyncio.Protocol:
-            return _Counted(handler(), self._open, release)
+            slot.protocol = _Counted(handler(), slot, self._release)
+            return slot.protocol
 
         try:
             await loop.connect_accepted_socket(
@@ -194,12 +230,18 @@ class Listener:
         except (OSError, ssl.SSLError, TimeoutError):
             # A failed or abandoned handshake: the client sees the connection close; the
             # server has nothing to say about it beyond what asyncio logs at debug level.
-            release()
+            self._release(slot)
             conn.close()
         except asyncio.CancelledError:
-            release()
+            # Stopped, or closed in its handshake to make room: a transport made just
+            # before must not outlive the slot.
+            self._release(slot)
+            if slot.transport is not None:
+                slot.transport.abort()
             conn.close()
             raise
+        finally:
+            slot.task = None
 
     async def stop(self) -> None:
         if self._socket is None:
@@ -211,52 +253,80 @@ class Listener:
                 await self._accepting
             self._accepting = None
         listening.close()
-        for task in list(self._pending):
-            task.cancel()
         # Connections accepted under the old setting must not outlive it: a plaintext
         # stream must not keep flowing after its server's encryption was turned on.
-        for transport in list(self._open):
-            transport.close()
+        for slot in list(self._slots):
+            if slot.task is not None:
+                slot.task.cancel()
+            elif slot.transport is not None:
+                slot.transport.close()
 
     async def restart(self, ssl_context: ssl.SSLContext | None) -> None:
         await self.stop()
         await self.start(ssl_context)
 
 
+def _address(peer: Any) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One accepted connection, from ``accept()`` to its end."""
+
+    peer: str
+    accepted: float  # time.monotonic()
+    task: asyncio.Task[None] | None = None  # set while the handshake runs
+    transport: asyncio.Transport | None = None  # set once the application has it
+    protocol: _Counted | None = field(default=None, repr=False)
+
+    def serving(self) -> bool:
+        """Whether a request is being served (or waits, pipelined): never closed for room.
+        Unknown (a handler without aiohttp's flag) counts as serving."""
+        if self.task is not None or self.protocol is None:
+            return False  # still in its TLS handshake
+        handler = self.protocol.inner
+        return bool(getattr(handler, "_request_in_progress", True)) or bool(
+            getattr(handler, "_messages", ())
+        )
+
+    def close(self) -> None:
+        """End the connection now (a reset: a client that held the slot idle is owed no
+        goodbye, and an orderly TLS close could wait on it)."""
+        if self.task is not None:
+            self.task.cancel()
+        elif self.transport is not None:
+            self.transport.abort()
+
+
 class _Counted(asyncio.Protocol):
-    """The application's protocol, seen through: ``release`` runs when its connection ends
-    (aiohttp's handlers have slots, so they are wrapped rather than patched)."""
+    """The application's protocol, seen through: the slot is released when its connection
+    ends (aiohttp's handlers have slots, so they are wrapped rather than patched)."""
 
     def __init__(
-        self,
-        inner: asyncio.Protocol,
-        open_transports: set[asyncio.BaseTransport],
-        release: Callable[[], None],
+        self, inner: asyncio.Protocol, slot: _Slot, release: Callable[[_Slot], None]
     ) -> None:
-        self._inner = inner
-        self._open_transports = open_transports
+        self.inner = inner
+        self._slot = slot
         self._release = release
-        self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._open_transports.add(transport)
-        self._inner.connection_made(transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._slot.transport = cast(asyncio.Transport, transport)
+        self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
-            self._open_transports.discard(self._transport)
-        self._release()
-        self._inner.connection_lost(exc)
+        self._release(self._slot)
+        self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        self.inner.resume_writing()
