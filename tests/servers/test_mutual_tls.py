@@ -9,6 +9,7 @@ through the client library, so that every refusal is seen as a peer sees it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,69 @@ def test_the_heartbeat_of_a_real_recording_server_is_accepted(encrypted: LocalSi
     config = heartbeat(encrypted, "rs1", ready_body(encrypted, rs1), identity=identity_of(rs1))
     assert config["ms_encryption"] is True
     assert config["encryption"] is True
+
+
+def test_a_heartbeat_that_has_the_configuration_gets_only_its_digest_back(
+    encrypted: LocalSite,
+) -> None:
+    # Given the configuration rs1 gets in full, with its digest
+    rs1 = encrypted.servers["rs1"]
+    body = ready_body(encrypted, rs1)
+    full = heartbeat(encrypted, "rs1", body, identity=identity_of(rs1))
+    digest = full["config_digest"]
+    assert re.fullmatch("[0-9a-f]{64}", digest), digest
+    assert {"cameras", "site", "trust", "token_public_key"} <= full.keys()
+
+    # When rs1 sends that digest back, then the answer is the digest alone (and the
+    # management link's setting, which a server must always hear)
+    same = heartbeat(encrypted, "rs1", {**body, "config_digest": digest}, identity=identity_of(rs1))
+    assert same == {"unchanged": True, "config_digest": digest, "ms_encryption": True}
+
+    # And a server with any other digest (older, or none after a restart) gets it all
+    stale = heartbeat(
+        encrypted, "rs1", {**body, "config_digest": "0" * 64}, identity=identity_of(rs1)
+    )
+    assert "unchanged" not in stale
+    assert stale["cameras"] == full["cameras"]
+    assert re.fullmatch("[0-9a-f]{64}", stale["config_digest"])
+
+
+def test_rs1_runs_the_configuration_whose_digest_the_management_server_hands_out(
+    encrypted: LocalSite,
+) -> None:
+    rs1, ms = encrypted.servers["rs1"], encrypted.management
+
+    def digests() -> tuple[str, str]:
+        """(what the MS hands rs1 now, what rs1 says it runs)"""
+        handed = heartbeat(encrypted, "rs1", ready_body(encrypted, rs1), identity=identity_of(rs1))[
+            "config_digest"
+        ]
+        running = call(
+            endpoint(rs1, "control", tls=True),
+            "GET",
+            "/control/v1/status",
+            ssl_context=client_context(trust_of(ms.trust_dir), identity=identity_of(ms)),
+            token=control_token(encrypted),
+        )["config_digest"]
+        return handed, running
+
+    def in_step() -> str:
+        handed, running = digests()
+        assert handed == running
+        return handed
+
+    before = eventually(in_step, what="rs1 running the configuration the MS hands out")
+    # When a camera is added to rs1, then a new configuration (a new digest) reaches it
+    encrypted.api(
+        "POST",
+        "/api/v1/cameras",
+        {"name": "digest-cam", "recording_server": "rs1", "source": {"kind": "synthetic"}},
+    )
+    try:
+        after = eventually(in_step, what="rs1 running the configuration with digest-cam")
+        assert after != before
+    finally:
+        encrypted.api("DELETE", "/api/v1/cameras/digest-cam")
 
 
 def test_a_recording_server_without_a_client_certificate_is_refused(

@@ -51,6 +51,9 @@ class LinkedServer(ServerProcess):
         self.registered = asyncio.Event()
         self._config_lock = asyncio.Lock()
         self._saved_state: dict[str, Any] | None = None
+        # The digest of the last configuration taken in full: sent with each heartbeat, so
+        # that the answer carries the configuration only when it changed.
+        self.config_digest = ""
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
 
@@ -138,6 +141,9 @@ class LinkedServer(ServerProcess):
                 self.save_state(state)
                 self._saved_state = copy.deepcopy(state)
             await self.reconcile_listeners()
+            # Only now, all of it taken: a configuration that failed half-way comes again.
+            digest = config.get("config_digest")
+            self.config_digest = digest if isinstance(digest, str) else ""
 
     def install_trust(self, trust: dict[str, Any], *, authenticated: bool) -> None:
         assert self.config.trust_store is not None
@@ -167,6 +173,7 @@ class LinkedServer(ServerProcess):
             "readiness": self.readiness.as_json(utcnow()),
             "encrypted_now": self.encrypted_now(),
             "registration_key": self.link.registration_key or "",
+            "config_digest": self.config_digest,
         }
 
     async def heartbeat_once(self, session: Any) -> None:
@@ -229,7 +236,15 @@ class LinkedServer(ServerProcess):
                 self._plaintext_announced = True
             elif config.get("ms_encryption") is True:
                 self._plaintext_announced = False
-            await self.apply_config(config, authenticated=tls)
+            if config.get("unchanged") is True and config.get("config_digest") == (
+                self.config_digest or None
+            ):
+                # Nothing new: only what a configuration would retry (a listener that could
+                # not switch yet, say) runs again.
+                async with self._config_lock:
+                    await self.reconcile_listeners()
+            else:
+                await self.apply_config(config, authenticated=tls)
         self.registered.set()
 
     def _refused(self, message: str) -> None:

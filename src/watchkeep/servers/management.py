@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -655,7 +656,7 @@ class ManagementServer(ServerProcess):
         self, server: Server, all_cameras: list[Camera], all_servers: list[Server]
     ) -> dict[str, Any]:
         mine = [c for c in all_cameras if c.served_by == server.name]
-        return {
+        config = {
             "ms_encryption": self.encryption,
             "encryption": server.encryption,
             "token_public_key": self.signer.public_key_b64(),
@@ -676,6 +677,10 @@ class ManagementServer(ServerProcess):
                 for s in all_servers
             },
         }
+        # A server that sends this digest back has all of it (see heartbeat()).
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config["config_digest"] = hashlib.sha256(canonical).hexdigest()
+        return config
 
     def _trust_payload(self) -> dict[str, Any]:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
@@ -809,7 +814,17 @@ class ManagementServer(ServerProcess):
         # One read of the site per heartbeat: every recording server sends one a second.
         everyone = self._server_rows()
         me = next(s for s in everyone if s.name == name)
-        return web.json_response(self._config_for(me, self._cameras(), everyone))
+        config = self._config_for(me, self._cameras(), everyone)
+        if body.get("config_digest") == config["config_digest"]:
+            # What the server already has: a few bytes instead of every camera of the site.
+            return web.json_response(
+                {
+                    "unchanged": True,
+                    "config_digest": config["config_digest"],
+                    "ms_encryption": self.encryption,
+                }
+            )
+        return web.json_response(config)
 
     # -- failover ------------------------------------------------------------------------
 

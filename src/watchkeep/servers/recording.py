@@ -86,6 +86,9 @@ class RecordingServer(LinkedServer):
             "cameras": self.media.stats(),
             "recorder": self.media.recorder_stats(),
             "covering": self.covering,
+            # The digest of the configuration it runs: the management server's answer to a
+            # heartbeat carries the same one once the configuration has reached this server.
+            "config_digest": self.config_digest,
         }
 
     async def receive_config(self, request: web.Request) -> web.Response:
