@@ -227,6 +227,18 @@ def test_issuing_without_a_ca_is_refused_and_creates_nothing(tmp_path: Path) -> 
     assert not root.exists(), sorted(p.name for p in root.rglob("*"))
 
 
+def test_reading_the_inventory_of_a_home_without_a_ca_is_refused_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    # A mistyped --home must not look like a site with no certificates.
+    root = tmp_path / "mistyped"
+    for command in (("cert", "list"), ("cert", "list", "--json"), ("cert", "show", "rs1")):
+        ran = run_cli(root, *command)
+        assert ran.code == 1, (command, ran)
+        single_error_line(ran, "no certificate authority", str(root), "ca init")
+        assert not root.exists(), (command, sorted(p.name for p in root.rglob("*")))
+
+
 def test_operations_the_state_of_a_certificate_forbids_are_refused(
     home: Home, issue: Callable[..., CertificateRecord], tmp_path: Path
 ) -> None:

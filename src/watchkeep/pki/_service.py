@@ -422,8 +422,15 @@ class SitePKI:
 
     # -- looking up -----------------------------------------------------------------------
 
+    def _existing_inventory(self) -> Inventory:
+        """The inventory of a home that has a CA: reading one that has none (a mistyped
+        --home, say) is refused rather than answered with an empty list and a new home."""
+        if not self.home.ca_cert.exists():
+            raise CANotInitialised(str(self.home.root))
+        return self.inventory
+
     def find(self, name_or_serial: str) -> CertificateRecord:
-        record = self.inventory.find(name_or_serial)
+        record = self._existing_inventory().find(name_or_serial)
         if record is None:
             raise CertificateNotFound(name_or_serial, str(self.home.root))
         return record
@@ -436,7 +443,8 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> list[CertificateRecord]:
         now = now or utcnow()
-        records = self.inventory.all() if include_history else self.inventory.active()
+        inventory = self._existing_inventory()
+        records = inventory.all() if include_history else inventory.active()
         if expiring_within is not None:
             records = [r for r in records if r.not_after - now <= expiring_within]
         return records
