@@ -232,11 +232,26 @@ def test_reading_the_inventory_of_a_home_without_a_ca_is_refused_and_creates_not
 ) -> None:
     # A mistyped --home must not look like a site with no certificates.
     root = tmp_path / "mistyped"
-    for command in (("cert", "list"), ("cert", "list", "--json"), ("cert", "show", "rs1")):
+    commands = (
+        ("cert", "list"),
+        ("cert", "list", "--json"),
+        ("cert", "show", "rs1"),
+        ("ca", "crl"),
+    )
+    for command in commands:
         ran = run_cli(root, *command)
         assert ran.code == 1, (command, ran)
         single_error_line(ran, "no certificate authority", str(root), "ca init")
         assert not root.exists(), (command, sorted(p.name for p in root.rglob("*")))
+
+
+def test_listing_a_trust_store_that_does_not_exist_is_refused(home: Home, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-store"
+    for extra in ((), ("--json",)):
+        ran = run_cli(home.root, "trust", "list", "--store", missing, *extra)
+        assert ran.code == 1, ran
+        single_error_line(ran, "no trust store", str(missing), "trust install")
+    assert not missing.exists()
 
 
 def test_operations_the_state_of_a_certificate_forbids_are_refused(

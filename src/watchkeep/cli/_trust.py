@@ -72,7 +72,17 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    entries = _store(args).entries()
+    from watchkeep.errors import TrustError
+    from watchkeep.trust import DirectoryTrustStore
+
+    store = _store(args)
+    if isinstance(store, DirectoryTrustStore) and not store.path.is_dir():
+        # A mistyped path must not read as a store that trusts nothing.
+        raise TrustError(
+            f"no trust store at {store.path}: the directory does not exist",
+            fix=f"check the path, or create it: watchkeep trust install --store {store.path}",
+        )
+    entries = store.entries()
     if args.json:
         emit_json([e.as_json() for e in entries])
     else:

@@ -470,8 +470,9 @@ class SitePKI:
             return self.find(record.serial)
 
     def write_crl(self, now: dt.datetime | None = None, out: Path | None = None) -> Path:
+        ca = self.authority()  # a home without a CA is refused before anything is made
         with self._exclusive():
-            path = self._write_crl(self.authority(), now or utcnow())
+            path = self._write_crl(ca, now or utcnow())
         if out is not None:
             atomic_write(out, path.read_bytes())
             return out
