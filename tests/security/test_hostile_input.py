@@ -40,6 +40,7 @@ from security_support import (
     problem_of,
 )
 
+from watchkeep.servers._forwarded import CLIENT_HEADER, PROOF_HEADER
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.testing import LocalServer, LocalSite, eventually
 
@@ -556,13 +557,22 @@ def test_a_user_token_does_not_open_the_control_link(
 
 
 def login(
-    site: LocalSite, user: str, password: str, source: str
+    site: LocalSite,
+    user: str,
+    password: str,
+    source: str,
+    *,
+    through: str = "ms",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-    status, headers, reply = json_request(
-        site.management, "api", "/api/v1/login", {"user": user, "password": password},
-        ca=ca(site), source=source,
+    """A log-in at the management server, or ``through`` the mobile server (mobile1)."""
+    server = site.servers[through]
+    listener = "api" if through == "ms" else "https"
+    status, answer, reply = json_request(
+        server, listener, "/api/v1/login", {"user": user, "password": password},
+        ca=ca(site), source=source, headers=headers,
     )  # fmt: skip
-    return status, json.loads(reply), headers
+    return status, json.loads(reply), answer
 
 
 def test_guessing_one_account_is_slowed_down_whatever_the_address(
@@ -620,3 +630,38 @@ def test_guessing_from_one_address_is_slowed_down_whatever_the_account(
     figures.hostile("log-in guess")
     # A legitimate client at another address logs in as usual meanwhile.
     assert security_site.login_token()
+
+
+def test_guessing_through_the_mobile_server_slows_the_guesser_not_its_other_users(
+    security_site: LocalSite, figures: Figures
+) -> None:
+    password = "mobile-user-password-1234"
+    security_site.api(
+        "POST", "/api/v1/users", {"name": "mobile-user", "password": password, "role": "operator"}
+    )
+    guesser = attacker_address(security_site, 40)
+    # The guesser names another client, as a relay would: the management server believes
+    # only the mobile server, whose claim is proven with the site's registration key.
+    forged = {CLIENT_HEADER: attacker_address(security_site, 42), PROOF_HEADER: "0:00"}
+    for n in range(20):
+        status, document, _ = login(
+            security_site, f"nobody-m{n}", "guess", guesser, through="mobile1", headers=forged
+        )
+        assert (status, document["code"]) == (401, "auth.login"), document
+    figures.hostile("log-in guess through the mobile server", 20)
+    status, document, headers = login(
+        security_site, "anyone-m", "guess", guesser, through="mobile1"
+    )
+    assert (status, document["code"]) == (429, "auth.login_rate"), document
+    assert int(headers["retry-after"]) >= 1
+    assert document["retry_after"] >= 1
+    # Another mobile user, at another address, logs in through the same mobile server.
+    other = attacker_address(security_site, 41)
+    status, document, _ = login(security_site, "mobile-user", password, other, through="mobile1")
+    assert status == 200, document
+    # A client that names itself to the management server directly is not believed.
+    status, document, _ = login(security_site, "nobody-direct", "guess", other)
+    assert status == 401, document
+    forged = {CLIENT_HEADER: guesser, PROOF_HEADER: f"{time.time():.0f}:{'0' * 64}"}
+    status, document, _ = login(security_site, "mobile-user", password, other, headers=forged)
+    assert status == 200, document

@@ -88,19 +88,22 @@ async def call_json(
     body: Any = None,
     token: str | None = None,
     trust_dir: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Any:
     """One JSON request; returns the decoded body or raises ApiError / ConnectionFailed."""
     if endpoint.tls and ssl_context is None:
         raise ValueError("a TLS endpoint needs an ssl_context that verifies it")
     scheme = "https" if endpoint.tls else "http"
     url = f"{scheme}://{endpoint.host}:{endpoint.port}{path}"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sent = dict(headers or {})
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
     try:
         async with session.request(
             method,
             url,
             json=body,
-            headers=headers,
+            headers=sent,
             ssl=ssl_context if endpoint.tls and ssl_context is not None else False,
         ) as response:
             raw = await response.read()

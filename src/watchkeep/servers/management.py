@@ -29,6 +29,7 @@ from watchkeep.pki._lifecycle import warning_level
 from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
+from watchkeep.servers._forwarded import proven_client
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
@@ -287,7 +288,12 @@ class ManagementServer(ServerProcess):
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
             return problem(400, "bad login", "user and password must be strings")
-        address = request.remote or "unknown"
+        # A mobile server names the client it relays (proven with the registration key).
+        address = (
+            proven_client(request.headers, self.config.registration_key, time.time())
+            or request.remote
+            or "unknown"
+        )
         refused = self._login_throttled(user, address)
         if refused is not None:
             return refused

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from importlib import resources
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiohttp import web
 from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort
 from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._forwarded import client_headers
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
@@ -114,10 +116,26 @@ class MobileServer(LinkedServer):
         context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
         try:
             reply = await call_json(
-                self.session, endpoint, "POST", "/api/v1/login", ssl_context=context, body=body
+                self.session,
+                endpoint,
+                "POST",
+                "/api/v1/login",
+                ssl_context=context,
+                body=body,
+                # The management server limits failed log-ins per client address: it must
+                # see this client's, not this server's (see _forwarded.py).
+                headers=client_headers(request.remote, self.link.registration_key, time.time()),
             )
         except ApiError as exc:
-            return problem(exc.status, "login failed", exc.describe(), code=exc.code or None)
+            retry = exc.document.get("retry_after")
+            if not (exc.status == 429 and isinstance(retry, int)):
+                return problem(exc.status, "login failed", exc.describe(), code=exc.code or None)
+            # The management server's back-off, passed on as it said it.
+            refused = problem(
+                429, "login failed", exc.describe(), code=exc.code or None, retry_after=retry
+            )
+            refused.headers["Retry-After"] = str(retry)
+            return refused
         except ConnectionFailed as exc:
             return problem(502, "management server unreachable", str(exc), fix=exc.fix)
         return web.json_response({"token": reply["token"], "role": reply["role"]})
