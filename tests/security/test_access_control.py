@@ -35,6 +35,7 @@ ANONYMOUS = "anonymous"
 ROUTES: dict[tuple[str, str, str, str], int] = {
     # The management API.
     ("ms", "api", "POST", "/api/v1/login"): 400,  # public: how a token is obtained
+    ("ms", "api", "POST", "/api/v1/logout"): 401,
     ("ms", "api", "GET", "/metrics"): 200,  # public: expiry metrics for Prometheus
     # public: the token-verifying key is a public key (recording servers get it by heartbeat)
     ("ms", "api", "GET", "/api/v1/token-key"): 200,
@@ -64,6 +65,7 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("mobile1", "https", "GET", "/healthz"): 200,  # public: liveness
     ("mobile1", "https", "GET", "/metrics"): 200,  # public: expiry metrics
     ("mobile1", "https", "POST", "/api/v1/login"): 400,  # public: relayed to the MS
+    ("mobile1", "https", "POST", "/api/v1/logout"): 401,  # relayed to the MS with the token
     ("mobile1", "https", "GET", "/api/v1/cameras"): 401,
     ("mobile1", "https", "GET", "/api/v1/cameras/{name}/live.mjpeg"): 401,
     ("mobile1", "https", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,

@@ -15,6 +15,7 @@ and redirects its plain HTTP port there.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Error, Page, sync_playwright
-from stream_support import DEADLINE
+from stream_support import DEADLINE, add_user, request
 
 from watchkeep.testing import LocalServer, LocalSite, eventually
 
@@ -139,3 +140,42 @@ def test_the_web_client_logs_in_and_shows_live_video(
         eventually(lambda: image.screenshot() != first, what="cam1's picture changes")
         page.screenshot(path=str(screenshot))
     print(f"web client screenshot: {screenshot}")
+
+
+def test_logging_out_of_the_web_client_stops_the_video_and_revokes_the_token(
+    streams_site: LocalSite, tmp_path: Path
+) -> None:
+    mobile = streams_site.servers["mobile1"]
+    password_file = add_user(streams_site, "web-leaver", "operator", ["cam1"])
+    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+        page = _page(browser)
+        page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
+        # Given an operator logged in and watching cam1
+        assert page.locator("#logout").is_hidden()
+        page.fill("#user", "web-leaver")
+        page.fill("#password", password_file.read_text().strip())
+        page.click("button[type=submit]")
+        page.wait_for_function(
+            "(selector) => { const i = document.querySelector(selector);"
+            " return i !== null && i.naturalWidth > 0; }",
+            arg=_camera_image(page, "cam1"),
+        )
+        token = page.evaluate("() => session")
+
+        # When the operator logs out
+        page.click("#logout")
+
+        # Then the video is gone and the log-in form is back
+        page.wait_for_function("() => !document.getElementById('login').hidden")
+        assert page.locator("img").count() == 0
+        assert page.locator("#logout").is_hidden()
+
+    # And the token the page held is refused from now on
+    def refused() -> bool:
+        with request(mobile, "https", "/api/v1/cameras", ca=streams_site.home.ca_cert,
+                     token=token) as response:  # fmt: skip
+            assert response.status == 401, response.status
+            assert "revoked" in json.loads(response.read())["detail"]
+        return True
+
+    eventually(refused, what="the web client's token refused after its log-out")

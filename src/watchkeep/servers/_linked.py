@@ -13,7 +13,7 @@ import contextlib
 import copy
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -23,7 +23,7 @@ from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import install_trust_payload
-from watchkeep.servers._tokens import InvalidToken, TokenVerifier
+from watchkeep.servers._tokens import InvalidToken, TokenVerifier, is_revoked
 from watchkeep.tls import Endpoint
 
 __all__ = ["LinkedServer"]
@@ -45,6 +45,8 @@ class LinkedServer(ServerProcess):
         self.site: dict[str, Any] = dict(state.get("site", {}))
         self.site_cameras: list[dict[str, Any]] = list(state.get("site_cameras", []))
         self._token_key: str | None = state.get("token_public_key")
+        # user -> the moment before which that user's tokens are refused (from the MS).
+        self.token_revocations = _revocations(state.get("token_revocations"))
         self.verifier: TokenVerifier | None = (
             TokenVerifier.from_b64(self._token_key) if self._token_key else None
         )
@@ -54,6 +56,8 @@ class LinkedServer(ServerProcess):
         # The digest of the last configuration taken in full: sent with each heartbeat, so
         # that the answer carries the configuration only when it changed.
         self.config_digest = ""
+        # Running user requests: id(request) -> (token claims, connection).
+        self._user_requests: dict[int, tuple[dict[str, Any], asyncio.BaseTransport | None]] = {}
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
 
@@ -76,16 +80,38 @@ class LinkedServer(ServerProcess):
                     server=self.config.name,
                 )
             try:
-                request["claims"] = self.verifier.verify(token, scope=scope)
+                request["claims"] = self.verifier.verify(
+                    token, scope=scope, revoked_before=self.token_revocations
+                )
             except InvalidToken as exc:
                 return problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
             if scope == "control":
                 refused = self.check_control_peer(request)
                 if refused is not None:
                     return refused
-            return await handler(request)
+                return await handler(request)
+            # A user's request is remembered while it runs (a live stream, for hours): a
+            # revocation that arrives meanwhile ends it (end_revoked_requests).
+            self._user_requests[id(request)] = (request["claims"], request.transport)
+            try:
+                return await handler(request)
+            finally:
+                self._user_requests.pop(id(request), None)
 
         return middleware
+
+    def end_revoked_requests(self) -> None:
+        """Close the connections of running requests whose tokens are now revoked."""
+        for claims, transport in list(self._user_requests.values()):
+            if transport is not None and is_revoked(claims, self.token_revocations):
+                log.info(
+                    "%s: ending a request of user %r: its token was revoked",
+                    self.config.name,
+                    claims.get("sub"),
+                )
+                # At once, buffered video and all: a client that stopped reading must not
+                # keep the connection open by not taking what is queued for it.
+                cast(asyncio.Transport, transport).abort()
 
     public_paths: frozenset[str] = frozenset()
 
@@ -118,6 +144,11 @@ class LinkedServer(ServerProcess):
             self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
             self.encryption = bool(config.get("encryption", self.encryption))
             self.covering = config.get("covering")
+            if "token_revocations" in config:
+                revocations = _revocations(config["token_revocations"])
+                if revocations != self.token_revocations:
+                    self.token_revocations = revocations
+                    self.end_revoked_requests()
             if isinstance(config.get("site"), dict):
                 self.site = dict(config["site"])
             if isinstance(config.get("site_cameras"), list):
@@ -133,6 +164,7 @@ class LinkedServer(ServerProcess):
                 "site": self.site,
                 "site_cameras": self.site_cameras,
                 "token_public_key": self._token_key,
+                "token_revocations": self.token_revocations,
             }
             # Every heartbeat's answer carries the configuration, mostly unchanged: writing
             # (and fsyncing) it each time blocked the event loop behind the recorder's disk
@@ -267,3 +299,13 @@ class LinkedServer(ServerProcess):
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)
+
+
+def _revocations(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(user): float(moment)
+        for user, moment in value.items()
+        if isinstance(moment, int | float) and not isinstance(moment, bool)
+    }

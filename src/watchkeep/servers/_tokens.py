@@ -11,6 +11,7 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from watchkeep._files import atomic_write
 from watchkeep.errors import WatchkeepError
 
-__all__ = ["InvalidToken", "TokenSigner", "TokenVerifier"]
+__all__ = ["InvalidToken", "TokenSigner", "TokenVerifier", "is_revoked"]
 
 
 class InvalidToken(WatchkeepError):
@@ -74,6 +75,9 @@ class TokenSigner:
             "role": role,
             "scope": scope,
             "iat": int(now),
+            # iat to the microsecond: a revocation at one moment must not refuse a token
+            # issued a moment later in the same second (see TokenVerifier.verify).
+            "issued": round(now, 6),
             "exp": int(now + ttl),
             "jti": secrets.token_hex(8),
             **claims,
@@ -90,7 +94,17 @@ class TokenVerifier:
     def from_b64(cls, text: str) -> TokenVerifier:
         return cls(ed25519.Ed25519PublicKey.from_public_bytes(_unb64(text)))
 
-    def verify(self, token: str, *, scope: str, now: float | None = None) -> dict[str, Any]:
+    def verify(
+        self,
+        token: str,
+        *,
+        scope: str,
+        now: float | None = None,
+        revoked_before: Mapping[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """The claims of ``token``, if the management server signed it for ``scope`` and it
+        is still good. ``revoked_before`` maps a user to the moment before which that
+        user's tokens no longer count (a log-out, or a new password or new rights)."""
         now = time.time() if now is None else now
         body, _, signature = token.partition(".")
         if not body or not signature:
@@ -113,4 +127,24 @@ class TokenVerifier:
                 f"the token is for {claims.get('scope')!r}, not {scope!r}",
                 fix="use a token issued for this purpose",
             )
+        if scope == "user" and is_revoked(claims, revoked_before or {}):
+            raise InvalidToken(
+                "the token was revoked: its user logged out, or an administrator changed the "
+                "user's password or rights",
+                fix="log in again",
+            )
         return claims
+
+
+def is_revoked(claims: Mapping[str, Any], revoked_before: Mapping[str, float]) -> bool:
+    """Whether a user token with ``claims`` was issued before its user's revocation."""
+    cut = revoked_before.get(str(claims.get("sub")))
+    return cut is not None and _issued(claims) < cut
+
+
+def _issued(claims: Mapping[str, Any]) -> float:
+    """When a token was issued (its iat, whole seconds, for tokens from before "issued")."""
+    try:
+        return float(claims.get("issued", claims.get("iat", 0)))
+    except (TypeError, ValueError):
+        return 0.0

@@ -52,6 +52,11 @@ log = logging.getLogger("watchkeep.management")
 
 ROLES = ("administrator", "operator")
 TRUST_REFRESH = 60.0
+# settings key: user -> the moment (time.time()) before which that user's tokens are refused
+REVOCATIONS_SETTING = "token_revocations"
+# A revocation is kept this long past the token lifetime: for verifiers whose clocks run a
+# little behind the management server's (a token's expiry is checked on their clock).
+TOKEN_CLOCK_SLACK = 300.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -159,6 +164,28 @@ class ManagementServer(ServerProcess):
             else:
                 conn.execute(sa.insert(settings).values(key=key, value=value))
 
+    def _token_revocations(self) -> dict[str, float]:
+        """user -> the moment before which that user's tokens are refused: only the moments
+        that can still refuse a token (younger than the longest a token lives)."""
+        horizon = time.time() - self.config.token_ttl - TOKEN_CLOCK_SLACK
+        stored = self._setting(REVOCATIONS_SETTING, {})
+        if not isinstance(stored, dict):
+            return {}
+        return {
+            str(user): float(moment)
+            for user, moment in stored.items()
+            if isinstance(moment, int | float) and moment > horizon
+        }
+
+    def _revoke_tokens(self, user: str) -> None:
+        """Refuse every token issued to ``user`` until now, here and (with the next
+        configuration, pushed at once) at every other server."""
+        revocations = self._token_revocations()
+        revocations[user] = time.time()
+        self._set_setting(REVOCATIONS_SETTING, revocations)
+        log.info("%s: tokens of user %r issued until now are revoked", self.config.name, user)
+        self.spawn(self.push_config())
+
     @property
     def encryption(self) -> bool:
         return bool(self._setting("ms_encryption", False))
@@ -235,7 +262,9 @@ class ManagementServer(ServerProcess):
                 )
             )
         try:
-            claims = self.verifier.verify(header[7:], scope="user")
+            claims = self.verifier.verify(
+                header[7:], scope="user", revoked_before=self._token_revocations()
+            )
         except InvalidToken as exc:
             raise _Refused(
                 problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
@@ -271,6 +300,7 @@ class ManagementServer(ServerProcess):
     def _routes(self) -> None:
         r = self.app.router
         r.add_post("/api/v1/login", self.login)
+        r.add_post("/api/v1/logout", self.logout)
         r.add_get("/api/v1/site/status", self.site_status)
         r.add_get("/api/v1/servers", self.list_servers)
         r.add_post("/api/v1/servers/{name}/encryption", self.set_encryption)
@@ -522,11 +552,22 @@ class ManagementServer(ServerProcess):
             return problem(400, "bad user", "cameras must be a list of camera names")
         hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
         with self.db.begin() as conn:
+            existed = conn.execute(sa.select(users.c.name).where(users.c.name == name)).first()
             conn.execute(sa.delete(users).where(users.c.name == name))
             conn.execute(
                 sa.insert(users).values(name=name, role=role, password_hash=hashed, cameras=cams)
             )
+        if existed:
+            # A new password or new rights: whoever holds one of the user's tokens (a stolen
+            # one, say) must log in again.
+            self._revoke_tokens(name)
         return web.json_response({"name": name, "role": role, "cameras": cams}, status=201)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """End every session of the caller: all tokens issued to this user until now."""
+        claims = self._claims(request)
+        self._revoke_tokens(str(claims["sub"]))
+        return web.Response(status=204)
 
     async def add_camera(self, request: web.Request) -> web.Response:
         self._claims(request, role="administrator")
@@ -666,6 +707,7 @@ class ManagementServer(ServerProcess):
             "ms_encryption": self.encryption,
             "encryption": server.encryption,
             "token_public_key": self.signer.public_key_b64(),
+            "token_revocations": self._token_revocations(),
             "cameras": [{"name": c.name, "source": c.source} for c in mine],
             "site_cameras": [
                 {"name": c.name, "recording_server": c.served_by} for c in all_cameras

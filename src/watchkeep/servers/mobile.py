@@ -45,6 +45,7 @@ class MobileServer(LinkedServer):
         r.add_get("/healthz", self.health)
         r.add_get("/metrics", self.metrics)
         r.add_post("/api/v1/login", self.login)
+        r.add_post("/api/v1/logout", self.logout)
         r.add_get("/api/v1/cameras", self.cameras)
         r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.relay)
@@ -139,6 +140,28 @@ class MobileServer(LinkedServer):
         except ConnectionFailed as exc:
             return problem(502, "management server unreachable", str(exc), fix=exc.fix)
         return web.json_response({"token": reply["token"], "role": reply["role"]})
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """End every session of the caller, at the management server (its token, checked
+        here already, goes with the call)."""
+        assert self.session is not None
+        endpoint = self._ms_endpoint()
+        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        try:
+            await call_json(
+                self.session,
+                endpoint,
+                "POST",
+                "/api/v1/logout",
+                ssl_context=context,
+                token=token or request.query.get("token", ""),
+            )
+        except ApiError as exc:
+            return problem(exc.status, "logout failed", exc.describe(), code=exc.code or None)
+        except ConnectionFailed as exc:
+            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+        return web.Response(status=204)
 
     async def cameras(self, request: web.Request) -> web.Response:
         allowed = request["claims"].get("cameras", "*")

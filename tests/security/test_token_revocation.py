@@ -1,0 +1,173 @@
+"""Revoked tokens: a log-out, a new password or new rights end the user's sessions everywhere.
+
+Given the running encrypted site and a user with tokens, when the user logs out (at the
+management server, or through the mobile server) or an administrator sets the user's
+password or rights again, then every token issued to that user until then gets 401
+`auth.token` ("revoked") at the management server at once, and at the recording server and
+the mobile server as soon as the configuration pushed to them arrives; a token issued
+afterwards works, and other users' tokens are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import time
+from typing import Any
+
+from security_support import Figures, connect, http_request, json_request
+
+from watchkeep.testing import LocalSite, eventually
+
+CAMERA = "cam1"  # recorded by rs1 (the security site)
+
+
+def log_in(site: LocalSite, user: str, password: str) -> str:
+    status, _, reply = json_request(
+        site.management, "api", "/api/v1/login", {"user": user, "password": password},
+        ca=site.home.ca_cert,
+    )  # fmt: skip
+    assert status == 200, reply[:300]
+    token: str = json.loads(reply)["token"]
+    return token
+
+
+def answers(site: LocalSite, token: str) -> dict[str, tuple[int, Any]]:
+    """What the MS, rs1 and mobile1 answer a read with ``token``: (status, problem code)."""
+    calls = {
+        "ms": (site.management, "api", "/api/v1/cameras"),
+        "rs1": (site.servers["rs1"], "data", f"/api/v1/cameras/{CAMERA}/snapshot.jpg"),
+        "mobile1": (site.servers["mobile1"], "https", "/api/v1/cameras"),
+    }
+    seen = {}
+    for name, (server, listener, path) in calls.items():
+        status, headers, body = http_request(
+            server, listener, path, ca=site.home.ca_cert, token=token
+        )
+        code = None
+        if headers.get("content-type", "").startswith("application/problem+json"):
+            document = json.loads(body)
+            code = (document.get("code"), "revoked" in document.get("detail", ""))
+        seen[name] = (status, code)
+    return seen
+
+
+def open_live(site: LocalSite, server: str, listener: str, token: str) -> socket.socket:
+    """A live MJPEG stream of CAMERA, its first bytes read: it is flowing."""
+    target = site.servers[server]
+    sock = connect(target, listener, ca=site.home.ca_cert)
+    sock.sendall(
+        f"GET /api/v1/cameras/{CAMERA}/live.mjpeg HTTP/1.1\r\nHost: {target.host}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200 "), head[:300]
+    return sock
+
+
+def ended_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server ends the stream within ``seconds`` (reading what still comes)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(1.0)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, ssl.SSLError):
+            return True
+    return False
+
+
+SERVED = {name: (200, None) for name in ("ms", "rs1", "mobile1")}
+REVOKED = {name: (401, ("auth.token", True)) for name in ("ms", "rs1", "mobile1")}
+
+
+def add_user(site: LocalSite, name: str, password: str) -> None:
+    site.api(
+        "POST",
+        "/api/v1/users",
+        {"name": name, "password": password, "role": "operator", "cameras": [CAMERA]},
+    )
+
+
+def refused_everywhere(site: LocalSite, *tokens: str) -> bool:
+    for token in tokens:
+        assert answers(site, token) == REVOKED
+    return True
+
+
+def test_a_new_password_revokes_the_users_tokens_everywhere(
+    security_site: LocalSite, figures: Figures
+) -> None:
+    add_user(security_site, "revokee", "first-password-1234")
+    stolen = log_in(security_site, "revokee", "first-password-1234")
+    bystander = security_site.login_token()
+    assert answers(security_site, stolen) == SERVED
+    # and the thief watches cam1 live, at rs1 and through the mobile server
+    streams = [
+        open_live(security_site, "rs1", "data", stolen),
+        open_live(security_site, "mobile1", "https", stolen),
+    ]
+
+    # When an administrator sets a new password (the token was stolen, say)
+    add_user(security_site, "revokee", "second-password-1234")
+
+    # Then the old token is refused by every server, the MS at once
+    assert answers(security_site, stolen)["ms"] == REVOKED["ms"]
+    eventually(
+        lambda: refused_everywhere(security_site, stolen), what="the old token refused everywhere"
+    )
+    # and the streams it had opened end
+    try:
+        assert all(ended_within(sock, 10.0) for sock in streams)
+    finally:
+        for sock in streams:
+            with contextlib.suppress(OSError):
+                sock.close()
+    figures.hostile("revoked token")
+    # And a token from the new password works, as do other users' tokens
+    fresh = log_in(security_site, "revokee", "second-password-1234")
+    assert answers(security_site, fresh) == SERVED
+    assert answers(security_site, bystander) == SERVED
+
+
+def test_logging_out_ends_every_session_of_the_user(
+    security_site: LocalSite, figures: Figures
+) -> None:
+    add_user(security_site, "leaver", "leaver-password-1234")
+    phone, laptop = (log_in(security_site, "leaver", "leaver-password-1234") for _ in range(2))
+    assert answers(security_site, laptop) == SERVED
+
+    # When the user logs out through the mobile server, with the phone's token
+    status, _, body = http_request(
+        security_site.servers["mobile1"],
+        "https",
+        "/api/v1/logout",
+        ca=security_site.home.ca_cert,
+        token=phone,
+        method="POST",
+    )
+    assert status == 204, body[:300]
+
+    # Then both sessions are over, everywhere
+    eventually(
+        lambda: refused_everywhere(security_site, phone, laptop),
+        what="the user's tokens refused everywhere",
+    )
+    figures.hostile("token used after its user logged out", 2)
+    # A log-out with a revoked token is refused; logging in again works
+    status, _, _ = http_request(
+        security_site.management,
+        "api",
+        "/api/v1/logout",
+        ca=security_site.home.ca_cert,
+        token=laptop,
+        method="POST",
+    )
+    assert status == 401
+    again = log_in(security_site, "leaver", "leaver-password-1234")
+    assert answers(security_site, again) == SERVED
