@@ -7,8 +7,11 @@ on their own loopback addresses, with encryption off everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
+import time
+import urllib.request
 
 import pytest
 from site_support import (
@@ -20,8 +23,9 @@ from site_support import (
     trust_of,
 )
 
+from watchkeep.client import SiteClient
 from watchkeep.errors import PeerRefused, TlsToPlaintextPort
-from watchkeep.testing import LocalSite, servers_by_name
+from watchkeep.testing import LocalSite, eventually, servers_by_name
 from watchkeep.tls import Endpoint, client_context
 
 HEX64 = set("0123456789abcdef")
@@ -116,3 +120,58 @@ def test_a_port_where_nothing_listens_is_reported_as_refused(plain_site: LocalSi
     # Then it is told that nothing listens, and where it tried
     assert "connection refused" in str(refused.value)
     assert "rs9" in str(refused.value)
+
+
+def config_pushes(site: LocalSite) -> int:
+    """The management server's count of configuration pushes (its Prometheus metrics)."""
+    ms = site.management
+    url = f"http://{ms.address}:{ms.ports['api']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("watchkeep_config_pushes_total ")]
+    return int(line.split()[1])
+
+
+def test_cameras_added_together_reach_the_recording_server_in_a_few_pushes(
+    plain_site: LocalSite,
+) -> None:
+    names = [f"bulk{n:02d}" for n in range(30)]
+    before = config_pushes(plain_site)
+
+    async def add_all() -> None:
+        async with SiteClient(plain_site.home) as client:
+            await asyncio.gather(
+                *(
+                    client.call(
+                        "POST",
+                        "/api/v1/cameras",
+                        {"name": n, "recording_server": "rs1", "source": {"kind": "synthetic"}},
+                    )
+                    for n in names
+                )
+            )
+
+    asyncio.run(add_all())
+    try:
+        # Every camera reaches rs1, in far fewer pushes than cameras (each push carries
+        # the whole configuration; calls that came while one ran share the next)
+        def running() -> bool:
+            status = call(endpoint(plain_site.servers["rs1"], "data", tls=False), "GET",
+                          "/api/v1/status", token=plain_site.login_token())  # fmt: skip
+            assert set(names) <= {c["name"] for c in status["cameras"]}
+            return True
+
+        eventually(running, what="rs1 running the 30 cameras")
+
+        def settled() -> int:
+            # No push still queued: the count holds for 2 s
+            count = config_pushes(plain_site)
+            time.sleep(2.0)
+            assert config_pushes(plain_site) == count
+            return count
+
+        pushes = eventually(settled, what="the pushes to settle") - before
+        assert 1 <= pushes <= 10, pushes
+    finally:
+        for n in names:
+            plain_site.api("DELETE", f"/api/v1/cameras/{n}")

@@ -279,8 +279,12 @@ class ServerProcess(abc.ABC):
     def metrics_certificates(self) -> list[WatchedCertificate]:
         return self.watched_certificates()
 
+    def metrics_extra(self) -> str:
+        """More Prometheus text after the certificates' (a server's own counters)."""
+        return ""
+
     async def metrics(self, _request: web.Request) -> web.Response:
-        text = metrics_text(self.metrics_certificates(), utcnow())
+        text = metrics_text(self.metrics_certificates(), utcnow(), self.metrics_extra())
         return web.Response(
             text=text,
             content_type="text/plain",

@@ -130,6 +130,8 @@ class ManagementServer(ServerProcess):
         self.runner = config.listener_limits.runner(self.app)
         self.listener: Listener | None = None
         self._push_lock = asyncio.Lock()
+        self._pushes_asked = self._pushes_done = 0  # push_config() calls, and those served
+        self.pushes = 0  # configuration pushes made (to every online recording server)
         self._trust_cache: tuple[object, dict[str, Any]] | None = None
         self.renewer = (
             Renewer(
@@ -910,40 +912,62 @@ class ManagementServer(ServerProcess):
             if self._rebalance():
                 await self.push_config()
 
+    def metrics_extra(self) -> str:
+        return (
+            "# HELP watchkeep_config_pushes_total Configuration pushes made (each to every online "
+            "recording server).\n"
+            "# TYPE watchkeep_config_pushes_total counter\n"
+            f"watchkeep_config_pushes_total {self.pushes}\n"
+        )
+
     async def push_config(self) -> None:
         """Tell every online recording server its configuration now, over the control link.
 
         Heartbeat answers carry the same configuration, so a push that fails is repaired
-        within one heartbeat."""
+        within one heartbeat. Calls made while a push runs are served together by the next
+        one (it reads the site after all of them): adding 500 cameras one by one makes a
+        few pushes, not 500 pushes of up to 500 cameras each."""
+        self._pushes_asked += 1
+        asked = self._pushes_asked
         async with self._push_lock:
-            all_cameras = self._cameras()
-            everyone = self._server_rows()
-            targets = [s for s in everyone if s.role.records and s.online]
-            if not targets:
-                return
-            tls = self.encryption
-            context = self.client_ssl_context(present_certificate=True) if tls else None
-            token = self.signer.issue(self.config.name, "management", "control", 60)
-            hosts = {s.host: s.address for s in targets}
-            async with open_session(hosts, timeout=3) as session:
-                for server in targets:
-                    endpoint = Endpoint(
-                        server.name, server.host, server.address, server.ports["control"], tls
+            if self._pushes_done >= asked:
+                return  # a push that began after this call has been made
+            covering = self._pushes_asked
+            if await self._push_now():
+                self.pushes += 1
+            self._pushes_done = covering
+
+    async def _push_now(self) -> bool:
+        """One push to every online recording server; False when there is none."""
+        all_cameras = self._cameras()
+        everyone = self._server_rows()
+        targets = [s for s in everyone if s.role.records and s.online]
+        if not targets:
+            return False
+        tls = self.encryption
+        context = self.client_ssl_context(present_certificate=True) if tls else None
+        token = self.signer.issue(self.config.name, "management", "control", 60)
+        hosts = {s.host: s.address for s in targets}
+        async with open_session(hosts, timeout=3) as session:
+            for server in targets:
+                endpoint = Endpoint(
+                    server.name, server.host, server.address, server.ports["control"], tls
+                )
+                try:
+                    await call_json(
+                        session,
+                        endpoint,
+                        "POST",
+                        "/control/v1/config",
+                        ssl_context=context,
+                        body=self._config_for(server, all_cameras, everyone),
+                        token=token,
                     )
-                    try:
-                        await call_json(
-                            session,
-                            endpoint,
-                            "POST",
-                            "/control/v1/config",
-                            ssl_context=context,
-                            body=self._config_for(server, all_cameras, everyone),
-                            token=token,
-                        )
-                    except (ConnectionFailed, ApiError) as exc:
-                        log.warning(
-                            "%s: config push to %s failed: %s", self.config.name, server.name, exc
-                        )
+                except (ConnectionFailed, ApiError) as exc:
+                    log.warning(
+                        "%s: config push to %s failed: %s", self.config.name, server.name, exc
+                    )
+        return True
 
     # -- life cycle ----------------------------------------------------------------------
 
