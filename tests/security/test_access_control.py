@@ -47,7 +47,9 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "GET", "/api/v1/cameras"): 401,
     ("ms", "api", "POST", "/api/v1/cameras"): 401,
     ("ms", "api", "DELETE", "/api/v1/cameras/{name}"): 401,
+    ("ms", "api", "GET", "/api/v1/users"): 401,
     ("ms", "api", "POST", "/api/v1/users"): 401,
+    ("ms", "api", "DELETE", "/api/v1/users/{name}"): 401,
     ("ms", "api", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,
     # The recording server's data streams.
     ("rs1", "data", "GET", "/api/v1/status"): 401,
@@ -82,6 +84,7 @@ ADMIN_ONLY = [
     ),
     ("DELETE", "/api/v1/cameras/cam1", None),
     ("POST", "/api/v1/users", {"name": "op2", "password": "op2-password", "role": "administrator"}),
+    ("DELETE", "/api/v1/users/admin", None),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Revoked tokens: a log-out, a new password or new rights end the user's sessions everywhere.
+"""Revoked tokens: a log-out, a new password or new rights, or the user's removal end the
+user's sessions everywhere.
 
 Given the running encrypted site and a user with tokens, when the user logs out (at the
 management server, or through the mobile server) or an administrator sets the user's
@@ -94,6 +95,12 @@ def add_user(site: LocalSite, name: str, password: str) -> None:
     )
 
 
+def new_user(site: LocalSite, name: str) -> str:
+    """An operator ``name`` (password ``NAME-password-1234``, cam1 only); its first token."""
+    add_user(site, name, f"{name}-password-1234")
+    return log_in(site, name, f"{name}-password-1234")
+
+
 def refused_everywhere(site: LocalSite, *tokens: str) -> bool:
     for token in tokens:
         assert answers(site, token) == REVOKED
@@ -103,8 +110,7 @@ def refused_everywhere(site: LocalSite, *tokens: str) -> bool:
 def test_a_new_password_revokes_the_users_tokens_everywhere(
     security_site: LocalSite, figures: Figures
 ) -> None:
-    add_user(security_site, "revokee", "first-password-1234")
-    stolen = log_in(security_site, "revokee", "first-password-1234")
+    stolen = new_user(security_site, "revokee")
     bystander = security_site.login_token()
     assert answers(security_site, stolen) == SERVED
     # and the thief watches cam1 live, at rs1 and through the mobile server
@@ -138,8 +144,8 @@ def test_a_new_password_revokes_the_users_tokens_everywhere(
 def test_logging_out_ends_every_session_of_the_user(
     security_site: LocalSite, figures: Figures
 ) -> None:
-    add_user(security_site, "leaver", "leaver-password-1234")
-    phone, laptop = (log_in(security_site, "leaver", "leaver-password-1234") for _ in range(2))
+    phone = new_user(security_site, "leaver")
+    laptop = log_in(security_site, "leaver", "leaver-password-1234")
     assert answers(security_site, laptop) == SERVED
 
     # When the user logs out through the mobile server, with the phone's token
@@ -171,3 +177,54 @@ def test_logging_out_ends_every_session_of_the_user(
     assert status == 401
     again = log_in(security_site, "leaver", "leaver-password-1234")
     assert answers(security_site, again) == SERVED
+
+
+def test_a_removed_user_can_no_longer_log_in_and_its_tokens_are_revoked(
+    security_site: LocalSite, figures: Figures
+) -> None:
+    token = new_user(security_site, "goner")
+    admin = security_site.login_token()
+    ms, ca = security_site.management, security_site.home.ca_cert
+
+    def users() -> dict[str, Any]:
+        status, _, reply = http_request(ms, "api", "/api/v1/users", ca=ca, token=admin)
+        assert status == 200, reply[:300]
+        return {u["name"]: u for u in json.loads(reply)}
+
+    # The administrator sees the user (never a password hash); an operator may not look
+    assert users()["goner"] == {"name": "goner", "role": "operator", "cameras": [CAMERA]}
+    status, _, _ = http_request(ms, "api", "/api/v1/users", ca=ca, token=token)
+    assert status == 403
+
+    # When the administrator removes the user
+    status, _, reply = http_request(
+        ms, "api", "/api/v1/users/goner", ca=ca, token=admin, method="DELETE"
+    )
+    assert status == 204, reply[:300]
+
+    # Then its tokens are refused everywhere, and its password no longer logs in
+    eventually(lambda: refused_everywhere(security_site, token), what="goner's token refused")
+    figures.hostile("token of a removed user")
+    status, _, reply = json_request(
+        ms, "api", "/api/v1/login", {"user": "goner", "password": "goner-password-1234"}, ca=ca
+    )
+    assert (status, json.loads(reply)["code"]) == (401, "auth.login")
+    assert "goner" not in users()
+    status, _, _ = http_request(
+        ms, "api", "/api/v1/users/goner", ca=ca, token=admin, method="DELETE"
+    )
+    assert status == 404
+
+
+def test_the_last_administrator_cannot_be_removed(security_site: LocalSite) -> None:
+    ms, ca = security_site.management, security_site.home.ca_cert
+    admin = security_site.login_token()
+    status, _, reply = http_request(ms, "api", "/api/v1/users", ca=ca, token=admin)
+    administrators = [u["name"] for u in json.loads(reply) if u["role"] == "administrator"]
+    assert administrators == ["admin"], administrators
+    status, _, reply = http_request(
+        ms, "api", "/api/v1/users/admin", ca=ca, token=admin, method="DELETE"
+    )
+    assert (status, json.loads(reply)["code"]) == (409, "auth.last_administrator")
+    assert json.loads(reply)["fix"]
+    assert answers(security_site, admin) == SERVED

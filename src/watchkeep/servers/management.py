@@ -310,7 +310,9 @@ class ManagementServer(ServerProcess):
         r.add_get("/api/v1/cameras", self.list_cameras)
         r.add_post("/api/v1/cameras", self.add_camera)
         r.add_delete("/api/v1/cameras/{name}", self.delete_camera)
+        r.add_get("/api/v1/users", self.list_users)
         r.add_post("/api/v1/users", self.add_user)
+        r.add_delete("/api/v1/users/{name}", self.delete_user)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_get("/api/v1/token-key", self.token_key)
         r.add_get("/metrics", self.metrics)
@@ -564,6 +566,47 @@ class ManagementServer(ServerProcess):
             # one, say) must log in again.
             self._revoke_tokens(name)
         return web.json_response({"name": name, "role": role, "cameras": cams}, status=201)
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        """The users (administrators only): name, role and cameras; never a password hash."""
+        self._claims(request, role="administrator")
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(users).order_by(users.c.name)).all()
+        return web.json_response(
+            [{"name": r.name, "role": r.role, "cameras": r.cameras} for r in rows]
+        )
+
+    async def delete_user(self, request: web.Request) -> web.Response:
+        """Remove a user: it can no longer log in, and its tokens are revoked everywhere."""
+        claims = self._claims(request, role="administrator")
+        name = request.match_info["name"]
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == name)).first()
+            if row is None:
+                return problem(
+                    404,
+                    "unknown user",
+                    f"the site has no user {name!r}",
+                    fix="GET /api/v1/users lists the users",
+                )
+            others = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(users)
+                .where(users.c.role == "administrator", users.c.name != name)
+            ).scalar_one()
+            if row.role == "administrator" and not others:
+                return problem(
+                    409,
+                    "last administrator",
+                    f"{name} is the site's only administrator: without one, nobody could "
+                    "change the site again",
+                    code="auth.last_administrator",
+                    fix="make another user an administrator first (POST /api/v1/users)",
+                )
+            conn.execute(sa.delete(users).where(users.c.name == name))
+        log.info("%s: user %r removed by %r", self.config.name, name, claims.get("sub"))
+        self._revoke_tokens(name)
+        return web.Response(status=204)
 
     async def logout(self, request: web.Request) -> web.Response:
         """End every session of the caller: all tokens issued to this user until now."""
