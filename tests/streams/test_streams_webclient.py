@@ -142,7 +142,7 @@ def test_the_web_client_logs_in_and_shows_live_video(
     print(f"web client screenshot: {screenshot}")
 
 
-def test_logging_out_of_the_web_client_stops_the_video_and_revokes_the_token(
+def test_logging_out_of_the_web_client_stops_the_video_and_revokes_its_token(
     streams_site: LocalSite, tmp_path: Path
 ) -> None:
     mobile = streams_site.servers["mobile1"]

@@ -13,7 +13,7 @@ import aiohttp
 
 from watchkeep._files import atomic_write
 from watchkeep._home import Home
-from watchkeep.client._http import SiteResolver, call_json, open_session
+from watchkeep.client._http import ApiError, SiteResolver, call_json, open_session
 from watchkeep.errors import HomeError, PlaintextToTlsPort
 from watchkeep.tls import Endpoint, TrustMaterial, client_context, speaks_tls
 
@@ -116,6 +116,14 @@ class SiteClient:
     async def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         assert self.session is not None
         try:
+            return await self._call(method, path, body, auth=auth)
+        except ApiError as exc:
+            if not (auth and exc.status == 401 and exc.code == "auth.token"):
+                raise
+            # The token expired (a client that runs for longer than token_ttl) or was
+            # revoked (a new password, say): log in again, once; the call was refused
+            # before it did anything, so it is safe to make again.
+            await self.login()
             return await self._call(method, path, body, auth=auth)
         except PlaintextToTlsPort:
             # The management server's encryption was turned on: follow it, and remember,

@@ -23,7 +23,7 @@ from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import install_trust_payload
-from watchkeep.servers._tokens import InvalidToken, TokenVerifier, is_revoked
+from watchkeep.servers._tokens import InvalidToken, Revocations, TokenVerifier
 from watchkeep.tls import Endpoint
 
 __all__ = ["LinkedServer"]
@@ -45,8 +45,8 @@ class LinkedServer(ServerProcess):
         self.site: dict[str, Any] = dict(state.get("site", {}))
         self.site_cameras: list[dict[str, Any]] = list(state.get("site_cameras", []))
         self._token_key: str | None = state.get("token_public_key")
-        # user -> the moment before which that user's tokens are refused (from the MS).
-        self.token_revocations = _revocations(state.get("token_revocations"))
+        # The user tokens the management server revoked (from its configuration).
+        self.token_revocations = Revocations.from_json(state.get("token_revocations"))
         self.verifier: TokenVerifier | None = (
             TokenVerifier.from_b64(self._token_key) if self._token_key else None
         )
@@ -81,7 +81,7 @@ class LinkedServer(ServerProcess):
                 )
             try:
                 request["claims"] = self.verifier.verify(
-                    token, scope=scope, revoked_before=self.token_revocations
+                    token, scope=scope, revoked=self.token_revocations
                 )
             except InvalidToken as exc:
                 return problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
@@ -103,7 +103,7 @@ class LinkedServer(ServerProcess):
     def end_revoked_requests(self) -> None:
         """Close the connections of running requests whose tokens are now revoked."""
         for claims, transport in list(self._user_requests.values()):
-            if transport is not None and is_revoked(claims, self.token_revocations):
+            if transport is not None and self.token_revocations.why(claims) is not None:
                 log.info(
                     "%s: ending a request of user %r: its token was revoked",
                     self.config.name,
@@ -145,7 +145,7 @@ class LinkedServer(ServerProcess):
             self.encryption = bool(config.get("encryption", self.encryption))
             self.covering = config.get("covering")
             if "token_revocations" in config:
-                revocations = _revocations(config["token_revocations"])
+                revocations = Revocations.from_json(config["token_revocations"])
                 if revocations != self.token_revocations:
                     self.token_revocations = revocations
                     self.end_revoked_requests()
@@ -164,7 +164,7 @@ class LinkedServer(ServerProcess):
                 "site": self.site,
                 "site_cameras": self.site_cameras,
                 "token_public_key": self._token_key,
-                "token_revocations": self.token_revocations,
+                "token_revocations": self.token_revocations.as_json(),
             }
             # Every heartbeat's answer carries the configuration, mostly unchanged: writing
             # (and fsyncing) it each time blocked the event loop behind the recorder's disk
@@ -299,13 +299,3 @@ class LinkedServer(ServerProcess):
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)
-
-
-def _revocations(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict):
-        return {}
-    return {
-        str(user): float(moment)
-        for user, moment in value.items()
-        if isinstance(moment, int | float) and not isinstance(moment, bool)
-    }

@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from watchkeep._files import atomic_write
 from watchkeep.errors import WatchkeepError
 
-__all__ = ["InvalidToken", "TokenSigner", "TokenVerifier", "is_revoked"]
+__all__ = ["InvalidToken", "Revocations", "TokenSigner", "TokenVerifier"]
 
 
 class InvalidToken(WatchkeepError):
@@ -100,11 +100,10 @@ class TokenVerifier:
         *,
         scope: str,
         now: float | None = None,
-        revoked_before: Mapping[str, float] | None = None,
+        revoked: Revocations | None = None,
     ) -> dict[str, Any]:
         """The claims of ``token``, if the management server signed it for ``scope`` and it
-        is still good. ``revoked_before`` maps a user to the moment before which that
-        user's tokens no longer count (a log-out, or a new password or new rights)."""
+        is still good (for a user token: not ``revoked``)."""
         now = time.time() if now is None else now
         body, _, signature = token.partition(".")
         if not body or not signature:
@@ -127,19 +126,59 @@ class TokenVerifier:
                 f"the token is for {claims.get('scope')!r}, not {scope!r}",
                 fix="use a token issued for this purpose",
             )
-        if scope == "user" and is_revoked(claims, revoked_before or {}):
-            raise InvalidToken(
-                "the token was revoked: its user logged out, or an administrator changed the "
-                "user's password or rights",
-                fix="log in again",
-            )
+        why = (revoked or Revocations()).why(claims) if scope == "user" else None
+        if why is not None:
+            raise InvalidToken(f"the token was revoked: {why}", fix="log in again")
         return claims
 
 
-def is_revoked(claims: Mapping[str, Any], revoked_before: Mapping[str, float]) -> bool:
-    """Whether a user token with ``claims`` was issued before its user's revocation."""
-    cut = revoked_before.get(str(claims.get("sub")))
-    return cut is not None and _issued(claims) < cut
+@dataclass(frozen=True)
+class Revocations:
+    """User tokens the management server has revoked before they expire.
+
+    ``users``: user -> the moment before which every token of that user is refused (a new
+    password or new rights, or the user removed). ``tokens``: a token's jti -> its expiry
+    (one session logged out). Both kept only while they can still refuse a token.
+    """
+
+    users: Mapping[str, float] = field(default_factory=dict)
+    tokens: Mapping[str, float] = field(default_factory=dict)
+
+    def why(self, claims: Mapping[str, Any]) -> str | None:
+        """Why a user token with ``claims`` is refused, or None when it is not revoked."""
+        if str(claims.get("jti")) in self.tokens:
+            return "its session was logged out"
+        cut = self.users.get(str(claims.get("sub")))
+        if cut is not None and _issued(claims) < cut:
+            return "its user was removed, or given a new password or new rights"
+        return None
+
+    def as_json(self) -> dict[str, dict[str, float]]:
+        return {"users": dict(self.users), "tokens": dict(self.tokens)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Revocations:
+        """What a configuration (or a saved state) says; anything malformed is left out."""
+        if not isinstance(value, dict):
+            return cls()
+        return cls(_moments(value.get("users")), _moments(value.get("tokens")))
+
+    def pruned(self, users_after: float, tokens_after: float) -> Revocations:
+        """Without what can no longer refuse a token."""
+        return Revocations(
+            {u: t for u, t in self.users.items() if t > users_after},
+            {j: t for j, t in self.tokens.items() if t > tokens_after},
+        )
+
+
+def _moments(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(key): float(moment)
+        for key, moment in value.items()
+        if isinstance(moment, int | float) and not isinstance(moment, bool)
+    }
 
 
 def _issued(claims: Mapping[str, Any]) -> float:

@@ -34,7 +34,7 @@ from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
 from watchkeep.servers._throttle import LoginThrottle
-from watchkeep.servers._tokens import InvalidToken, TokenSigner, TokenVerifier
+from watchkeep.servers._tokens import InvalidToken, Revocations, TokenSigner, TokenVerifier
 from watchkeep.site import (
     Camera,
     Readiness,
@@ -166,26 +166,29 @@ class ManagementServer(ServerProcess):
             else:
                 conn.execute(sa.insert(settings).values(key=key, value=value))
 
-    def _token_revocations(self) -> dict[str, float]:
-        """user -> the moment before which that user's tokens are refused: only the moments
-        that can still refuse a token (younger than the longest a token lives)."""
-        horizon = time.time() - self.config.token_ttl - TOKEN_CLOCK_SLACK
-        stored = self._setting(REVOCATIONS_SETTING, {})
-        if not isinstance(stored, dict):
-            return {}
-        return {
-            str(user): float(moment)
-            for user, moment in stored.items()
-            if isinstance(moment, int | float) and moment > horizon
-        }
+    def _token_revocations(self) -> Revocations:
+        """The user tokens revoked before they expire: only what can still refuse a token
+        (a user's cut younger than the longest a token lives; a session's until it expires)."""
+        now = time.time()
+        stored = Revocations.from_json(self._setting(REVOCATIONS_SETTING, {}))
+        return stored.pruned(
+            users_after=now - self.config.token_ttl - TOKEN_CLOCK_SLACK,
+            tokens_after=now - TOKEN_CLOCK_SLACK,
+        )
 
-    def _revoke_tokens(self, user: str) -> None:
-        """Refuse every token issued to ``user`` until now, here and (with the next
-        configuration, pushed at once) at every other server."""
+    def _revoke(self, *, user: str | None = None, claims: dict[str, Any] | None = None) -> None:
+        """Refuse every token issued to ``user`` until now, or the one token with
+        ``claims``: here at once, at the recording servers with the configuration pushed
+        now, at the others with their next heartbeat."""
         revocations = self._token_revocations()
-        revocations[user] = time.time()
-        self._set_setting(REVOCATIONS_SETTING, revocations)
-        log.info("%s: tokens of user %r issued until now are revoked", self.config.name, user)
+        users, tokens = dict(revocations.users), dict(revocations.tokens)
+        if user is not None:
+            users[user] = time.time()
+            log.info("%s: tokens of user %r issued until now are revoked", self.config.name, user)
+        if claims is not None:
+            tokens[str(claims.get("jti"))] = float(claims.get("exp", time.time()))
+            log.info("%s: user %r logged out a session", self.config.name, claims.get("sub"))
+        self._set_setting(REVOCATIONS_SETTING, Revocations(users, tokens).as_json())
         self.spawn(self.push_config())
 
     @property
@@ -265,7 +268,7 @@ class ManagementServer(ServerProcess):
             )
         try:
             claims = self.verifier.verify(
-                header[7:], scope="user", revoked_before=self._token_revocations()
+                header[7:], scope="user", revoked=self._token_revocations()
             )
         except InvalidToken as exc:
             raise _Refused(
@@ -564,7 +567,7 @@ class ManagementServer(ServerProcess):
         if existed:
             # A new password or new rights: whoever holds one of the user's tokens (a stolen
             # one, say) must log in again.
-            self._revoke_tokens(name)
+            self._revoke(user=name)
         return web.json_response({"name": name, "role": role, "cameras": cams}, status=201)
 
     async def list_users(self, request: web.Request) -> web.Response:
@@ -605,13 +608,13 @@ class ManagementServer(ServerProcess):
                 )
             conn.execute(sa.delete(users).where(users.c.name == name))
         log.info("%s: user %r removed by %r", self.config.name, name, claims.get("sub"))
-        self._revoke_tokens(name)
+        self._revoke(user=name)
         return web.Response(status=204)
 
     async def logout(self, request: web.Request) -> web.Response:
-        """End every session of the caller: all tokens issued to this user until now."""
-        claims = self._claims(request)
-        self._revoke_tokens(str(claims["sub"]))
+        """End the caller's session: the token it presents is refused from now on (the
+        user's other sessions, a CLI's say, go on)."""
+        self._revoke(claims=self._claims(request))
         return web.Response(status=204)
 
     async def add_camera(self, request: web.Request) -> web.Response:
@@ -752,7 +755,7 @@ class ManagementServer(ServerProcess):
             "ms_encryption": self.encryption,
             "encryption": server.encryption,
             "token_public_key": self.signer.public_key_b64(),
-            "token_revocations": self._token_revocations(),
+            "token_revocations": self._token_revocations().as_json(),
             "cameras": [{"name": c.name, "source": c.source} for c in mine],
             "site_cameras": [
                 {"name": c.name, "recording_server": c.served_by} for c in all_cameras

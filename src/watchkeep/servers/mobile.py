@@ -142,8 +142,8 @@ class MobileServer(LinkedServer):
         return web.json_response({"token": reply["token"], "role": reply["role"]})
 
     async def logout(self, request: web.Request) -> web.Response:
-        """End every session of the caller, at the management server (its token, checked
-        here already, goes with the call)."""
+        """End the caller's session at the management server (its token, checked here
+        already, goes with the call and is refused from then on)."""
         assert self.session is not None
         endpoint = self._ms_endpoint()
         context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
