@@ -160,6 +160,9 @@ def test_the_demo_runs_a_site_that_other_tools_can_see_and_stops_cleanly(tmp_pat
     assert returncode == 0, f"{stdout}\n{stderr}"
     assert "Traceback" not in stderr, stderr
     assert "watchkeep demo: stopped" in stdout
+    # Once encryption is on everywhere, every server says it speaks TLS (mobile1 included)
+    (speaking,) = [line for line in stdout.splitlines() if "servers speaking TLS now:" in line]
+    assert set(speaking.split(":", 1)[1].replace(",", " ").split()) == SERVERS, speaking
     # It pulled live video over TLS: some status table shows frames/s for every camera.
     for camera in CAMERAS:
         rates = re.findall(rf"^{camera}\s+\S+\s+(\d+\.\d)", stdout, flags=re.MULTILINE)

@@ -87,17 +87,24 @@ async def _run(root: Path, duration: float | None, refresh: float) -> int:
         say(f"watchkeep demo: stopped; the site's files stay in {root}")
 
 
-async def _wait_online(client: Any, names: set[str], timeout: float = 30.0) -> dict[str, Any]:
+async def _wait_online(
+    client: Any, names: set[str], *, encrypted: bool = False, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The site status once every server in ``names`` is online (and, if ``encrypted``,
+    says it speaks TLS: a server reports it with its next heartbeat)."""
     deadline = time.monotonic() + timeout
+    what = "online and speaking TLS" if encrypted else "online"
     while True:
         status: dict[str, Any] = await client.status()
-        online = {s["name"] for s in status["servers"] if s["online"]}
-        if names <= online:
+        ready = {
+            s["name"]
+            for s in status["servers"]
+            if s["online"] and (s["encrypted_now"] or not encrypted)
+        }
+        if names <= ready:
             return status
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"servers not online after {timeout:.0f} s: {sorted(names - online)}"
-            )
+            raise TimeoutError(f"servers not {what} after {timeout:.0f} s: {sorted(names - ready)}")
         await asyncio.sleep(0.3)
 
 
@@ -129,7 +136,7 @@ async def _build(site: Any) -> None:
             await asyncio.sleep(0.3)
     # A new session: the management server now speaks TLS only.
     async with SiteClient(site.home) as client:
-        status = await _wait_online(client, set(site.servers))
+        status = await _wait_online(client, set(site.servers), encrypted=True)
         encrypted = [s["name"] for s in status["servers"] if s["encrypted_now"]]
         say(f"  servers speaking TLS now: {', '.join(encrypted)}")
 
