@@ -163,6 +163,20 @@ class Revocations:
             return cls()
         return cls(_moments(value.get("users")), _moments(value.get("tokens")))
 
+    def with_user(self, user: str, now: float) -> Revocations:
+        """Also every token issued to ``user`` before ``now``."""
+        return Revocations({**self.users, user: now}, self.tokens)
+
+    def with_session(self, claims: Mapping[str, Any], now: float, *, limit: int) -> Revocations:
+        """Also the one token with ``claims`` (a session logged out). Past ``limit``
+        sessions, the user's every token until ``now`` is revoked instead: the list stays
+        bounded, and only the user who logs out that often loses its other sessions."""
+        if len(self.tokens) >= limit:
+            return self.with_user(str(claims.get("sub")), now)
+        expires = claims.get("exp")
+        expiry = float(expires) if isinstance(expires, int | float) else now
+        return Revocations(self.users, {**self.tokens, str(claims.get("jti")): expiry})
+
     def pruned(self, users_after: float, tokens_after: float) -> Revocations:
         """Without what can no longer refuse a token."""
         return Revocations(

@@ -57,6 +57,9 @@ REVOCATIONS_SETTING = "token_revocations"
 # A revocation is kept this long past the token lifetime: for verifiers whose clocks run a
 # little behind the management server's (a token's expiry is checked on their clock).
 TOKEN_CLOCK_SLACK = 300.0
+# Sessions logged out and not yet expired, at most: every server gets the list with its
+# configuration, so a user logging in and out in a loop must not grow it without bound.
+MAX_REVOKED_SESSIONS = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -180,15 +183,15 @@ class ManagementServer(ServerProcess):
         """Refuse every token issued to ``user`` until now, or the one token with
         ``claims``: here at once, at the recording servers with the configuration pushed
         now, at the others with their next heartbeat."""
+        now = time.time()
         revocations = self._token_revocations()
-        users, tokens = dict(revocations.users), dict(revocations.tokens)
         if user is not None:
-            users[user] = time.time()
+            revocations = revocations.with_user(user, now)
             log.info("%s: tokens of user %r issued until now are revoked", self.config.name, user)
         if claims is not None:
-            tokens[str(claims.get("jti"))] = float(claims.get("exp", time.time()))
+            revocations = revocations.with_session(claims, now, limit=MAX_REVOKED_SESSIONS)
             log.info("%s: user %r logged out a session", self.config.name, claims.get("sub"))
-        self._set_setting(REVOCATIONS_SETTING, Revocations(users, tokens).as_json())
+        self._set_setting(REVOCATIONS_SETTING, revocations.as_json())
         self.spawn(self.push_config())
 
     @property
