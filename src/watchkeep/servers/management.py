@@ -52,7 +52,7 @@ log = logging.getLogger("watchkeep.management")
 
 ROLES = ("administrator", "operator")
 TRUST_REFRESH = 60.0
-# settings key: user -> the moment (time.time()) before which that user's tokens are refused
+# settings key: the revoked user tokens (Revocations.as_json(): users' cuts, sessions' jti)
 REVOCATIONS_SETTING = "token_revocations"
 # A revocation is kept this long past the token lifetime: for verifiers whose clocks run a
 # little behind the management server's (a token's expiry is checked on their clock).
