@@ -12,6 +12,7 @@ import datetime as dt
 import ssl
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from site_support import (
@@ -175,3 +176,34 @@ def test_cameras_added_together_reach_the_recording_server_in_a_few_pushes(
     finally:
         for n in names:
             plain_site.api("DELETE", f"/api/v1/cameras/{n}")
+
+
+def test_users_are_managed_from_the_command_line(plain_site: LocalSite, tmp_path: Path) -> None:
+    password = tmp_path / "pw"
+    password.write_text("night-shift-password\n")
+    added = cli_json(
+        plain_site, "user", "add", "night shift", "--password-file", str(password),
+        "--camera", "cam1", "--camera", "cam2",
+    )  # fmt: skip
+    assert added == {"name": "night shift", "role": "operator", "cameras": ["cam1", "cam2"]}
+    listed = {u["name"]: u for u in cli_json(plain_site, "user", "list")}
+    assert listed["night shift"] == added
+    assert listed["admin"]["role"] == "administrator"
+    assert all(set(u) == {"name", "role", "cameras"} for u in listed.values())
+    text = plain_site.cli("user", "list")
+    assert "night shift  operator       cam1,cam2" in text.stdout, text.stdout
+
+    assert cli_json(plain_site, "user", "remove", "night shift") == {"removed": "night shift"}
+    assert "night shift" not in {u["name"] for u in cli_json(plain_site, "user", "list")}
+    # Removing it again, or the last administrator, is refused in one line with the fix
+    for name, words in (("night shift", "no user"), ("admin", "only administrator")):
+        ran = plain_site.cli("user", "remove", name)
+        assert ran.returncode == 1, ran
+        lines = ran.stderr.strip().splitlines()
+        assert len(lines) == 1, ran.stderr
+        assert words in lines[0], lines[0]
+        assert "fix:" in lines[0], lines[0]
+    # A password file that cannot be read is a usage error, before anything is sent
+    ran = plain_site.cli("user", "add", "x", "--password-file", str(tmp_path / "missing"))
+    assert ran.returncode == 2, ran
+    assert "cannot read the password file" in ran.stderr, ran.stderr

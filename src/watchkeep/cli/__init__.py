@@ -26,6 +26,7 @@ _COMMANDS = {
     "site": ("watchkeep.cli._site", "the site: servers and cameras"),
     "encryption": ("watchkeep.cli._site", "turn a server's encryption on or off"),
     "camera": ("watchkeep.cli._video", "the site's cameras"),
+    "user": ("watchkeep.cli._user", "the site's users"),
     "view": ("watchkeep.cli._video", "watch a camera live (the Smart Client of this site)"),
     "playback": ("watchkeep.cli._video", "fetch recorded video of a time range"),
     "demo": ("watchkeep.cli._demo", "run a complete encrypted site on this machine"),

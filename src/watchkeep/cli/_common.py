@@ -12,12 +12,25 @@ from typing import Any
 from watchkeep._home import Home, default_home
 from watchkeep.errors import UsageError
 
-__all__ = ["add_json", "emit_json", "home_of", "print_table", "read_secret_file"]
+__all__ = ["add_json", "call_site", "emit_json", "home_of", "print_table", "read_secret_file"]
 
 
 def home_of(args: argparse.Namespace) -> Home:
     root = args.home if args.home is not None else default_home()
     return Home(Path(root).expanduser())
+
+
+def call_site(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """One call to the management API of this home's site, logged in; the decoded answer."""
+    import asyncio
+
+    from watchkeep.client import SiteClient
+
+    async def run() -> Any:
+        async with SiteClient(home_of(args)) as client:
+            return await client.call(method, path, body)
+
+    return asyncio.run(run())
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,9 @@ import datetime as dt
 import sys
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import quote
 
-from watchkeep.cli._common import add_json, emit_json, home_of, print_table
+from watchkeep.cli._common import add_json, call_site, emit_json, home_of, print_table
 
 __all__ = ["register"]
 
@@ -134,7 +135,6 @@ def _report(report: Any, as_json: bool) -> None:
 
 
 def _camera_add(args: argparse.Namespace) -> int:
-    from watchkeep.client import SiteClient
     from watchkeep.errors import UsageError
 
     if args.mjpeg_url:
@@ -155,15 +155,12 @@ def _camera_add(args: argparse.Namespace) -> int:
                 f"invalid --synthetic {args.synthetic!r}", fix="write WxH@FPS, e.g. 1280x720@25"
             ) from None
 
-    async def run() -> Any:
-        async with SiteClient(home_of(args)) as client:
-            return await client.call(
-                "POST",
-                "/api/v1/cameras",
-                {"name": args.name, "recording_server": args.recording_server, "source": source},
-            )
-
-    result = asyncio.run(run())
+    result = call_site(
+        args,
+        "POST",
+        "/api/v1/cameras",
+        {"name": args.name, "recording_server": args.recording_server, "source": source},
+    )
     if args.json:
         emit_json(result)
     else:
@@ -172,13 +169,7 @@ def _camera_add(args: argparse.Namespace) -> int:
 
 
 def _camera_remove(args: argparse.Namespace) -> int:
-    from watchkeep.client import SiteClient
-
-    async def run() -> Any:
-        async with SiteClient(home_of(args)) as client:
-            return await client.call("DELETE", f"/api/v1/cameras/{args.name}")
-
-    result = asyncio.run(run())
+    result = call_site(args, "DELETE", f"/api/v1/cameras/{quote(args.name, safe='')}")
     if args.json:
         emit_json(result)
     else:
