@@ -83,6 +83,7 @@ class LinkedServer(ServerProcess):
                 request["claims"] = self.verifier.verify(
                     token, scope=scope, revoked=self.token_revocations
                 )
+                request["token"] = token  # for a handler that calls on with it (a relay)
             except InvalidToken as exc:
                 return problem(401, "invalid token", exc.message, code="auth.token", fix=exc.fix)
             if scope == "control":

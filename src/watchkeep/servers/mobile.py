@@ -147,7 +147,6 @@ class MobileServer(LinkedServer):
         assert self.session is not None
         endpoint = self._ms_endpoint()
         context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         try:
             await call_json(
                 self.session,
@@ -155,7 +154,7 @@ class MobileServer(LinkedServer):
                 "POST",
                 "/api/v1/logout",
                 ssl_context=context,
-                token=token or request.query.get("token", ""),
+                token=request["token"],
             )
         except ApiError as exc:
             return problem(exc.status, "logout failed", exc.describe(), code=exc.code or None)
@@ -201,7 +200,7 @@ class MobileServer(LinkedServer):
         if endpoint is None:
             return problem(404, "unknown camera", f"the site has no camera {name}")
         assert self.session is not None
-        token = request.headers.get("Authorization", "")[7:] or request.query.get("token", "")
+        token = request["token"]
         while True:
             scheme = "https" if endpoint.tls else "http"
             url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
