@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,10 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from camera_support import make_ca_and_server_cert, take
 
 from watchkeep.media import Frame, MjpegCamera, SyntheticCamera, mjpeg_content_type, mjpeg_part
 
@@ -68,26 +63,6 @@ async def jpegs(count: int) -> list[bytes]:
 
 def part(jpeg: bytes, sequence: int) -> bytes:
     return mjpeg_part(Frame("source", sequence, 1000.0 + sequence / 4, jpeg))
-
-
-async def take(camera: MjpegCamera, count: int) -> list[Frame]:
-    """The first ``count`` frames; the iteration then goes on until the camera stops."""
-    got: list[Frame] = []
-    enough = asyncio.Event()
-
-    async def consume() -> None:
-        async for frame in camera:
-            got.append(frame)
-            if len(got) == count:
-                enough.set()
-
-    task = asyncio.create_task(consume())
-    waiter = asyncio.create_task(enough.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    await camera.stop()  # ends an iteration blocked in a read
-    await task
-    waiter.cancel()
-    return got
 
 
 async def test_garbage_and_truncated_parts_are_skipped_and_counted() -> None:
@@ -167,60 +142,8 @@ async def test_refusals_and_non_mjpeg_answers_are_retried() -> None:
     assert "multipart" in (camera.stats.last_error or "")
 
 
-def make_ca_and_server_cert(tmp: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for HOST (files: ca, cert chain, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "media test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
-
-
 async def test_an_https_camera_is_verified_against_the_given_trust(tmp_path: Path) -> None:
-    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    ca, cert, key = make_ca_and_server_cert(tmp_path, HOST)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     j = await jpegs(2)

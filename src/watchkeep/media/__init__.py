@@ -2,7 +2,7 @@
 
 The stream path, end to end::
 
-    camera (SyntheticCamera / MjpegCamera) --Frame--> FrameHub --> live subscribers
+    camera (SyntheticCamera / MjpegCamera / RtspCamera) --Frame--> FrameHub --> live subscribers
                                                \\--> Recorder --> segments + index --> playback
 
 A :class:`Frame` is immutable and shared: no stage copies the JPEG bytes. MJPEG and
@@ -21,7 +21,9 @@ from watchkeep.media._mjpeg_output import (
     mjpeg_part_head,
 )
 from watchkeep.media._multipart import MjpegPart, MultipartParser, boundary_from_content_type
+from watchkeep.media._network_camera import NetworkCamera, NetworkCameraStats
 from watchkeep.media._recorder import Recorder, RecorderStats
+from watchkeep.media._rtsp_camera import RtspCamera
 from watchkeep.media._source import CameraSource
 from watchkeep.media._store import RepairReport, SegmentInfo
 from watchkeep.media._synthetic import SyntheticCamera
@@ -46,10 +48,13 @@ __all__ = [
     "MjpegCameraStats",
     "MjpegPart",
     "MultipartParser",
+    "NetworkCamera",
+    "NetworkCameraStats",
     "Recorder",
     "RecorderStats",
     "RecordingDiskFull",
     "RepairReport",
+    "RtspCamera",
     "SegmentInfo",
     "Subscription",
     "SyntheticCamera",
