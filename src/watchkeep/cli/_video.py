@@ -41,7 +41,14 @@ def register(groups: Any) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--recording-server", required=True)
     kind = add.add_mutually_exclusive_group()
-    kind.add_argument("--mjpeg-url", help="an IP camera's MJPEG URL")
+    kind.add_argument(
+        "--mjpeg-url", help="an IP camera's MJPEG URL (http:// or https://; USER:PASSWORD@ in it)"
+    )
+    kind.add_argument(
+        "--rtsp-url",
+        help="an IP camera's RTSP URL streaming Motion JPEG (rtsp:// or rtsps://;"
+        " USER:PASSWORD@ in it)",
+    )
     kind.add_argument(
         "--synthetic", default="640x360@10", metavar="WxH@FPS", help="a generated camera"
     )
@@ -139,6 +146,8 @@ def _camera_add(args: argparse.Namespace) -> int:
 
     if args.mjpeg_url:
         source: dict[str, Any] = {"kind": "mjpeg", "url": args.mjpeg_url}
+    elif args.rtsp_url:
+        source = {"kind": "rtsp", "url": args.rtsp_url}
     else:
         try:
             size, fps = args.synthetic.split("@")

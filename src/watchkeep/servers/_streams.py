@@ -25,15 +25,24 @@ from watchkeep.media import (
     FrameHub,
     MjpegCamera,
     Recorder,
+    RtspCamera,
     SyntheticCamera,
     UnknownCamera,
     mjpeg_content_type,
     mjpeg_part_head,
+    validate_camera_name,
     ws_message,
 )
+from watchkeep.media._network_camera import redact_url
 from watchkeep.servers._problems import problem
 
-__all__ = ["CameraService", "source_for"]
+__all__ = [
+    "SOURCE_KINDS",
+    "CameraService",
+    "redacted_source",
+    "source_for",
+    "source_problem",
+]
 
 log = logging.getLogger("watchkeep.recording")
 
@@ -55,9 +64,54 @@ def source_for(name: str, source: dict[str, Any]) -> CameraSource:
         )
     if kind == "mjpeg":
         return MjpegCamera(name, str(source["url"]))
+    if kind == "rtsp":
+        return RtspCamera(name, str(source["url"]))
     raise WatchkeepError(
-        f"camera {name}: unknown source kind {kind!r}", fix="use synthetic or mjpeg"
+        f"camera {name}: unknown source kind {kind!r}", fix="use synthetic, mjpeg or rtsp"
     )
+
+
+SOURCE_KINDS = ("synthetic", "mjpeg", "rtsp")
+
+
+_URL_FORMS = {
+    "mjpeg": "http[s]://[USER:PASSWORD@]HOST[:PORT]/PATH",
+    "rtsp": "rtsp[s]://[USER:PASSWORD@]HOST[:PORT]/PATH",
+}
+
+
+def source_problem(name: str, source: object) -> tuple[str, str] | None:
+    """Why a camera cannot be made of ``name`` and ``source``, and the fix (checked before
+    it is stored, so that a typing error is refused where it is made, not logged later on
+    a recording server); None if it can."""
+    try:
+        validate_camera_name(name)
+    except WatchkeepError as exc:
+        return exc.describe(), exc.fix or "rename the camera"
+    kinds = ", ".join(SOURCE_KINDS)
+    if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
+        return f"a camera's source is an object with kind {kinds}", f"give one of {kinds}"
+    kind = source["kind"]
+    if kind == "synthetic":
+        return None
+    url = source.get("url")
+    fix = f"give the camera's URL as {_URL_FORMS[kind]}"
+    if not isinstance(url, str):
+        return f"the {kind} source of camera {name} has no url", fix
+    try:
+        source_for(name, source)
+    except (WatchkeepError, ValueError) as exc:
+        return f"camera {name}: {exc}", fix
+    return None
+
+
+def redacted_source(source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` with the password of its URL replaced by ``***`` (for status pages: a
+    camera's password belongs to the recording server that pulls it, not to every user)."""
+    url = source.get("url")
+    if not isinstance(url, str):
+        return source
+    return {**source, "url": redact_url(url)}
 
 
 class _Camera:

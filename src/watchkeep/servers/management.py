@@ -33,6 +33,7 @@ from watchkeep.servers._forwarded import proven_client
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
+from watchkeep.servers._streams import redacted_source, source_problem
 from watchkeep.servers._throttle import LoginThrottle
 from watchkeep.servers._tokens import InvalidToken, Revocations, TokenSigner, TokenVerifier
 from watchkeep.site import (
@@ -469,7 +470,7 @@ class ManagementServer(ServerProcess):
                         "name": c.name,
                         "recording_server": c.served_by,
                         "assigned_server": c.recording_server,
-                        "source": c.source,
+                        "source": redacted_source(c.source),
                     }
                     for c in self._cameras()
                 ],
@@ -624,12 +625,11 @@ class ManagementServer(ServerProcess):
         self._claims(request, role="administrator")
         body = await _json_body(request)
         name, rs, source = body.get("name"), body.get("recording_server"), body.get("source")
-        if not isinstance(name, str) or not name or len(name) > 100:
-            return problem(400, "bad camera", "name must be a non-empty string")
-        if not isinstance(source, dict) or source.get("kind") not in ("synthetic", "mjpeg"):
-            return problem(
-                400, "bad camera", "source must be an object with kind synthetic or mjpeg"
-            )
+        if not isinstance(name, str):
+            return problem(400, "bad camera", "name must be a string")
+        refused = source_problem(name, source)
+        if refused is not None:
+            return problem(400, "bad camera", refused[0], fix=refused[1])
         known = {s.name: s for s in self._server_rows()}
         if rs not in known or known[rs].role is not ServerRole.RECORDING:
             return problem(

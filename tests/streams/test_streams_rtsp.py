@@ -1,0 +1,104 @@
+"""An RTSP camera on a site: added with the CLI, pulled and recorded by its recording server,
+watched live by the Smart Client; its password kept out of the site status; bad sources
+refused where they are typed.
+
+Given a site of its own (this module adds cameras): a management server and rs1, encrypted
+through the CLI, and GStreamer's RTSP server as the camera, asking for a Digest password.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from stream_support import build_site, cli_ok, parse_mjpeg_file
+
+from rtsp_support import colour_bars, gst_rtsp_camera
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalSite, cameras_by_name
+
+CAMERA_ADDRESS = "127.0.62.1"
+USER, PASSWORD = "vms", "s3cret-rtsp"
+
+
+@pytest.fixture(scope="module")
+def rtsp_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    log = tmp_path_factory.mktemp("rtsp") / "gst.log"
+    with gst_rtsp_camera(
+        CAMERA_ADDRESS, {"/stream1": colour_bars()}, user=USER, password=PASSWORD, log=log
+    ) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
+    site = site_factory("rtsp")
+    build_site(site, [("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING)])
+    site.encrypt("rs1", "ms")
+    return site
+
+
+def test_an_rtsp_camera_is_recorded_and_watched_live(
+    site: LocalSite, rtsp_port: int, tmp_path: Path
+) -> None:
+    url = f"rtsp://{USER}:{PASSWORD}@{CAMERA_ADDRESS}:{rtsp_port}/stream1"
+    # When the administrator adds the camera by its RTSP URL
+    added = json.loads(
+        cli_ok(
+            site, "camera", "add", "door", "--recording-server", "rs1", "--rtsp-url", url, "--json"
+        )
+    )
+    assert added == {"name": "door", "recording_server": "rs1"}
+
+    # Then the Smart Client sees its pictures live, from rs1, over TLS
+    out = tmp_path / "door.mjpeg"
+    report = json.loads(cli_ok(site, "view", "door", "--frames", "10", "--out", str(out), "--json"))
+    assert report["frames"] == 10, report
+    assert report["servers"] == ["rs1"]
+    assert report["encrypted"] is True
+    parts = parse_mjpeg_file(out)
+    assert len(parts) == 10
+    for part in parts:
+        picture = Image.open(io.BytesIO(part.jpeg))
+        picture.load()
+        assert picture.size == (320, 240)
+
+    # And the site status names its source without the camera's password
+    camera = cameras_by_name(site.status())["door"]
+    assert camera["source"]["kind"] == "rtsp"
+    assert PASSWORD not in json.dumps(site.status())
+    assert camera["source"]["url"] == (f"rtsp://{USER}:***@{CAMERA_ADDRESS}:{rtsp_port}/stream1")
+    assert PASSWORD not in site.log_text("rs1")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--rtsp-url", "http://cam.example/stream"], "rtsp:// or rtsps://"),
+        (["--rtsp-url", "rtsp://cam.example:99999/stream"], "bad port"),
+        (["--mjpeg-url", "rtsp://cam.example/stream"], "http:// or https://"),
+    ],
+)
+def test_a_source_that_cannot_work_is_refused_when_it_is_added(
+    site: LocalSite, args: list[str], expected: str
+) -> None:
+    ran = site.cli("camera", "add", "gate", "--recording-server", "rs1", *args)
+    assert ran.returncode == 1, ran
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
+    assert expected in lines[0]
+    assert "gate" in lines[0]
+    assert "fix:" in lines[0]
+    assert "gate" not in cameras_by_name(site.status())
+
+
+def test_a_camera_name_that_cannot_name_recordings_is_refused(site: LocalSite) -> None:
+    ran = site.cli("camera", "add", "front door", "--recording-server", "rs1")
+    assert ran.returncode == 1, ran
+    (line,) = ran.stderr.strip().splitlines()
+    assert "invalid camera name 'front door'" in line
+    assert "fix:" in line
