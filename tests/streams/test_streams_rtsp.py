@@ -8,18 +8,21 @@ through the CLI, and GStreamer's RTSP server as the camera, asking for a Digest 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
-from stream_support import build_site, cli_ok, parse_mjpeg_file
+from stream_support import add_user, build_site, cli_ok, connection_as, parse_mjpeg_file
 
 from rtsp_support import colour_bars, gst_rtsp_camera
+from watchkeep.client import SiteClient
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite, cameras_by_name
+from watchkeep.testing import LocalSite, cameras_by_name, eventually
 
 CAMERA_ADDRESS = "127.0.62.1"
 USER, PASSWORD = "vms", "s3cret-rtsp"
@@ -70,9 +73,61 @@ def test_an_rtsp_camera_is_recorded_and_watched_live(
     # And the site status names its source without the camera's password
     camera = cameras_by_name(site.status())["door"]
     assert camera["source"]["kind"] == "rtsp"
+    assert camera["problem"] is None
     assert PASSWORD not in json.dumps(site.status())
     assert camera["source"]["url"] == (f"rtsp://{USER}:***@{CAMERA_ADDRESS}:{rtsp_port}/stream1")
     assert PASSWORD not in site.log_text("rs1")
+
+
+def test_an_operator_sees_only_its_cameras_and_not_their_sources(
+    site: LocalSite, rtsp_port: int
+) -> None:
+    url = f"rtsp://{USER}:{PASSWORD}@{CAMERA_ADDRESS}:{rtsp_port}/stream1"
+    cli_ok(site, "camera", "add", "porch", "--recording-server", "rs1", "--rtsp-url", url)
+    cli_ok(site, "camera", "add", "vault", "--recording-server", "rs1", "--rtsp-url", url)
+    guard = connection_as(site, "guard", add_user(site, "guard", "operator", ["porch"]))
+
+    async def status_as_guard() -> dict[str, Any]:
+        async with SiteClient(site.home, guard) as client:
+            status: dict[str, Any] = await client.call("GET", "/api/v1/site/status")
+            return status
+
+    status = asyncio.run(status_as_guard())
+    assert [c["name"] for c in status["cameras"]] == ["porch"]
+    assert "source" not in status["cameras"][0]
+    assert {"vault", "porch"} <= set(cameras_by_name(site.status()))  # the administrator's
+
+
+def test_the_site_status_says_which_camera_fails_and_why_until_it_is_fixed(
+    site: LocalSite, rtsp_port: int
+) -> None:
+    camera_url = f"{CAMERA_ADDRESS}:{rtsp_port}/stream1"
+    # When a camera is added with a wrong password
+    cli_ok(site, "camera", "add", "yard", "--recording-server", "rs1", "--rtsp-url",
+           f"rtsp://{USER}:wrong@{camera_url}")  # fmt: skip
+
+    # Then the site status says so, as rs1 reported it, in JSON and in the table
+    def failing() -> str:
+        problem = cameras_by_name(site.status())["yard"]["problem"]
+        assert problem, "rs1 has not reported the camera's failure yet"
+        return str(problem)
+
+    problem = eventually(failing, what="yard's problem in the site status")
+    assert f"refused user '{USER}'" in problem
+    assert "fix:" in problem
+    table = cli_ok(site, "site", "status")
+    (row,) = [line for line in table.splitlines() if line.startswith("yard ")]
+    assert "refused user" in row
+
+    # When the password is put right, the problem goes away
+    cli_ok(site, "camera", "add", "yard", "--recording-server", "rs1", "--rtsp-url",
+           f"rtsp://{USER}:{PASSWORD}@{camera_url}")  # fmt: skip
+
+    def streaming() -> bool:
+        assert cameras_by_name(site.status())["yard"]["problem"] is None
+        return True
+
+    eventually(streaming, what="yard streaming")
 
 
 @pytest.mark.parametrize(

@@ -114,8 +114,11 @@ def _status(args: argparse.Namespace) -> int:
     if status["cameras"]:
         print()
         print_table(
-            ["camera", "recording server", "assigned to"],
-            [[c["name"], c["recording_server"], c["assigned_server"]] for c in status["cameras"]],
+            ["camera", "recording server", "assigned to", "problem"],
+            [
+                [c["name"], c["recording_server"], c["assigned_server"], c.get("problem") or "-"]
+                for c in status["cameras"]
+            ],
         )
     return 0
 

@@ -210,6 +210,7 @@ class NetworkCamera(CameraSource):
         self._backoff_max = backoff_max
         self._sequence = 0
         self._stream: CameraStream | None = None
+        self._frames_at_failure: int | None = None
 
     @property
     def kind(self) -> str:
@@ -276,6 +277,7 @@ class NetworkCamera(CameraSource):
             failures += 1
             self.stats.reconnects += 1
             self.stats.last_error = reason
+            self._frames_at_failure = self.stats.frames
             delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
             log.log(
                 logging.WARNING if failures == 1 else logging.DEBUG,
@@ -287,6 +289,13 @@ class NetworkCamera(CameraSource):
             )
             await self._pause(delay)
             backoff = min(backoff * 2, self._backoff_max)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last connection failed, for as long as no picture has come since."""
+        if self._frames_at_failure is None or self.stats.frames != self._frames_at_failure:
+            return None
+        return self.stats.last_error
 
     @property
     def safe_url(self) -> str:

@@ -34,6 +34,11 @@ class CameraSource(abc.ABC):
     def running(self) -> bool:
         return self._started and not self._stopping
 
+    @property
+    def problem(self) -> str | None:
+        """Why the camera sends no pictures now, or None while it does (or may yet)."""
+        return None
+
     async def start(self) -> None:
         """Prepare the source (calibrate, connect lazily); idempotent."""
         if self._started:

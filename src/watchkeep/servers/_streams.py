@@ -238,9 +238,15 @@ class CameraService:
                 "frames": c.frames,
                 "fps": round(c.fps(), 2),
                 "viewers": c.hub.subscribers,
+                "problem": c.source.problem,
             }
             for c in self.cameras.values()
         ]
+
+    def problems(self) -> dict[str, str]:
+        """Why each camera that sends no pictures sends none (the others are left out)."""
+        found = {name: c.source.problem for name, c in self.cameras.items()}
+        return {name: problem for name, problem in found.items() if problem}
 
     def recorder_stats(self) -> dict[str, Any]:
         """The recorder's counters: frames and bytes written, frames it had to drop."""

@@ -101,6 +101,21 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+_MAX_CAMERA_PROBLEMS = 10_000
+_MAX_PROBLEM_TEXT = 500
+
+
+def _camera_problems(value: object) -> dict[str, str]:
+    """The ``camera_problems`` of a heartbeat, kept within bounds; anything else is none."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        name[:100]: text[:_MAX_PROBLEM_TEXT]
+        for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
+        if isinstance(name, str) and isinstance(text, str)
+    }
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -137,6 +152,8 @@ class ManagementServer(ServerProcess):
         self._pushes_asked = self._pushes_done = 0  # push_config() calls, and those served
         self.pushes = 0  # configuration pushes made (to every online recording server)
         self._trust_cache: tuple[object, dict[str, Any]] | None = None
+        # Per recording server, its cameras that send it no pictures, and why (heartbeats).
+        self._camera_problems: dict[str, dict[str, str]] = {}
         self.renewer = (
             Renewer(
                 config.ca_home,
@@ -460,7 +477,10 @@ class ManagementServer(ServerProcess):
         }
 
     async def site_status(self, request: web.Request) -> web.Response:
-        self._claims(request)
+        claims = self._claims(request)
+        # An operator sees the cameras it may view, and not where they come from.
+        allowed = claims.get("cameras", "*")
+        administrator = claims.get("role") == "administrator"
         now = utcnow()
         return web.json_response(
             {
@@ -470,9 +490,13 @@ class ManagementServer(ServerProcess):
                         "name": c.name,
                         "recording_server": c.served_by,
                         "assigned_server": c.recording_server,
-                        "source": redacted_source(c.source),
+                        **({"source": redacted_source(c.source)} if administrator else {}),
+                        # Why the camera sends its recording server no pictures, if it
+                        # does not (from that server's last heartbeat).
+                        "problem": self._camera_problems.get(c.served_by or "", {}).get(c.name),
                     }
                     for c in self._cameras()
+                    if allowed == "*" or c.name in allowed
                 ],
                 "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
                 "renewals": [
@@ -851,6 +875,7 @@ class ManagementServer(ServerProcess):
             return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
         if role is ServerRole.MANAGEMENT:
             return problem(400, "bad heartbeat", "a management server does not register")
+        camera_problems = _camera_problems(body.get("camera_problems"))
         key = self.config.registration_key
         if key and not hmac.compare_digest(str(body.get("registration_key", "")), key):
             return problem(
@@ -908,6 +933,7 @@ class ManagementServer(ServerProcess):
                 )
             else:
                 conn.execute(sa.update(servers).where(servers.c.name == name).values(**values))
+        self._camera_problems[name] = camera_problems
         if existing is None or not existing.online:
             self._rebalance()
         # One read of the site per heartbeat: every recording server sends one a second.

@@ -75,6 +75,10 @@ class RecordingServer(LinkedServer):
     async def status(self, _request: web.Request) -> web.Response:
         return web.json_response(self.status_json())
 
+    def heartbeat_body(self) -> dict[str, Any]:
+        # The management server shows in the site status which cameras fail, and why.
+        return {**super().heartbeat_body(), "camera_problems": self.media.problems()}
+
     def status_json(self) -> dict[str, Any]:
         return {
             "name": self.config.name,
