@@ -74,6 +74,15 @@ def test_a_part_shorter_than_its_content_length_is_dropped_and_the_next_one_kept
     assert parser.bad_parts == 1
 
 
+def test_a_picture_whose_bytes_hold_the_delimiter_is_kept_whole() -> None:
+    # Compressed data can hold any bytes; its Content-Length says where it ends.
+    odd = b"\xff\xd8" + b"\r\n--" + BOUNDARY.encode() + b"\r\n" + b"\x07" * 30 + b"\xff\xd9"
+    stream = part(0) + mjpeg_part(Frame("cam", 1, 1001.0, odd), BOUNDARY) + part(2)
+    parser = MultipartParser(BOUNDARY)
+    assert [p.jpeg for p in parser.feed(stream)] == [jpeg(0), odd, jpeg(2)]
+    assert parser.bad_parts == 0
+
+
 def test_truncated_and_foreign_bodies_are_dropped() -> None:
     not_jpeg = (
         b"--%b\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello\r\n"

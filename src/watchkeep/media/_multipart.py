@@ -89,7 +89,7 @@ class MultipartParser:
     def _take_whole_part(self, out: list[MjpegPart]) -> bool:
         """The usual case in one step: at the read position, a delimiter (after the line
         break that ends the previous part), headers ending in CRLF CRLF with a
-        ``Content-Length``, and that many bytes holding exactly one JPEG, all received.
+        ``Content-Length``, and that many bytes from a JPEG's SOI to its EOI, all received.
         False, having changed nothing, for anything else: the general path decides."""
         buffer, delimiter, pos = self._buffer, self._delimiter, self._pos
         if buffer.startswith(b"\r\n", pos):
@@ -113,13 +113,12 @@ class MultipartParser:
         if length is None or length > self._max_part_size or len(buffer) < body + length:
             return False
         stop = body + length
-        if not (
-            length > 4
-            and buffer.startswith(_SOI, body)
-            and buffer.endswith(_EOI, body, stop)
-            # A part shorter than it claimed swallows the next delimiter.
-            and buffer.find(delimiter, body, stop) < 0
-        ):
+        # A JPEG that begins and ends where its length says. The body is not searched for
+        # a delimiter: a part shorter than it claims ends, at its claimed length, inside
+        # whatever follows, which ends in EOI only if the camera's length covers whole
+        # parts to the byte; and a picture whose bytes happen to hold the delimiter is a
+        # whole picture. (The search was 6% of a recording server's loop at 500 cameras.)
+        if not (length > 4 and buffer.startswith(_SOI, body) and buffer.endswith(_EOI, body, stop)):
             return False
         with memoryview(buffer) as view:  # one copy; a bytearray slice would make two
             out.append(MjpegPart(headers, bytes(view[body:stop])))
