@@ -48,11 +48,23 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
 def test_an_rtsp_camera_is_recorded_and_watched_live(
     site: LocalSite, rtsp_port: int, tmp_path: Path
 ) -> None:
-    url = f"rtsp://{USER}:{PASSWORD}@{CAMERA_ADDRESS}:{rtsp_port}/stream1"
-    # When the administrator adds the camera by its RTSP URL
+    # When the administrator adds the camera by its RTSP URL, its password from a file
+    password_file = tmp_path / "camera-password"
+    password_file.write_text(PASSWORD + "\n")
+    url = f"rtsp://{USER}@{CAMERA_ADDRESS}:{rtsp_port}/stream1"
     added = json.loads(
         cli_ok(
-            site, "camera", "add", "door", "--recording-server", "rs1", "--rtsp-url", url, "--json"
+            site,
+            "camera",
+            "add",
+            "door",
+            "--recording-server",
+            "rs1",
+            "--rtsp-url",
+            url,
+            "--password-file",
+            str(password_file),
+            "--json",
         )
     )
     assert added == {"name": "door", "recording_server": "rs1"}
@@ -149,6 +161,24 @@ def test_a_source_that_cannot_work_is_refused_when_it_is_added(
     assert "gate" in lines[0]
     assert "fix:" in lines[0]
     assert "gate" not in cameras_by_name(site.status())
+
+
+def test_a_password_file_needs_a_url_that_names_the_user_alone(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "pw"
+    password_file.write_text("secret\n")
+    for url in ("rtsp://cam.example/s", "rtsp://u:inline@cam.example/s"):
+        ran = site.cli("camera", "add", "gate", "--recording-server", "rs1", "--rtsp-url", url,
+                       "--password-file", str(password_file))  # fmt: skip
+        assert ran.returncode == 2, ran
+        (line,) = ran.stderr.strip().splitlines()
+        assert "names the user and no password" in line
+        assert "fix:" in line
+    missing = site.cli("camera", "add", "gate", "--recording-server", "rs1", "--rtsp-url",
+                       "rtsp://u@cam.example/s", "--password-file", str(tmp_path / "nope"))  # fmt: skip
+    assert missing.returncode == 2, missing
+    assert "cannot read the camera password file" in missing.stderr
 
 
 def test_a_camera_name_that_cannot_name_recordings_is_refused(site: LocalSite) -> None:

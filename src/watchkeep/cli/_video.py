@@ -53,6 +53,12 @@ def register(groups: Any) -> None:
         "--synthetic", default="640x360@10", metavar="WxH@FPS", help="a generated camera"
     )
     add.add_argument("--frame-bytes", type=int, default=30_000, help="synthetic frame size")
+    add.add_argument(
+        "--password-file",
+        type=Path,
+        help="a file holding the camera's password, for a URL that names the user but not the"
+        " password (rtsp://USER@host/...): kept off the command line, where other users see it",
+    )
     add_json(add)
     add.set_defaults(handler=_camera_add)
     remove = sub.add_parser("remove", help="remove a camera")
@@ -144,10 +150,18 @@ def _report(report: Any, as_json: bool) -> None:
 def _camera_add(args: argparse.Namespace) -> int:
     from watchkeep.errors import UsageError
 
+    url = args.mjpeg_url or args.rtsp_url
+    if args.password_file is not None:
+        if not url:
+            raise UsageError(
+                "--password-file is for a network camera's password",
+                fix="give --mjpeg-url or --rtsp-url with the user name: rtsp://USER@host/path",
+            )
+        url = _with_password(url, args.password_file)
     if args.mjpeg_url:
-        source: dict[str, Any] = {"kind": "mjpeg", "url": args.mjpeg_url}
+        source: dict[str, Any] = {"kind": "mjpeg", "url": url}
     elif args.rtsp_url:
-        source = {"kind": "rtsp", "url": args.rtsp_url}
+        source = {"kind": "rtsp", "url": url}
     else:
         try:
             size, fps = args.synthetic.split("@")
@@ -175,6 +189,26 @@ def _camera_add(args: argparse.Namespace) -> int:
     else:
         print_table(["camera", "recording server"], [[result["name"], result["recording_server"]]])
     return 0
+
+
+def _with_password(url: str, password_file: Path) -> str:
+    """``url`` (which names the user) with the password read from ``password_file``."""
+    from urllib.parse import urlsplit
+
+    from watchkeep.cli._common import read_secret_file
+    from watchkeep.errors import UsageError
+
+    parts = urlsplit(url)
+    if parts.username is None or parts.password is not None:
+        raise UsageError(
+            "with --password-file the camera's URL names the user and no password",
+            fix="write it as rtsp://USER@host/path (or http://USER@host/path)",
+        )
+    secret = read_secret_file(password_file, "camera password")
+    assert secret is not None
+    user, _, host = parts.netloc.rpartition("@")
+    password = quote(secret.decode("utf-8"), safe="")
+    return parts._replace(netloc=f"{user}:{password}@{host}").geturl()
 
 
 def _camera_remove(args: argparse.Namespace) -> int:
