@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from watchkeep.media._network_camera import (
     NetworkCamera,
     NetworkCameraStats,
     StreamEnded,
+    basic_authorization,
 )
 
 __all__ = ["MjpegCamera", "MjpegCameraStats"]
@@ -208,8 +208,8 @@ def _request(split: SplitResult, port: int | None) -> bytes:
         "Connection: close",
     ]
     if split.username is not None:
-        credentials = f"{unquote(split.username)}:{unquote(split.password or '')}"
-        lines.append(f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}")
+        user, password = unquote(split.username), unquote(split.password or "")
+        lines.append(f"Authorization: {basic_authorization(user, password)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
 import functools
 import logging
 import random
@@ -23,6 +24,7 @@ __all__ = [
     "NetworkCamera",
     "NetworkCameraStats",
     "StreamEnded",
+    "basic_authorization",
     "describe_error",
     "redact_url",
 ]
@@ -339,6 +341,12 @@ def _same(stream: CameraStream) -> CameraStream:
 def _wake(future: asyncio.Future[None], _task: object) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """The value of an ``Authorization`` header for HTTP Basic (RFC 7617), which HTTP and
+    RTSP cameras share."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def redact_url(url: str) -> str:

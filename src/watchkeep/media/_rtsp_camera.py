@@ -12,7 +12,6 @@ that says so and how to change it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -29,6 +28,7 @@ from watchkeep.media._network_camera import (
     CameraStream,
     NetworkCamera,
     StreamEnded,
+    basic_authorization,
 )
 from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
 
@@ -460,8 +460,7 @@ class _Authenticator:
 
     def header(self, method: str, url: str) -> str | None:
         if self.scheme == "basic":
-            raw = f"{self.user}:{self.password}".encode()
-            return f"Basic {base64.b64encode(raw).decode()}"
+            return basic_authorization(self.user or "", self.password)
         if self.scheme != "digest":
             return None
         params = self.params
