@@ -21,7 +21,7 @@ from watchkeep.media._mjpeg_output import (
     mjpeg_part_head,
 )
 from watchkeep.media._multipart import MjpegPart, MultipartParser, boundary_from_content_type
-from watchkeep.media._network_camera import NetworkCamera, NetworkCameraStats
+from watchkeep.media._network_camera import NetworkCamera, NetworkCameraStats, redact_url
 from watchkeep.media._recorder import Recorder, RecorderStats
 from watchkeep.media._rtsp_camera import RtspCamera
 from watchkeep.media._source import CameraSource
@@ -66,6 +66,7 @@ __all__ = [
     "mjpeg_part",
     "mjpeg_part_head",
     "pack_ws_header",
+    "redact_url",
     "unpack_ws_header",
     "validate_camera_name",
     "ws_message",

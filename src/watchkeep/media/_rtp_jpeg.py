@@ -20,7 +20,6 @@ from dataclasses import dataclass
 __all__ = ["RtpJpegDepacketizer", "RtpPacket", "parse_rtp", "standard_tables"]
 
 RTP_VERSION = 2
-JPEG_PAYLOAD_TYPE = 26  # static (RFC 3551)
 _MAX_PICTURE = 16 * 1024 * 1024
 
 # The tables of the JPEG standard (ITU-T T.81, Annex K), in zigzag order as DQT holds them.

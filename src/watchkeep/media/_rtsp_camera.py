@@ -134,6 +134,9 @@ class RtspCamera(NetworkCamera):
         return _Session(self, sink, loop)
 
 
+_Pending = tuple[int, str, str, "dict[str, str] | None", "Callable[[_Response], None]"]
+
+
 class _Session(CameraStream):
     """One RTSP connection: the requests up to PLAY, then the interleaved RTP packets."""
 
@@ -144,8 +147,8 @@ class _Session(CameraStream):
         self._rtsp = camera
         self._data = bytearray()
         self._cseq = 0
-        self._waiting: tuple[int, str, str, Callable[[_Response], None]] | None = None
-        self._retry_headers: dict[str, str] | None = None
+        # The request awaiting its answer: CSeq, method, URL, extra headers, what comes next.
+        self._waiting: _Pending | None = None
         self._auth = _Authenticator(camera._split)
         self._session: str | None = None
         self._session_timeout = _DEFAULT_SESSION_TIMEOUT
@@ -206,8 +209,7 @@ class _Session(CameraStream):
         if self._transport is None:
             return
         self._transport.write(self._request(method, url, headers))
-        self._waiting = (self._cseq, method, url, then)
-        self._retry_headers = headers
+        self._waiting = (self._cseq, method, url, headers, then)
 
     def _received(self, view: memoryview) -> None:
         data = self._data
@@ -253,9 +255,9 @@ class _Session(CameraStream):
         if waiting is None or message.cseq != waiting[0]:
             return  # the answer to a keep-alive, or a stray one
         self._waiting = None
-        _, method, url, then = waiting
-        if message.status == 401 and self._auth.challenge(message, method):
-            self._send(method, url, then, self._retry_headers)
+        _, method, url, headers, then = waiting
+        if message.status == 401 and self._auth.challenge(message):
+            self._send(method, url, then, headers)
             return
         if message.status == 401:
             raise StreamEnded(self._auth.refusal())
@@ -424,7 +426,7 @@ class _Authenticator:
         self.count = 0
         self.failed = False
 
-    def challenge(self, response: _Response, method: str) -> bool:
+    def challenge(self, response: _Response) -> bool:
         """Take the camera's challenge; True if the request is worth sending again."""
         if self.user is None or self.failed:
             return False

@@ -30,10 +30,10 @@ from watchkeep.media import (
     UnknownCamera,
     mjpeg_content_type,
     mjpeg_part_head,
+    redact_url,
     validate_camera_name,
     ws_message,
 )
-from watchkeep.media._network_camera import redact_url
 from watchkeep.servers._problems import problem
 
 __all__ = [
