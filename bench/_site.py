@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from bench._common import Histogram, ProcSample, idle_seconds, proc_sample
 from watchkeep import testing
 from watchkeep.client import SiteClient
+from watchkeep.servers._tokens import TokenSigner
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
@@ -68,7 +69,6 @@ class BenchSite:
         self.site = LocalSite(
             root, failover_after=failover_after, heartbeat_interval=heartbeat, auto_renew=False
         )
-        self.token = ""
 
     def start(self) -> None:
         site = self.site
@@ -90,12 +90,17 @@ class BenchSite:
         site.wait_listening(rs1)
         site.connect_cli()
         self.wait_online("rs1")
-        self.token = self.run(self._token())
 
-    async def _token(self) -> str:
-        async with SiteClient(self.site.home) as client:
-            assert client.token is not None
-            return client.token
+    def stream_tokens(self, cameras: list[str]) -> dict[str, str]:
+        """A stream token for each camera (each good at the camera's recording server
+        only), as viewers get them from the management server."""
+
+        async def go() -> dict[str, str]:
+            async with SiteClient(self.site.home) as client:
+                return {c: (await client.stream_access(c)).token for c in cameras}
+
+        result: dict[str, str] = self.run(go())
+        return result
 
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
@@ -139,22 +144,27 @@ class BenchSite:
         eventually(check, f"{name} encryption {'on' if on else 'off'}")
 
     def rs_status(self, name: str = "rs1") -> dict[str, Any]:
-        """The recording server's own status (cameras, recorder counters), over its data
-        listener as a client would ask."""
+        """The recording server's own status (every camera, the recorder's counters), as
+        the management server reads it: on the control link, with a control token signed
+        with the management server's key and, once that link is encrypted, its
+        certificate (the benchmark runs the whole site, management server included)."""
         import http.client
         import ssl
 
-        server = self.site.servers[name]
-        port = server.ports["data"]
+        server, ms = self.site.servers[name], self.site.management
+        port = server.ports["control"]
+        signer = TokenSigner.load_or_create(ms.directory / "data" / "token.key")
+        token = signer.issue(ms.name, "control", name, 60)
         sock = socket.create_connection((server.address, port), timeout=30)
-        if self.server(name)["encrypted_now"]:
+        if self.server("ms")["encryption"]:
             context = ssl.create_default_context(cafile=str(self.site.home.ca_cert))
+            context.load_cert_chain(ms.chain, ms.key)
             sock = context.wrap_socket(sock, server_hostname=server.host)
         connection = http.client.HTTPConnection(server.host, port, timeout=30)
         connection.sock = sock
         try:
             connection.request(
-                "GET", "/api/v1/status", headers={"Authorization": f"Bearer {self.token}"}
+                "GET", "/control/v1/status", headers={"Authorization": f"Bearer {token}"}
             )
             answer: dict[str, Any] = json.loads(connection.getresponse().read())
             return answer

@@ -155,7 +155,7 @@ def record_stream(bench: BenchSite, camera: str, frames: int, out: Path) -> floa
     connection.request(
         "GET",
         f"/api/v1/cameras/{camera}/live.mjpeg",
-        headers={"Authorization": f"Bearer {bench.token}"},
+        headers={"Authorization": f"Bearer {bench.stream_tokens([camera])[camera]}"},
     )
     response = connection.getresponse()
     parser = MultipartParser("watchkeep-frame")
@@ -296,7 +296,7 @@ def throughput(bench: BenchSite, sizes: Sizes, work: Path) -> dict[str, Any]:
                 result = run_viewers(
                     [target] * count,
                     ca=site.home.ca_cert if mode != "plain" else None,
-                    token=bench.token,
+                    token=bench.stream_tokens(["tp"])["tp"],
                     warmup=sizes.warmup,
                     duration=sizes.duration,
                     processes=viewer_processes(count),
@@ -478,12 +478,14 @@ def capacity_step(
     out_dir: Path,
 ) -> dict[str, Any]:
     rs1 = bench.site.servers["rs1"]
+    tokens = bench.stream_tokens([camera_name(i) for i in range(cameras)])
     targets = [
         {
             "address": rs1.address,
             "port": rs1.ports["data"],
             "host": rs1.host,
             "path": f"/api/v1/cameras/{camera_name(i)}/live.mjpeg",
+            "token": tokens[camera_name(i)],
         }
         for i in range(cameras)
     ]
@@ -498,7 +500,7 @@ def capacity_step(
     result = run_viewers(
         targets,
         ca=bench.site.home.ca_cert,
-        token=bench.token,
+        token=None,  # each target has its camera's
         warmup=sizes.capacity_warmup,
         duration=sizes.capacity_duration,
         processes=max(1, -(-cameras // 200)),

@@ -9,9 +9,11 @@ result (JSON, one line) after ``duration`` seconds.
 The spec (JSON, one line)::
 
     {"targets": [{"address": "127.1.2.3", "port": 7563, "host": "rs1.site.test",
-                  "path": "/api/v1/cameras/cam1/live.mjpeg"}, ...],
+                  "path": "/api/v1/cameras/cam1/live.mjpeg",
+                  "token": "..."}, ...],     # optional: this target's stream token
      "ca": "/path/ca.pem" | null,          # TLS verified against it; null: plaintext
-     "token": "..." | null,                # sent as Authorization: Bearer
+     "token": "..." | null,                # sent as Authorization: Bearer (targets
+                                           # without a token of their own)
      "duration": 10.0,                     # seconds counted after "go"
      "repeat": false}                      # request again when a response ends (nginx file)
 
@@ -339,7 +341,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     give_up = time.monotonic() + CONNECT_SECONDS
 
     async def open_one(target: dict[str, Any]) -> None:
-        request = _request(target, spec.get("token"))
+        request = _request(target, target.get("token", spec.get("token")))
         if time.monotonic() > give_up:
             totals.errors.append(f"not connected within {CONNECT_SECONDS} s")
             return

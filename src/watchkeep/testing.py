@@ -311,15 +311,31 @@ class LocalSite:
         )
         log.close()
         if wait:
-            self.wait_listening(server)
+            self.wait_ready(server)
         return server
 
     def start_together(self, *names: str) -> None:
-        """Start the servers as parallel processes, then wait until each listens."""
+        """Start the servers as parallel processes, then wait until each has started."""
         for name in names:
             self.start(name, wait=False)
         for name in names:
-            self.wait_listening(self.servers[name])
+            self.wait_ready(self.servers[name])
+
+    def wait_ready(self, server: LocalServer, timeout: float = 20.0) -> None:
+        """Wait until the server says it has started (its log's "ready" line). A recording
+        server never configured by the management server opens its listeners only with
+        its first configuration (wait_online waits for those)."""
+        ready = f"{server.name}: {server.role.value} server ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.process is not None and server.process.poll() is not None:
+                raise RuntimeError(
+                    f"{server.name} exited with status {server.process.returncode}:\n{self.log_text(server.name)}"
+                )
+            if ready in self.log_text(server.name):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{server.name} did not start:\n{self.log_text(server.name)}")
 
     def start_all(self) -> dict[str, Any]:
         """Start every server, connect the CLI and wait until all have registered; the status."""
@@ -425,17 +441,43 @@ class LocalSite:
         status: dict[str, Any] = self.api("GET", "/api/v1/site/status")
         return status
 
-    def login_token(self, connection: SiteConnection | None = None) -> str:
-        """A bearer token from the management server's log-in (the administrator's by default)."""
+    def login_token(
+        self, connection: SiteConnection | None = None, *, via: str | None = None
+    ) -> str:
+        """A bearer token from the management server's log-in (the administrator's by
+        default), for the management server, and for the mobile server ``via`` too."""
         from watchkeep.client import SiteClient
 
         async def log_in() -> str:
             async with SiteClient(self.home, connection) as client:
+                if via is not None:
+                    reply = await client.call(
+                        "POST",
+                        "/api/v1/login",
+                        {
+                            "user": client.connection.user,
+                            "password": client.connection.password(),
+                            "audience": via,
+                        },
+                        auth=False,
+                    )
+                    return str(reply["token"])
                 if client.token is None:
                     raise AssertionError("the log-in answered no token")
                 return client.token
 
         return asyncio.run(log_in())
+
+    def stream_token(self, camera: str, connection: SiteConnection | None = None) -> str:
+        """A stream token for ``camera`` at the server that records it now (the
+        administrator's by default), as a viewer gets it from the management server."""
+        from watchkeep.client import SiteClient
+
+        async def ask() -> str:
+            async with SiteClient(self.home, connection) as client:
+                return (await client.stream_access(camera)).token
+
+        return asyncio.run(ask())
 
     def wait_online(self, *names: str, timeout: float = DEADLINE) -> dict[str, Any]:
         """Wait until the management server lists every named server online; the status."""
@@ -449,9 +491,13 @@ class LocalSite:
             return status
 
         try:
-            return eventually(check, timeout=timeout, what=f"{', '.join(names)} online")
+            status = eventually(check, timeout=timeout, what=f"{', '.join(names)} online")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log_tails()}") from None
+        # A server opens its listeners with the configuration its registration brought
+        for name in names:
+            self.wait_listening(self.servers[name])
+        return status
 
     def encrypt(self, *names: str) -> None:
         """Turn encryption on with the CLI, in the order given; return once each speaks TLS."""

@@ -51,6 +51,7 @@ from watchkeep.doctor import (
     check_by_code,
     run_checks,
 )
+from watchkeep.pki import Role
 from watchkeep.site import ServerRole
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -122,7 +123,7 @@ def expiring_in(days: float) -> x509.Certificate:
 EXPIRED = leaf(ServerRole.RECORDING, [host("rs1")], days=90, issued=NOW - dt.timedelta(days=100))
 NOT_YET = leaf(ServerRole.RECORDING, [host("rs1")], days=90, issued=NOW + dt.timedelta(days=2))
 OTHER_HOST = leaf(ServerRole.RECORDING, [host("other")])
-MOBILE_PROFILE = leaf(ServerRole.MOBILE, [host("rs1")])
+SERVER_ONLY_PROFILE = leaf(Role.EVENT, [host("rs1")])
 FROM_OTHER_CA = leaf(ServerRole.RECORDING, [host("rs1")], ca=OTHER_CA)
 LONG_LIVED = leaf(ServerRole.RECORDING, [host("rs1")], days=400)
 REVOKED_CRL = crl([LEAVES["rs1"]], number=2, now=NOW - dt.timedelta(hours=1))
@@ -184,8 +185,8 @@ CASES = [
     ),
     # -- cert.server_auth --------------------------------------------------------------
     Case(
-        "a recording server with a mobile server's certificate (no clientAuth)",
-        rs1_files(MOBILE_PROFILE, CA.certificate),
+        "a recording server with an event server's certificate (no clientAuth)",
+        rs1_files(SERVER_ONLY_PROFILE, CA.certificate),
         [("cert.server_auth", E, "rs1", "client authentication (clientAuth)")],
     ),
     Case(

@@ -133,8 +133,8 @@ def test_a_certificate_for_another_host(site: LocalSite) -> None:
 
 def test_a_certificate_not_issued_for_client_authentication(site: LocalSite) -> None:
     rs1 = site.servers["rs1"]
-    # Given rs1's files hold a mobile server's certificate (serverAuth only) for its host
-    install_foreign_certificate(site, rs1, Role.MOBILE, rs1.host)
+    # Given rs1's files hold an event server's certificate (serverAuth only) for its host
+    install_foreign_certificate(site, rs1, Role.EVENT, rs1.host)
     try:
         findings = wait_for_codes(site, {"cert.server_auth"})
         assert "client authentication (clientAuth)" in describe(findings)

@@ -34,7 +34,8 @@ from watchkeep.pki import load_certificate
 from watchkeep.store import CertificateRecord
 
 ROLES = ["management", "recording", "failover", "mobile", "event"]
-DUAL_PURPOSE_ROLES = {"management", "recording", "failover"}  # they also dial out (mTLS)
+# Every role a watchkeep server runs as also dials the management server (mTLS)
+DUAL_PURPOSE_ROLES = {"management", "recording", "failover", "mobile"}
 
 # What the CA/Browser Forum server-certificate rules say about a leaf of our private CA.
 # Each finding is expected because the CA is private, not a defect: anything else fails.

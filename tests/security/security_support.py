@@ -90,7 +90,7 @@ def camera_recorded(site: LocalSite, server: str, camera: str) -> bool:
     """Whether ``server`` records ``camera`` now (its status lists it with frames)."""
     rs = site.servers[server]
     status, _, body = http_request(
-        rs, "data", "/api/v1/status", ca=site.home.ca_cert, token=site.login_token()
+        rs, "data", "/api/v1/status", ca=site.home.ca_cert, token=site.stream_token(camera)
     )
     assert status == 200, body
     cams = {c["name"]: c for c in json.loads(body)["cameras"]}

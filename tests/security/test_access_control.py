@@ -42,6 +42,7 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "GET", "/api/v1/site/status"): 401,
     ("ms", "api", "GET", "/api/v1/servers"): 401,
     ("ms", "api", "POST", "/api/v1/servers/{name}/encryption"): 401,
+    ("ms", "api", "PATCH", "/api/v1/servers/{name}"): 401,
     # Servers register with the site's registration key (and their certificate: mutual TLS)
     ("ms", "api", "POST", "/api/v1/servers/{name}/heartbeat"): 401,
     ("ms", "api", "GET", "/api/v1/cameras"): 401,
@@ -51,6 +52,7 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "POST", "/api/v1/users"): 401,
     ("ms", "api", "DELETE", "/api/v1/users/{name}"): 401,
     ("ms", "api", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,
+    ("ms", "api", "POST", "/api/v1/cameras/{name}/stream-token"): 401,
     # The recording server's data streams.
     ("rs1", "data", "GET", "/api/v1/status"): 401,
     ("rs1", "data", "GET", "/metrics"): 200,  # public: expiry metrics
@@ -85,6 +87,7 @@ ADMIN_ONLY = [
     ("DELETE", "/api/v1/cameras/cam1", None),
     ("POST", "/api/v1/users", {"name": "op2", "password": "op2-password", "role": "administrator"}),
     ("DELETE", "/api/v1/users/admin", None),
+    ("PATCH", "/api/v1/servers/rs1", {"address": "127.0.0.99"}),
 ]
 
 
@@ -265,16 +268,23 @@ def test_no_get_route_of_any_server_serves_a_private_key(
     pieces = key_fingerprints(security_site)
     assert len(pieces) >= 5, pieces.keys()  # the CA's, three servers', the token key at least
     ms = security_site.management
-    admin = security_site.login_token()
-    control = TokenSigner.load_or_create(ms.directory / "data" / "token.key").issue(
-        "ms", "management", "control", 60
-    )
+    # Each server with the best token it accepts: an administrator's log-in token at the
+    # management server and the mobile server, a stream token at rs1, a control token on
+    # its control link.
+    tokens = {
+        ("ms", "api"): security_site.login_token(),
+        ("mobile1", "https"): security_site.login_token(via="mobile1"),
+        ("rs1", "data"): security_site.stream_token("cam1"),
+        ("rs1", "control"): TokenSigner.load_or_create(ms.directory / "data" / "token.key").issue(
+            "ms", "control", "rs1", 60
+        ),
+    }
     checked = 0
     for name, listener, method, route in ROUTES:
         if method != "GET":
             continue
         server = security_site.servers[name]
-        extra: dict[str, Any] = {"token": control if listener == "control" else admin}
+        extra: dict[str, Any] = {"token": tokens[name, listener]}
         if listener == "control":
             extra["client_cert"] = (ms.chain, ms.key)
         path = concrete(route)

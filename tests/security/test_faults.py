@@ -59,7 +59,7 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
 
 def wait_recorded(site: LocalSite, server: str, camera: str, moment: float) -> list[SeenFrame]:
     """Wait until the recording holds a frame at or after ``moment``; the frames up to it."""
-    token = site.login_token()
+    token = site.stream_token(camera)
 
     def check() -> list[SeenFrame]:
         frames = playback(site, server, camera, moment - 3600, moment + 3600, token)
@@ -83,7 +83,7 @@ def test_the_management_server_killed_and_restarted_interrupts_nothing(
     site: LocalSite, figures: Figures
 ) -> None:
     rs1 = site.servers["rs1"]
-    with LiveViewer(rs1, "cam1", site.login_token(), site.home.ca_cert) as viewer:
+    with LiveViewer(rs1, "cam1", site.stream_token("cam1"), site.home.ca_cert) as viewer:
         mark = viewer.mark()
         started = time.time()
         # When the management server dies without a word
@@ -111,7 +111,7 @@ def test_a_recording_server_killed_while_recording_loses_nothing_it_flushed(
     site: LocalSite, figures: Figures
 ) -> None:
     rs1 = site.servers["rs1"]
-    with LiveViewer(rs1, "cam1", site.login_token(), site.home.ca_cert) as viewer:
+    with LiveViewer(rs1, "cam1", site.stream_token("cam1"), site.home.ca_cert) as viewer:
         eventually(lambda: viewer.mark() >= 40, what="four seconds of live video")
         # When rs1 is killed in the middle of recording
         killed_at = time.time()
@@ -124,7 +124,7 @@ def test_a_recording_server_killed_while_recording_loses_nothing_it_flushed(
     wait_recorded(site, "rs1", "cam1", time.time() + 1)
     # Then everything the viewer saw up to a second before the kill is in the recording,
     # byte for byte,
-    token = site.login_token()
+    token = site.stream_token("cam1")
     recorded = playback(site, "rs1", "cam1", seen[0].timestamp - 0.001, killed_at + 1, token)
     durable = [f for f in seen if f.timestamp < killed_at - FLUSH_INTERVAL]
     kept = {(f.sequence, f.timestamp, f.digest) for f in recorded}
@@ -174,7 +174,7 @@ def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(
     # keeps serving (the site sees it online, its status answers),
     assert_all_alive(site, figures=figures)
     site.wait_online("rsfull")
-    token = site.login_token()
+    token = site.stream_token("cam2")
     assert playback(site, "rsfull", "cam2", began, time.time(), token)
     # and, when space returns, records again.
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
@@ -190,7 +190,7 @@ def test_a_full_disk_is_a_clear_error_and_recording_resumes_when_space_returns(
     site.start("rsfull")
     site.wait_online("rsfull")
     again = playback(
-        site, "rsfull", "cam2", began, everything[-1].timestamp + 0.001, site.login_token()
+        site, "rsfull", "cam2", began, everything[-1].timestamp + 0.001, site.stream_token("cam2")
     )
     assert [(f.sequence, f.digest) for f in again][: len(everything)] == [
         (f.sequence, f.digest) for f in everything

@@ -14,7 +14,10 @@ attacker would, so that what the servers do to them never touches the legitimate
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import socket
 import ssl
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from security_support import (
@@ -53,7 +57,7 @@ def viewer(security_site: LocalSite) -> Iterator[LiveViewer]:
     """A legitimate live viewer of cam1 for the whole module."""
     rs1 = security_site.servers["rs1"]
     with LiveViewer(
-        rs1, "cam1", security_site.login_token(), security_site.home.ca_cert
+        rs1, "cam1", security_site.stream_token("cam1"), security_site.home.ca_cert
     ) as watching:
         yield watching
 
@@ -228,7 +232,7 @@ def test_a_normal_client_is_served_while_200_idle_sockets_sit_on_the_port(
     security_site: LocalSite, figures: Figures, name: str, listener: str, path: str
 ) -> None:
     server = security_site.servers[name]
-    token = security_site.login_token()
+    token = security_site.stream_token("cam1") if name == "rs1" else security_site.login_token()
     idle = [open_socket(server, listener, attacker(security_site)) for _ in range(IDLE_SOCKETS)]
     try:
         started = time.monotonic()
@@ -376,6 +380,12 @@ def admin_token(security_site: LocalSite) -> str:
     return security_site.login_token()
 
 
+@pytest.fixture
+def cam1_token(security_site: LocalSite) -> str:
+    """The administrator's stream token for cam1 (good at rs1 only)."""
+    return security_site.stream_token("cam1")
+
+
 @settings(
     max_examples=100,
     deadline=None,
@@ -457,7 +467,7 @@ ABSURD_RANGES = [
 
 
 def test_path_traversal_in_playback_and_live_finds_nothing(
-    security_site: LocalSite, figures: Figures, admin_token: str
+    security_site: LocalSite, figures: Figures, cam1_token: str
 ) -> None:
     rs1 = security_site.servers["rs1"]
     now = time.time()
@@ -469,7 +479,7 @@ def test_path_traversal_in_playback_and_live_finds_nothing(
             f"/api/v1/cameras/../../../../etc/passwd?from=0&to=1{name}",
         ):
             status, _, reply = http_request(
-                rs1, "data", path, ca=ca(security_site), token=admin_token,
+                rs1, "data", path, ca=ca(security_site), token=cam1_token,
                 source=attacker(security_site),
             )  # fmt: skip
             assert 400 <= status < 500, (path, status, reply[:300])
@@ -480,13 +490,13 @@ def test_path_traversal_in_playback_and_live_finds_nothing(
 
 
 def test_absurd_playback_ranges_are_400_problems(
-    security_site: LocalSite, figures: Figures, admin_token: str
+    security_site: LocalSite, figures: Figures, cam1_token: str
 ) -> None:
     rs1 = security_site.servers["rs1"]
     for query in ABSURD_RANGES:
         status, headers, reply = http_request(
             rs1, "data", f"/api/v1/cameras/cam1/playback.mjpeg?{query}", ca=ca(security_site),
-            token=admin_token, source=attacker(security_site),
+            token=cam1_token, source=attacker(security_site),
         )  # fmt: skip
         assert status == 400, (query, status, reply[:300])
         problem_of(status, headers, reply)
@@ -496,24 +506,54 @@ def test_absurd_playback_ranges_are_400_problems(
 # -- tokens ---------------------------------------------------------------------------------
 
 
-def hostile_tokens(site: LocalSite, tmp_path: Path) -> dict[str, str]:
+def _unsigned(claims: dict[str, Any], alg: str, key: bytes = b"") -> str:
+    """A token with ``claims`` under the header algorithm ``alg`` (none, or HMAC keyed with
+    ``key``): what an attacker makes when a verifier lets the token choose its algorithm."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": alg, "typ": "watchkeep-user+jwt"}).encode())
+    body = b64(json.dumps(claims).encode())
+    signing = f"{head}.{body}".encode()
+    mac = hmac.new(key, signing, hashlib.sha256).digest() if alg == "HS256" else b""
+    return f"{head}.{body}.{b64(mac)}"
+
+
+def hostile_tokens(site: LocalSite, tmp_path: Path, server: str) -> dict[str, str]:
+    """Tokens ``server`` must refuse with 401, each made from one it accepts."""
     own = TokenSigner.load_or_create(site.management.directory / "data" / "token.key")
     # Another site's management server: its own key, made the way every MS makes one.
     other = TokenSigner.load_or_create(tmp_path / "other-site-token.key")
-    real = site.login_token()
-    body, _, signature = real.partition(".")
+    if server == "rs1":
+        scope, audience, real = "stream", "rs1", site.stream_token("cam1")
+        claims: dict[str, Any] = {"cameras": ["cam1"], "sid": "s"}
+    else:
+        scope, audience, real = "user", server, site.login_token(via="mobile1")
+        claims = {"role": "administrator", "cameras": "*"}
+    head, body, signature = real.split(".")
+    public = own.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    payload = json.loads(base64.urlsafe_b64decode(body + "=="))
     return {
         "garbage": "not-a-token",
-        "empty signature": body + ".",
-        "forged claims": own.issue("admin", "administrator", "user", 600)[:-4] + "AAAA",
-        "signature of another token": own.issue("mallory", "administrator", "user", 600).split(".")[
-            0
-        ]
-        + "."
-        + signature,
-        "expired": own.issue("admin", "administrator", "user", -60),
-        "control scope": own.issue("ms", "management", "control", 600),
-        "another site's": other.issue("admin", "administrator", "user", 600, cameras="*"),
+        "empty signature": f"{head}.{body}.",
+        "no signature": f"{head}.{body}",
+        "forged claims": own.issue("admin", scope, audience, 600, **claims)[:-4] + "AAAA",
+        "signature of another token": ".".join(
+            [*own.issue("mallory", scope, audience, 600, **claims).split(".")[:2], signature]
+        ),
+        # One token, one spelling: padding or anything appended is not skipped over
+        "padded": real + "==",
+        "junk appended": real + "!:",
+        "expired": own.issue("admin", scope, audience, -60, **claims),
+        "control scope": own.issue("ms", "control", audience, 600),
+        "for another server": own.issue("admin", scope, "rs9", 600, **claims),
+        "another site's": other.issue("admin", scope, audience, 600, **claims),
+        # The algorithm is the verifier's choice, never the token's (RFC 8725)
+        "alg none": _unsigned(payload, "none"),
+        "HMAC keyed with the public key": _unsigned(payload, "HS256", public),
     }
 
 
@@ -529,8 +569,9 @@ def test_forged_expired_and_other_sites_tokens_are_401_everywhere(
         (mobile1, "https", "/api/v1/cameras"),
         (mobile1, "https", "/api/v1/cameras/cam1/snapshot.jpg"),
     ]
-    for kind, token in hostile_tokens(security_site, tmp_path).items():
-        for server, listener, path in targets:
+    tokens = {s: hostile_tokens(security_site, tmp_path, s) for s in ("ms", "rs1", "mobile1")}
+    for server, listener, path in targets:
+        for kind, token in tokens[server.name].items():
             status, headers, reply = http_request(
                 server, listener, path, ca=ca(security_site), token=token,
                 source=attacker(security_site),
@@ -540,6 +581,23 @@ def test_forged_expired_and_other_sites_tokens_are_401_everywhere(
             figures.hostile(f"bad token ({kind})")
 
 
+def test_a_token_with_a_line_break_in_the_query_is_refused_by_the_relay(
+    security_site: LocalSite, figures: Figures
+) -> None:
+    # When a browser-style request puts a real token with CRLF after it in the query
+    mobile1 = security_site.servers["mobile1"]
+    token = security_site.login_token(via="mobile1")
+    for suffix in ("%0D%0A", "%0D%0AX-Injected:%201", "%00"):
+        path = f"/api/v1/cameras/cam1/snapshot.jpg?token={token}{suffix}"
+        status, headers, reply = http_request(
+            mobile1, "https", path, ca=ca(security_site), source=attacker(security_site)
+        )
+        # Then the mobile server refuses the token (401), it does not answer 500
+        assert status == 401, (suffix, status, reply[:300])
+        assert problem_of(status, headers, reply)["code"] == "auth.token"
+        figures.hostile("token with a line break")
+
+
 def test_a_user_token_does_not_open_the_control_link(
     security_site: LocalSite, figures: Figures, admin_token: str
 ) -> None:
@@ -547,6 +605,12 @@ def test_a_user_token_does_not_open_the_control_link(
     status, headers, reply = json_request(
         rs1, "control", "/control/v1/config", {"cameras": []}, ca=ca(security_site),
         token=admin_token, client_cert=(ms.chain, ms.key),
+    )  # fmt: skip
+    assert status == 401, reply[:300]
+    # nor does a stream token for rs1
+    status, headers, reply = json_request(
+        rs1, "control", "/control/v1/config", {"cameras": []}, ca=ca(security_site),
+        token=security_site.stream_token("cam1"), client_cert=(ms.chain, ms.key),
     )  # fmt: skip
     assert status == 401, reply[:300]
     assert problem_of(status, headers, reply)["code"] == "auth.token"
@@ -610,9 +674,22 @@ def test_guessing_one_account_is_slowed_down_whatever_the_address(
     assert security_site.login_token()
     # and once the back-off has passed, the right password works (and clears the count).
     time.sleep(int(headers["retry-after"]) + 0.2)
+    home = attacker_address(security_site, 21)
+    status, document, _ = login(security_site, "victim", password, home)
+    assert status == 200, document
+    # Guessing again from elsewhere shuts out log-ins from elsewhere only: the address the
+    # user logs in from is not locked out by it ("smart lockout")
+    for n in range(6):
+        status, document, _ = login(
+            security_site, "victim", f"again-{n}", attacker_address(security_site, 10 + n)
+        )
+        assert status in (401, 429), document
+    figures.hostile("log-in guess", 6)
     status, document, _ = login(
-        security_site, "victim", password, attacker_address(security_site, 21)
+        security_site, "victim", password, attacker_address(security_site, 22)
     )
+    assert (status, document["code"]) == (429, "auth.login_rate"), document
+    status, document, _ = login(security_site, "victim", password, home)
     assert status == 200, document
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from watchkeep.servers._throttle import MAX_KEYS, LoginThrottle
+from watchkeep.servers._throttle import MAX_KEYS, FamiliarAddresses, LoginThrottle
 
 
 def test_failures_within_the_allowance_cost_nothing_then_each_doubles_the_wait() -> None:
@@ -41,3 +41,20 @@ def test_invented_names_cannot_grow_the_memory_without_bound() -> None:
 def test_no_allowance_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one"):
         LoginThrottle(0)
+
+
+def test_an_account_is_counted_apart_at_the_addresses_it_logs_in_from() -> None:
+    familiar = FamiliarAddresses(keep_for=100.0, per_account=2)
+    # Before any log-in, every address is "elsewhere"
+    assert familiar.account_key("alice", "10.0.0.1", 0.0) == "alice\nelsewhere"
+    familiar.logged_in("alice", "10.0.0.1", 0.0)
+    assert familiar.account_key("alice", "10.0.0.1", 50.0) == "alice\nfamiliar"
+    assert familiar.account_key("alice", "10.0.0.2", 50.0) == "alice\nelsewhere"
+    assert familiar.account_key("bob", "10.0.0.1", 50.0) == "bob\nelsewhere"
+    # Familiar for keep_for seconds only
+    assert familiar.account_key("alice", "10.0.0.1", 101.0) == "alice\nelsewhere"
+    # The most recent per_account addresses are kept
+    familiar.logged_in("alice", "10.0.0.2", 1.0)
+    familiar.logged_in("alice", "10.0.0.3", 2.0)
+    assert familiar.account_key("alice", "10.0.0.1", 3.0) == "alice\nelsewhere"
+    assert familiar.account_key("alice", "10.0.0.3", 3.0) == "alice\nfamiliar"

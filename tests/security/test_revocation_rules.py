@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from watchkeep.servers._tokens import InvalidToken, Revocations, TokenSigner, TokenVerifier
+from watchkeep.servers._tokens import InvalidToken, Revocations, Scope, TokenSigner, TokenVerifier
 
 NOW = 1_800_000_000.0
 
@@ -54,14 +54,66 @@ def test_what_can_no_longer_refuse_a_token_is_dropped_and_bad_json_is_ignored() 
         assert Revocations.from_json(bad) == Revocations()
 
 
-def test_the_verifier_refuses_a_revoked_user_token_and_no_other_kind() -> None:
+def test_the_verifier_refuses_revoked_user_and_stream_tokens_and_no_control_token() -> None:
     signer = TokenSigner(ed25519.Ed25519PrivateKey.generate())
     verifier = TokenVerifier.from_b64(signer.public_key_b64())
-    user = signer.issue("alice", "operator", "user", 900)
-    control = signer.issue("alice", "management", "control", 60)
-    later = NOW * 2  # a cut after both were issued
+    user = signer.issue("alice", "user", "ms", 900, role="operator")
+    stream = signer.issue("alice", "stream", "rs1", 900, cameras=["cam1"], sid="s1")
+    control = signer.issue("alice", "control", "rs1", 60)
+    later = NOW * 2  # a cut after all were issued
     revoked = Revocations().with_user("alice", later)
     with pytest.raises(InvalidToken, match="revoked"):
-        verifier.verify(user, scope="user", revoked=revoked)
-    assert verifier.verify(control, scope="control", revoked=revoked)["sub"] == "alice"
-    assert verifier.verify(user, scope="user")["sub"] == "alice"
+        verifier.verify(user, scope="user", audience="ms", revoked=revoked)
+    with pytest.raises(InvalidToken, match="revoked"):
+        verifier.verify(stream, scope="stream", audience="rs1", revoked=revoked)
+    assert verifier.verify(control, scope="control", audience="rs1", revoked=revoked)["sub"]
+    assert verifier.verify(user, scope="user", audience="ms")["sub"] == "alice"
+
+
+def test_a_logged_out_session_revokes_the_stream_tokens_made_from_it() -> None:
+    signer = TokenSigner(ed25519.Ed25519PrivateKey.generate())
+    verifier = TokenVerifier.from_b64(signer.public_key_b64())
+    user = verifier.verify(signer.issue("alice", "user", "ms", 900), scope="user", audience="ms")
+    mine = signer.issue("alice", "stream", "rs1", 900, cameras=["cam1"], sid=user["jti"])
+    other = signer.issue("alice", "stream", "rs1", 900, cameras=["cam1"], sid="another")
+    revoked = Revocations().with_session(user, NOW, limit=10)
+    with pytest.raises(InvalidToken, match="logged out"):
+        verifier.verify(mine, scope="stream", audience="rs1", revoked=revoked)
+    assert verifier.verify(other, scope="stream", audience="rs1", revoked=revoked)
+
+
+@pytest.mark.parametrize(
+    ("scope", "audience", "why"),
+    [
+        ("user", "rs1", "not for rs1"),  # a log-in token at a recording server
+        ("stream", "ms", "not for ms"),  # a stream token replayed at the management server
+        ("stream", "rs2", "not for rs2"),  # ... or at another recording server
+        ("control", "rs1", "'stream', not 'control'"),  # a stream token on the control link
+    ],
+)
+def test_a_token_is_refused_by_every_server_it_does_not_name(
+    scope: Scope, audience: str, why: str
+) -> None:
+    signer = TokenSigner(ed25519.Ed25519PrivateKey.generate())
+    verifier = TokenVerifier.from_b64(signer.public_key_b64())
+    token = signer.issue(
+        "alice", "stream" if scope != "user" else "user", "rs1" if scope != "user" else "ms", 60
+    )
+    with pytest.raises(InvalidToken, match=why):
+        verifier.verify(token, scope=scope, audience=audience)
+
+
+@pytest.mark.parametrize("tail", ["=", "==", "\r\n", "!:", " ", "."])
+def test_a_token_has_one_spelling(tail: str) -> None:
+    signer = TokenSigner(ed25519.Ed25519PrivateKey.generate())
+    verifier = TokenVerifier.from_b64(signer.public_key_b64())
+    token = signer.issue("alice", "user", "ms", 60)
+    assert verifier.verify(token, scope="user", audience="ms")
+    with pytest.raises(InvalidToken, match="malformed"):
+        verifier.verify(token + tail.encode().decode("unicode_escape"), scope="user", audience="ms")
+    # nor may the unused bits of a part's last character be set
+    head, body, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = signature[:-1] + alphabet[alphabet.index(signature[-1]) ^ 1]
+    with pytest.raises(InvalidToken):
+        verifier.verify(f"{head}.{body}.{twin}", scope="user", audience="ms")

@@ -18,7 +18,7 @@ import json
 import socket
 import ssl
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from security_support import Figures, connect, http_request, json_request
@@ -29,25 +29,44 @@ from watchkeep.testing import LocalSite, eventually
 CAMERA = "cam1"  # recorded by rs1 (the security site)
 
 
-def log_in(site: LocalSite, user: str, password: str) -> str:
+@dataclass(frozen=True)
+class Session:
+    """One log-in: its token (for the management server and mobile1) and the stream token
+    for CAMERA at rs1 the management server gave it."""
+
+    token: str
+    stream: str
+
+
+def log_in(site: LocalSite, user: str, password: str) -> Session:
     status, _, reply = json_request(
-        site.management, "api", "/api/v1/login", {"user": user, "password": password},
-        ca=site.home.ca_cert,
+        site.management, "api", "/api/v1/login",
+        {"user": user, "password": password, "audience": "mobile1"}, ca=site.home.ca_cert,
     )  # fmt: skip
     assert status == 200, reply[:300]
     token: str = json.loads(reply)["token"]
-    return token
+    status, _, reply = http_request(
+        site.management, "api", f"/api/v1/cameras/{CAMERA}/stream-token", ca=site.home.ca_cert,
+        token=token, method="POST",
+    )  # fmt: skip
+    assert status == 200, reply[:300]
+    return Session(token, json.loads(reply)["token"])
 
 
-def answers(site: LocalSite, token: str) -> dict[str, tuple[int, Any]]:
-    """What the MS, rs1 and mobile1 answer a read with ``token``: (status, problem code)."""
+def answers(site: LocalSite, session: Session) -> dict[str, tuple[int, Any]]:
+    """What the MS, rs1 and mobile1 answer a read with ``session``: (status, problem code)."""
     calls = {
-        "ms": (site.management, "api", "/api/v1/cameras"),
-        "rs1": (site.servers["rs1"], "data", f"/api/v1/cameras/{CAMERA}/snapshot.jpg"),
-        "mobile1": (site.servers["mobile1"], "https", "/api/v1/cameras"),
+        "ms": (site.management, "api", "/api/v1/cameras", session.token),
+        "rs1": (
+            site.servers["rs1"],
+            "data",
+            f"/api/v1/cameras/{CAMERA}/snapshot.jpg",
+            session.stream,
+        ),
+        "mobile1": (site.servers["mobile1"], "https", "/api/v1/cameras", session.token),
     }
     seen = {}
-    for name, (server, listener, path) in calls.items():
+    for name, (server, listener, path, token) in calls.items():
         status, headers, body = http_request(
             server, listener, path, ca=site.home.ca_cert, token=token
         )
@@ -59,9 +78,10 @@ def answers(site: LocalSite, token: str) -> dict[str, tuple[int, Any]]:
     return seen
 
 
-def open_live(site: LocalSite, server: str, listener: str, token: str) -> socket.socket:
+def open_live(site: LocalSite, server: str, listener: str, session: Session) -> socket.socket:
     """A live MJPEG stream of CAMERA, its first bytes read: it is flowing."""
     target = site.servers[server]
+    token = session.stream if listener == "data" else session.token
     sock = connect(target, listener, ca=site.home.ca_cert)
     sock.sendall(
         f"GET /api/v1/cameras/{CAMERA}/live.mjpeg HTTP/1.1\r\nHost: {target.host}\r\n"
@@ -99,15 +119,15 @@ def add_user(site: LocalSite, name: str, password: str) -> None:
     )
 
 
-def new_user(site: LocalSite, name: str) -> str:
+def new_user(site: LocalSite, name: str) -> Session:
     """An operator ``name`` (password ``NAME-password-1234``, cam1 only); its first token."""
     add_user(site, name, f"{name}-password-1234")
     return log_in(site, name, f"{name}-password-1234")
 
 
-def refused_everywhere(site: LocalSite, *tokens: str) -> bool:
-    for token in tokens:
-        assert answers(site, token) == REVOKED
+def refused_everywhere(site: LocalSite, *sessions: Session) -> bool:
+    for session in sessions:
+        assert answers(site, session) == REVOKED
     return True
 
 
@@ -115,7 +135,7 @@ def test_a_new_password_revokes_the_users_tokens_everywhere(
     security_site: LocalSite, figures: Figures
 ) -> None:
     stolen = new_user(security_site, "revokee")
-    bystander = security_site.login_token()
+    bystander = log_in(security_site, "admin", security_site.password_file.read_text().strip())
     assert answers(security_site, stolen) == SERVED
     # and the thief watches cam1 live, at rs1 and through the mobile server
     streams = [
@@ -128,6 +148,12 @@ def test_a_new_password_revokes_the_users_tokens_everywhere(
 
     # Then the old token is refused by every server, the MS at once
     assert answers(security_site, stolen)["ms"] == REVOKED["ms"]
+    # (and the management server makes no stream token of it any more)
+    status, _, _ = http_request(
+        security_site.management, "api", f"/api/v1/cameras/{CAMERA}/stream-token",
+        ca=security_site.home.ca_cert, token=stolen.token, method="POST",
+    )  # fmt: skip
+    assert status == 401
     eventually(
         lambda: refused_everywhere(security_site, stolen), what="the old token refused everywhere"
     )
@@ -156,7 +182,7 @@ def test_logging_out_ends_that_session_only(security_site: LocalSite, figures: F
         "https",
         "/api/v1/logout",
         ca=security_site.home.ca_cert,
-        token=phone,
+        token=phone.token,
         method="POST",
     )
     assert status == 204, body[:300]
@@ -170,7 +196,7 @@ def test_logging_out_ends_that_session_only(security_site: LocalSite, figures: F
         "api",
         "/api/v1/logout",
         ca=security_site.home.ca_cert,
-        token=phone,
+        token=phone.token,
         method="POST",
     )
     assert status == 401
@@ -215,7 +241,7 @@ def test_a_removed_user_can_no_longer_log_in_and_its_tokens_are_revoked(
 
     # The administrator sees the user (never a password hash); an operator may not look
     assert users()["goner"] == {"name": "goner", "role": "operator", "cameras": [CAMERA]}
-    status, _, _ = http_request(ms, "api", "/api/v1/users", ca=ca, token=token)
+    status, _, _ = http_request(ms, "api", "/api/v1/users", ca=ca, token=token.token)
     assert status == 403
 
     # When the administrator removes the user
@@ -240,12 +266,12 @@ def test_a_removed_user_can_no_longer_log_in_and_its_tokens_are_revoked(
 
 def test_the_last_administrator_cannot_be_removed(security_site: LocalSite) -> None:
     ms, ca = security_site.management, security_site.home.ca_cert
-    admin = security_site.login_token()
-    status, _, reply = http_request(ms, "api", "/api/v1/users", ca=ca, token=admin)
+    admin = log_in(security_site, "admin", security_site.password_file.read_text().strip())
+    status, _, reply = http_request(ms, "api", "/api/v1/users", ca=ca, token=admin.token)
     administrators = [u["name"] for u in json.loads(reply) if u["role"] == "administrator"]
     assert administrators == ["admin"], administrators
     status, _, reply = http_request(
-        ms, "api", "/api/v1/users/admin", ca=ca, token=admin, method="DELETE"
+        ms, "api", "/api/v1/users/admin", ca=ca, token=admin.token, method="DELETE"
     )
     assert (status, json.loads(reply)["code"]) == (409, "auth.last_administrator")
     assert json.loads(reply)["fix"]

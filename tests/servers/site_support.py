@@ -168,11 +168,12 @@ def heartbeat_body(
     }
 
 
-def control_token(site: LocalSite, ttl: float = 60) -> str:
-    """A control-link token signed with the management server's own key, as it pushes."""
+def control_token(site: LocalSite, server: str = "rs1", ttl: float = 60) -> str:
+    """A control-link token for ``server``, signed with the management server's own key,
+    as it pushes."""
     ms = site.management
     signer = TokenSigner.load_or_create(ms.directory / "data" / "token.key")
-    return signer.issue(ms.name, "management", "control", ttl)
+    return signer.issue(ms.name, "control", server, ttl)
 
 
 # -- certificates on the wire -------------------------------------------------------------

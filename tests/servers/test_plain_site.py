@@ -18,6 +18,7 @@ import pytest
 from site_support import (
     call,
     cli_json,
+    control_token,
     endpoint,
     failover_round_trip,
     openssl_fingerprint,
@@ -157,8 +158,9 @@ def test_cameras_added_together_reach_the_recording_server_in_a_few_pushes(
         # Every camera reaches rs1, in far fewer pushes than cameras (each push carries
         # the whole configuration; calls that came while one ran share the next)
         def running() -> bool:
-            status = call(endpoint(plain_site.servers["rs1"], "data", tls=False), "GET",
-                          "/api/v1/status", token=plain_site.login_token())  # fmt: skip
+            # (its status as the management server reads it: every camera)
+            status = call(endpoint(plain_site.servers["rs1"], "control", tls=False), "GET",
+                          "/control/v1/status", token=control_token(plain_site))  # fmt: skip
             assert set(names) <= {c["name"] for c in status["cameras"]}
             return True
 

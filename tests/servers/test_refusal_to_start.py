@@ -115,7 +115,8 @@ def test_the_fix_given_for_an_expired_certificate_works(refused: LocalSite) -> N
 
 
 def test_a_missing_certificate_is_not_a_refusal_to_start(refused: LocalSite) -> None:
-    # The twin: a server whose certificate is simply not there yet runs in plaintext
+    # The twin: a server whose certificate is simply not there yet starts (and says why
+    # its encryption cannot be turned on yet)
     refused.add_server("rs-bare", ServerRole.RECORDING, certificate=False)
     try:
         refused.start_together("rs-bare")

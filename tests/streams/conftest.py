@@ -100,6 +100,18 @@ def operator_token(streams_site: LocalSite, operator: SiteConnection) -> str:
     return streams_site.login_token(operator)
 
 
+@pytest.fixture
+def cam1_token(streams_site: LocalSite) -> str:
+    """A fresh administrator's stream token for cam1 (good at rs1 only)."""
+    return streams_site.stream_token("cam1")
+
+
+@pytest.fixture
+def operator_cam1_token(streams_site: LocalSite, operator: SiteConnection) -> str:
+    """The operator's stream token for cam1, the one camera it may view."""
+    return streams_site.stream_token("cam1", operator)
+
+
 @pytest.fixture(scope="session")
 def ca(streams_site: LocalSite) -> Path:
     return streams_site.home.ca_cert

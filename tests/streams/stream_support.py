@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from watchkeep.client import SiteClient, SiteConnection
-from watchkeep.client._video import camera_endpoint, stream_frames
+from watchkeep.client._video import stream_frames
 from watchkeep.media import DEFAULT_BOUNDARY, Frame, MjpegPart, MultipartParser
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.site import ServerRole
@@ -204,14 +204,12 @@ async def camera_stream(
 ) -> AsyncIterator[AsyncIterator[Frame]]:
     """The frames of one stream of ``camera`` from the server that records it now, through
     the client library (verified TLS when that server is encrypted)."""
-    status = await client.status()
-    client.learn_hosts(status)
-    endpoint = camera_endpoint(status, camera)
+    access = await client.stream_access(camera)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(resolver=client.resolver()),
         timeout=aiohttp.ClientTimeout(connect=DEADLINE, sock_read=DEADLINE),
     ) as session:
-        yield stream_frames(client, endpoint, camera, path, session)
+        yield stream_frames(client, access, path, session)
 
 
 async def live_frames(client: SiteClient, camera: str, count: int) -> list[Frame]:

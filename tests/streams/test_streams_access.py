@@ -31,7 +31,7 @@ from stream_support import (
 
 from watchkeep._home import Home
 from watchkeep.client import SiteClient, SiteConnection
-from watchkeep.client._video import camera_endpoint, stream_frames
+from watchkeep.client._video import stream_frames
 from watchkeep.errors import UntrustedIssuer
 from watchkeep.pki import SitePKI
 from watchkeep.servers._tokens import TokenSigner
@@ -64,9 +64,7 @@ def test_the_client_library_refuses_a_recording_server_it_cannot_verify(
         async with SiteClient(streams_site.home) as client:
             # Given a logged-in client that knows where cam1 records, but whose trust store
             # then lacks the site CA
-            status = await client.status()
-            client.learn_hosts(status)
-            endpoint = camera_endpoint(status, "cam1")
+            access = await client.stream_access("cam1")
             client.connection = replace(client.connection, trust_store=str(trust_store))
             # When it asks rs1 for cam1's live stream
             async with aiohttp.ClientSession(
@@ -74,7 +72,7 @@ def test_the_client_library_refuses_a_recording_server_it_cannot_verify(
             ) as session:
                 path = "/api/v1/cameras/cam1/live.mjpeg"
                 try:
-                    async for _frame in stream_frames(client, endpoint, "cam1", path, session):
+                    async for _frame in stream_frames(client, access, path, session):
                         return None
                 except UntrustedIssuer as exc:
                     return exc
@@ -134,11 +132,11 @@ def _curl(streams_site: LocalSite, *args: str) -> list[str]:
 
 
 def test_curl_refuses_the_recording_server_without_the_site_ca(
-    streams_site: LocalSite, admin_token: str
+    streams_site: LocalSite, cam1_token: str
 ) -> None:
     # When curl, trusting only the system's CAs, asks rs1 for cam1's live stream
     ran = subprocess.run(
-        _curl(streams_site, "--header", f"Authorization: Bearer {admin_token}"),
+        _curl(streams_site, "--header", f"Authorization: Bearer {cam1_token}"),
         capture_output=True,
         timeout=DEADLINE,
         check=False,
@@ -149,7 +147,7 @@ def test_curl_refuses_the_recording_server_without_the_site_ca(
 
 
 def test_curl_with_the_site_ca_gets_the_mjpeg_stream(
-    streams_site: LocalSite, ca: Path, admin_token: str
+    streams_site: LocalSite, ca: Path, cam1_token: str
 ) -> None:
     # When curl trusts the site CA and asks rs1 for cam1's live stream
     curl = subprocess.Popen(
@@ -160,7 +158,7 @@ def test_curl_with_the_site_ca_gets_the_mjpeg_stream(
             "--cacert",
             str(ca),
             "--header",
-            f"Authorization: Bearer {admin_token}",
+            f"Authorization: Bearer {cam1_token}",
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -197,11 +195,13 @@ def test_curl_with_the_site_ca_gets_the_mjpeg_stream(
 
 
 def test_an_operator_token_opens_its_own_camera_at_the_recording_server(
-    streams_site: LocalSite, ca: Path, operator_token: str
+    streams_site: LocalSite, ca: Path, operator_cam1_token: str
 ) -> None:
-    # When op1 asks rs1 for cam1, which it may view
+    # When op1 asks rs1 for cam1, which it may view, with the stream token the management
+    # server gave it
     rs1 = streams_site.servers["rs1"]
-    with request(rs1, "data", "/api/v1/cameras/cam1/live.mjpeg", ca=ca, token=operator_token) as r:
+    path = "/api/v1/cameras/cam1/live.mjpeg"
+    with request(rs1, "data", path, ca=ca, token=operator_cam1_token) as r:
         part = read_parts(r, 1)[0]
     # Then it gets cam1's video
     assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)
@@ -212,12 +212,12 @@ def test_an_operator_token_opens_its_own_camera_at_the_recording_server(
     ["live.mjpeg", "live.ws", "snapshot.jpg", "playback.mjpeg?from=1700000000&to=1700000060"],
 )
 def test_an_operator_token_is_forbidden_another_camera_at_the_recording_server(
-    streams_site: LocalSite, ca: Path, operator_token: str, stream: str
+    streams_site: LocalSite, ca: Path, operator_cam1_token: str, stream: str
 ) -> None:
-    # When op1 asks rs1 for cam2, which it may not view
+    # When op1 asks rs1 for cam2, which it may not view, with its stream token for cam1
     rs1 = streams_site.servers["rs1"]
     path = f"/api/v1/cameras/cam2/{stream}"
-    with request(rs1, "data", path, ca=ca, token=operator_token) as response:
+    with request(rs1, "data", path, ca=ca, token=operator_cam1_token) as response:
         # Then the answer is 403, naming the rule, without a byte of video
         problem = read_problem(response, 403)
     assert problem["code"] == "auth.camera", problem
@@ -261,28 +261,48 @@ def test_an_operator_sees_only_its_cameras_at_the_management_server(
         # Then cam2 does not exist for op1
         read_problem(r, 404)
     assert listed == ["cam1"]
+    # And it gets no stream token for cam2 either
+    path = "/api/v1/cameras/cam2/stream-token"
+    with request(ms, "api", path, ca=ca, token=operator_token, method="POST") as r:
+        read_problem(r, 404)
 
 
 def _forged() -> str:
     """A token just like the management server's, signed with another Ed25519 key."""
     signer = TokenSigner(ed25519.Ed25519PrivateKey.generate())
-    return signer.issue("admin", "administrator", "user", 600, cameras="*")
+    return signer.issue("admin", "stream", "rs1", 600, cameras=["cam1"], sid="s")
 
 
 def _bad_token(site: LocalSite, kind: str) -> str | None:
+    """A token rs1 must refuse for cam1."""
+    signer = management_signer(site)
     if kind == "missing":
         return None
     if kind == "forged":
         return _forged()
     if kind == "expired":
-        return management_signer(site).issue("admin", "administrator", "user", -60, cameras="*")
+        return signer.issue("admin", "stream", "rs1", -60, cameras=["cam1"], sid="s")
     if kind == "control scope":
-        return management_signer(site).issue("ms", "management", "control", 600)
+        return signer.issue("ms", "control", "rs1", 600)
+    if kind == "log-in token":
+        # An administrator's own token: for the management server, not for rs1
+        return site.login_token()
+    if kind == "for another server":
+        # A stream token for cam1 made for another recording server, replayed at rs1
+        return signer.issue("admin", "stream", "rs9", 600, cameras=["cam1"], sid="s")
     assert kind == "garbage"
     return "not-a-token"
 
 
-TOKENS = ["missing", "forged", "expired", "control scope", "garbage"]
+TOKENS = [
+    "missing",
+    "forged",
+    "expired",
+    "control scope",
+    "log-in token",
+    "for another server",
+    "garbage",
+]
 
 
 @pytest.mark.parametrize("kind", TOKENS)
@@ -309,9 +329,7 @@ def test_a_recording_server_opens_no_websocket_without_a_valid_token(
 
     async def connect() -> aiohttp.WSServerHandshakeError | None:
         async with SiteClient(streams_site.home) as client:
-            status = await client.status()
-            client.learn_hosts(status)
-            endpoint = camera_endpoint(status, "cam1")
+            endpoint = (await client.stream_access("cam1")).endpoint
             url = f"wss://{endpoint.host}:{endpoint.port}/api/v1/cameras/cam1/live.ws"
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             async with aiohttp.ClientSession(
@@ -355,8 +373,12 @@ def test_a_valid_token_in_the_query_string_opens_the_stream(
 ) -> None:
     # The refusals above are refusals of the token, not of the query-string route: with a
     # valid token the same request works (at the mobile server and at rs1)
-    token = streams_site.login_token()
+    tokens = {
+        "mobile1": streams_site.login_token(via="mobile1"),
+        "rs1": streams_site.stream_token("cam1"),
+    }
     for server, listener in [("mobile1", "https"), ("rs1", "data")]:
+        token = tokens[server]
         path = f"/api/v1/cameras/cam1/live.mjpeg?token={token}"
         with request(streams_site.servers[server], listener, path, ca=ca) as response:
             part = read_parts(response, 1)[0]

@@ -24,6 +24,7 @@ from stream_support import (
     camera_stream,
     cli_ok,
     live_frames,
+    management_signer,
     parse_mjpeg_file,
     playback_frames,
     read_parts,
@@ -34,7 +35,6 @@ from stream_support import (
 )
 
 from watchkeep.client import SiteClient
-from watchkeep.client._video import camera_endpoint
 from watchkeep.media import Frame, unpack_ws_header
 from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 from watchkeep.tls import client_context
@@ -133,25 +133,25 @@ def test_playback_returns_exactly_the_frames_recorded_in_the_range(
     ],
 )
 def test_an_absurd_playback_range_is_refused_with_a_problem_document(
-    streams_site: LocalSite, ca: Path, admin_token: str, query: str
+    streams_site: LocalSite, ca: Path, cam1_token: str, query: str
 ) -> None:
     # When a client asks rs1 for a playback range that can never be served
     rs1 = streams_site.servers["rs1"]
     path = f"/api/v1/cameras/cam1/playback.mjpeg?{query}"
-    with request(rs1, "data", path, ca=ca, token=admin_token) as response:
+    with request(rs1, "data", path, ca=ca, token=cam1_token) as response:
         # Then the answer is 400 with a problem document and not a byte of video
         problem = read_problem(response, 400)
     assert problem["title"] == "bad range", problem
 
 
 def test_a_whole_day_is_a_valid_playback_range(
-    streams_site: LocalSite, ca: Path, admin_token: str
+    streams_site: LocalSite, ca: Path, cam1_token: str
 ) -> None:
     # When a client asks for exactly 24 hours up to now (the longest range allowed)
     rs1 = streams_site.servers["rs1"]
     now = time.time()
     path = f"/api/v1/cameras/cam1/playback.mjpeg?from={now - DAY}&to={now}"
-    with request(rs1, "data", path, ca=ca, token=admin_token) as response:
+    with request(rs1, "data", path, ca=ca, token=cam1_token) as response:
         # Then it gets the recording
         parts = read_parts(response, 1)
     assert_frame_from("cam1", int(parts[0].headers["x-sequence"]), parts[0].jpeg)
@@ -172,29 +172,29 @@ def test_the_smart_client_reports_a_refused_range_in_one_line(streams_site: Loca
 @pytest.mark.parametrize(
     "stream", ["playback.mjpeg?from=1700000000&to=1700000060", "live.mjpeg", "snapshot.jpg"]
 )
-def test_an_unknown_camera_is_404(
-    streams_site: LocalSite, ca: Path, admin_token: str, stream: str
-) -> None:
-    # When an administrator asks rs1 for a camera that does not exist
+def test_an_unknown_camera_is_404(streams_site: LocalSite, ca: Path, stream: str) -> None:
+    # When a client asks rs1 for a camera it does not record, with a token for it (as the
+    # management server would give for a camera just moved elsewhere)
     rs1 = streams_site.servers["rs1"]
-    with request(rs1, "data", f"/api/v1/cameras/nosuch/{stream}", ca=ca, token=admin_token) as r:
+    token = management_signer(streams_site).issue(
+        "admin", "stream", "rs1", 600, cameras=["nosuch"], sid="s"
+    )
+    with request(rs1, "data", f"/api/v1/cameras/nosuch/{stream}", ca=ca, token=token) as r:
         # Then the answer is 404 with a problem document
         read_problem(r, 404)
 
 
 def test_websocket_frames_carry_camera_timestamp_and_sequence(
-    streams_site: LocalSite, admin_token: str
+    streams_site: LocalSite, cam1_token: str
 ) -> None:
     # When a client opens cam1's live WebSocket over verified TLS, the token in the query
     # as a browser must put it
     async def receive(count: int) -> list[bytes]:
         async with SiteClient(streams_site.home) as client:
-            status = await client.status()
-            client.learn_hosts(status)
-            endpoint = camera_endpoint(status, "cam1")
+            endpoint = (await client.stream_access("cam1")).endpoint
             url = (
                 f"wss://{endpoint.host}:{endpoint.port}/api/v1/cameras/cam1/live.ws"
-                f"?token={admin_token}"
+                f"?token={cam1_token}"
             )
             async with (
                 aiohttp.ClientSession(
@@ -243,11 +243,11 @@ def test_the_management_server_shows_a_snapshot_from_the_encrypted_recording_ser
 
 
 def test_a_recording_server_snapshot_names_its_frame(
-    streams_site: LocalSite, ca: Path, admin_token: str
+    streams_site: LocalSite, ca: Path, cam1_token: str
 ) -> None:
     # When a client asks rs1 itself for cam1's snapshot
     rs1 = streams_site.servers["rs1"]
-    with request(rs1, "data", "/api/v1/cameras/cam1/snapshot.jpg", ca=ca, token=admin_token) as r:
+    with request(rs1, "data", "/api/v1/cameras/cam1/snapshot.jpg", ca=ca, token=cam1_token) as r:
         body = r.read()
         assert r.status == 200, body[:300]
         sequence = int(r.getheader("X-Sequence", "-1"))
@@ -285,7 +285,7 @@ def _vanish_mid_stream(
 
 
 def test_recording_and_other_viewers_carry_on_when_a_viewer_vanishes(
-    streams_site: LocalSite, ca: Path, admin_token: str
+    streams_site: LocalSite, ca: Path, cam1_token: str
 ) -> None:
     rs1 = streams_site.servers["rs1"]
     log_before = len(streams_site.log_text("rs1"))
@@ -317,11 +317,11 @@ def test_recording_and_other_viewers_carry_on_when_a_viewer_vanishes(
             # one in the middle of playing back the whole day (the recording server may
             # be waiting for its socket to drain when the reset comes)
             for _ in range(3):
-                vanished.append(await asyncio.to_thread(_vanish_mid_stream, rs1, ca, admin_token))
+                vanished.append(await asyncio.to_thread(_vanish_mid_stream, rs1, ca, cam1_token))
             now = time.time()
             playback = f"/api/v1/cameras/cam1/playback.mjpeg?from={now - DAY}&to={now}"
             vanished.append(
-                await asyncio.to_thread(_vanish_mid_stream, rs1, ca, admin_token, playback)
+                await asyncio.to_thread(_vanish_mid_stream, rs1, ca, cam1_token, playback)
             )
             await asyncio.wait_for(watcher, DEADLINE)
             # And the recording goes on past the last of them
@@ -347,7 +347,7 @@ def test_recording_and_other_viewers_carry_on_when_a_viewer_vanishes(
     # And rs1 let go of every viewer (no subscription left behind by the vanished ones),
     # still runs, and logged no traceback
     def no_viewers_left() -> bool:
-        with request(rs1, "data", "/api/v1/status", ca=ca, token=admin_token) as response:
+        with request(rs1, "data", "/api/v1/status", ca=ca, token=cam1_token) as response:
             status = json.loads(response.read())
         viewers = {c["name"]: c["viewers"] for c in status["cameras"]}
         assert viewers["cam1"] == 0, viewers

@@ -18,6 +18,7 @@ from stream_support import (
     add_camera,
     assert_frame_from,
     build_site,
+    management_signer,
     read_parts,
     read_problem,
     request,
@@ -49,7 +50,8 @@ def site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
 
 def test_the_mobile_server_relays_a_recording_server_it_verifies(site: LocalSite) -> None:
     # When a client asks mobile1, which trusts the site CA, for cam1
-    with request(site.servers["mobile1"], "http", LIVE, ca=None, token=site.login_token()) as r:
+    token = site.login_token(via="mobile1")
+    with request(site.servers["mobile1"], "http", LIVE, ca=None, token=token) as r:
         part = read_parts(r, 1)[0]
     # Then it relays rs1's encrypted stream
     assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)
@@ -59,7 +61,8 @@ def test_a_mobile_server_without_the_site_ca_refuses_the_recording_server(
     site: LocalSite,
 ) -> None:
     # When a client asks mobile2, whose trust store lacks the site CA, for cam1
-    with request(site.servers["mobile2"], "http", LIVE, ca=None, token=site.login_token()) as r:
+    token = site.login_token(via="mobile2")
+    with request(site.servers["mobile2"], "http", LIVE, ca=None, token=token) as r:
         # Then mobile2 answers 502 with a problem document naming rs1 and the cause
         problem = read_problem(r, 502)
     assert problem["server"] == "rs1", problem
@@ -85,8 +88,8 @@ def test_a_recording_server_answering_with_another_host_certificate_is_refused(
     site.wait_online("rs9")
     site.encrypt("rs9")
 
-    # When a client asks mobile1 for cam1, which the site map still puts on rs1
-    token = site.login_token()
+    # When a client asks mobile1 for cam1, which the site still puts on rs1
+    token = site.login_token(via="mobile1")
     with request(site.servers["mobile1"], "http", LIVE, ca=None, token=token) as r:
         # Then mobile1 refuses rs9's certificate for rs1's name: 502, naming rs1 and the
         # rule, and the names the certificate holds
@@ -103,8 +106,9 @@ def test_a_recording_server_answering_with_another_host_certificate_is_refused(
     assert problem["server"] == "rs1", problem
     assert "[cert.hostname]" in problem["detail"], problem
 
-    # And rs9 itself serves what a client asks of rs9 (the refusal is of the name, not of
-    # the certificate)
+    # And rs9 itself serves what a client asks of rs9 with a token for rs9 (the refusal
+    # is of the name, not of the certificate)
+    token = management_signer(site).issue("admin", "stream", "rs9", 60, cameras=[], sid="s")
     with request(rs9, "data", "/api/v1/status", ca=ca_file, token=token) as r:
         assert r.status == 200, r.read()
 
@@ -118,7 +122,9 @@ def test_a_mobile_server_with_an_old_site_map_goes_up_to_tls(
     site_factory: Callable[[str], LocalSite],
 ) -> None:
     # Given mobile3, which learnt the site (rs1 in plaintext) at its registration and will
-    # not hear of it again for an hour, and rs1 encrypted after that
+    # not hear of it again for an hour, and rs1 encrypted after that (where a camera is,
+    # and whether it is encrypted, the mobile server asks the management server at each
+    # stream; a port found speaking TLS meanwhile is followed up, never down)
     site = site_factory("stale")
     build_site(site, [("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING)])
     add_camera(site, "cam1", "rs1")
@@ -133,7 +139,7 @@ def test_a_mobile_server_with_an_old_site_map_goes_up_to_tls(
     site.encrypt("rs1")
 
     # When a client asks mobile3 for cam1
-    with request(mobile3, "http", LIVE, ca=None, token=site.login_token()) as r:
+    with request(mobile3, "http", LIVE, ca=None, token=site.login_token(via="mobile3")) as r:
         part = read_parts(r, 1)[0]
     # Then mobile3 found rs1's port speaking TLS and relayed its verified stream
     assert_frame_from("cam1", int(part.headers["x-sequence"]), part.jpeg)

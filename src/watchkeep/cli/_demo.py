@@ -147,20 +147,18 @@ async def _viewer(
     import aiohttp
 
     from watchkeep.client import SiteClient
-    from watchkeep.client._video import camera_endpoint, stream_frames
+    from watchkeep.client._video import stream_frames
     from watchkeep.errors import WatchkeepError
 
     while not stop.is_set():
         try:
             async with SiteClient(site.home) as client:
-                status = await client.status()
-                client.learn_hosts(status)
-                endpoint = camera_endpoint(status, camera)
+                access = await client.stream_access(camera)
                 async with aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(resolver=client.resolver())
                 ) as session:
                     async for _frame in stream_frames(
-                        client, endpoint, camera, f"/api/v1/cameras/{camera}/live.mjpeg", session
+                        client, access, f"/api/v1/cameras/{camera}/live.mjpeg", session
                     ):
                         counts[camera].append(time.monotonic())
                         if stop.is_set():

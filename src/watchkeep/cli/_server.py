@@ -1,10 +1,13 @@
-"""`watchkeep server run ROLE --config FILE`: run one server process in the foreground."""
+"""`watchkeep server run ROLE --config FILE`: run one server process in the foreground;
+`watchkeep server update NAME --host H --address A`: tell the site a server has moved."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
+
+from watchkeep.cli._common import add_json, call_site, emit_json
 
 __all__ = ["register"]
 
@@ -16,6 +19,35 @@ def register(groups: Any) -> None:
     run.add_argument("role", choices=["management", "recording", "mobile"])
     run.add_argument("--config", type=Path, required=True, help="the server's TOML config")
     run.set_defaults(handler=_run)
+    update = sub.add_parser(
+        "update",
+        help="record that a registered server moved to another host name or address "
+        "(administrators; its own heartbeats cannot change them)",
+    )
+    update.add_argument("name", help="the server's name, as `site status` lists it")
+    update.add_argument("--host", help="its new host name (the one in its certificate)")
+    update.add_argument("--address", help="its new IP address")
+    add_json(update)
+    update.set_defaults(handler=_update)
+
+
+def _update(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from watchkeep.errors import UsageError
+
+    body = {k: v for k, v in (("host", args.host), ("address", args.address)) if v is not None}
+    if not body:
+        raise UsageError(
+            "server update needs --host, --address or both",
+            fix=f"watchkeep server update {args.name} --host HOST --address ADDRESS",
+        )
+    result = call_site(args, "PATCH", f"/api/v1/servers/{quote(args.name, safe='')}", body)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{result['name']}: now {result['host']} at {result['address']}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -17,7 +18,7 @@ from watchkeep.client._http import ApiError, SiteResolver, call_json, open_sessi
 from watchkeep.errors import HomeError, PlaintextToTlsPort
 from watchkeep.tls import Endpoint, TrustMaterial, client_context, speaks_tls
 
-__all__ = ["SiteClient", "SiteConnection"]
+__all__ = ["SiteClient", "SiteConnection", "StreamAccess"]
 
 SCHEME_SWITCH_TIMEOUT = 10.0
 
@@ -67,6 +68,16 @@ class SiteConnection:
                 f"cannot read the password file {self.password_file}: {exc.strerror}",
                 fix="watchkeep site connect ... --password-file FILE",
             ) from exc
+
+
+@dataclass(frozen=True)
+class StreamAccess:
+    """Where a camera records now, and the stream token that opens it there (and only
+    there: recording servers accept no log-in token)."""
+
+    camera: str
+    endpoint: Endpoint
+    token: str
 
 
 class SiteClient:
@@ -161,6 +172,23 @@ class SiteClient:
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("GET", "/api/v1/site/status")
         return result
+
+    async def stream_access(self, camera: str) -> StreamAccess:
+        """Ask the management server where ``camera`` records now, and for a token to watch
+        it there."""
+        reply = await self.call("POST", f"/api/v1/cameras/{quote(camera, safe='')}/stream-token")
+        self._hosts[str(reply["host"])] = str(reply["address"])
+        return StreamAccess(
+            str(reply["camera"]),
+            Endpoint(
+                str(reply["recording_server"]),
+                str(reply["host"]),
+                str(reply["address"]),
+                int(reply["port"]),
+                bool(reply["encryption"]),
+            ),
+            str(reply["token"]),
+        )
 
     async def set_encryption(self, server: str, enabled: bool) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(

@@ -1,6 +1,7 @@
-"""Watching video as the Smart Client does: log in at the management server, find where a
-camera records now, and pull its stream from that recording server over verified TLS.
-A viewer follows its camera to a failover server and back."""
+"""Watching video as the Smart Client does: log in at the management server, ask it where a
+camera records now and for a stream token for it there, and pull the stream from that
+recording server over verified TLS. A viewer follows its camera to a failover server and
+back (with a new token: each is good at one server only)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from watchkeep.client._http import ApiError
-from watchkeep.client._site import SiteClient
+from watchkeep.client._site import SiteClient, StreamAccess
 from watchkeep.errors import ConnectionFailed, PeerTimedOut, WatchkeepError
 from watchkeep.media import (
     MJPEG_PART_END,
@@ -22,12 +23,11 @@ from watchkeep.media import (
     boundary_from_content_type,
     mjpeg_part_head,
 )
-from watchkeep.tls import Endpoint, client_context, explain_connection_failure
+from watchkeep.tls import client_context, explain_connection_failure
 
 __all__ = [
     "ByteSink",
     "ViewReport",
-    "camera_endpoint",
     "playback_camera",
     "stream_frames",
     "view_camera",
@@ -67,37 +67,19 @@ class ViewReport:
         }
 
 
-def camera_endpoint(status: dict[str, Any], camera: str) -> Endpoint:
-    entry = next((c for c in status["cameras"] if c["name"] == camera), None)
-    if entry is None:
-        known = ", ".join(c["name"] for c in status["cameras"]) or "none"
-        raise WatchkeepError(
-            f"the site has no camera {camera!r} (cameras: {known})",
-            fix="watchkeep site status lists the cameras",
-        )
-    server = next(s for s in status["servers"] if s["name"] == entry["recording_server"])
-    return Endpoint(
-        server["name"],
-        server["host"],
-        server["address"],
-        int(server["ports"]["data"]),
-        bool(server["encryption"]),
-    )
-
-
 async def stream_frames(
     client: SiteClient,
-    endpoint: Endpoint,
-    camera: str,
+    access: StreamAccess,
     path: str,
     session: aiohttp.ClientSession,
 ) -> AsyncIterator[Frame]:
-    """The frames of one MJPEG response from a recording server."""
+    """The frames of one MJPEG response from the recording server of ``access``."""
+    endpoint, camera = access.endpoint, access.camera
     url = f"{'https' if endpoint.tls else 'http'}://{endpoint.host}:{endpoint.port}{path}"
     context = client_context(client.trust) if endpoint.tls else False
     try:
         response = await session.get(
-            url, headers={"Authorization": f"Bearer {client.token}"}, ssl=context
+            url, headers={"Authorization": f"Bearer {access.token}"}, ssl=context
         )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise await explain_connection_failure(
@@ -166,15 +148,14 @@ async def _pull(
         timeout=aiohttp.ClientTimeout(connect=5, sock_read=5),
     ) as session:
         while True:
-            status = await client.status()
-            endpoint = camera_endpoint(status, camera)
-            client.learn_hosts(status)
+            access = await client.stream_access(camera)
+            endpoint = access.endpoint
             if not report.servers or report.servers[-1] != endpoint.server:
                 report.servers.append(endpoint.server)
             report.encrypted = endpoint.tls
             try:
                 async for frame in stream_frames(
-                    client, endpoint, camera, f"/api/v1/cameras/{camera}/live.mjpeg", session
+                    client, access, f"/api/v1/cameras/{camera}/live.mjpeg", session
                 ):
                     report.frames += 1
                     report.bytes += len(frame.jpeg)
@@ -205,17 +186,15 @@ async def playback_camera(
 ) -> ViewReport:
     report = ViewReport(camera)
     began = time.monotonic()
-    status = await client.status()
-    client.learn_hosts(status)
-    endpoint = camera_endpoint(status, camera)
-    report.servers.append(endpoint.server)
-    report.encrypted = endpoint.tls
+    access = await client.stream_access(camera)
+    report.servers.append(access.endpoint.server)
+    report.encrypted = access.endpoint.tls
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(resolver=client.resolver()),
         timeout=aiohttp.ClientTimeout(connect=5, sock_read=30),
     ) as session:
         path = f"/api/v1/cameras/{camera}/playback.mjpeg?from={start}&to={end}"
-        async for frame in stream_frames(client, endpoint, camera, path, session):
+        async for frame in stream_frames(client, access, path, session):
             report.frames += 1
             report.bytes += len(frame.jpeg)
             if out is not None:

@@ -2,8 +2,8 @@
 
 A server certificate names its host as subject CN and as SAN DNS names (cert.hostname),
 is issued for server authentication, plus client authentication for the servers that
-also dial out with it (cert.server_auth): the management server and the recording
-servers, whose link is mutual TLS.
+also dial out with it (cert.server_auth): every server that runs a watchkeep process
+proves who it is on the management link with its certificate (mutual TLS).
 """
 
 from __future__ import annotations
@@ -90,7 +90,10 @@ _PROFILES = {
     # A failover server stands in for a recording server, so it must be able to do all a
     # recording server does, including dialling the management server (site.failover_prepared).
     Role.FAILOVER: Profile(Role.FAILOVER, _SERVER_AND_CLIENT),
-    Role.MOBILE: Profile(Role.MOBILE, _SERVER),
+    # A mobile server registers with the management server like the others, and must prove
+    # its name there: a registration key alone speaks for no server (issue: a heartbeat that
+    # claimed role "mobile" skipped the certificate check).
+    Role.MOBILE: Profile(Role.MOBILE, _SERVER_AND_CLIENT),
     Role.EVENT: Profile(Role.EVENT, _SERVER),
 }
 

@@ -79,7 +79,8 @@ class ServerConfig:
             chain=self.certificate,
             key=self.key,
             service_account=self.service_account,
-            needs_client_auth=self.role is not ServerRole.MOBILE,
+            # Every server proves its name on the management link with this certificate.
+            needs_client_auth=True,
         )
 
 

@@ -23,7 +23,7 @@ from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import install_trust_payload
-from watchkeep.servers._tokens import InvalidToken, Revocations, TokenVerifier
+from watchkeep.servers._tokens import InvalidToken, Revocations, Scope, TokenVerifier
 from watchkeep.tls import Endpoint
 
 __all__ = ["LinkedServer"]
@@ -40,6 +40,9 @@ class LinkedServer(ServerProcess):
         state = self.load_state()
         self.ms_encryption: bool = bool(state.get("ms_encryption", False))
         self.encryption: bool = bool(state.get("encryption", False))
+        # Whether the management server has ever configured this server (its settings,
+        # encryption included, are known; kept on disk).
+        self.configured: bool = "encryption" in state
         self.camera_config: list[dict[str, Any]] = list(state.get("cameras", []))
         self.covering: str | None = state.get("covering")
         self.site: dict[str, Any] = dict(state.get("site", {}))
@@ -63,8 +66,9 @@ class LinkedServer(ServerProcess):
 
     # -- tokens --------------------------------------------------------------------------
 
-    def token_middleware(self, scope: str) -> Any:
-        """Every request needs a token of ``scope`` signed by this site's management server."""
+    def token_middleware(self, scope: Scope) -> Any:
+        """Every request needs a token of ``scope`` signed by this site's management server
+        for this server (its audience)."""
 
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -81,7 +85,7 @@ class LinkedServer(ServerProcess):
                 )
             try:
                 request["claims"] = self.verifier.verify(
-                    token, scope=scope, revoked=self.token_revocations
+                    token, scope=scope, audience=self.config.name, revoked=self.token_revocations
                 )
                 request["token"] = token  # for a handler that calls on with it (a relay)
             except InvalidToken as exc:
@@ -142,6 +146,7 @@ class LinkedServer(ServerProcess):
             if isinstance(key, str) and key != self._token_key:
                 self._token_key = key
                 self.verifier = TokenVerifier.from_b64(key)
+            self.configured = True
             self.ms_encryption = bool(config.get("ms_encryption", self.ms_encryption))
             self.encryption = bool(config.get("encryption", self.encryption))
             self.covering = config.get("covering")
@@ -218,11 +223,8 @@ class LinkedServer(ServerProcess):
             self.link.port,
             tls,
         )
-        # Servers whose certificates are also for client authentication (recording and
-        # failover servers) prove who they are on the encrypted management link.
-        identity = self.config.identity
-        present = self.tls is not None and identity is not None and identity.needs_client_auth
-        context = self.client_ssl_context(present_certificate=present) if tls else None
+        # Every server proves who it is on the encrypted management link.
+        context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
         try:
             config = await call_json(
                 session,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LoginThrottle"]
+__all__ = ["FamiliarAddresses", "LoginThrottle"]
 
 # Keys remembered at most: past this, the longest-quiet ones are dropped (a flood of
 # invented user names must not grow the server's memory without bound).
@@ -81,3 +81,40 @@ class LoginThrottle:
         by_age = sorted(self._records, key=lambda k: self._records[k].last)
         for key in by_age[: len(by_age) - MAX_KEYS * 9 // 10]:
             del self._records[key]
+
+
+# How long an address that logged in to an account stays familiar to it, and how many
+# addresses an account remembers (the most recent).
+FAMILIAR_FOR = 30 * 86400.0
+FAMILIAR_PER_ACCOUNT = 16
+
+
+class FamiliarAddresses:
+    """The client addresses each account logged in from lately ("smart lockout").
+
+    Failed log-ins to an account are counted apart for the addresses it is known to log in
+    from and for all others: whoever guesses from elsewhere shuts out only log-ins from
+    elsewhere, never the user at its usual place (the OWASP authentication cheat sheet's
+    answer to lock-out as a denial of service). The per-address limit still applies to all.
+    """
+
+    def __init__(self, *, keep_for: float = FAMILIAR_FOR, per_account: int = FAMILIAR_PER_ACCOUNT):
+        self.keep_for = keep_for
+        self.per_account = per_account
+        self._seen: dict[str, dict[str, float]] = {}
+
+    def account_key(self, account: str, address: str, now: float) -> str:
+        """The key the account throttle counts a log-in of ``account`` from ``address`` on."""
+        seen = self._seen.get(account, {}).get(address)
+        familiar = seen is not None and now - seen <= self.keep_for
+        return f"{account}\n{'familiar' if familiar else 'elsewhere'}"
+
+    def logged_in(self, account: str, address: str, now: float) -> None:
+        addresses = self._seen.pop(account, {})
+        addresses.pop(address, None)
+        addresses[address] = now
+        while len(addresses) > self.per_account:
+            del addresses[next(iter(addresses))]
+        self._seen[account] = addresses  # most recent account last
+        while len(self._seen) > MAX_KEYS:
+            del self._seen[next(iter(self._seen))]

@@ -1,41 +1,84 @@
 """Access tokens: issued by the management server, verified offline by the others.
 
-A token is ``base64url(JSON claims) "." base64url(Ed25519 signature)``. Recording servers
-learn the management server's public key when they register, over the (mutually
-authenticated, when encrypted) management link, and need nothing else to check a token.
+A token is a JSON Web Token (RFC 7519) signed with the management server's Ed25519 key.
+Following RFC 8725 (JWT best current practice), every verifier accepts exactly one
+algorithm (EdDSA), checks the token's explicit type, and checks its audience: a token names
+the servers that may accept it and is refused by every other one, so a token captured where
+it was presented is worthless anywhere else. Tokens are decoded strictly: each part must be
+canonical base64url with nothing added (padding, line breaks and junk are refused, not
+skipped), so one token has one spelling.
+
+Three kinds, each with the narrowest rights for its purpose (header ``typ``
+``watchkeep-KIND+jwt``, claim ``scope`` KIND):
+
+``user``
+    What a log-in returns: the user's role and cameras. Its audience is the management
+    server, and the mobile server that relayed the log-in (which saw the password anyway).
+    Recording servers refuse it.
+``stream``
+    Video from one recording server: its audience is that server alone, it names the
+    cameras it opens and carries no role. The management server issues it to a logged-in
+    user for a camera the user may view (``POST /api/v1/cameras/NAME/stream-token``),
+    and to itself for the snapshots it fetches on a user's behalf. It carries its user
+    (``sub``) and session (``sid``: the jti of the user token it came from), so that a
+    revocation of either reaches it.
+``control``
+    A configuration push from the management server to one recording server (audience:
+    that server).
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import binascii
+import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from watchkeep._files import atomic_write
 from watchkeep.errors import WatchkeepError
 
-__all__ = ["InvalidToken", "Revocations", "TokenSigner", "TokenVerifier"]
+__all__ = ["SCOPES", "InvalidToken", "Revocations", "Scope", "TokenSigner", "TokenVerifier"]
+
+Scope = Literal["user", "stream", "control"]
+SCOPES: tuple[Scope, ...] = ("user", "stream", "control")
+ALGORITHM = "EdDSA"
+# Three parts of base64url, nothing else: no padding, no whitespace, no other character.
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# Claims every token has; a token without one is refused, whatever its signature.
+_REQUIRED = ["sub", "aud", "exp", "iat", "jti", "scope"]
 
 
 class InvalidToken(WatchkeepError):
-    """A token is missing, malformed, forged, expired or for another purpose."""
+    """A token is missing, malformed, forged, expired, for another server or another purpose."""
+
+
+def token_type(scope: str) -> str:
+    """The ``typ`` header of a token of ``scope``."""
+    return f"watchkeep-{scope}+jwt"
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _canonical(part: str) -> bool:
+    """Whether ``part`` is base64url exactly as it encodes its bytes (unpadded; no unused
+    bits set in the last character): other spellings of the same bytes are refused."""
+    if len(part) % 4 == 1:
+        return False
+    try:
+        return _b64(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) == part
+    except (binascii.Error, ValueError):
+        return False
 
 
 class TokenSigner:
@@ -68,22 +111,37 @@ class TokenSigner:
             )
         )
 
-    def issue(self, subject: str, role: str, scope: str, ttl: float, **claims: Any) -> str:
-        now = time.time()
+    def issue(
+        self,
+        subject: str,
+        scope: Scope,
+        audience: str | Iterable[str],
+        ttl: float,
+        *,
+        now: float | None = None,
+        **claims: Any,
+    ) -> str:
+        """A token of ``scope`` for ``subject``, accepted only by the servers named in
+        ``audience``, for ``ttl`` seconds."""
+        audiences = [audience] if isinstance(audience, str) else sorted(set(audience))
+        if not audiences or not all(audiences):
+            raise ValueError("a token must name the servers that may accept it")
+        now = time.time() if now is None else now
         payload = {
+            **claims,
             "sub": subject,
-            "role": role,
             "scope": scope,
+            "aud": audiences,
             "iat": int(now),
             # iat to the microsecond: a revocation at one moment must not refuse a token
-            # issued a moment later in the same second (see TokenVerifier.verify).
+            # issued a moment later in the same second (see Revocations.why).
             "issued": round(now, 6),
             "exp": int(now + ttl),
-            "jti": secrets.token_hex(8),
-            **claims,
+            "jti": secrets.token_hex(16),
         }
-        body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{_b64(self.key.sign(body.encode()))}"
+        return jwt.encode(
+            payload, self.key, algorithm=ALGORITHM, headers={"typ": token_type(scope)}
+        )
 
 
 @dataclass(frozen=True)
@@ -92,41 +150,56 @@ class TokenVerifier:
 
     @classmethod
     def from_b64(cls, text: str) -> TokenVerifier:
-        return cls(ed25519.Ed25519PublicKey.from_public_bytes(_unb64(text)))
+        if not _canonical(text):
+            raise ValueError("the token key is not canonical base64url")
+        return cls(ed25519.Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(text + "=")))
 
     def verify(
         self,
         token: str,
         *,
-        scope: str,
+        scope: Scope,
+        audience: str,
         now: float | None = None,
         revoked: Revocations | None = None,
     ) -> dict[str, Any]:
-        """The claims of ``token``, if the management server signed it for ``scope`` and it
-        is still good (for a user token: not ``revoked``)."""
+        """The claims of ``token``, if the management server signed it for ``scope`` and for
+        the server ``audience``, and it is still good (not expired, not ``revoked``)."""
         now = time.time() if now is None else now
-        body, _, signature = token.partition(".")
-        if not body or not signature:
+        if not _SHAPE.fullmatch(token) or not all(_canonical(p) for p in token.split(".")):
             raise InvalidToken("the token is malformed", fix="log in again")
         try:
-            self.public_key.verify(_unb64(signature), body.encode())
-        except (InvalidSignature, ValueError):
+            decoded = jwt.decode_complete(
+                token,
+                self.public_key,
+                algorithms=[ALGORITHM],
+                audience=audience,
+                # Expiry is checked below on the caller's clock; iat may be a moment ahead
+                # of a verifier whose clock runs a little behind the management server's.
+                options={"require": _REQUIRED, "verify_exp": False, "verify_iat": False},
+            )
+        except jwt.InvalidSignatureError:
             raise InvalidToken(
                 "the token's signature does not verify (forged, or from another site)",
                 fix="log in to this site's management server",
             ) from None
-        try:
-            claims: dict[str, Any] = json.loads(_unb64(body))
-        except ValueError:
+        except jwt.InvalidAudienceError:
+            raise InvalidToken(
+                f"the token is not for {audience} (a token is accepted only by the servers "
+                "it names)",
+                fix=f"ask the management server for a token for {audience}",
+            ) from None
+        except jwt.InvalidTokenError:
             raise InvalidToken("the token is malformed", fix="log in again") from None
-        if float(claims.get("exp", 0)) < now:
-            raise InvalidToken("the token has expired", fix="log in again")
-        if claims.get("scope") != scope:
+        claims: dict[str, Any] = decoded["payload"]
+        if decoded["header"].get("typ") != token_type(scope) or claims.get("scope") != scope:
             raise InvalidToken(
                 f"the token is for {claims.get('scope')!r}, not {scope!r}",
                 fix="use a token issued for this purpose",
             )
-        why = (revoked or Revocations()).why(claims) if scope == "user" else None
+        if not isinstance(claims["exp"], int | float) or claims["exp"] < now:
+            raise InvalidToken("the token has expired", fix="log in again")
+        why = (revoked or Revocations()).why(claims) if scope != "control" else None
         if why is not None:
             raise InvalidToken(f"the token was revoked: {why}", fix="log in again")
         return claims
@@ -134,19 +207,21 @@ class TokenVerifier:
 
 @dataclass(frozen=True)
 class Revocations:
-    """User tokens the management server has revoked before they expire.
+    """User tokens (and the stream tokens made from them) the management server has revoked
+    before they expire.
 
     ``users``: user -> the moment before which every token of that user is refused (a new
-    password or new rights, or the user removed). ``tokens``: a token's jti -> its expiry
-    (one session logged out). Both kept only while they can still refuse a token.
+    password or new rights, or the user removed). ``tokens``: a user token's jti -> its
+    expiry (one session logged out: that token, and the stream tokens whose ``sid`` it is).
+    Both kept only while they can still refuse a token.
     """
 
     users: Mapping[str, float] = field(default_factory=dict)
     tokens: Mapping[str, float] = field(default_factory=dict)
 
     def why(self, claims: Mapping[str, Any]) -> str | None:
-        """Why a user token with ``claims`` is refused, or None when it is not revoked."""
-        if str(claims.get("jti")) in self.tokens:
+        """Why a token with ``claims`` is refused, or None when it is not revoked."""
+        if str(claims.get("jti")) in self.tokens or str(claims.get("sid")) in self.tokens:
             return "its session was logged out"
         cut = self.users.get(str(claims.get("sub")))
         if cut is not None and _issued(claims) < cut:

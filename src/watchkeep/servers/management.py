@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
 from watchkeep.servers._streams import redacted_source, source_problem
-from watchkeep.servers._throttle import LoginThrottle
+from watchkeep.servers._throttle import FamiliarAddresses, LoginThrottle
 from watchkeep.servers._tokens import InvalidToken, Revocations, TokenSigner, TokenVerifier
 from watchkeep.site import (
     Camera,
@@ -43,6 +44,7 @@ from watchkeep.site import (
     ServerRole,
     encryption_blockers,
     plan_failover,
+    registration_blocker,
 )
 from watchkeep.store import cameras, open_database, servers, settings, site_metadata, users
 from watchkeep.tls import ClientAuth, Endpoint, explain_connection_failure
@@ -61,6 +63,10 @@ TOKEN_CLOCK_SLACK = 300.0
 # Sessions logged out and not yet expired, at most: every server gets the list with its
 # configuration, so a user logging in and out in a loop must not grow it without bound.
 MAX_REVOKED_SESSIONS = 1000
+# Seconds a token lives that this server makes for its own call to a recording server.
+SNAPSHOT_TOKEN_TTL = 30.0
+CONTROL_TOKEN_TTL = 60.0
+SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -171,7 +177,10 @@ class ManagementServer(ServerProcess):
         self._address_throttle = LoginThrottle(
             config.login_failures_per_address, max_delay=config.login_backoff_max
         )
+        # Failures per account are counted apart for the addresses it logs in from.
+        self._familiar = FamiliarAddresses()
         self._login_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._security_logged: dict[str, float] = {}
 
     # -- database helpers ----------------------------------------------------------------
 
@@ -289,7 +298,10 @@ class ManagementServer(ServerProcess):
             )
         try:
             claims = self.verifier.verify(
-                header[7:], scope="user", revoked=self._token_revocations()
+                header[7:],
+                scope="user",
+                audience=self.config.name,
+                revoked=self._token_revocations(),
             )
         except InvalidToken as exc:
             raise _Refused(
@@ -329,6 +341,7 @@ class ManagementServer(ServerProcess):
         r.add_post("/api/v1/logout", self.logout)
         r.add_get("/api/v1/site/status", self.site_status)
         r.add_get("/api/v1/servers", self.list_servers)
+        r.add_patch("/api/v1/servers/{name}", self.update_server)
         r.add_post("/api/v1/servers/{name}/encryption", self.set_encryption)
         r.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
         r.add_get("/api/v1/cameras", self.list_cameras)
@@ -338,6 +351,7 @@ class ManagementServer(ServerProcess):
         r.add_post("/api/v1/users", self.add_user)
         r.add_delete("/api/v1/users/{name}", self.delete_user)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
+        r.add_post("/api/v1/cameras/{name}/stream-token", self.stream_token)
         r.add_get("/api/v1/token-key", self.token_key)
         r.add_get("/metrics", self.metrics)
 
@@ -346,6 +360,21 @@ class ManagementServer(ServerProcess):
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
             return problem(400, "bad login", "user and password must be strings")
+        # The token is for this server, and for the mobile server that relays the log-in
+        # (which has seen the password): nobody else accepts it.
+        audience = [self.config.name]
+        via = body.get("audience")
+        if via is not None:
+            if not isinstance(via, str) or not any(
+                s.name == via and s.role is ServerRole.MOBILE for s in self._server_rows()
+            ):
+                return problem(
+                    400,
+                    "bad login",
+                    "audience must name a mobile server of this site",
+                    fix="leave audience out to log in to the management server",
+                )
+            audience.append(via)
         # A mobile server names the client it relays (proven with the registration key).
         address = (
             proven_client(request.headers, self.config.registration_key, time.time())
@@ -373,12 +402,14 @@ class ManagementServer(ServerProcess):
                 self._login_locks[user] = (lock, waiting - 1)
             else:
                 del self._login_locks[user]
-        self._account_throttle.succeeded(user)
+        self._account_throttle.succeeded(self._familiar.account_key(user, address, time.time()))
+        self._familiar.logged_in(user, address, time.time())
         token = self.signer.issue(
             row.name,
-            row.role,
             "user",
+            audience,
             self.config.token_ttl,
+            role=row.role,
             cameras=row.cameras if row.cameras is not None else "*",
         )
         return web.json_response(
@@ -405,7 +436,9 @@ class ManagementServer(ServerProcess):
         """429 while the account or the client address is shut out after failures."""
         now = time.monotonic()
         wait = max(
-            self._account_throttle.retry_after(user, now),
+            self._account_throttle.retry_after(
+                self._familiar.account_key(user, address, time.time()), now
+            ),
             self._address_throttle.retry_after(address, now),
         )
         if wait <= 0:
@@ -427,7 +460,8 @@ class ManagementServer(ServerProcess):
 
     def _login_failed(self, user: str, address: str) -> web.Response:
         now = time.monotonic()
-        by_account = self._account_throttle.failed(user, now)
+        account = self._familiar.account_key(user, address, time.time())
+        by_account = self._account_throttle.failed(account, now)
         by_address = self._address_throttle.failed(address, now)
         if by_account or by_address:
             # Once per failure past the allowance: each doubles the wait, so the log grows
@@ -436,11 +470,15 @@ class ManagementServer(ServerProcess):
                 "%s: log-in rate limit: %d failed log-ins in a row for user %r, %d from %s; "
                 "refusing log-ins %s for %.0f s",
                 self.config.name,
-                self._account_throttle.failures(user),
+                self._account_throttle.failures(account),
                 user[:64],
                 self._address_throttle.failures(address),
                 address,
-                "for this user" if by_account >= by_address else "from this address",
+                (
+                    "for this user" + (" from elsewhere" if account.endswith("elsewhere") else "")
+                    if by_account >= by_address
+                    else "from this address"
+                ),
                 max(by_account, by_address),
             )
         return problem(401, "login failed", "unknown user or wrong password", code="auth.login")
@@ -484,7 +522,7 @@ class ManagementServer(ServerProcess):
         now = utcnow()
         return web.json_response(
             {
-                "servers": [self.server_json(s, now) for s in self._server_rows()],
+                "servers": [self.server_json(s, now) for s in self._visible_servers(claims)],
                 "cameras": [
                     {
                         "name": c.name,
@@ -505,10 +543,20 @@ class ManagementServer(ServerProcess):
             }
         )
 
+    def _visible_servers(self, claims: dict[str, Any]) -> list[Server]:
+        """The servers a user may know of: every one for an administrator; for an operator
+        the management server and the servers that record the cameras it may view."""
+        everyone = self._server_rows()
+        allowed = claims.get("cameras", "*")
+        if claims.get("role") == "administrator":
+            return everyone
+        serving = {c.served_by for c in self._cameras() if allowed == "*" or c.name in allowed}
+        return [s for s in everyone if s.role is ServerRole.MANAGEMENT or s.name in serving]
+
     async def list_servers(self, request: web.Request) -> web.Response:
-        self._claims(request)
+        claims = self._claims(request)
         now = utcnow()
-        return web.json_response([self.server_json(s, now) for s in self._server_rows()])
+        return web.json_response([self.server_json(s, now) for s in self._visible_servers(claims)])
 
     async def list_cameras(self, request: web.Request) -> web.Response:
         claims = self._claims(request)
@@ -525,24 +573,59 @@ class ManagementServer(ServerProcess):
             ]
         )
 
-    async def snapshot(self, request: web.Request) -> web.Response:
-        """A camera's latest picture, fetched from its recording server like any client
-        would: over TLS verified against this server's trust store when that server's
-        encryption is on (the specification's "management server ... images")."""
-        claims = self._claims(request)
-        name = request.match_info["name"]
+    def _camera_for(self, claims: dict[str, Any], name: str) -> tuple[Camera, Server]:
+        """The camera ``name`` if the caller may view it, and the server that records it."""
         allowed = claims.get("cameras", "*")
         camera = next((c for c in self._cameras() if c.name == name), None)
         if camera is None or (allowed != "*" and name not in allowed):
-            return problem(404, "unknown camera", f"no camera {name!r} you may view")
+            raise _Refused(problem(404, "unknown camera", f"no camera {name!r} you may view"))
         server = next((s for s in self._server_rows() if s.name == camera.served_by), None)
         if server is None:
-            return problem(502, "no recording server", f"camera {name} has no recording server")
+            raise _Refused(
+                problem(502, "no recording server", f"camera {name} has no recording server")
+            )
+        return camera, server
+
+    def _stream_token(self, claims: dict[str, Any], server: Server, camera: str, ttl: float) -> str:
+        """A token that opens ``camera`` at ``server`` alone, for the user of ``claims``:
+        no role, and refused by every other server (a recording server that keeps it has
+        nothing it could not already show)."""
+        return self.signer.issue(
+            str(claims["sub"]), "stream", server.name, ttl, cameras=[camera], sid=claims["jti"]
+        )
+
+    async def stream_token(self, request: web.Request) -> web.Response:
+        """Where a camera records now, and a token to watch it there (live or playback).
+        It lives no longer than the caller's own token, nor than token_ttl."""
+        claims = self._claims(request)
+        camera, server = self._camera_for(claims, request.match_info["name"])
+        ttl = min(self.config.token_ttl, float(claims["exp"]) - time.time())
+        return web.json_response(
+            {
+                "camera": camera.name,
+                "recording_server": server.name,
+                "host": server.host,
+                "address": server.address,
+                "port": server.ports["data"],
+                "encryption": server.encryption,
+                "token": self._stream_token(claims, server, camera.name, ttl),
+                "expires_in": int(ttl),
+            }
+        )
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        """A camera's latest picture, fetched from its recording server like any client
+        would: over TLS verified against this server's trust store when that server's
+        encryption is on (the specification's "management server ... images"), with a
+        stream token of the caller's for that camera at that server."""
+        claims = self._claims(request)
+        camera, server = self._camera_for(claims, request.match_info["name"])
+        name = camera.name
         endpoint = Endpoint(
             server.name, server.host, server.address, server.ports["data"], server.encryption
         )
         context = self.client_ssl_context(present_certificate=False) if server.encryption else None
-        token = self.signer.issue(self.config.name, "administrator", "user", 30, cameras=[name])
+        token = self._stream_token(claims, server, name, SNAPSHOT_TOKEN_TTL)
         async with open_session({server.host: server.address}, timeout=5) as session:
             url = f"{'https' if endpoint.tls else 'http'}://{server.host}:{endpoint.port}"
             try:
@@ -700,6 +783,54 @@ class ManagementServer(ServerProcess):
                 )
         return found
 
+    async def update_server(self, request: web.Request) -> web.Response:
+        """An administrator moves a registered server to another host name or address (its
+        own heartbeats cannot: the management link binds a server to both)."""
+        claims = self._claims(request, role="administrator")
+        body = await _json_body(request)
+        name = request.match_info["name"]
+        everyone = self._server_rows()
+        target = next((s for s in everyone if s.name == name), None)
+        if target is None or target.role is ServerRole.MANAGEMENT:
+            return problem(
+                404,
+                "unknown server",
+                f"no registered server named {name!r}",
+                fix="watchkeep site status lists the servers",
+            )
+        try:
+            host = validate_host_name(str(body.get("host", target.host)))
+            address = str(ipaddress.ip_address(str(body.get("address", target.address))))
+        except (ValueError, WatchkeepError) as exc:
+            return problem(400, "bad server", f"{name}: {exc}", fix="give a host name and an IP")
+        other = next((s for s in everyone if s.host == host and s.name != name), None)
+        if other is not None:
+            return problem(
+                409,
+                "host already registered",
+                f"{host} is the host of {other.name}",
+                code="auth.registration",
+                server=name,
+                fix=f"choose another host for {name}",
+            )
+        with self.db.begin() as conn:
+            conn.execute(
+                sa.update(servers)
+                .where(servers.c.name == name)
+                .values(host=host, address=address, last_seen=None)
+            )
+        log.info(
+            "%s: server %s moved from %s at %s to %s at %s by %r",
+            self.config.name,
+            name,
+            target.host,
+            target.address,
+            host,
+            address,
+            claims.get("sub"),
+        )
+        return web.json_response({"name": name, "host": host, "address": address})
+
     # -- encryption ----------------------------------------------------------------------
 
     async def set_encryption(self, request: web.Request) -> web.Response:
@@ -777,7 +908,9 @@ class ManagementServer(ServerProcess):
     def _config_for(
         self, server: Server, all_cameras: list[Camera], all_servers: list[Server]
     ) -> dict[str, Any]:
-        mine = [c for c in all_cameras if c.served_by == server.name]
+        # Each server is told what its role needs: a mobile server relays video, so it
+        # learns where cameras are, never where they come from (their URLs hold passwords).
+        mine = [c for c in all_cameras if c.served_by == server.name and server.role.records]
         config = {
             "ms_encryption": self.encryption,
             "encryption": server.encryption,
@@ -834,8 +967,99 @@ class ManagementServer(ServerProcess):
             install_trust_payload(self.config.trust_store, payload, log_as=self.config.name)
         return payload
 
+    def _security_event(self, key: str, message: str, *args: object) -> None:
+        """Log a refused attempt to speak for a server: one line, naming both sides, at most
+        once a minute for each ``key`` (the refused party repeats every heartbeat)."""
+        now = time.monotonic()
+        if now - self._security_logged.get(key, -SECURITY_LOG_INTERVAL) < SECURITY_LOG_INTERVAL:
+            return
+        if len(self._security_logged) >= 10_000:
+            self._security_logged.clear()
+        self._security_logged[key] = now
+        log.warning("%s: security: " + message, self.config.name, *args)
+
+    def _check_identity(
+        self,
+        request: web.Request,
+        name: str,
+        claimed: Server,
+        existing: Server | None,
+        everyone: list[Server],
+    ) -> web.Response | None:
+        """A heartbeat speaks for ``name`` only as it was registered: the same role, host
+        and address (changed by an administrator only, PATCH /api/v1/servers/NAME), and a
+        host that no other server has."""
+        peer = request.remote or "unknown"
+        fix = (
+            f"if {name} really moved, an administrator says so: watchkeep server update "
+            f"{name} --host HOST --address ADDRESS"
+        )
+        if existing is not None:
+            if claimed.role is not existing.role:
+                self._security_event(
+                    f"role:{name}:{peer}",
+                    "a heartbeat from %s for %s (a %s server) claimed role %s; refused",
+                    peer,
+                    name,
+                    existing.role.value,
+                    claimed.role.value,
+                )
+                return problem(
+                    409,
+                    "server identity is fixed",
+                    f"{name} is registered as a {existing.role.value} server; a heartbeat "
+                    f"cannot make it a {claimed.role.value} server",
+                    code="auth.registration",
+                    server=name,
+                    fix=f"give the new server a name of its own, or an administrator removes "
+                    f"{name} from the site first",
+                )
+            if (claimed.host, claimed.address) != (existing.host, existing.address):
+                self._security_event(
+                    f"moved:{name}:{peer}",
+                    "a heartbeat from %s for %s (registered as %s at %s) claimed %s at %s; refused",
+                    peer,
+                    name,
+                    existing.host,
+                    existing.address,
+                    claimed.host,
+                    claimed.address,
+                )
+                return problem(
+                    409,
+                    "server identity is fixed",
+                    f"{name} is registered as {existing.host} at {existing.address}; a "
+                    f"heartbeat cannot move it to {claimed.host} at {claimed.address}",
+                    code="auth.registration",
+                    server=name,
+                    fix=fix,
+                )
+            return None
+        other = next((s for s in everyone if s.host == claimed.host and s.name != name), None)
+        if other is not None:
+            self._security_event(
+                f"taken:{name}:{peer}",
+                "a heartbeat from %s registering %s as %s, the host of %s; refused",
+                peer,
+                name,
+                claimed.host,
+                other.name,
+            )
+            return problem(
+                409,
+                "host already registered",
+                f"{claimed.host} is the host of {other.name}; {name} cannot register with it",
+                code="auth.registration",
+                server=name,
+                fix=f"give {name} a host of its own, or stop {other.name} and let an "
+                f"administrator remove it first",
+            )
+        return None
+
     def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
-        """On an encrypted management link, the caller must prove it is ``host``."""
+        """On an encrypted management link, the caller must prove it is ``host``, the host
+        ``name`` is registered with: a certificate of the site CA for another server speaks
+        for that server only."""
         if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
             return None
         cert = request.transport.get_extra_info("peercert")
@@ -847,17 +1071,27 @@ class ManagementServer(ServerProcess):
                 "from the site CA (mutual TLS)",
                 code="cert.chain",
                 server=name,
-                fix="set [tls] certificate and key in the recording server's config",
+                fix="set [tls] certificate and key in the server's config",
             )
         names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
         if host not in names:
+            self._security_event(
+                f"cert:{name}:{','.join(names)}",
+                "%s presented a certificate for %s to speak for %s (%s); refused",
+                request.remote or "unknown",
+                ", ".join(names) or "no host name",
+                name,
+                host,
+            )
             return problem(
                 403,
                 "certificate does not match the server",
-                f"{name} registers as {host} but its certificate names {', '.join(names) or 'nothing'}",
+                f"{name} is {host} but the certificate presented names "
+                f"{', '.join(names) or 'nothing'}",
                 code="cert.hostname",
                 server=name,
-                fix=f"watchkeep cert issue --role recording --host {host} --replace",
+                fix=f"run {name} with its own certificate: watchkeep cert issue --role ROLE "
+                f"--host {host} --replace",
             )
         return None
 
@@ -867,7 +1101,7 @@ class ManagementServer(ServerProcess):
         try:
             role = ServerRole(str(body.get("role")))
             host = validate_host_name(str(body.get("host", "")))
-            address = str(body["address"])
+            address = str(ipaddress.ip_address(str(body["address"])))
             ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
             readiness = Readiness.from_json(dict(body.get("readiness") or {}))
             encrypted_now = bool(body.get("encrypted_now", False))
@@ -886,27 +1120,30 @@ class ManagementServer(ServerProcess):
                 server=name,
                 fix="copy the site's registration key file into the server's [management] section",
             )
-        # Recording and failover servers authenticate with their certificates (mutual TLS);
-        # a mobile server is a client like any other and has a server-only certificate.
+        everyone = self._server_rows()
+        existing = next((s for s in everyone if s.name == name), None)
+        claimed = Server(name, role, host, address, ports, readiness=readiness)
+        refused = self._check_identity(request, name, claimed, existing, everyone)
+        if refused is not None:
+            return refused
         # site.ms_requires_all_rs before the certificate check: a recording server that
         # cannot be encrypted (no certificate yet, say) hears why, not only that it
         # presented no certificate.
-        if self.encryption and role.records and not readiness.ready:
-            problems = "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) or "no certificate"
+        blocker = registration_blocker(claimed, everyone[0])
+        if blocker is not None:
             return problem(
                 409,
                 "recording server not encrypted",
-                f"management server encryption is on, so every recording server must be "
-                f"encrypted, but {name} cannot be: {problems}",
-                code="site.ms_requires_all_rs",
+                blocker.message,
+                code=blocker.code,
                 server=name,
-                fix=f"give {name} a valid certificate and the site CA, or first: "
-                f"watchkeep encryption disable --server {self.config.name}",
+                fix=blocker.fix,
             )
-        refused = self._check_peer(request, name, host) if role.records else None
+        # Every server authenticates with its certificate on the encrypted link, whatever
+        # role it claims (mutual TLS).
+        refused = self._check_peer(request, name, host)
         if refused is not None:
             return refused
-        existing = next((s for s in self._server_rows() if s.name == name), None)
         encryption = existing.encryption if existing else False
         if self.encryption and role.records:
             encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
@@ -1021,7 +1258,6 @@ class ManagementServer(ServerProcess):
             return False
         tls = self.encryption
         context = self.client_ssl_context(present_certificate=True) if tls else None
-        token = self.signer.issue(self.config.name, "management", "control", 60)
         hosts = {s.host: s.address for s in targets}
         async with open_session(hosts, timeout=3) as session:
             for server in targets:
@@ -1036,7 +1272,11 @@ class ManagementServer(ServerProcess):
                         "/control/v1/config",
                         ssl_context=context,
                         body=self._config_for(server, all_cameras, everyone),
-                        token=token,
+                        # For this recording server alone: another one that kept it could
+                        # not push a configuration with it anywhere.
+                        token=self.signer.issue(
+                            self.config.name, "control", server.name, CONTROL_TOKEN_TTL
+                        ),
                     )
                 except (ConnectionFailed, ApiError) as exc:
                     log.warning(

@@ -15,6 +15,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,7 @@ from watchkeep.tls import Endpoint, explain_connection_failure
 __all__ = ["MobileServer"]
 
 log = logging.getLogger("watchkeep.mobile")
+MAX_CACHED_STREAM_TOKENS = 10_000
 
 
 class MobileServer(LinkedServer):
@@ -57,6 +59,8 @@ class MobileServer(LinkedServer):
         self.https: Listener | None = None
         self.session: aiohttp.ClientSession | None = None
         self._hosts: dict[str, str] = {}
+        # (user token's jti, camera) -> (where it records, stream token, until when to use it)
+        self._stream_tokens: dict[tuple[str, str], tuple[Endpoint, str, float]] = {}
 
     # -- encryption ----------------------------------------------------------------------
 
@@ -64,17 +68,19 @@ class MobileServer(LinkedServer):
         return bool(self.https and self.https.running)
 
     async def reconcile_listeners(self) -> None:
+        """With encryption on, HTTPS serves and plain HTTP only points browsers at it
+        (even while no certificate can be used yet: the web client and its log-in are never
+        served in plaintext then); with it off, plain HTTP serves."""
         assert self.http is not None
         assert self.https is not None
         want = self.encryption and self.tls is not None
         if want and not self.https.running:
             await self.https.start(self.server_ssl_context())
-            # Plain HTTP now only points browsers at HTTPS.
-            self.http.runner = self.redirect_runner
-            await self.http.restart(None)
         elif not want and self.https.running:
             await self.https.stop()
-            self.http.runner = self.runner
+        runner = self.redirect_runner if self.encryption else self.runner
+        if not self.http.running or self.http.runner is not runner:
+            self.http.runner = runner
             await self.http.restart(None)
 
     async def redirect(self, request: web.Request) -> web.Response:
@@ -112,6 +118,10 @@ class MobileServer(LinkedServer):
             body = await request.json()
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return problem(400, "malformed JSON", "the login is not JSON")
+        if not isinstance(body, dict):
+            return problem(400, "bad login", "the login is a JSON object: user and password")
+        # The token the management server returns is for it and for this server alone.
+        body = {**body, "audience": self.config.name}
         assert self.session is not None
         endpoint = self._ms_endpoint()
         context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
@@ -172,20 +182,44 @@ class MobileServer(LinkedServer):
             ]
         )
 
-    def _recording_endpoint(self, camera: str) -> Endpoint | None:
-        entry = next((c for c in self.site_cameras if c.get("name") == camera), None)
-        if entry is None:
-            return None
-        server = self.site.get(str(entry.get("recording_server")))
-        if server is None:
-            return None
-        return Endpoint(
-            str(entry["recording_server"]),
-            str(server["host"]),
-            str(server["address"]),
-            int(server["ports"]["data"]),
-            bool(server.get("encryption")),
+    async def _stream_access(self, request: web.Request, camera: str) -> tuple[Endpoint, str]:
+        """Where ``camera`` records now, and a stream token for it there, asked of the
+        management server with the user's own token (recording servers accept no user
+        token); kept while it is good, so that snapshots refreshed every second do not ask
+        each time."""
+        claims = request["claims"]
+        key = (str(claims.get("jti")), camera)
+        now = time.monotonic()
+        cached = self._stream_tokens.get(key)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        endpoint = self._ms_endpoint()
+        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
+        assert self.session is not None
+        reply = await call_json(
+            self.session,
+            endpoint,
+            "POST",
+            f"/api/v1/cameras/{quote(camera, safe='')}/stream-token",
+            ssl_context=context,
+            token=request["token"],
         )
+        self._hosts[str(reply["host"])] = str(reply["address"])
+        found = Endpoint(
+            str(reply["recording_server"]),
+            str(reply["host"]),
+            str(reply["address"]),
+            int(reply["port"]),
+            bool(reply["encryption"]),
+        )
+        if len(self._stream_tokens) >= MAX_CACHED_STREAM_TOKENS:
+            self._stream_tokens = {k: v for k, v in self._stream_tokens.items() if v[2] > now}
+            if len(self._stream_tokens) >= MAX_CACHED_STREAM_TOKENS:
+                self._stream_tokens.clear()
+        # Used for at most half its life: a stream that opens with it has time to start.
+        life = max(0.0, float(reply.get("expires_in", 0)) / 2)
+        self._stream_tokens[key] = (found, str(reply["token"]), now + min(life, 60.0))
+        return found, str(reply["token"])
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """Fetch the stream from the camera's recording server, verifying its certificate,
@@ -196,11 +230,13 @@ class MobileServer(LinkedServer):
             return problem(
                 403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
             )
-        endpoint = self._recording_endpoint(name)
-        if endpoint is None:
-            return problem(404, "unknown camera", f"the site has no camera {name}")
+        try:
+            endpoint, token = await self._stream_access(request, name)
+        except ApiError as exc:
+            return problem(exc.status, "camera refused", exc.describe(), code=exc.code or None)
+        except ConnectionFailed as exc:
+            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
         assert self.session is not None
-        token = request["token"]
         while True:
             scheme = "https" if endpoint.tls else "http"
             url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
@@ -275,7 +311,7 @@ class MobileServer(LinkedServer):
             self.config.ports["https"],
             limits=self.config.listener_limits,
         )
-        await self.http.start(None)
+        # As it was last configured (kept on disk).
         await self.reconcile_listeners()
         self.spawn(self.heartbeat_loop())
 

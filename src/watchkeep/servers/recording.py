@@ -29,7 +29,9 @@ class RecordingServer(LinkedServer):
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.data_app = web.Application(middlewares=[self.token_middleware("user")])
+        # Users reach the data listener with stream tokens the management server made for
+        # this server and the cameras they may view.
+        self.data_app = web.Application(middlewares=[self.token_middleware("stream")])
         self.data_app.router.add_get("/api/v1/status", self.status)
         self.data_app.router.add_get("/metrics", self.metrics)
         recording = dict(config.extra.get("recording", {}))
@@ -50,6 +52,9 @@ class RecordingServer(LinkedServer):
         self.data: Listener | None = None
         self.control: Listener | None = None
         self._control_tls: ReloadableServerContext | None = None
+        # Listeners kept closed because their encryption is on and TLS cannot be had yet,
+        # with the reason last logged.
+        self._closed_for_tls: dict[str, str | None] = {}
 
     def check_control_peer(self, request: web.Request) -> web.Response | None:
         """On an encrypted control link only the management server's certificate is let in
@@ -72,22 +77,27 @@ class RecordingServer(LinkedServer):
 
     # -- handlers ------------------------------------------------------------------------
 
-    async def status(self, _request: web.Request) -> web.Response:
-        return web.json_response(self.status_json())
+    async def status(self, request: web.Request) -> web.Response:
+        # A user sees the cameras its token opens; the management server (control link)
+        # sees them all.
+        allowed = request["claims"].get("cameras", "*")
+        return web.json_response(self.status_json(None if allowed == "*" else allowed))
 
     def heartbeat_body(self) -> dict[str, Any]:
         # The management server shows in the site status which cameras fail, and why.
         return {**super().heartbeat_body(), "camera_problems": self.media.problems()}
 
-    def status_json(self) -> dict[str, Any]:
+    def status_json(self, cameras: list[str] | None = None) -> dict[str, Any]:
+        """What this server does now: every camera, or those named in ``cameras``."""
+        stats = self.media.stats()
         return {
             "name": self.config.name,
             "role": self.config.role.value,
             "encryption": self.encryption,
             "ms_encryption": self.ms_encryption,
-            "data_tls": bool(self.data and self.data.tls),
-            "control_tls": bool(self.control and self.control.tls),
-            "cameras": self.media.stats(),
+            "data_tls": self.encrypted_now(),
+            "control_tls": bool(self.control and self.control.running and self.control.tls),
+            "cameras": stats if cameras is None else [c for c in stats if c["name"] in cameras],
             "recorder": self.media.recorder_stats(),
             "covering": self.covering,
             # The digest of the configuration it runs: the management server's answer to a
@@ -114,7 +124,7 @@ class RecordingServer(LinkedServer):
         return web.json_response(self.status_json())
 
     def encrypted_now(self) -> bool:
-        return bool(self.data and self.data.tls)
+        return bool(self.data and self.data.running and self.data.tls)
 
     async def set_cameras(self, cams: list[dict[str, Any]]) -> None:
         if [c["name"] for c in cams] != [c["name"] for c in self.camera_config]:
@@ -125,20 +135,45 @@ class RecordingServer(LinkedServer):
         await self.media.set_cameras(cams)
 
     async def reconcile_listeners(self) -> None:
+        """Open, switch or close the listeners as the encryption settings say.
+
+        A listener whose encryption is on never serves plaintext: without a usable
+        certificate it stays closed (and says why) until one is in place. Before the server
+        knows its settings at all (never configured by the management server) it opens none,
+        so a new server of an encrypted site does not answer in plaintext meanwhile."""
         assert self.data is not None
         assert self.control is not None
-        can_tls = self.tls is not None
-        want_data = self.encryption and can_tls
-        want_control = self.ms_encryption and can_tls
+        if not self.configured:
+            return
         try:
-            if want_data != self.data.tls:
-                await self.data.restart(self.server_ssl_context() if want_data else None)
-            if want_control != self.control.tls:
-                await self.control.restart(self._control_ssl() if want_control else None)
+            await self._reconcile(self.data, self.encryption, self.server_ssl_context)
+            await self._reconcile(self.control, self.ms_encryption, self._control_ssl)
         except (WatchkeepError, OSError, ssl.SSLError) as exc:
             # Files caught mid-renewal, say: the listener keeps its setting and the next
             # heartbeat tries again.
             log.error("%s: cannot switch a listener's encryption yet: %s", self.config.name, exc)
+
+    async def _reconcile(
+        self, listener: Listener, tls: bool, context: Callable[[], ssl.SSLContext | None]
+    ) -> None:
+        if tls and self.tls is None:
+            if listener.running:
+                await listener.stop()
+            if self._closed_for_tls.get(listener.name) != self._unprepared:
+                self._closed_for_tls[listener.name] = self._unprepared
+                log.error(
+                    "%s: %s listener closed: its encryption is on but no certificate can be "
+                    "used (%s); it opens, encrypted, once one is in place",
+                    self.config.name,
+                    listener.name,
+                    self._unprepared or "no [tls] certificate configured",
+                )
+            return
+        self._closed_for_tls.pop(listener.name, None)
+        if not listener.running:
+            await listener.start(context() if tls else None)
+        elif listener.tls != tls:
+            await listener.restart(context() if tls else None)
 
     def _control_ssl(self) -> Any:
         assert self.tls is not None
@@ -190,9 +225,9 @@ class RecordingServer(LinkedServer):
             self.config.ports["control"],
             limits=self.config.listener_limits,
         )
-        can_tls = self.tls is not None
-        await self.data.start(self.server_ssl_context() if self.encryption and can_tls else None)
-        await self.control.start(self._control_ssl() if self.ms_encryption and can_tls else None)
+        # As it was last configured (kept on disk); a server never configured opens its
+        # listeners with its first configuration.
+        await self.reconcile_listeners()
         self.spawn(self.heartbeat_loop())
 
     async def shutdown(self) -> None:

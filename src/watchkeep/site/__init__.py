@@ -8,7 +8,13 @@ from watchkeep.site._model import (
     Server,
     ServerRole,
 )
-from watchkeep.site._rules import Blocker, FailoverMove, encryption_blockers, plan_failover
+from watchkeep.site._rules import (
+    Blocker,
+    FailoverMove,
+    encryption_blockers,
+    plan_failover,
+    registration_blocker,
+)
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -21,4 +27,5 @@ __all__ = [
     "ServerRole",
     "encryption_blockers",
     "plan_failover",
+    "registration_blocker",
 ]

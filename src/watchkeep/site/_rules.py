@@ -13,6 +13,7 @@ __all__ = [
     "FailoverMove",
     "encryption_blockers",
     "plan_failover",
+    "registration_blocker",
 ]
 
 
@@ -128,6 +129,26 @@ def encryption_blockers(
             )
         )
     return blockers
+
+
+def registration_blocker(server: Server, management: Server) -> Blocker | None:
+    """Why ``server`` (as its heartbeat describes it) may not join the site now, if it may
+    not. site.ms_requires_all_rs: while the management server is encrypted, a recording or
+    failover server joins only if it can be encrypted itself (it is then encrypted at once)."""
+    if not (management.encryption and server.role.records):
+        return None
+    readiness = server.readiness
+    if readiness is not None and readiness.ready:
+        return None
+    problems = "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) if readiness else ""
+    return Blocker(
+        "site.ms_requires_all_rs",
+        server.name,
+        f"management server encryption is on, so every recording server must be encrypted, "
+        f"but {server.name} cannot be: {problems or 'no certificate'}",
+        f"give {server.name} a valid certificate and the site CA, or first: watchkeep "
+        f"encryption disable --server {management.name}",
+    )
 
 
 @dataclass(frozen=True)
