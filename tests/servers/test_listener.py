@@ -26,9 +26,11 @@ import uvloop
 from aiohttp import web
 
 from watchkeep._home import Home
+from watchkeep.client import call_json, open_session
+from watchkeep.errors import ConnectionFailed
 from watchkeep.pki import KeyType, Role, SitePKI
 from watchkeep.servers._listener import Listener, ListenerLimits
-from watchkeep.tls import ServerIdentity, TlsPolicy
+from watchkeep.tls import Endpoint, ServerIdentity, TlsPolicy
 from watchkeep.tls import server_context as make_server_context
 
 HOST = "listener.test"
@@ -390,3 +392,34 @@ def test_one_address_cannot_take_more_than_its_share_of_the_slots(
     messages = [r.getMessage() for r in caplog.records]
     assert any("max_connections_per_address" in m and "make room" in m for m in messages)
     assert any("max_connections_per_address" in m and "refusing" in m for m in messages)
+
+
+def test_a_client_reset_at_the_limit_is_told_so_not_that_its_certificate_is_refused(
+    served: Served,
+) -> None:
+    # Every slot serves a stream: a new connection is reset before its handshake. The
+    # management link's client (a recording server's heartbeat) must not read that as its
+    # client certificate being refused.
+    streams = [open_stream(served) for _ in range(LIMIT)]
+    tls = served.client_context is not None
+    endpoint = Endpoint("listener", HOST, ADDRESS, served.port, tls)
+
+    async def call() -> ConnectionFailed:
+        async with open_session({HOST: ADDRESS}, timeout=5) as session:
+            try:
+                await call_json(
+                    session, endpoint, "GET", "/hello", ssl_context=served.client_context
+                )
+            except ConnectionFailed as exc:
+                return exc
+        raise AssertionError("the call went through a listener at its limit")
+
+    try:
+        failure = asyncio.run(call())
+    finally:
+        for sock in streams:
+            sock.close()
+    message = str(failure)
+    assert "connection limit" in message, message
+    assert "certificate" not in message, message
+    assert "max_connections" in (failure.fix or ""), failure.fix
