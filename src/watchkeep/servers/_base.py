@@ -90,6 +90,7 @@ class ServerProcess(abc.ABC):
         self._client_auth = ClientAuth.NONE
         self._unprepared: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._client_contexts: dict[bool, tuple[object, ssl.SSLContext]] = {}
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.expiry = ExpiryWatch(config.warn_days, announced=self._load_json("expiry.json"))
 
@@ -210,8 +211,23 @@ class ServerProcess(abc.ABC):
         return self.tls.front if self.tls is not None else None
 
     def client_ssl_context(self, *, present_certificate: bool) -> ssl.SSLContext:
+        """A context that verifies peers against this server's trust store, presenting its
+        own certificate if asked: the same one while the files it is made of are unchanged.
+        aiohttp pools connections per context, so a new context for every heartbeat opened a
+        new connection for every heartbeat, and each sat idle in the pool, holding a slot of
+        the management server's listener, until a keep-alive timeout ended it."""
         identity = self.config.identity if present_certificate else None
-        return client_context(self.trust(), self.config.policy, identity=identity)
+        trust = self.trust()
+        stamp = (
+            trust.stamp(),
+            *(_file_stamp(p) for p in ((identity.chain, identity.key) if identity else ())),
+        )
+        made = self._client_contexts.get(present_certificate)
+        if made is not None and made[0] == stamp:
+            return made[1]
+        context = client_context(trust, self.config.policy, identity=identity)
+        self._client_contexts[present_certificate] = (stamp, context)
+        return context
 
     async def _reload_loop(self) -> None:
         while not self.stopping.is_set():
@@ -344,6 +360,15 @@ class ServerProcess(abc.ABC):
                     await task
             await self.shutdown()
             log.info("%s: stopped", self.config.name)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (None: it is not there)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def utcnow() -> dt.datetime:
