@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import queue
+import re
+import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from security_support import (
@@ -274,3 +281,84 @@ def test_a_log_in_whose_name_is_not_unicode_text_is_a_400_and_counts_against_the
     )
     assert (status, problem_of(status, headers, reply).get("code")) == (429, "auth.login_rate")
     assert "Traceback" not in slow_site.log_text("ms")
+
+
+# -- a long-running client --------------------------------------------------------------------
+
+DEMO_DEADLINE = 180.0  # building the demo's site (five servers, encryption) on two cores
+
+
+def processes_naming(text: str) -> list[int]:
+    """The processes whose command line names ``text`` (a /proc scan)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(
+                errors="replace"
+            ).replace("\0", " "):
+                found.append(int(entry.name))
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def test_the_demo_waits_out_a_management_server_that_stops_answering(tmp_path: Path) -> None:
+    # Given `watchkeep demo` running, when the management server stops answering for a
+    # while (SIGSTOP: every call to it times out), then the demo says so in a line, keeps
+    # the site running, and shows the status again once it answers; Ctrl-C still ends it
+    # cleanly. (It used to stop every server at the first failed status call.)
+    home = tmp_path / "demo"
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+    errors = tmp_path / "demo.stderr"
+    with errors.open("w") as stderr:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "watchkeep", "demo", "--refresh", "1", "--home", str(home)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,  # its own process group, as a shell's foreground job
+        )
+    assert demo.stdout is not None
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout or ()])
+    reader.start()
+
+    def wait_for(pattern: str) -> str:
+        deadline = time.monotonic() + DEMO_DEADLINE
+        while time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=1.0)
+                output.append(line)
+                if re.search(pattern, line):
+                    return line
+                continue
+            assert demo.poll() is None, "the demo ended:\n" + "".join(output)
+        raise AssertionError(f"the demo never printed {pattern!r}:\n" + "".join(output))
+
+    ms_config = str(home / "servers" / "ms" / "server.toml")
+    try:
+        wait_for(r"frames/s")  # a status table: the site is built and shown
+        (ms,) = processes_naming(ms_config)
+        os.kill(ms, signal.SIGSTOP)
+        try:
+            failed = wait_for(r"site status failed")
+        finally:
+            os.kill(ms, signal.SIGCONT)
+        assert "trying again" in failed, failed
+        assert "Traceback" not in failed, failed
+        wait_for(r"frames/s")  # shown again
+        assert demo.poll() is None
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
+        demo.wait(DEMO_DEADLINE)
+        reader.join(10)
+        while not lines.empty():
+            output.append(lines.get())
+        assert demo.returncode == 0, "".join(output) + errors.read_text()
+        assert "watchkeep demo: stopped" in "".join(output)
+        assert "Traceback" not in errors.read_text(), errors.read_text()
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+        for pid in processes_naming(str(home)):  # never leave a server of the demo running
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
