@@ -30,7 +30,7 @@ from watchkeep.client import call_json, open_session
 from watchkeep.errors import ConnectionFailed
 from watchkeep.pki import KeyType, Role, SitePKI
 from watchkeep.servers._listener import Listener, ListenerLimits
-from watchkeep.tls import Endpoint, ServerIdentity, TlsPolicy
+from watchkeep.tls import ClientAuth, Endpoint, ServerIdentity, TlsPolicy, TrustMaterial
 from watchkeep.tls import server_context as make_server_context
 
 HOST = "listener.test"
@@ -85,14 +85,19 @@ async def echo(request: web.Request) -> web.Response:
 
 
 @contextlib.contextmanager
-def listening(tmp_path: Path, tls: bool, limits: ListenerLimits) -> Iterator[Served]:
+def listening(
+    tmp_path: Path, tls: bool, limits: ListenerLimits, client_auth: str = ClientAuth.NONE
+) -> Iterator[Served]:
     """A listener with ``limits``, its loop (uvloop) in a thread of its own."""
     server_context = client_context = None
     if tls:
         ca, chain, key = certificate(tmp_path)
         # The servers' own context: their policy, suites and groups.
         server_context = make_server_context(
-            ServerIdentity("listener", HOST, chain, key), TlsPolicy.INTERMEDIATE
+            ServerIdentity("listener", HOST, chain, key),
+            TlsPolicy.INTERMEDIATE,
+            client_auth=client_auth,
+            trust=TrustMaterial(tmp_path, (ca,), ()),
         )
         client_context = ssl.create_default_context(cafile=str(ca))
     port = free_port()
@@ -423,3 +428,37 @@ def test_a_client_reset_at_the_limit_is_told_so_not_that_its_certificate_is_refu
     assert "connection limit" in message, message
     assert "certificate" not in message, message
     assert "max_connections" in (failure.fix or ""), failure.fix
+
+
+def test_anonymous_connections_give_way_before_one_with_a_site_client_certificate(
+    tmp_path: Path,
+) -> None:
+    # The management API asks for client certificates (optional: browsers have none);
+    # recording servers present theirs. Their idle keep-alive connection between two
+    # heartbeats must outlast anonymous ones, however old and however recently active.
+    limits = ListenerLimits(LIMIT, handshake_timeout=30, idle_timeout=60)
+    with listening(tmp_path, True, limits, ClientAuth.OPTIONAL) as served:
+        # A recording server's certificate (listening() issued it) as its client certificate.
+        site_context = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.pem"))
+        site_context.load_cert_chain(
+            tmp_path / f"recording-{HOST}.chain.pem", tmp_path / f"recording-{HOST}.key"
+        )
+        raw = socket.create_connection(
+            (ADDRESS, served.port), timeout=10, source_address=(CLIENT, 0)
+        )
+        with site_context.wrap_socket(raw, server_hostname=HOST) as server_link:
+            get(server_link, "/hello")
+            assert read_answer(server_link).startswith(b"HTTP/1.1 200 ")
+            anonymous = []
+            try:
+                for _ in range(LIMIT + 2):
+                    anonymous.append(connect(served, source=OTHER_CLIENT))
+                    get(anonymous[-1], "/hello")
+                    assert read_answer(anonymous[-1]).startswith(b"HTTP/1.1 200 ")
+                assert served.listener.evicted == 3
+                # The site's server is still connected, and served on the same connection.
+                get(server_link, "/hello")
+                assert read_answer(server_link).startswith(b"HTTP/1.1 200 ")
+            finally:
+                for sock in anonymous:
+                    sock.close()
