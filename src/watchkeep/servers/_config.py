@@ -136,8 +136,7 @@ def _listener_limits(path: Path, server: dict[str, Any]) -> ListenerLimits:
         path,
         f"[server] {given}: {' and '.join(_COUNTS)} must be whole numbers >= 1, and "
         f"{', '.join(_TIMEOUTS)} positive numbers of seconds",
-        "write e.g. "
-        + ", ".join(f"{k} = {v:g}" for k, v in {**_COUNTS, **_TIMEOUTS}.items()),
+        "write e.g. " + ", ".join(f"{k} = {v:g}" for k, v in {**_COUNTS, **_TIMEOUTS}.items()),
     )
 
 
