@@ -140,6 +140,15 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
+def _dropped(error: ssl.SSLError) -> bool:
+    """Whether a TLS error only says that the connection went away (a reset or a close in
+    the middle of the handshake), not that the peer refused something."""
+    return isinstance(
+        error,
+        ssl.SSLEOFError | ssl.SSLSyscallError | ssl.SSLWantReadError | ssl.SSLZeroReturnError,
+    ) or ("did not complete" in str(error) or "EOF occurred" in str(error))
+
+
 # How a peer reached once more ended the connection before it answered a request.
 _ENDS_IN_HANDSHAKE = "in the handshake"
 _ENDS_AFTER_HANDSHAKE = "after the handshake"
@@ -164,7 +173,10 @@ async def _how_it_ends(
                 ),
                 timeout,
             )
-        except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        except ssl.SSLError as exc:
+            # An alert is the peer's verdict on this party; anything else, that it went.
+            return _ENDS_IN_HANDSHAKE if _dropped(exc) else _ENDS_AFTER_HANDSHAKE
+        except ConnectionError:
             return _ENDS_IN_HANDSHAKE
         writer.write(f"HEAD / HTTP/1.1\r\nHost: {endpoint.host}\r\n\r\n".encode())
         if await asyncio.wait_for(reader.read(1), timeout) == b"":
@@ -254,7 +266,8 @@ async def explain_connection_failure(
             )
         return UntrustedIssuer(peer, f"its certificate does not verify: {verify.verify_message}")
     ssl_error = _find(exc, ssl.SSLError)
-    if isinstance(ssl_error, ssl.SSLError):
+    dropped = isinstance(ssl_error, ssl.SSLError) and _dropped(ssl_error)
+    if isinstance(ssl_error, ssl.SSLError) and not dropped:
         text = str(ssl_error)
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
             return TlsToPlaintextPort(
@@ -308,7 +321,7 @@ async def explain_connection_failure(
             fix="check this party's own certificate (watchkeep cert list --expiring-within 1d) "
             "and renew or re-issue it",
         )
-    if ends == _ENDS_IN_HANDSHAKE or _find(exc, ConnectionResetError) is not None:
+    if ends == _ENDS_IN_HANDSHAKE or dropped or _find(exc, ConnectionResetError) is not None:
         return ConnectionFailed(
             peer,
             "it resets connections before answering"
