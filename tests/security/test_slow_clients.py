@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import re
@@ -46,6 +47,7 @@ from security_support import (
     set_server_options,
 )
 
+from watchkeep.servers._base import _ClientFaultsInOneLine
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 
@@ -362,3 +364,35 @@ def test_the_demo_waits_out_a_management_server_that_stops_answering(tmp_path: P
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- the log filter, in-process -----------------------------------------------------------------
+
+
+def aiohttp_error(message: str, error: BaseException, *args: object) -> logging.LogRecord:
+    """A record as aiohttp's server logs an error (with its traceback)."""
+    return logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, message, args, (type(error), error, None)
+    )
+
+
+def test_client_faults_are_one_line_each_interval_and_other_errors_pass_untouched() -> None:
+    one_line = _ClientFaultsInOneLine(interval=3600)
+    faults = [
+        aiohttp_error("Error handling request from %s", ConnectionResetError("reset"), "10.0.0.9"),
+        # uvloop's word for a write to a connection closed under the answer.
+        aiohttp_error(
+            "Unhandled exception",
+            RuntimeError("unable to perform operation on <TCPTransport>; the handler is closed"),
+        ),
+        aiohttp_error("Error handling request from %s", BrokenPipeError("pipe"), "10.0.0.9"),
+    ]
+    passed = [record for record in faults if one_line.filter(record)]
+    # The first stands for all, as one warning line without a traceback.
+    assert passed == faults[:1]
+    assert (passed[0].levelno, passed[0].exc_info) == (logging.WARNING, None)
+    assert "10.0.0.9" in passed[0].getMessage()
+    # A server's own error keeps its traceback.
+    bug = aiohttp_error("Error handling request from %s", KeyError("bug"), "10.0.0.9")
+    assert one_line.filter(bug)
+    assert (bug.levelno, bug.exc_info is not None) == (logging.ERROR, True)

@@ -74,7 +74,7 @@ class _ClientFaultsInOneLine(logging.Filter):
             kind = "malformed"
             record.msg = "malformed request from %s refused with %s: %s"
             record.args = (remote, error.code, str(error.message).splitlines()[0][:200])
-        elif isinstance(error, ConnectionError):
+        elif isinstance(error, ConnectionError) or _written_after_close(error):
             kind = "lost"
             record.msg = "a client's connection (%s) ended while its request was handled: %s"
             record.args = (remote, str(error)[:200] or type(error).__name__)
@@ -92,6 +92,12 @@ class _ClientFaultsInOneLine(logging.Filter):
         record.exc_info = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def _written_after_close(error: BaseException | None) -> bool:
+    """uvloop's error for a write to a connection whose transport was closed under the
+    answer (the client went while it was written): the same event as a reset."""
+    return isinstance(error, RuntimeError) and "the handler is closed" in str(error)
 
 
 def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
