@@ -92,10 +92,19 @@ async def _wait_online(
 ) -> dict[str, Any]:
     """The site status once every server in ``names`` is online (and, if ``encrypted``,
     says it speaks TLS: a server reports it with its next heartbeat)."""
+    from watchkeep.client import transient
+
     deadline = time.monotonic() + timeout
     what = "online and speaking TLS" if encrypted else "online"
     while True:
-        status: dict[str, Any] = await client.status()
+        try:
+            status: dict[str, Any] = await client.status()
+        except Exception as exc:
+            # A server busy starting or switching its listener: ask again until the deadline.
+            if not transient(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+            continue
         ready = {
             s["name"]
             for s in status["servers"]
@@ -173,7 +182,7 @@ _LAST_ERRORS: dict[str, str] = {}
 
 
 async def _watch(site: Any, stop: asyncio.Event, duration: float | None, refresh: float) -> None:
-    from watchkeep.client import SiteClient
+    from watchkeep.client import Backoff, SiteClient, transient
 
     mobile = site.servers["mobile1"]
     say("")
@@ -195,16 +204,23 @@ async def _watch(site: Any, stop: asyncio.Event, duration: float | None, refresh
     say("")
     counts: dict[str, list[float]] = {c: [] for c, _ in CAMERAS}
     viewers = [asyncio.create_task(_viewer(site, c, counts, stop)) for c, _ in CAMERAS]
-    started = time.monotonic()
+    ends = None if duration is None else time.monotonic() + duration
+    backoff = Backoff()
     try:
-        async with SiteClient(site.home) as client:
-            while not stop.is_set():
+        while not stop.is_set():
+            try:
+                async with SiteClient(site.home) as client:
+                    await _show_status(client, stop, ends, refresh, counts, backoff)
+                return
+            except Exception as exc:
+                # One failed call (a server at its connection limit, restarting, slow to
+                # answer) must not stop the whole site: say so, wait, log in again.
+                if not transient(exc):
+                    raise
+                delay = backoff.failed()
+                say(f"watchkeep demo: site status failed ({exc}); trying again in {delay:g} s")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), refresh)
-                status = await client.status()
-                _print_status(status, counts)
-                if duration is not None and time.monotonic() - started >= duration:
-                    break
+                    await asyncio.wait_for(stop.wait(), delay)
     finally:
         stop.set()
         for task in viewers:
@@ -212,6 +228,25 @@ async def _watch(site: Any, stop: asyncio.Event, duration: float | None, refresh
         for task in viewers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _show_status(
+    client: Any,
+    stop: asyncio.Event,
+    ends: float | None,
+    refresh: float,
+    counts: dict[str, list[float]],
+    backoff: Any,
+) -> None:
+    """Print the status table every ``refresh`` seconds until ``stop`` or ``ends``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), refresh)
+        status = await client.status()
+        backoff.succeeded()
+        _print_status(status, counts)
+        if ends is not None and time.monotonic() >= ends:
+            return
 
 
 def _print_status(status: dict[str, Any], counts: dict[str, list[float]]) -> None:

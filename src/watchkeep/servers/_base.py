@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ __all__ = ["ServerProcess", "certificate_status", "configure_logging"]
 
 log = logging.getLogger("watchkeep.servers")
 RELOAD_INTERVAL = 2.0
+# At most one line per this long for each kind of client fault (a flood must not flood the log).
+CLIENT_FAULT_LOG_INTERVAL = 10.0
 EXPIRY_CHECK_INTERVAL = 60.0
 
 
@@ -47,21 +50,54 @@ def configure_logging(name: str) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(_malformed_requests_in_one_line)
+    logging.getLogger("aiohttp.server").addFilter(_ClientFaultsInOneLine())
 
 
-def _malformed_requests_in_one_line(record: logging.LogRecord) -> bool:
-    """aiohttp logs a malformed request (a 64 KiB header, 1000 headers: the client's fault,
-    answered with 400) as an error with a traceback; one warning line says it all, and a
-    hostile client cannot fill the log with tracebacks."""
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, HttpProcessingError):
+class _ClientFaultsInOneLine(logging.Filter):
+    """aiohttp logs what a client does wrong as an error with a traceback of 20-40 lines: a
+    malformed request (a 64 KiB header, 1000 headers: answered with 400) and a connection
+    that ends while its request is handled (reset, closed, or cut at ``request_timeout``).
+    A client controls how often either happens, so each becomes one warning line, and at
+    most one per ``interval`` for each kind, saying how many it stands for: a hostile client
+    can fill neither the log nor the disk. Anything else passes untouched."""
+
+    def __init__(self, interval: float = CLIENT_FAULT_LOG_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}  # kind -> when its last line was let through
+        self._quiet: dict[str, int] = {}  # kind -> events since then that were not logged
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-        record.msg = "malformed request from %s refused with %s: %s"
-        record.args = (remote, error.code, str(error.message).splitlines()[0][:200])
+        if isinstance(error, HttpProcessingError):
+            kind = "malformed"
+            record.msg = "malformed request from %s refused with %s: %s"
+            record.args = (remote, error.code, str(error.message).splitlines()[0][:200])
+        elif isinstance(error, ConnectionError) or _written_after_close(error):
+            kind = "lost"
+            record.msg = "a client's connection (%s) ended while its request was handled: %s"
+            record.args = (remote, str(error)[:200] or type(error).__name__)
+        else:
+            return True
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        quiet = self._quiet.pop(kind, 0)
+        if quiet:
+            record.msg += " (and %d more like it in the last %.0f s)"
+            record.args = (*record.args, quiet, self.interval)
         record.exc_info = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-    return True
+        return True
+
+
+def _written_after_close(error: BaseException | None) -> bool:
+    """uvloop's error for a write to a connection whose transport was closed under the
+    answer (the client went while it was written): the same event as a reset."""
+    return isinstance(error, RuntimeError) and "the handler is closed" in str(error)
 
 
 def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
@@ -90,6 +126,7 @@ class ServerProcess(abc.ABC):
         self._client_auth = ClientAuth.NONE
         self._unprepared: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._client_contexts: dict[bool, tuple[object, ssl.SSLContext]] = {}
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.expiry = ExpiryWatch(config.warn_days, announced=self._load_json("expiry.json"))
 
@@ -210,8 +247,23 @@ class ServerProcess(abc.ABC):
         return self.tls.front if self.tls is not None else None
 
     def client_ssl_context(self, *, present_certificate: bool) -> ssl.SSLContext:
+        """A context that verifies peers against this server's trust store, presenting its
+        own certificate if asked: the same one while the files it is made of are unchanged.
+        aiohttp pools connections per context, so a new context for every heartbeat opened a
+        new connection for every heartbeat, and each sat idle in the pool, holding a slot of
+        the management server's listener, until a keep-alive timeout ended it."""
         identity = self.config.identity if present_certificate else None
-        return client_context(self.trust(), self.config.policy, identity=identity)
+        trust = self.trust()
+        stamp = (
+            trust.stamp(),
+            *(_file_stamp(p) for p in ((identity.chain, identity.key) if identity else ())),
+        )
+        made = self._client_contexts.get(present_certificate)
+        if made is not None and made[0] == stamp:
+            return made[1]
+        context = client_context(trust, self.config.policy, identity=identity)
+        self._client_contexts[present_certificate] = (stamp, context)
+        return context
 
     async def _reload_loop(self) -> None:
         while not self.stopping.is_set():
@@ -344,6 +396,15 @@ class ServerProcess(abc.ABC):
                     await task
             await self.shutdown()
             log.info("%s: stopped", self.config.name)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (None: it is not there)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def utcnow() -> dt.datetime:

@@ -15,6 +15,8 @@ from watchkeep.servers._listener import (
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
+    REQUEST_TIMEOUT,
     ListenerLimits,
 )
 from watchkeep.site import DEFAULT_PORTS, ServerRole
@@ -114,24 +116,40 @@ def _warn_days(path: Path, value: Any) -> tuple[int, ...]:
 
 
 def _listener_limits(path: Path, server: dict[str, Any]) -> ListenerLimits:
-    max_connections = server.get("max_connections", MAX_CONNECTIONS)
+    counts = [server.get(k, d) for k, d in _COUNTS.items()]
     timeouts = [server.get(k, d) for k, d in _TIMEOUTS.items()]
-    whole = isinstance(max_connections, int) and not isinstance(max_connections, bool)
+    whole = all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts)
     seconds = all(
-        isinstance(t, int | float) and not isinstance(t, bool) and t > 0 for t in timeouts
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+        for t in timeouts
     )
-    if whole and seconds and max_connections >= 1:
-        return ListenerLimits(max_connections, *map(float, timeouts))
+    if whole and seconds:
+        return ListenerLimits(
+            max_connections=counts[0],
+            max_connections_per_address=counts[1],
+            handshake_timeout=float(timeouts[0]),
+            idle_timeout=float(timeouts[1]),
+            request_timeout=float(timeouts[2]),
+        )
+    names, values = [*_COUNTS, *_TIMEOUTS], [*counts, *timeouts]
+    given = ", ".join(f"{k} = {v!r}" for k, v in zip(names, values, strict=True))
     raise _fail(
         path,
-        f"[server] max_connections = {max_connections!r} must be a whole number >= 1, and "
-        f"{' and '.join(_TIMEOUTS)} positive numbers of seconds",
-        f"write e.g. max_connections = {MAX_CONNECTIONS}, handshake_timeout = "
-        f"{HANDSHAKE_TIMEOUT:.0f}, idle_timeout = {IDLE_TIMEOUT:.0f}",
+        f"[server] {given}: {' and '.join(_COUNTS)} must be whole numbers >= 1, and "
+        f"{', '.join(_TIMEOUTS)} positive numbers of seconds",
+        "write e.g. " + ", ".join(f"{k} = {v:g}" for k, v in {**_COUNTS, **_TIMEOUTS}.items()),
     )
 
 
-_TIMEOUTS = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
+_COUNTS = {
+    "max_connections": MAX_CONNECTIONS,
+    "max_connections_per_address": MAX_CONNECTIONS_PER_ADDRESS,
+}
+_TIMEOUTS = {
+    "handshake_timeout": HANDSHAKE_TIMEOUT,
+    "idle_timeout": IDLE_TIMEOUT,
+    "request_timeout": REQUEST_TIMEOUT,
+}
 
 
 def _number(

@@ -28,6 +28,8 @@ from watchkeep.errors import ConnectionFailed, WatchkeepError
 from watchkeep.pki import fingerprint
 from watchkeep.pki._lifecycle import warning_level
 from watchkeep.servers._base import ServerProcess, utcnow
+from watchkeep.servers._bodies import BadBody
+from watchkeep.servers._bodies import json_object as _json_body
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._forwarded import proven_client
@@ -120,22 +122,6 @@ def _camera_problems(value: object) -> dict[str, str]:
         for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
         if isinstance(name, str) and isinstance(text, str)
     }
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-        raise web.HTTPBadRequest(
-            text='{"title": "malformed JSON", "status": 400}',
-            content_type="application/problem+json",
-        ) from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"title": "expected a JSON object", "status": 400}',
-            content_type="application/problem+json",
-        )
-    return body
 
 
 class _Refused(Exception):
@@ -356,9 +342,20 @@ class ManagementServer(ServerProcess):
         r.add_get("/metrics", self.metrics)
 
     async def login(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        # A mobile server names the client it relays (proven with the registration key).
+        address = (
+            proven_client(request.headers, self.config.registration_key, time.time())
+            or request.remote
+            or "unknown"
+        )
+        try:
+            body = await _json_body(request)
+        except BadBody:
+            self._address_throttle.failed(address, time.monotonic())  # a failed try all the same
+            raise
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str):
+            self._address_throttle.failed(address, time.monotonic())
             return problem(400, "bad login", "user and password must be strings")
         # The token is for this server, and for the mobile server that relays the log-in
         # (which has seen the password): nobody else accepts it.
@@ -375,12 +372,6 @@ class ManagementServer(ServerProcess):
                     fix="leave audience out to log in to the management server",
                 )
             audience.append(via)
-        # A mobile server names the client it relays (proven with the registration key).
-        address = (
-            proven_client(request.headers, self.config.registration_key, time.time())
-            or request.remote
-            or "unknown"
-        )
         refused = self._login_throttled(user, address)
         if refused is not None:
             return refused

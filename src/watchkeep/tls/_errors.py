@@ -140,26 +140,52 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _closes_after_handshake(
+def _dropped(error: ssl.SSLError) -> bool:
+    """Whether a TLS error only says that the connection went away (a reset or a close in
+    the middle of the handshake), not that the peer refused something."""
+    return isinstance(
+        error,
+        ssl.SSLEOFError | ssl.SSLSyscallError | ssl.SSLWantReadError | ssl.SSLZeroReturnError,
+    ) or ("did not complete" in str(error) or "EOF occurred" in str(error))
+
+
+# How a peer reached once more ended the connection before it answered a request.
+_ENDS_IN_HANDSHAKE = "in the handshake"
+_ENDS_AFTER_HANDSHAKE = "after the handshake"
+
+
+async def _how_it_ends(
     endpoint: Endpoint, context: ssl.SSLContext, timeout: float = 3.0
-) -> bool:
-    """True when the peer, reached with ``context``, drops the connection before answering
-    a request: how a refused client certificate shows under TLS 1.3, where the server checks
-    it after the client's side of the handshake is done (and asyncio servers send no alert)."""
+) -> str | None:
+    """Reach the peer with ``context`` once more: _ENDS_AFTER_HANDSHAKE when it drops the
+    connection after the TLS handshake, before answering a request (how a refused client
+    certificate shows under TLS 1.3, where the server checks it after the client's side of
+    the handshake is done, and asyncio servers send no alert); _ENDS_IN_HANDSHAKE when it
+    resets or closes the connection before the handshake is done (what a listener at its
+    connection limit does, before it has seen any certificate); None when it answers or
+    cannot be told."""
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
-            ),
-            timeout,
-        )
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    endpoint.address, endpoint.port, ssl=context, server_hostname=endpoint.host
+                ),
+                timeout,
+            )
+        except ssl.SSLError as exc:
+            # An alert is the peer's verdict on this party; anything else, that it went.
+            return _ENDS_IN_HANDSHAKE if _dropped(exc) else _ENDS_AFTER_HANDSHAKE
+        except ConnectionError:
+            return _ENDS_IN_HANDSHAKE
         writer.write(f"HEAD / HTTP/1.1\r\nHost: {endpoint.host}\r\n\r\n".encode())
-        return await asyncio.wait_for(reader.read(1), timeout) == b""
+        if await asyncio.wait_for(reader.read(1), timeout) == b"":
+            return _ENDS_AFTER_HANDSHAKE
+        return None
     except (ssl.SSLError, ConnectionResetError):
-        return True
+        return _ENDS_AFTER_HANDSHAKE
     except (OSError, TimeoutError):
-        return False
+        return None
     finally:
         if writer is not None:
             writer.close()
@@ -240,7 +266,8 @@ async def explain_connection_failure(
             )
         return UntrustedIssuer(peer, f"its certificate does not verify: {verify.verify_message}")
     ssl_error = _find(exc, ssl.SSLError)
-    if isinstance(ssl_error, ssl.SSLError):
+    dropped = isinstance(ssl_error, ssl.SSLError) and _dropped(ssl_error)
+    if isinstance(ssl_error, ssl.SSLError) and not dropped:
         text = str(ssl_error)
         if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
             return TlsToPlaintextPort(
@@ -280,11 +307,12 @@ async def explain_connection_failure(
             "the port speaks TLS (its encryption is on) but plaintext was sent",
             fix="connect with https; `watchkeep site status` shows each server's encryption",
         )
-    if (
-        endpoint.tls
-        and ssl_context is not None
-        and await _closes_after_handshake(endpoint, ssl_context)
-    ):
+    ends = (
+        await _how_it_ends(endpoint, ssl_context)
+        if endpoint.tls and ssl_context is not None
+        else None
+    )
+    if ends == _ENDS_AFTER_HANDSHAKE:
         return UntrustedIssuer(
             peer,
             "it closes the connection right after the TLS handshake, before answering: it "
@@ -292,6 +320,15 @@ async def explain_connection_failure(
             "it trusts) [mutual TLS]",
             fix="check this party's own certificate (watchkeep cert list --expiring-within 1d) "
             "and renew or re-issue it",
+        )
+    if ends == _ENDS_IN_HANDSHAKE or dropped or _find(exc, ConnectionResetError) is not None:
+        return ConnectionFailed(
+            peer,
+            "it resets connections before answering"
+            + (" (before the TLS handshake is done)" if ends == _ENDS_IN_HANDSHAKE else "")
+            + ": it is most likely at its connection limit, or was restarting",
+            fix=f"see the log of {endpoint.server}: a listener at its limit says so, and "
+            "which setting to raise (max_connections, max_connections_per_address)",
         )
     os_error = _find(exc, OSError)
     reason = (
