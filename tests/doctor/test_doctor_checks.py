@@ -42,6 +42,7 @@ from doctor_snapshots import (
     without_probes,
 )
 
+from watchkeep._access import Blocked
 from watchkeep.doctor import (
     CHECKS,
     Finding,
@@ -74,6 +75,8 @@ def rs1_files(
     owner: str = "watchkeep",
     matches_certificate: bool = True,
     error: str | None = None,
+    unreachable: Blocked | None = None,
+    account_exists: bool = True,
 ) -> Callable[[], SiteSnapshot]:
     """The healthy site with rs1's files changed (its listeners still serve the old ones)."""
 
@@ -85,6 +88,8 @@ def rs1_files(
             mode=mode,
             matches_certificate=matches_certificate,
             error=error,
+            unreachable=unreachable,
+            account_exists=account_exists,
         )
         return with_local(healthy(), local("rs1", chain=chain or None, key=key))
 
@@ -419,6 +424,18 @@ CASES = [
         "rs1's key cannot be read by its own account",
         rs1_files(mode=0o200),
         [("key.service_account", E, "rs1", "cannot read it")],
+    ),
+    Case(
+        "rs1's key is the account's but sits in a directory the account cannot enter",
+        rs1_files(
+            unreachable=Blocked(RS1_KEY.parent, False, "the directory does not let it through")
+        ),
+        [("key.service_account", E, "rs1", "watchkeep cannot open the private key")],
+    ),
+    Case(
+        "rs1's service account does not exist",
+        rs1_files(account_exists=False),
+        [("key.service_account", E, "rs1", "watchkeep that runs rs1 does not exist")],
     ),
     Case(
         "rs1's key is missing",
