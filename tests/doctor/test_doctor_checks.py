@@ -300,7 +300,11 @@ CASES = [
     Case(
         "the site CA expires in 20 days",
         short_lived_ca_snapshot,
-        [("cert.expiry_warning", W, "site CA", "the site CA certificate CN=Short CA expires")],
+        [
+            # The CA alone is all this snapshot holds: no server was checked.
+            ("site.reachable", E, "this home", "nothing was checked"),
+            ("cert.expiry_warning", W, "site CA", "the site CA certificate CN=Short CA expires"),
+        ],
     ),
     # -- cert.lifetime -----------------------------------------------------------------
     Case(
@@ -648,6 +652,11 @@ CASES = [
             ),
         ),
         [("site.reachable", E, "/srv/x/server.toml", "does not load: config")],
+    ),
+    Case(
+        "a home with neither a site to ask nor a server config checks nothing",
+        lambda: SiteSnapshot(now=NOW),
+        [("site.reachable", E, "this home", "nothing was checked: no management server")],
     ),
     # -- site.offline ------------------------------------------------------------------
     Case(

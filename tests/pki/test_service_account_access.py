@@ -14,7 +14,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,17 +31,6 @@ needs_root = pytest.mark.skipif(
 
 def fake_stat(mode: int, uid: int, gid: int) -> os.stat_result:
     return os.stat_result((stat.S_IFREG | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every account can reach (pytest's own tmp_path is root's, mode 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="wk-account-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the permission check, pure -----------------------------------------------------------
