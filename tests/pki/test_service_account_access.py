@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pki_support import new_site, run_cli, single_error_line
+from pki_support import new_site, rs1_config, run_cli, single_error_line
 
 from watchkeep._access import Account, blocked_for, other_readers
 
@@ -138,29 +138,6 @@ def test_cert_issue_refuses_a_directory_its_owner_cannot_enter(
     assert list(locked.iterdir()) == [], "nothing may be written before the refusal"
 
 
-def recording_config(directory: Path, chain: str, key: str, account: str) -> Path:
-    config = directory / "rs1.toml"
-    config.write_text(
-        f"""[server]
-name = "rs1"
-role = "recording"
-host = "rs1.site.example"
-address = "127.0.0.2"
-data_dir = "{directory / "rs1-data"}"
-service_account = "{account}"
-
-[tls]
-certificate = "{chain}"
-key = "{key}"
-
-[management]
-host = "ms.site.example"
-address = "127.0.0.2"
-"""
-    )
-    return config
-
-
 def issue_rs1(directory: Path, out: Path, owner: str | None) -> tuple[Path, dict[str, str]]:
     """A new site in ``directory``, rs1's certificate issued into ``out``, and rs1's config
     naming ``owner`` (or a service account this host does not have) as its account."""
@@ -171,7 +148,7 @@ def issue_rs1(directory: Path, out: Path, owner: str | None) -> tuple[Path, dict
     assert ran.code == 0, ran.err
     issued = ran.json()
     account = owner or f"wkt{secrets.token_hex(3)}"
-    config = recording_config(directory, issued["chain_path"], issued["key_path"], account)
+    config = rs1_config(directory, issued["chain_path"], issued["key_path"], account=account)
     return home.root, {**issued, "config": str(config), "account": account}
 
 

@@ -46,13 +46,22 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from watchkeep.errors import CANotInitialised
+    from watchkeep.errors import TrustError
     from watchkeep.trust import DirectoryTrustStore, read_pem_bundle
 
     home = home_of(args)
     source = args.ca_pem or home.ca_cert
     if args.ca_pem is None and not home.ca_cert.exists():
-        raise CANotInitialised(str(home.root))
+        # A server or client machine: the site's CA lives in the CA's home elsewhere, and
+        # making a CA here (`ca init`) would make another site's.
+        where = "--system" if args.system else f"--store {args.store or home.trust_dir}"
+        raise TrustError(
+            f"no CA certificate to install: {home.root} is not the home of the site's "
+            "certificate authority, so name the CA file to trust",
+            fix="copy the site CA certificate to this host (on the CA's home, `watchkeep ca "
+            "show` prints its path and SHA-256 fingerprint; compare it with the fingerprint "
+            f"this command prints) and run: watchkeep trust install CA_PEM {where}",
+        )
     certs = read_pem_bundle(source)
     store = _store(args)
     installed = [store.install(c) for c in certs]

@@ -6,7 +6,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from watchkeep.doctor._helpers import fingerprint_prefix, relayed, trust_install_fix
+from watchkeep.doctor._helpers import copy_ca_fix, fingerprint_prefix, relayed, trust_install_fix
 from watchkeep.doctor._model import Issue, Severity, check
 from watchkeep.doctor._snapshot import HOME_PARTY, SiteSnapshot, TrustStoreFacts
 
@@ -51,8 +51,7 @@ def trust_installed(snapshot: SiteSnapshot) -> Iterator[Issue]:
             HOME_PARTY,
             f"no trust store on this host holds the site CA (sha256 {named}) that the "
             "management server's certificate is issued by, and this home has no CA",
-            "copy the site CA certificate (ca/ca.pem of the CA's home) here and run: "
-            f"{snapshot.cli} trust install CA_PEM",
+            copy_ca_fix(snapshot, "").rstrip(),
         )
     if snapshot.home_trust is not None:
         yield from _store_issues(snapshot, snapshot.home_trust)
