@@ -332,7 +332,7 @@ def cert_expiry_warning(snapshot: SiteSnapshot) -> Iterator[Issue]:
     summary="""Server certificates live 90 days by default; `--days` may ask for more, and
     doctor warns above 366 (Mozilla's intermediate profile allows at most 366).""",
     requirement="""Server certificates 90 days by default (Mozilla's recommended lifespan;
-    its intermediate profile allows at most 366 and modern at most 90) [DESIGN.md].""",
+    its intermediate profile allows at most 366 and modern at most 90) [a watchkeep rule].""",
 )
 def cert_lifetime(snapshot: SiteSnapshot) -> Iterator[Issue]:
     for seen in snapshot.seen_certificates():
@@ -355,7 +355,7 @@ def _revoked_serials(crl: x509.CertificateRevocationList) -> dict[int, x509.Revo
     Severity.ERROR,
     summary="""A revoked certificate is refused by every watchkeep peer (CRL).""",
     requirement="""A revoked certificate is refused by every watchkeep peer (CRL)
-    [DESIGN.md; the specification does not cover revocation].""",
+    [a watchkeep rule; the specification does not cover revocation].""",
 )
 def cert_revoked(snapshot: SiteSnapshot) -> Iterator[Issue]:
     newest = snapshot.newest_crls()

@@ -130,7 +130,7 @@ def site_failover_prepared(snapshot: SiteSnapshot) -> Iterator[Issue]:
     with it off, passwords cross the network in clear: doctor reports an error.""",
     requirement="""In HTTPS, the communication protocol is encrypted using Transport Layer
     Security (TLS). With management server encryption off, the logins of every client cross
-    the network in clear [DESIGN.md].""",
+    the network in clear [a watchkeep rule].""",
 )
 def site_ms_plaintext_login(snapshot: SiteSnapshot) -> Iterator[Issue]:
     ms = snapshot.management_server()
@@ -158,7 +158,7 @@ def site_ms_plaintext_login(snapshot: SiteSnapshot) -> Iterator[Issue]:
     config on this host loads, and at least one server is checked.""",
     requirement="""Run against the live site (through the MS API and by connecting to every
     server as its clients would) and against the local files of the servers on this host
-    [issue 5].""",
+    [a watchkeep rule].""",
 )
 def site_reachable(snapshot: SiteSnapshot) -> Iterator[Issue]:
     if snapshot.management_error is not None:
@@ -203,7 +203,7 @@ def site_reachable(snapshot: SiteSnapshot) -> Iterator[Issue]:
     summary="""Every server the management server lists is online, so that the doctor checks
     it as its clients would.""",
     requirement="""Run against the live site, by connecting to every server as its clients
-    would [issue 5]: a server that is not heard from is reported, never skipped in
+    would [a watchkeep rule]: a server that is not heard from is reported, never skipped in
     silence.""",
 )
 def site_offline(snapshot: SiteSnapshot) -> Iterator[Issue]:
