@@ -85,5 +85,14 @@ def test_running_a_site_by_hand_as_the_readme_says(administrator: Administrator)
     assert sorted(servers) == ["fo1", "mobile", "ms", "rs1"]
     assert all(s["encryption"] and s["online"] for s in servers.values()), servers
     assert "0 error(s)" in admin.ran[-1].output
+
+    # And every command of "Checking a site" runs against it without an error
+    (checking,) = shell_blocks(README, "## Checking a site")
+    for line in commands(checking):
+        ran = admin.run(line)
+        assert ran.code == 0, f"{line}\n{ran.output}"
+    assert "checked 4 server(s) listed by the management server, 1 server config(s)" in (
+        admin.ran[-1].output
+    )
     # The log line the README promises, from the recording server with the camera
     assert "recordings: writing through " in admin.logs["rs1"].read_text()
