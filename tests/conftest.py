@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,18 @@ def site_factory(
     """Make sites whose processes are all stopped when the module is done."""
     with open_sites() as make:
         yield make
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every account may pass through and list, for tests that act as another
+    account (pytest's own tmp_path is root's alone, mode 0700, and stops them)."""
+    path = Path(tempfile.mkdtemp(prefix="wk-open-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from watchkeep.errors import OutputNotWritable, UsageError
 
-__all__ = ["atomic_write", "atomic_write_together", "resolve_owner"]
+__all__ = ["atomic_write", "atomic_write_together", "make_directory", "resolve_owner"]
 
 
 def resolve_owner(user: str | None) -> tuple[int, int] | None:
@@ -57,6 +57,7 @@ def atomic_write_together(
     staged: list[tuple[Path, Path]] = []
     try:
         for path, data, mode in files:
+            make_directory(path.parent, private=not mode & 0o044)
             staged.append((_stage(path, data, mode, owner), path))
         for n, (tmp, path) in enumerate(staged):
             try:
@@ -79,11 +80,28 @@ def atomic_write_together(
                 os.close(dir_fd)
 
 
+def make_directory(directory: Path, *, private: bool, owner: tuple[int, int] | None = None) -> None:
+    """Create ``directory`` (and missing parents) when it does not exist.
+
+    The directory that will hold the files is made 0700 when it holds a private key, and
+    given to ``owner`` when one is named: a service account must reach the key it owns (a
+    root-owned 0700 directory would stop it). Parents made on the way are 0755 and stay
+    the creator's.
+    """
+    if directory.is_dir():
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o755)
+        if owner is not None:
+            os.chown(directory, *owner)
+    except OSError as exc:
+        raise OutputNotWritable(str(directory), exc.strerror or str(exc)) from exc
+
+
 def _stage(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> Path:
     """Write ``data`` to a fsynced temporary file beside ``path``; return its path."""
     directory = path.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o044 else 0o700)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise OutputNotWritable(str(directory), exc.strerror or str(exc)) from exc

@@ -226,7 +226,7 @@ class DuplicateCertificate(PKIError):
 
 
 class CertificateRuleViolation(PKIError):
-    """A certificate or key breaks one of the rule codes of DESIGN.md."""
+    """A certificate or key breaks one of the rule codes of docs/rules.md."""
 
     def __init__(self, code: str, subject: str, reason: str, *, fix: str | None = None) -> None:
         super().__init__(fix=fix)

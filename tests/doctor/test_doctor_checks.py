@@ -42,6 +42,7 @@ from doctor_snapshots import (
     without_probes,
 )
 
+from watchkeep._access import Blocked
 from watchkeep.doctor import (
     CHECKS,
     Finding,
@@ -75,6 +76,8 @@ def rs1_files(
     owner: str = "watchkeep",
     matches_certificate: bool = True,
     error: str | None = None,
+    unreachable: Blocked | None = None,
+    account_exists: bool = True,
 ) -> Callable[[], SiteSnapshot]:
     """The healthy site with rs1's files changed (its listeners still serve the old ones)."""
 
@@ -86,6 +89,8 @@ def rs1_files(
             mode=mode,
             matches_certificate=matches_certificate,
             error=error,
+            unreachable=unreachable,
+            account_exists=account_exists,
         )
         return with_local(healthy(), local("rs1", chain=chain or None, key=key))
 
@@ -296,7 +301,11 @@ CASES = [
     Case(
         "the site CA expires in 20 days",
         short_lived_ca_snapshot,
-        [("cert.expiry_warning", W, "site CA", "the site CA certificate CN=Short CA expires")],
+        [
+            # The CA alone is all this snapshot holds: no server was checked.
+            ("site.reachable", E, "this home", "nothing was checked"),
+            ("cert.expiry_warning", W, "site CA", "the site CA certificate CN=Short CA expires"),
+        ],
     ),
     # -- cert.lifetime -----------------------------------------------------------------
     Case(
@@ -420,6 +429,18 @@ CASES = [
         "rs1's key cannot be read by its own account",
         rs1_files(mode=0o200),
         [("key.service_account", E, "rs1", "cannot read it")],
+    ),
+    Case(
+        "rs1's key is the account's but sits in a directory the account cannot enter",
+        rs1_files(
+            unreachable=Blocked(RS1_KEY.parent, False, "the directory does not let it through")
+        ),
+        [("key.service_account", E, "rs1", "watchkeep cannot open the private key")],
+    ),
+    Case(
+        "rs1's service account does not exist",
+        rs1_files(account_exists=False),
+        [("key.service_account", E, "rs1", "watchkeep that runs rs1 does not exist")],
     ),
     Case(
         "rs1's key is missing",
@@ -632,6 +653,11 @@ CASES = [
             ),
         ),
         [("site.reachable", E, "/srv/x/server.toml", "does not load: config")],
+    ),
+    Case(
+        "a home with neither a site to ask nor a server config checks nothing",
+        lambda: SiteSnapshot(now=NOW),
+        [("site.reachable", E, "this home", "nothing was checked: no management server")],
     ),
     # -- site.offline ------------------------------------------------------------------
     Case(

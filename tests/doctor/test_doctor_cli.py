@@ -71,11 +71,19 @@ def test_a_readable_key_is_found_without_any_server_running(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another account needs root")
 def test_the_service_account_is_the_one_that_runs_the_server(
-    laid_out: LocalSite, capsys: pytest.CaptureFixture[str]
+    open_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given rs1 ran as the account nobody (its data directory is nobody's), its config
-    # naming no service_account, while the doctor runs as root
+    # naming no service_account, while the doctor runs as root; every directory on the way
+    # to rs1's key lets nobody through (pytest's tmp_path is root's alone, mode 0700)
+    laid_out = lay_out(
+        open_dir / "site", [("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING)]
+    )
     rs1 = laid_out.servers["rs1"]
+    for directory in rs1.key.parents:
+        if directory == open_dir:
+            break
+        directory.chmod(directory.stat().st_mode | 0o001)
     data = rs1.directory / "data"
     data.mkdir()
     nobody = pwd.getpwnam("nobody")

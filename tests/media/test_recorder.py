@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import logging
 import os
 import signal
 import sqlite3
@@ -166,6 +167,21 @@ async def test_frames_come_back_byte_for_byte_before_and_after_a_restart(
             (T0 + 2, T0 + 3.75, 8),
             (T0 + 4, T0 + 5.75, 8),
         ]
+
+
+async def test_a_single_camera_is_told_in_the_log_how_recordings_are_written(
+    paths: tuple[Path, Path], caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The README promises the line; one camera never fills the ring, and it was never said.
+    root, database = paths
+    caplog.set_level(logging.INFO, logger="watchkeep.media")
+    async with Recorder(root, database) as recorder:
+        for frame in frames_of("lobby", 3):
+            recorder.write(frame)
+        await recorder.flush()
+    # The thread writer logs here; the writer process on its own standard error.
+    said = caplog.text + capfd.readouterr().err
+    assert "recordings: writing through " in said
 
 
 async def test_frames_are_flushed_without_being_asked(paths: tuple[Path, Path]) -> None:

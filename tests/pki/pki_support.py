@@ -334,3 +334,30 @@ def single_error_line(ran: Ran, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def rs1_config(
+    directory: Path, chain: str, key: str, *, account: str | None = None, trust: Path | None = None
+) -> Path:
+    """A recording server rs1's config on loopback, for the doctor's --server-config."""
+    config = directory / "rs1.toml"
+    server = f'service_account = "{account}"\n' if account else ""
+    store = f'trust_store = "{trust}"\n' if trust else ""
+    config.write_text(
+        f"""[server]
+name = "rs1"
+role = "recording"
+host = "rs1.site.example"
+address = "127.0.0.2"
+data_dir = "{directory / "rs1-data"}"
+{server}
+[tls]
+certificate = "{chain}"
+key = "{key}"
+{store}
+[management]
+host = "ms.site.example"
+address = "127.0.0.2"
+"""
+    )
+    return config

@@ -1,4 +1,4 @@
-"""The command-line contract of `watchkeep ca`, `cert` and `trust` (DESIGN.md), end to end.
+"""The command-line contract of `watchkeep ca`, `cert` and `trust` (docs/cli.md), end to end.
 
 Each test drives the CLI (in-process through ``main(argv)`` or as a process) and checks the
 result with something other than watchkeep: `openssl`, `curl`, cryptography's loaders.

@@ -113,10 +113,12 @@ def _describe(pki: Any, as_json: bool) -> int:
 def _crl(args: argparse.Namespace) -> int:
     from cryptography import x509
 
+    from watchkeep.cli._trust import publish_crl
     from watchkeep.pki import SitePKI
 
     pki = SitePKI(home_of(args), passphrase=ca_passphrase(args))
     path = pki.write_crl(out=args.out)
+    refreshed = publish_crl(pki.home, lambda _text: None)
     crl = x509.load_pem_x509_crl(path.read_bytes())
     info: dict[str, Any] = {
         "path": str(path.resolve()),
@@ -125,6 +127,7 @@ def _crl(args: argparse.Namespace) -> int:
         "next_update": crl.next_update_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
         if crl.next_update_utc
         else None,
+        "trust_stores_refreshed": refreshed,
     }
     if args.json:
         emit_json(info)
@@ -133,6 +136,8 @@ def _crl(args: argparse.Namespace) -> int:
             f"CRL written to {info['path']}: {len(info['revoked'])} revoked, "
             f"next update {info['next_update']}"
         )
+        for store in refreshed:
+            print(f"CRL refreshed in the trust store {store}")
     return 0
 
 

@@ -178,8 +178,15 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    record = _pki(args, signing=True).revoke(args.name, reason=args.reason)
-    return _report([record], args.json, single=True)
+    from watchkeep.cli._trust import publish_crl
+
+    pki = _pki(args, signing=True)
+    record = pki.revoke(args.name, reason=args.reason)
+    _report([record], args.json, single=True)
+    # The servers fetch the new CRL from the management server; the stores filled from
+    # this home by hand get it now, or `openssl verify -CApath` would still say OK.
+    publish_crl(pki.home, (lambda _text: None) if args.json else print)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

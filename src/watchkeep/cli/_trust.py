@@ -8,7 +8,7 @@ from typing import Any
 
 from watchkeep.cli._common import add_json, emit_json, home_of, print_table
 
-__all__ = ["register"]
+__all__ = ["publish_crl", "register"]
 
 
 def register(groups: Any) -> None:
@@ -46,19 +46,30 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from watchkeep.errors import CANotInitialised
-    from watchkeep.trust import DirectoryTrustStore, read_pem_bundle
+    from watchkeep.errors import TrustError
+    from watchkeep.trust import DirectoryTrustStore, read_pem_bundle, remember_store
 
     home = home_of(args)
     source = args.ca_pem or home.ca_cert
     if args.ca_pem is None and not home.ca_cert.exists():
-        raise CANotInitialised(str(home.root))
+        # A server or client machine: the site's CA lives in the CA's home elsewhere, and
+        # making a CA here (`ca init`) would make another site's.
+        where = "--system" if args.system else f"--store {args.store or home.trust_dir}"
+        raise TrustError(
+            f"no CA certificate to install: {home.root} is not the home of the site's "
+            "certificate authority, so name the CA file to trust",
+            fix="copy the site CA certificate to this host (on the CA's home, `watchkeep ca "
+            "show` prints its path and SHA-256 fingerprint; compare it with the fingerprint "
+            f"this command prints) and run: watchkeep trust install CA_PEM {where}",
+        )
     certs = read_pem_bundle(source)
     store = _store(args)
     installed = [store.install(c) for c in certs]
     crl = None
     if args.ca_pem is None and isinstance(store, DirectoryTrustStore) and home.crl.exists():
         crl = store.install_crl(home.crl.read_bytes())
+        # From now on every CRL this CA publishes (cert revoke, ca crl) is written here too.
+        remember_store(home, store.path)
     if args.json:
         emit_json(
             {"installed": [e.as_json() for e in installed], "crl_path": str(crl) if crl else None}
@@ -100,3 +111,28 @@ def _remove(args: argparse.Namespace) -> int:
     else:
         print(f"removed {entry.subject} ({entry.sha256_fingerprint}) from {entry.path.parent}")
     return 0
+
+
+def publish_crl(home: Any, say: Any) -> list[str]:
+    """Write the CA's new CRL into every trust store its home manages; the stores written.
+
+    A store that cannot be written is an error after the others are done: a verifier
+    reading it would still accept what was revoked.
+    """
+    from watchkeep.errors import TrustError
+    from watchkeep.trust import refresh_crl_in_stores
+
+    results = refresh_crl_in_stores(home)
+    for done in results:
+        if done.error is None:
+            say(f"CRL refreshed in the trust store {done.store}")
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise TrustError(
+            f"the new CRL is not in the trust store {failed[0].store}: {failed[0].error}"
+            + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
+            + "; whoever verifies with it still accepts what was revoked",
+            fix=f"make it writable and run: watchkeep --home {home.root} trust install "
+            f"--store {failed[0].store}",
+        )
+    return [str(r.store) for r in results]

@@ -29,6 +29,7 @@ from watchkeep.doctor._snapshot import (
     crl_of,
     sha256,
 )
+from watchkeep.pki import Role, profile_for
 from watchkeep.site import CertificateStatus, ServerRole
 
 __all__ = [
@@ -99,16 +100,16 @@ def cert_hostname(snapshot: SiteSnapshot) -> Iterator[Issue]:
 
 
 def _dials_out(role: ServerRole) -> bool:
-    # The management and recording servers present their certificates as clients too
-    # (mutual TLS on the management link); a mobile server only serves.
-    return role is not ServerRole.MOBILE
+    # Whether the server presents its certificate as a client too (mutual TLS on the
+    # management link): what its role's certificate profile says.
+    return profile_for(Role(role.value)).client_auth
 
 
 @check(
     "cert.server_auth",
     Severity.ERROR,
-    summary="""Issued for server authentication (EKU serverAuth; clientAuth too where the
-    server also dials out: MS, RS). Not a CA.""",
+    summary="""Issued for server authentication (EKU serverAuth; clientAuth too for every
+    server that dials the management link with it: MS, RS, failover, mobile). Not a CA.""",
     requirement="""The CA certificate is used to issue private server authentication
     certificates to the recording servers.""",
 )
@@ -332,7 +333,7 @@ def cert_expiry_warning(snapshot: SiteSnapshot) -> Iterator[Issue]:
     summary="""Server certificates live 90 days by default; `--days` may ask for more, and
     doctor warns above 366 (Mozilla's intermediate profile allows at most 366).""",
     requirement="""Server certificates 90 days by default (Mozilla's recommended lifespan;
-    its intermediate profile allows at most 366 and modern at most 90) [DESIGN.md].""",
+    its intermediate profile allows at most 366 and modern at most 90) [a watchkeep rule].""",
 )
 def cert_lifetime(snapshot: SiteSnapshot) -> Iterator[Issue]:
     for seen in snapshot.seen_certificates():
@@ -355,7 +356,7 @@ def _revoked_serials(crl: x509.CertificateRevocationList) -> dict[int, x509.Revo
     Severity.ERROR,
     summary="""A revoked certificate is refused by every watchkeep peer (CRL).""",
     requirement="""A revoked certificate is refused by every watchkeep peer (CRL)
-    [DESIGN.md; the specification does not cover revocation].""",
+    [a watchkeep rule; the specification does not cover revocation].""",
 )
 def cert_revoked(snapshot: SiteSnapshot) -> Iterator[Issue]:
     newest = snapshot.newest_crls()

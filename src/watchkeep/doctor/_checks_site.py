@@ -9,7 +9,7 @@ from watchkeep.doctor._checks_cert import issues_for
 from watchkeep.doctor._checks_trust import trust_installed
 from watchkeep.doctor._helpers import run_command
 from watchkeep.doctor._model import Issue, Severity, check
-from watchkeep.doctor._snapshot import SiteSnapshot
+from watchkeep.doctor._snapshot import HOME_PARTY, SiteSnapshot
 from watchkeep.site import ServerRole
 
 __all__ = [
@@ -130,7 +130,7 @@ def site_failover_prepared(snapshot: SiteSnapshot) -> Iterator[Issue]:
     with it off, passwords cross the network in clear: doctor reports an error.""",
     requirement="""In HTTPS, the communication protocol is encrypted using Transport Layer
     Security (TLS). With management server encryption off, the logins of every client cross
-    the network in clear [DESIGN.md].""",
+    the network in clear [a watchkeep rule].""",
 )
 def site_ms_plaintext_login(snapshot: SiteSnapshot) -> Iterator[Issue]:
     ms = snapshot.management_server()
@@ -154,11 +154,11 @@ def site_ms_plaintext_login(snapshot: SiteSnapshot) -> Iterator[Issue]:
     "site.reachable",
     Severity.ERROR,
     summary="""The doctor can check the live site: the management server answers this
-    home's login, every online server's TLS listeners take a connection, and every server
-    config on this host loads.""",
+    home's login, every online server's TLS listeners take a connection, every server
+    config on this host loads, and at least one server is checked.""",
     requirement="""Run against the live site (through the MS API and by connecting to every
     server as its clients would) and against the local files of the servers on this host
-    [issue 5].""",
+    [a watchkeep rule].""",
 )
 def site_reachable(snapshot: SiteSnapshot) -> Iterator[Issue]:
     if snapshot.management_error is not None:
@@ -171,6 +171,18 @@ def site_reachable(snapshot: SiteSnapshot) -> Iterator[Issue]:
         )
     for path, error in snapshot.config_errors:
         yield Issue(str(path), f"the server config does not load: {error}", f"fix {path}")
+    if not (snapshot.management_error or snapshot.config_errors) and not (
+        snapshot.listed() or snapshot.local or snapshot.probes
+    ):
+        # Zero findings about zero servers must not read as a healthy site.
+        yield Issue(
+            HOME_PARTY,
+            "nothing was checked: no management server listed a server to this home and no "
+            "server config on this host names one",
+            f"connect this home to the site ({snapshot.cli} site connect --host MS_HOST "
+            "--address MS_ADDRESS --password-file FILE), or pass each server's config with "
+            "--server-config FILE",
+        )
     listed = snapshot.listed_by_name()
     for probe in snapshot.probes:
         server = listed.get(probe.server)
@@ -191,7 +203,7 @@ def site_reachable(snapshot: SiteSnapshot) -> Iterator[Issue]:
     summary="""Every server the management server lists is online, so that the doctor checks
     it as its clients would.""",
     requirement="""Run against the live site, by connecting to every server as its clients
-    would [issue 5]: a server that is not heard from is reported, never skipped in
+    would [a watchkeep rule]: a server that is not heard from is reported, never skipped in
     silence.""",
 )
 def site_offline(snapshot: SiteSnapshot) -> Iterator[Issue]:

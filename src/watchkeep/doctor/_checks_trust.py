@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 
-from watchkeep.doctor._helpers import fingerprint_prefix, relayed, trust_install_fix
+from watchkeep.doctor._helpers import copy_ca_fix, fingerprint_prefix, relayed, trust_install_fix
 from watchkeep.doctor._model import Issue, Severity, check
 from watchkeep.doctor._snapshot import HOME_PARTY, SiteSnapshot, TrustStoreFacts
 
-__all__ = ["key_service_account", "trust_installed"]
+__all__ = ["CREATE_ACCOUNT", "key_service_account", "trust_installed"]
 
 
 def _store_issues(snapshot: SiteSnapshot, store: TrustStoreFacts) -> Iterator[Issue]:
@@ -50,8 +51,7 @@ def trust_installed(snapshot: SiteSnapshot) -> Iterator[Issue]:
             HOME_PARTY,
             f"no trust store on this host holds the site CA (sha256 {named}) that the "
             "management server's certificate is issued by, and this home has no CA",
-            "copy the site CA certificate (ca/ca.pem of the CA's home) here and run: "
-            f"{snapshot.cli} trust install CA_PEM",
+            copy_ca_fix(snapshot, "").rstrip(),
         )
     if snapshot.home_trust is not None:
         yield from _store_issues(snapshot, snapshot.home_trust)
@@ -72,8 +72,8 @@ def trust_installed(snapshot: SiteSnapshot) -> Iterator[Issue]:
 @check(
     "key.service_account",
     Severity.ERROR,
-    summary="""The account that runs the server can read its private key; nobody else can
-    (owner = service account, mode 0600).""",
+    summary="""The account that runs the server can open its private key (every directory
+    on the way included); nobody else can (owner = service account, mode 0600).""",
     requirement="""The service account that runs the recording server must have access to
     the private key of the certificate on the recording server.""",
 )
@@ -89,25 +89,59 @@ def key_service_account(snapshot: SiteSnapshot) -> Iterator[Issue]:
                 f"check [tls] key in {local.config}",
             )
             continue
-        if key.owner is not None and key.owner != key.service_account:
+        account = key.service_account
+        if not key.account_exists:
+            yield Issue(
+                local.name,
+                f"the service account {account} that runs {local.name} does not exist on "
+                "this host, so nobody can run it with its key",
+                f"create it: {CREATE_ACCOUNT.format(account=account)} (or set service_account "
+                f"under [server] in {local.config})",
+            )
+            continue
+        if key.owner is not None and key.owner != account:
             yield Issue(
                 local.name,
                 f"the private key {key.path} is owned by {key.owner}, not by the service "
-                f"account {key.service_account} that runs {local.name}",
-                f"chown {key.service_account} {key.path}",
+                f"account {account} that runs {local.name}",
+                f"chown {account} {key.path}",
             )
         if key.mode is not None and key.mode & 0o077:
+            who = f" ({'; '.join(key.readers)})" if key.readers else ""
             yield Issue(
                 local.name,
                 f"the private key {key.path} has mode {stat.S_IMODE(key.mode):04o}: group and "
-                "others can reach it; only the service account may",
+                f"others can reach it{who}; only the service account may",
                 f"chmod 600 {key.path}",
             )
         elif key.mode is not None and not key.mode & stat.S_IRUSR:
             yield Issue(
                 local.name,
                 f"the private key {key.path} has mode {stat.S_IMODE(key.mode):04o}: the "
-                f"service account {key.service_account} cannot read it",
+                f"service account {account} cannot read it",
                 f"chmod 600 {key.path}",
             )
+        elif key.unreachable is not None and not key.unreachable.is_file:
+            yield Issue(
+                local.name,
+                f"the service account {account} cannot open the private key {key.path} of "
+                f"{local.name}: {key.unreachable.reason}",
+                _reach_fix(account, key.path, key.unreachable.path),
+            )
     yield from relayed(snapshot, "key.service_account")
+
+
+# How docs/deployment.md creates the account that runs the servers.
+CREATE_ACCOUNT = (
+    "useradd --system --user-group --home-dir /var/lib/watchkeep --shell /usr/sbin/nologin "
+    "{account}"
+)
+
+
+def _reach_fix(account: str, key: Path, directory: Path) -> str:
+    """Open the way for the service account without opening the key to anyone else."""
+    if directory == key.parent:
+        # The key's own directory is the server's: give it to its account.
+        return f"chown {account} {directory} && chmod 700 {directory}"
+    # A directory further up may hold others' files: let every account pass, list nothing.
+    return f"chmod o+x {directory}"

@@ -16,6 +16,7 @@ from watchkeep.site import ServerRole
 
 __all__ = [
     "common_names",
+    "copy_ca_fix",
     "date",
     "dns_names",
     "fingerprint_prefix",
@@ -109,14 +110,24 @@ def renew_fix(snapshot: SiteSnapshot, role: ServerRole, host: str) -> str:
 
 
 def trust_install_fix(snapshot: SiteSnapshot, directory: object) -> str:
-    """Put the site CA (and, from the CA's home, its CRL) into a trust store."""
+    """Put the site CA (and, from the CA's home, its CRL) into a trust store, with a command
+    that works on the host where the doctor printed it."""
     if snapshot.site_ca_file is not None:
         # Without a CA_PEM argument `trust install` takes this home's CA and its CRL.
         return f"{snapshot.cli} trust install --store {directory}"
+    return copy_ca_fix(snapshot, f"--store {directory}")
+
+
+def copy_ca_fix(snapshot: SiteSnapshot, where: str) -> str:
+    """On a host without the CA's home: bring the CA's certificate here, then trust it."""
+    named = (snapshot.status or {}).get("site_ca_sha256_fingerprint")
+    if not named and snapshot.site_cas:
+        named = sha256(snapshot.site_cas[0])
+    check = f", which must be {named}" if named else ""
     return (
-        f"on the CA's home: watchkeep trust install --store {directory} "
-        "(or copy its ca/ca.pem here and run: watchkeep trust install ca.pem "
-        f"--store {directory})"
+        "copy the site CA certificate to this host (on the CA's home, `watchkeep ca show` "
+        f"prints its path and SHA-256 fingerprint{check}) and run: "
+        f"{snapshot.cli} trust install CA_PEM {where}"
     )
 
 

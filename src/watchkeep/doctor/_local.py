@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from watchkeep._access import Account, blocked_for, other_readers
 from watchkeep.doctor._snapshot import KeyFileFacts, LocalServerFacts, TrustStoreFacts
 from watchkeep.errors import WatchkeepError
 
@@ -90,6 +91,13 @@ def _key_facts(path: Path | None, account: str, leaf: x509.Certificate | None) -
         return KeyFileFacts(path, account, error=exc.strerror or str(exc))
     if not stat.S_ISREG(st.st_mode):
         return KeyFileFacts(path, account, error="it is not a regular file")
+    account_entry = Account.named(account)
+    unreachable = None
+    if account_entry is not None:
+        try:
+            unreachable = blocked_for(path, account_entry)
+        except OSError as exc:
+            return KeyFileFacts(path, account, error=exc.strerror or str(exc))
     matches = None
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -107,6 +115,9 @@ def _key_facts(path: Path | None, account: str, leaf: x509.Certificate | None) -
         owner=_account(st.st_uid),
         mode=stat.S_IMODE(st.st_mode),
         matches_certificate=matches,
+        account_exists=account_entry is not None,
+        unreachable=unreachable,
+        readers=tuple(other_readers(st, account_entry)) if account_entry is not None else (),
     )
 
 

@@ -61,8 +61,8 @@ CheckFunction = Callable[["SiteSnapshot"], Iterable[Issue]]
 
 @dataclass(frozen=True)
 class Check:
-    """One rule: ``summary`` is the rule as DESIGN.md states it, ``requirement`` the
-    sentence of the specification (or of DESIGN.md where the specification is silent)
+    """One rule: ``summary`` is the rule as docs/rules.md states it, ``requirement`` the
+    sentence of the specification (or watchkeep's own where the specification is silent)
     that it enforces."""
 
     code: str

@@ -1,4 +1,4 @@
-"""The registry of checks, in the order of DESIGN.md's rule table, and running them."""
+"""The registry of checks, in the order of the rule table of docs/rules.md, and running them."""
 
 from __future__ import annotations
 

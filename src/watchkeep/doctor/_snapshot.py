@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from watchkeep._access import Blocked
 from watchkeep.site import CertificateStatus, ServerRole
 
 __all__ = [
@@ -67,6 +68,11 @@ class KeyFileFacts:
     mode: int | None = None  # permission bits
     matches_certificate: bool | None = None  # None: the key could not be read
     error: str | None = None  # why it could not be examined
+    account_exists: bool = True  # the service account exists on this host
+    # Where the service account is stopped on its way to the key (a directory it may not
+    # search, or the key it may not read), as the kernel would stop it; None: it gets there.
+    unreachable: Blocked | None = None
+    readers: tuple[str, ...] = ()  # who else the key's mode lets read it
 
 
 @dataclass(frozen=True)

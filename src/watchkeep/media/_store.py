@@ -463,6 +463,8 @@ class SegmentStore:
         finished with ``pwritev``. A failed write is cut back to the segment's last good
         size, so the file never holds a torn record while the recorder runs.
         """
+        if self._ring is _NOT_OPENED:
+            self._open_ring()
         jobs = []
         for segment, records in writes:
             buffers: list[bytes] = []
@@ -498,15 +500,19 @@ class SegmentStore:
             outcomes.append(written)
         return outcomes
 
+    def _open_ring(self) -> None:
+        """Choose how recordings are written, at the first write, and say so in the log
+        (with one camera, or one camera writing at a time, the ring is not needed and its
+        writes are plain pwritev calls)."""
+        if _io_uring_allowed():
+            self._ring = WriteRing.open()
+            how = "io_uring" if self._ring else "pwritev (this system gives no io_uring)"
+        else:
+            self._ring, how = None, "pwritev (WATCHKEEP_IO_URING=0)"
+        log.info("recordings: writing through %s", how)
+
     def _ring_writes(self, jobs: Sequence[WriteJob]) -> list[int]:
         """The ring's outcome per job (bytes written, or -errno); zeros without a ring."""
-        if self._ring is _NOT_OPENED:
-            if _io_uring_allowed():
-                self._ring = WriteRing.open()
-                how = "io_uring" if self._ring else "pwritev (this system gives no io_uring)"
-            else:
-                self._ring, how = None, "pwritev (WATCHKEEP_IO_URING=0)"
-            log.info("recordings: writing through %s", how)
         ring = self._ring
         if not isinstance(ring, WriteRing):
             return [0] * len(jobs)

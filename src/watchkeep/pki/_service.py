@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from watchkeep._files import atomic_write, atomic_write_together, resolve_owner
+from watchkeep._access import Account, blocked_for
+from watchkeep._files import atomic_write, atomic_write_together, make_directory, resolve_owner
 from watchkeep._home import Home
 from watchkeep._names import validate_host_name
 from watchkeep.errors import (
@@ -231,9 +232,15 @@ class SitePKI:
         with self._exclusive():
             previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
             owner_ids = resolve_owner(owner)
+            directory = out if out is not None else self.home.certs_dir
+            if out is not None and owner_ids is not None:
+                # The server's own directory: made for its account, or refused when an
+                # existing one would keep the account from its key.
+                _refuse_unreachable(out, str(owner))
             key = generate_key(key_type)
             cert = ca.sign_server_certificate(key.public_key(), request, now=now)
-            directory = out if out is not None else self.home.certs_dir
+            if out is not None and owner_ids is not None:
+                make_directory(out, private=True, owner=owner_ids)
             return self._store(
                 name,
                 role,
@@ -599,3 +606,32 @@ def _names_from_csr(csr: x509.CertificateSigningRequest) -> tuple[list[str], lis
             fix="make the CSR with -subj /CN=HOST -addext subjectAltName=DNS:HOST",
         )
     return hosts, ips
+
+
+def _refuse_unreachable(directory: Path, owner: str) -> None:
+    """key.service_account before anything is written: the owner given to `cert issue`
+    must be able to reach the directory its key goes into (a directory that does not exist
+    yet is made for it)."""
+    account = Account.named(owner)
+    existing = directory.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if account is None:
+        return  # resolve_owner has refused an unknown account already
+    try:
+        blocked = blocked_for(existing, account)
+    except OSError:
+        return  # what cannot be examined is left to the write, which names it
+    if blocked is None:
+        return
+    fix = (
+        f"chown {owner} {blocked.path} && chmod 700 {blocked.path}"
+        if blocked.path == directory.absolute()
+        else f"chmod o+x {blocked.path}"
+    )
+    raise CertificateRuleViolation(
+        "key.service_account",
+        str(directory),
+        f"the owner {owner} could not reach its key in {directory}: {blocked.reason}",
+        fix=fix,
+    )

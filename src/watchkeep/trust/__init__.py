@@ -1,6 +1,12 @@
 """Trust stores: the directory store every watchkeep party verifies with, and the OS store."""
 
 from watchkeep.trust._hash import subject_hash
+from watchkeep.trust._managed import (
+    Refreshed,
+    managed_stores,
+    refresh_crl_in_stores,
+    remember_store,
+)
 from watchkeep.trust._store import (
     DirectoryTrustStore,
     SystemTrustStore,
@@ -10,8 +16,12 @@ from watchkeep.trust._store import (
 
 __all__ = [
     "DirectoryTrustStore",
+    "Refreshed",
     "SystemTrustStore",
     "TrustedCertificate",
+    "managed_stores",
     "read_pem_bundle",
+    "refresh_crl_in_stores",
+    "remember_store",
     "subject_hash",
 ]
