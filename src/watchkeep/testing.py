@@ -111,6 +111,7 @@ class LocalServer:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    log_start: int = 0  # bytes of its log written before it was last started
 
     @property
     def tls_dir(self) -> Path:
@@ -286,6 +287,7 @@ class LocalSite:
         server = self.servers[name]
         assert server.log is not None
         log = server.log.open("ab")
+        server.log_start = log.tell()
         role = "recording" if server.role.records else server.role.value
         server.process = subprocess.Popen(
             [
@@ -332,7 +334,10 @@ class LocalSite:
                 raise RuntimeError(
                     f"{server.name} exited with status {server.process.returncode}:\n{self.log_text(server.name)}"
                 )
-            if ready in self.log_text(server.name):
+            if (
+                server.log is not None
+                and ready.encode() in server.log.read_bytes()[server.log_start :]
+            ):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{server.name} did not start:\n{self.log_text(server.name)}")

@@ -92,7 +92,11 @@ def leaf(
 def odd_leaf(
     hosts: Sequence[str],
     *,
-    usages: Sequence[x509.ObjectIdentifier] = (ExtendedKeyUsageOID.SERVER_AUTH,),
+    # Both, as every server's certificate has: each case is odd in one respect only
+    usages: Sequence[x509.ObjectIdentifier] = (
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    ),
     is_ca: bool = False,
     common_name: str | None = None,
     key: Any = None,
