@@ -124,7 +124,7 @@ def applications(security_site: LocalSite, tmp_path_factory: pytest.TempPathFact
         else:
             built[name, "https"] = server.app
     yield built
-    management.db.dispose()
+    management.store.dispose()
 
 
 def test_the_rules_name_every_route_of_every_server(

@@ -25,6 +25,12 @@ from watchkeep.media._network_camera import NetworkCamera, NetworkCameraStats, r
 from watchkeep.media._recorder import Recorder, RecorderStats
 from watchkeep.media._rtsp_camera import RtspCamera
 from watchkeep.media._source import CameraSource
+from watchkeep.media._source_config import (
+    SOURCE_KINDS,
+    redacted_source,
+    source_for,
+    source_problem,
+)
 from watchkeep.media._store import RepairReport, SegmentInfo
 from watchkeep.media._synthetic import SyntheticCamera
 from watchkeep.media._wire import (
@@ -39,6 +45,7 @@ from watchkeep.media._wire import (
 __all__ = [
     "DEFAULT_BOUNDARY",
     "MJPEG_PART_END",
+    "SOURCE_KINDS",
     "WS_HEADER_SIZE",
     "CameraSource",
     "Frame",
@@ -67,6 +74,9 @@ __all__ = [
     "mjpeg_part_head",
     "pack_ws_header",
     "redact_url",
+    "redacted_source",
+    "source_for",
+    "source_problem",
     "unpack_ws_header",
     "validate_camera_name",
     "ws_message",

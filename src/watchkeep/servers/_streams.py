@@ -20,98 +20,23 @@ from aiohttp.http_writer import StreamWriter
 from watchkeep.errors import RecordingError, WatchkeepError
 from watchkeep.media import (
     MJPEG_PART_END,
-    CameraSource,
     Frame,
     FrameHub,
-    MjpegCamera,
     Recorder,
-    RtspCamera,
-    SyntheticCamera,
     UnknownCamera,
     mjpeg_content_type,
     mjpeg_part_head,
-    redact_url,
-    validate_camera_name,
+    source_for,
     ws_message,
 )
 from watchkeep.servers._problems import problem
 
-__all__ = [
-    "SOURCE_KINDS",
-    "CameraService",
-    "redacted_source",
-    "source_for",
-    "source_problem",
-]
+__all__ = ["CameraService"]
 
 log = logging.getLogger("watchkeep.recording")
 
-SYNTHETIC_DEFAULTS = {"width": 640, "height": 360, "fps": 10.0, "target_bytes": 30_000}
 MAX_PLAYBACK_SPAN = 24 * 3600.0
 GIL_SWITCH_INTERVAL = 0.0005
-
-
-def source_for(name: str, source: dict[str, Any]) -> CameraSource:
-    kind = source.get("kind")
-    if kind == "synthetic":
-        values = {**SYNTHETIC_DEFAULTS, **{k: source[k] for k in SYNTHETIC_DEFAULTS if k in source}}
-        return SyntheticCamera(
-            name,
-            int(values["width"]),
-            int(values["height"]),
-            float(values["fps"]),
-            int(values["target_bytes"]),
-        )
-    if kind == "mjpeg":
-        return MjpegCamera(name, str(source["url"]))
-    if kind == "rtsp":
-        return RtspCamera(name, str(source["url"]))
-    raise WatchkeepError(
-        f"camera {name}: unknown source kind {kind!r}", fix="use synthetic, mjpeg or rtsp"
-    )
-
-
-SOURCE_KINDS = ("synthetic", "mjpeg", "rtsp")
-
-
-_URL_FORMS = {
-    "mjpeg": "http[s]://[USER:PASSWORD@]HOST[:PORT]/PATH",
-    "rtsp": "rtsp[s]://[USER:PASSWORD@]HOST[:PORT]/PATH",
-}
-
-
-def source_problem(name: str, source: object) -> tuple[str, str] | None:
-    """Why a camera cannot be made of ``name`` and ``source``, and the fix (checked before
-    it is stored, so that a typing error is refused where it is made, not logged later on
-    a recording server); None if it can."""
-    try:
-        validate_camera_name(name)
-    except WatchkeepError as exc:
-        return exc.describe(), exc.fix or "rename the camera"
-    kinds = ", ".join(SOURCE_KINDS)
-    if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
-        return f"a camera's source is an object with kind {kinds}", f"give one of {kinds}"
-    kind = source["kind"]
-    if kind == "synthetic":
-        return None
-    url = source.get("url")
-    fix = f"give the camera's URL as {_URL_FORMS[kind]}"
-    if not isinstance(url, str):
-        return f"the {kind} source of camera {name} has no url", fix
-    try:
-        source_for(name, source)
-    except (WatchkeepError, ValueError) as exc:
-        return f"camera {name}: {exc}", fix
-    return None
-
-
-def redacted_source(source: dict[str, Any]) -> dict[str, Any]:
-    """``source`` with the password of its URL replaced by ``***`` (for status pages: a
-    camera's password belongs to the recording server that pulls it, not to every user)."""
-    url = source.get("url")
-    if not isinstance(url, str):
-        return source
-    return {**source, "url": redact_url(url)}
 
 
 class _Camera:

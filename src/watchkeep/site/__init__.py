@@ -12,8 +12,10 @@ from watchkeep.site._rules import (
     Blocker,
     FailoverMove,
     encryption_blockers,
+    identity_change,
     plan_failover,
     registration_blocker,
+    visible_servers,
 )
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Server",
     "ServerRole",
     "encryption_blockers",
+    "identity_change",
     "plan_failover",
     "registration_blocker",
+    "visible_servers",
 ]

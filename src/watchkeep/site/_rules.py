@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from watchkeep.site._model import Camera, Server, ServerRole
@@ -12,8 +12,10 @@ __all__ = [
     "Blocker",
     "FailoverMove",
     "encryption_blockers",
+    "identity_change",
     "plan_failover",
     "registration_blocker",
+    "visible_servers",
 ]
 
 
@@ -149,6 +151,61 @@ def registration_blocker(server: Server, management: Server) -> Blocker | None:
         f"give {server.name} a valid certificate and the site CA, or first: watchkeep "
         f"encryption disable --server {management.name}",
     )
+
+
+def identity_change(
+    claimed: Server, existing: Server | None, servers: Sequence[Server]
+) -> Blocker | None:
+    """Why a heartbeat describing ``claimed`` may not speak for it, if it may not: a
+    registered server keeps its role, host and address (an administrator moves it), and a
+    new server may not take a host another one is registered with."""
+    name = claimed.name
+    if existing is not None:
+        if claimed.role is not existing.role:
+            return Blocker(
+                "auth.registration",
+                name,
+                f"{name} is registered as a {existing.role.value} server; a heartbeat cannot "
+                f"make it a {claimed.role.value} server",
+                f"give the new server a name of its own, or an administrator removes {name} "
+                "from the site first",
+            )
+        if (claimed.host, claimed.address) != (existing.host, existing.address):
+            return Blocker(
+                "auth.registration",
+                name,
+                f"{name} is registered as {existing.host} at {existing.address}; a heartbeat "
+                f"cannot move it to {claimed.host} at {claimed.address}",
+                f"if {name} really moved, an administrator says so: watchkeep server update "
+                f"{name} --host HOST --address ADDRESS",
+            )
+        return None
+    other = next((s for s in servers if s.host == claimed.host and s.name != name), None)
+    if other is not None:
+        return Blocker(
+            "auth.registration",
+            name,
+            f"{claimed.host} is the host of {other.name}; {name} cannot register with it",
+            f"give {name} a host of its own, or stop {other.name} and let an administrator "
+            "remove it first",
+        )
+    return None
+
+
+def visible_servers(
+    servers: Sequence[Server],
+    cameras: Sequence[Camera],
+    *,
+    administrator: bool,
+    allowed: str | Collection[str],
+) -> list[Server]:
+    """The servers a user may know of: every one for an administrator; for an operator the
+    management server and the servers that record the cameras it may view (``allowed``:
+    camera names, or "*")."""
+    if administrator:
+        return list(servers)
+    may_view = {c.served_by for c in cameras if allowed == "*" or c.name in allowed}
+    return [s for s in servers if s.role is ServerRole.MANAGEMENT or s.name in may_view]
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,13 @@
 from watchkeep.store._engine import open_database
 from watchkeep.store._inventory import CertificateRecord, Inventory
 from watchkeep.store._schema import cameras, metadata, servers, settings, site_metadata, users
+from watchkeep.store._site import SiteStore, User
 
 __all__ = [
     "CertificateRecord",
     "Inventory",
+    "SiteStore",
+    "User",
     "cameras",
     "metadata",
     "open_database",

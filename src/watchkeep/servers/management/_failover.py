@@ -1,0 +1,49 @@
+"""Failover: while a recording server is offline, a failover server records its cameras
+(the plan is site.plan_failover); back online, the cameras go home."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+
+from watchkeep.servers._base import utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers.management._site import SiteView
+from watchkeep.site import plan_failover
+
+__all__ = ["Failover"]
+
+log = logging.getLogger("watchkeep.management")
+
+
+class Failover:
+    def __init__(
+        self, config: ServerConfig, site: SiteView, push: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.config = config
+        self.site = site
+        self._push = push
+
+    def rebalance(self) -> list[str]:
+        """Apply the failover plan; returns the servers whose camera set changed."""
+        all_servers = self.site.servers()
+        moves, covering = plan_failover(
+            all_servers,
+            self.site.cameras(),
+            now=utcnow(),
+            timeout=dt.timedelta(seconds=self.config.failover_after),
+        )
+        current = {s.name: s.covering for s in all_servers}
+        new_covering = {fo: t for fo, t in covering.items() if current.get(fo) != t}
+        for move in moves:
+            log.warning("%s: camera %s: %s", self.config.name, move.camera, move.reason)
+        self.site.store.apply_failover(new_covering, {m.camera: m.to_server for m in moves})
+        return sorted(set(new_covering) | {m.to_server for m in moves})
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await asyncio.sleep(min(1.0, self.config.failover_after / 4))
+            if self.rebalance():
+                await self._push()

@@ -1,0 +1,268 @@
+"""Servers joining and staying in the site: heartbeats (registration key, then mutual TLS
+once the management server is encrypted), each server bound to the role, host and address
+it registered with, and moved only by an administrator. A heartbeat's answer is the
+server's configuration, or only its digest when the server already runs it."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+
+from aiohttp import web
+
+from watchkeep._names import validate_host_name
+from watchkeep.errors import WatchkeepError
+from watchkeep.servers._base import utcnow
+from watchkeep.servers._bodies import json_object
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._problems import problem
+from watchkeep.servers.management._failover import Failover
+from watchkeep.servers.management._pushes import ConfigPushes
+from watchkeep.servers.management._sessions import Sessions
+from watchkeep.servers.management._site import SiteView
+from watchkeep.site import (
+    Readiness,
+    Server,
+    ServerRole,
+    identity_change,
+    registration_blocker,
+)
+
+__all__ = ["Registration"]
+
+log = logging.getLogger("watchkeep.management")
+
+SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
+_MAX_CAMERA_PROBLEMS = 10_000
+_MAX_PROBLEM_TEXT = 500
+
+
+def _camera_problems(value: object) -> dict[str, str]:
+    """The ``camera_problems`` of a heartbeat, kept within bounds; anything else is none."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        name[:100]: text[:_MAX_PROBLEM_TEXT]
+        for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
+        if isinstance(name, str) and isinstance(text, str)
+    }
+
+
+class Registration:
+    def __init__(
+        self,
+        config: ServerConfig,
+        site: SiteView,
+        sessions: Sessions,
+        pushes: ConfigPushes,
+        failover: Failover,
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.sessions = sessions
+        self.pushes = pushes
+        self.failover = failover
+        # Per recording server, its cameras that send it no pictures, and why.
+        self.camera_problems: dict[str, dict[str, str]] = {}
+        self._security_logged: dict[str, float] = {}
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
+        router.add_patch("/api/v1/servers/{name}", self.update_server)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await json_object(request)
+        try:
+            role = ServerRole(str(body.get("role")))
+            host = validate_host_name(str(body.get("host", "")))
+            address = str(ipaddress.ip_address(str(body["address"])))
+            ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
+            readiness = Readiness.from_json(dict(body.get("readiness") or {}))
+            encrypted_now = bool(body.get("encrypted_now", False))
+        except (KeyError, TypeError, ValueError, OverflowError, WatchkeepError) as exc:
+            return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
+        if role is ServerRole.MANAGEMENT:
+            return problem(400, "bad heartbeat", "a management server does not register")
+        camera_problems = _camera_problems(body.get("camera_problems"))
+        key = self.config.registration_key
+        if key and not hmac.compare_digest(str(body.get("registration_key", "")), key):
+            return problem(
+                401,
+                "registration refused",
+                f"{name} presented no or a wrong registration key",
+                code="auth.registration",
+                server=name,
+                fix="copy the site's registration key file into the server's [management] section",
+            )
+        everyone = self.site.servers()
+        existing = next((s for s in everyone if s.name == name), None)
+        claimed = Server(name, role, host, address, ports, readiness=readiness)
+        changed = identity_change(claimed, existing, everyone)
+        if changed is not None:
+            self._security_event(
+                f"identity:{name}:{request.remote}",
+                "a heartbeat from %s for %s claimed %s %s at %s; refused: %s",
+                request.remote or "unknown",
+                name,
+                role.value,
+                host,
+                address,
+                changed.message,
+            )
+            status = 409
+            title = "server identity is fixed" if existing else "host already registered"
+            return problem(status, title, changed.message, code=changed.code, server=name,
+                           fix=changed.fix)  # fmt: skip
+        # site.ms_requires_all_rs before the certificate check: a recording server that
+        # cannot be encrypted (no certificate yet, say) hears why, not only that it
+        # presented no certificate.
+        blocker = registration_blocker(claimed, everyone[0])
+        if blocker is not None:
+            return problem(
+                409,
+                "recording server not encrypted",
+                blocker.message,
+                code=blocker.code,
+                server=name,
+                fix=blocker.fix,
+            )
+        # Every server authenticates with its certificate on the encrypted link, whatever
+        # role it claims (mutual TLS).
+        refused = self._check_peer(request, name, existing.host if existing else host)
+        if refused is not None:
+            return refused
+        encryption = existing.encryption if existing else False
+        if self.site.encryption and role.records:
+            encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
+        heard = Server(
+            name,
+            role,
+            host,
+            address,
+            ports,
+            encryption=encryption,
+            readiness=readiness,
+            encrypted_now=encrypted_now,
+        )
+        self.site.store.record_heartbeat(heard, now=utcnow(), new=existing is None)
+        if existing is None:
+            log.info(
+                "%s: %s server %s registered (%s, %s)",
+                self.config.name,
+                role.value,
+                name,
+                host,
+                address,
+            )
+        self.camera_problems[name] = camera_problems
+        if existing is None or not existing.online:
+            self.failover.rebalance()
+        everyone = self.site.servers()
+        me = next(s for s in everyone if s.name == name)
+        config = self.pushes.config_for(me, self.site.cameras(), everyone)
+        if body.get("config_digest") == config["config_digest"]:
+            # What the server already has: a few bytes instead of every camera of the site.
+            return web.json_response(
+                {
+                    "unchanged": True,
+                    "config_digest": config["config_digest"],
+                    "ms_encryption": self.site.encryption,
+                }
+            )
+        return web.json_response(config)
+
+    def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
+        """On an encrypted management link, the caller must prove it is ``host``, the host
+        ``name`` is registered with: a certificate of the site CA for another server speaks
+        for that server only."""
+        if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
+            return None
+        cert = request.transport.get_extra_info("peercert")
+        if not cert:
+            return problem(
+                401,
+                "client certificate required",
+                f"management server encryption is on: {name} must present its certificate "
+                "from the site CA (mutual TLS)",
+                code="cert.chain",
+                server=name,
+                fix="set [tls] certificate and key in the server's config",
+            )
+        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+        if host not in names:
+            self._security_event(
+                f"cert:{name}:{','.join(names)}",
+                "%s presented a certificate for %s to speak for %s (%s); refused",
+                request.remote or "unknown",
+                ", ".join(names) or "no host name",
+                name,
+                host,
+            )
+            return problem(
+                403,
+                "certificate does not match the server",
+                f"{name} is {host} but the certificate presented names "
+                f"{', '.join(names) or 'nothing'}",
+                code="cert.hostname",
+                server=name,
+                fix=f"run {name} with its own certificate: watchkeep cert issue --role ROLE "
+                f"--host {host} --replace",
+            )
+        return None
+
+    def _security_event(self, key: str, message: str, *args: object) -> None:
+        """Log a refused attempt to speak for a server: one line, naming both sides, at most
+        once a minute for each ``key`` (the refused party repeats every heartbeat)."""
+        now = time.monotonic()
+        if now - self._security_logged.get(key, -SECURITY_LOG_INTERVAL) < SECURITY_LOG_INTERVAL:
+            return
+        if len(self._security_logged) >= 10_000:
+            self._security_logged.clear()
+        self._security_logged[key] = now
+        log.warning("%s: security: " + message, self.config.name, *args)
+
+    async def update_server(self, request: web.Request) -> web.Response:
+        """An administrator moves a registered server to another host name or address (its
+        own heartbeats cannot: the management link binds a server to both)."""
+        claims = self.sessions.claims(request, role="administrator")
+        body = await json_object(request)
+        name = request.match_info["name"]
+        everyone = self.site.servers()
+        target = next((s for s in everyone if s.name == name), None)
+        if target is None or target.role is ServerRole.MANAGEMENT:
+            return problem(
+                404,
+                "unknown server",
+                f"no registered server named {name!r}",
+                fix="watchkeep site status lists the servers",
+            )
+        try:
+            host = validate_host_name(str(body.get("host", target.host)))
+            address = str(ipaddress.ip_address(str(body.get("address", target.address))))
+        except (ValueError, WatchkeepError) as exc:
+            return problem(400, "bad server", f"{name}: {exc}", fix="give a host name and an IP")
+        other = next((s for s in everyone if s.host == host and s.name != name), None)
+        if other is not None:
+            return problem(
+                409,
+                "host already registered",
+                f"{host} is the host of {other.name}",
+                code="auth.registration",
+                server=name,
+                fix=f"choose another host for {name}",
+            )
+        self.site.store.move_server(name, host, address)
+        log.info(
+            "%s: server %s moved from %s at %s to %s at %s by %r",
+            self.config.name,
+            name,
+            target.host,
+            target.address,
+            host,
+            address,
+            claims.get("sub"),
+        )
+        return web.json_response({"name": name, "host": host, "address": address})

@@ -1,0 +1,237 @@
+"""The management server process: its jobs wired together (each in a module of its own in
+this package), its API listener, and the background work (failover, renewals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Protocol
+
+from aiohttp import web
+
+from watchkeep.errors import WatchkeepError
+from watchkeep.pki import fingerprint
+from watchkeep.servers._base import ServerProcess, utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._expiry import WatchedCertificate
+from watchkeep.servers._listener import Listener
+from watchkeep.servers._renewal import Renewer
+from watchkeep.servers.management._cameras import Cameras
+from watchkeep.servers.management._encryption import Encryption
+from watchkeep.servers.management._failover import Failover
+from watchkeep.servers.management._http import errors
+from watchkeep.servers.management._login import Login
+from watchkeep.servers.management._pushes import ConfigPushes
+from watchkeep.servers.management._registration import Registration
+from watchkeep.servers.management._sessions import Sessions
+from watchkeep.servers.management._site import SiteView
+from watchkeep.servers.management._status import Status
+from watchkeep.servers.management._users import Users
+from watchkeep.site import Server, ServerRole
+from watchkeep.store import SiteStore
+from watchkeep.tls import ClientAuth
+
+__all__ = ["ManagementServer"]
+
+
+class Job(Protocol):
+    """One of the management server's jobs: the routes of the API that it answers."""
+
+    def add_routes(self, router: web.UrlDispatcher) -> None: ...
+
+
+log = logging.getLogger("watchkeep.management")
+
+
+class ManagementServer(ServerProcess):
+    def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config)
+        self.store = SiteStore(config.database_url or f"sqlite:///{config.data_dir / 'site.db'}")
+        self.site = SiteView(config, self.store, self._me)
+        self.listener: Listener | None = None
+        self.renewer = (
+            Renewer(
+                config.ca_home,
+                config.ca_passphrase.encode() if config.ca_passphrase else None,
+                config.renew_at,
+                config.renew_jitter,
+            )
+            if config.ca_home is not None
+            else None
+        )
+        self.sessions = Sessions(config, self.store, on_revoked=self._spawn_push)
+        self.pushes = ConfigPushes(
+            config,
+            self.site,
+            self.sessions,
+            self.renewer,
+            lambda: self.client_ssl_context(present_certificate=True),
+        )
+        self.failover = Failover(config, self.site, self.pushes.push)
+        self.registration = Registration(
+            config, self.site, self.sessions, self.pushes, self.failover
+        )
+        self.users = Users(config, self.store, self.sessions)
+        jobs: list[Job] = [
+            Login(config, self.site, self.sessions),
+            self.users,
+            self.registration,
+            Cameras(
+                config,
+                self.site,
+                self.sessions,
+                self.failover,
+                spawn_push=self._spawn_push,
+                client_context=lambda: self.client_ssl_context(present_certificate=False),
+            ),
+            Encryption(
+                config,
+                self.site,
+                self.sessions,
+                site_ca_fingerprint=self._site_ca_fingerprint,
+                switch_own_listener=self._switch_listener_soon,
+                spawn_push=self._spawn_push,
+            ),
+            Status(
+                config,
+                self.site,
+                self.sessions,
+                self.renewer,
+                camera_problems=self.registration.camera_problems,
+                site_ca_fingerprint=self._site_ca_fingerprint,
+            ),
+        ]
+        self.app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+        for job in jobs:
+            job.add_routes(self.app.router)
+        self.app.router.add_get("/metrics", self.metrics)
+        self.runner = config.listener_limits.runner(self.app)
+
+    # -- the site and this server in it --------------------------------------------------
+
+    @property
+    def encryption(self) -> bool:
+        return self.site.encryption
+
+    def _me(self) -> Server:
+        return Server(
+            name=self.config.name,
+            role=ServerRole.MANAGEMENT,
+            host=self.config.host,
+            address=self.config.address,
+            ports=dict(self.config.ports),
+            encryption=self.encryption,
+            online=True,
+            last_seen=utcnow(),
+            readiness=self.readiness,
+            encrypted_now=self.listener is not None and self.listener.tls,
+        )
+
+    def _site_ca_fingerprint(self) -> str | None:
+        """The CA that issued this server's certificate: the one every party must trust."""
+        if self.tls is None:
+            return None
+        issuer = self.tls.certificate.issuer
+        for ca in self.trust().certificates():
+            if ca.subject == issuer:
+                return fingerprint(ca)
+        return None
+
+    def _spawn_push(self) -> None:
+        self.spawn(self.pushes.push())
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def metrics_certificates(self) -> list[WatchedCertificate]:
+        """Its own and its CAs, and every certificate the site's servers report, so that one
+        scrape of the management server covers the site."""
+        found = self.watched_certificates()
+        for server in self.site.servers()[1:]:
+            cert = server.readiness.certificate if server.readiness else None
+            if cert is not None:
+                found.append(
+                    WatchedCertificate(
+                        "server",
+                        server.name,
+                        server.role.value,
+                        server.host,
+                        cert.serial,
+                        cert.not_before or cert.not_after,
+                        cert.not_after,
+                    )
+                )
+        return found
+
+    def metrics_extra(self) -> str:
+        return self.pushes.metrics()
+
+    # -- its own encryption ----------------------------------------------------------------
+
+    def _switch_listener_soon(self, changed_at: dt.datetime) -> None:
+        # Switch after the answer that announced it has gone out over the old listener.
+        asyncio.get_running_loop().call_later(
+            0.2, lambda: self.spawn(self._switch_listener(changed_at))
+        )
+
+    async def _switch_listener(self, changed_at: dt.datetime) -> None:
+        assert self.listener is not None
+        want_tls = self.encryption
+        if want_tls == self.listener.tls:
+            return
+        if not want_tls:
+            # Recording (and mobile) servers take the link down to plaintext only when told
+            # so over TLS, in a heartbeat answer: let every online one hear it first.
+            deadline = asyncio.get_running_loop().time() + self.config.failover_after
+            while asyncio.get_running_loop().time() < deadline and any(
+                s.role is not ServerRole.MANAGEMENT
+                and s.online
+                and s.last_seen is not None
+                and s.last_seen < changed_at
+                for s in self.site.servers()
+            ):
+                await asyncio.sleep(0.1)
+        await self.listener.restart(self.server_ssl_context() if want_tls else None)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Recording servers dial in with their certificates when the link is encrypted.
+        self.check_certificate_at_start(ClientAuth.OPTIONAL)
+        if self.encryption and self.tls is None:
+            raise WatchkeepError(
+                f"{self.config.name}: encryption is on but no certificate is configured in "
+                f"{self.config.path}",
+                fix="set [tls] certificate, key and trust_store",
+            )
+        self.users.bootstrap_admin()
+        await self.runner.setup()
+        self.listener = Listener(
+            self.config.name,
+            "api",
+            self.runner,
+            self.config.address,
+            self.config.ports["api"],
+            limits=self.config.listener_limits,
+        )
+        await self.listener.start(self.server_ssl_context() if self.encryption else None)
+        self.spawn(self.failover.run(self.stopping))
+        if self.renewer is not None:
+            self.spawn(self._renewal_loop())
+
+    async def _renewal_loop(self) -> None:
+        assert self.renewer is not None
+        while not self.stopping.is_set():
+            try:
+                await self.renewer.run_once(utcnow())
+            except (WatchkeepError, OSError) as exc:
+                log.warning("%s: renewal check failed: %s", self.config.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
+
+    async def shutdown(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.runner.cleanup()
+        self.store.dispose()

@@ -1,0 +1,45 @@
+"""The site as the management server sees it: itself first, then every server registered
+in its database (online while heard from within ``failover_after``), and the cameras."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from watchkeep.servers._base import utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.site import Camera, Server
+from watchkeep.store import SiteStore
+
+__all__ = ["MS_ENCRYPTION_SETTING", "SiteView"]
+
+MS_ENCRYPTION_SETTING = "ms_encryption"
+
+
+class SiteView:
+    def __init__(self, config: ServerConfig, store: SiteStore, me: Callable[[], Server]) -> None:
+        self.config = config
+        self.store = store
+        self._me = me
+
+    @property
+    def encryption(self) -> bool:
+        """Whether the management server's own encryption is on (site.ms_requires_all_rs)."""
+        return bool(self.store.setting(MS_ENCRYPTION_SETTING, False))
+
+    def me(self) -> Server:
+        return self._me()
+
+    def servers(self) -> list[Server]:
+        """The management server, then every other server by name."""
+        stored = self.store.servers(
+            now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+        )
+        me = self._me()
+        return [me] + [s for s in stored if s.name != me.name]
+
+    def server(self, name: str) -> Server | None:
+        return next((s for s in self.servers() if s.name == name), None)
+
+    def cameras(self) -> list[Camera]:
+        return self.store.cameras()

@@ -1,0 +1,119 @@
+"""What the site looks like, as users may see it: its servers (an operator sees only the
+ones that record its cameras), cameras and why one sends nothing, the site CA and the
+certificate renewals."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from watchkeep.media import redacted_source
+from watchkeep.pki._lifecycle import warning_level
+from watchkeep.servers._base import utcnow
+from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._renewal import Renewer
+from watchkeep.servers.management._sessions import Sessions
+from watchkeep.servers.management._site import SiteView
+from watchkeep.site import Server, visible_servers
+
+__all__ = ["Status"]
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+class Status:
+    def __init__(
+        self,
+        config: ServerConfig,
+        site: SiteView,
+        sessions: Sessions,
+        renewer: Renewer | None,
+        *,
+        camera_problems: dict[str, dict[str, str]],
+        site_ca_fingerprint: Callable[[], str | None],
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.sessions = sessions
+        self.renewer = renewer
+        self._camera_problems = camera_problems  # from heartbeats (Registration)
+        self._site_ca_fingerprint = site_ca_fingerprint
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/api/v1/site/status", self.site_status)
+        router.add_get("/api/v1/servers", self.list_servers)
+
+    def server_json(self, server: Server, now: dt.datetime) -> dict[str, Any]:
+        ready = server.readiness
+        cert = ready.certificate if ready else None
+        return {
+            "name": server.name,
+            "role": server.role.value,
+            "host": server.host,
+            "address": server.address,
+            "ports": server.ports,
+            "encryption": server.encryption,
+            "encrypted_now": server.encrypted_now,
+            "online": server.online,
+            "last_seen": _iso(server.last_seen),
+            "covering": server.covering,
+            "certificate": (
+                {
+                    **cert.as_json(now),
+                    "expiry_warning": warning_level(cert.not_after, now, self.config.warn_days),
+                }
+                if cert
+                else None
+            ),
+            "problems": [
+                {"code": c, "message": m, "fix": f} for c, m, f in (ready.problems if ready else ())
+            ],
+            "trusted_ca_fingerprints": list(ready.trusted_ca_fingerprints) if ready else [],
+        }
+
+    def _visible(self, claims: dict[str, Any]) -> list[Server]:
+        return visible_servers(
+            self.site.servers(),
+            self.site.cameras(),
+            administrator=claims.get("role") == "administrator",
+            allowed=claims.get("cameras", "*"),
+        )
+
+    async def site_status(self, request: web.Request) -> web.Response:
+        claims = self.sessions.claims(request)
+        # An operator sees the cameras it may view, and not where they come from.
+        allowed = claims.get("cameras", "*")
+        administrator = claims.get("role") == "administrator"
+        now = utcnow()
+        return web.json_response(
+            {
+                "servers": [self.server_json(s, now) for s in self._visible(claims)],
+                "cameras": [
+                    {
+                        "name": c.name,
+                        "recording_server": c.served_by,
+                        "assigned_server": c.recording_server,
+                        **({"source": redacted_source(c.source)} if administrator else {}),
+                        # Why the camera sends its recording server no pictures, if it
+                        # does not (from that server's last heartbeat).
+                        "problem": self._camera_problems.get(c.served_by or "", {}).get(c.name),
+                    }
+                    for c in self.site.cameras()
+                    if allowed == "*" or c.name in allowed
+                ],
+                "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
+                "renewals": [
+                    r.as_json() for r in (self.renewer.states.values() if self.renewer else [])
+                ],
+            }
+        )
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        claims = self.sessions.claims(request)
+        now = utcnow()
+        return web.json_response([self.server_json(s, now) for s in self._visible(claims)])

@@ -1,0 +1,200 @@
+"""The management server's site database: servers, cameras, users and settings. Every SQL
+statement of the management server is here; its jobs (servers/management/) speak in the
+site model's terms (watchkeep.site)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from watchkeep.site import Camera, Readiness, Server, ServerRole
+from watchkeep.store._engine import open_database
+from watchkeep.store._schema import cameras, servers, settings, site_metadata, users
+
+__all__ = ["SiteStore", "User"]
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str  # administrator | operator
+    password_hash: str
+    cameras: list[str] | None  # None: every camera
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+class SiteStore:
+    def __init__(self, url: str) -> None:
+        self.db = open_database(url, site_metadata)
+
+    def dispose(self) -> None:
+        self.db.dispose()
+
+    # -- settings ------------------------------------------------------------------------
+
+    def setting(self, key: str, default: Any) -> Any:
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).first()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.db.begin() as conn:
+            if conn.execute(sa.select(settings.c.key).where(settings.c.key == key)).first():
+                conn.execute(sa.update(settings).where(settings.c.key == key).values(value=value))
+            else:
+                conn.execute(sa.insert(settings).values(key=key, value=value))
+
+    # -- servers -------------------------------------------------------------------------
+
+    def servers(self, *, now: dt.datetime, offline_after: dt.timedelta) -> list[Server]:
+        """The registered servers, by name; online when heard from within ``offline_after``."""
+        found = []
+        with self.db.connect() as conn:
+            for row in conn.execute(sa.select(servers).order_by(servers.c.name)):
+                m = row._mapping
+                last_seen = _utc(m["last_seen"])
+                found.append(
+                    Server(
+                        name=m["name"],
+                        role=ServerRole(m["role"]),
+                        host=m["host"],
+                        address=m["address"],
+                        ports=dict(m["ports"]),
+                        encryption=bool(m["encryption"]),
+                        online=last_seen is not None and now - last_seen <= offline_after,
+                        last_seen=last_seen,
+                        readiness=Readiness.from_json(m["readiness"]) if m["readiness"] else None,
+                        encrypted_now=bool(m["encrypted_now"]),
+                        covering=m["covering"],
+                    )
+                )
+        return found
+
+    def record_heartbeat(self, server: Server, *, now: dt.datetime, new: bool) -> None:
+        """Register ``server`` (``new``) or record what its heartbeat says of it now."""
+        values = {
+            "role": server.role.value,
+            "host": server.host,
+            "address": server.address,
+            "ports": server.ports,
+            "encryption": server.encryption,
+            "encrypted_now": server.encrypted_now,
+            "last_seen": now,
+            "readiness": server.readiness.as_json(now) if server.readiness else None,
+        }
+        with self.db.begin() as conn:
+            if new:
+                conn.execute(sa.insert(servers).values(name=server.name, extra={}, **values))
+            else:
+                conn.execute(
+                    sa.update(servers).where(servers.c.name == server.name).values(**values)
+                )
+
+    def set_server_encryption(self, name: str, enabled: bool) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                sa.update(servers).where(servers.c.name == name).values(encryption=enabled)
+            )
+
+    def move_server(self, name: str, host: str, address: str) -> None:
+        """A registered server's new host and address (offline until it is heard there)."""
+        with self.db.begin() as conn:
+            conn.execute(
+                sa.update(servers)
+                .where(servers.c.name == name)
+                .values(host=host, address=address, last_seen=None)
+            )
+
+    def apply_failover(
+        self, covering: dict[str, str | None], cameras_to: dict[str, str | None]
+    ) -> None:
+        """Failover servers' new charges, and the servers cameras record on now."""
+        with self.db.begin() as conn:
+            for failover, target in covering.items():
+                conn.execute(
+                    sa.update(servers).where(servers.c.name == failover).values(covering=target)
+                )
+            for camera, server in cameras_to.items():
+                conn.execute(
+                    sa.update(cameras).where(cameras.c.name == camera).values(current_server=server)
+                )
+
+    # -- cameras -------------------------------------------------------------------------
+
+    def cameras(self) -> list[Camera]:
+        with self.db.connect() as conn:
+            return [
+                Camera(r.name, r.recording_server, dict(r.source), r.current_server)
+                for r in conn.execute(sa.select(cameras).order_by(cameras.c.name))
+            ]
+
+    def put_camera(self, name: str, recording_server: str, source: dict[str, Any]) -> None:
+        """Add camera ``name``, or replace the one of that name."""
+        with self.db.begin() as conn:
+            conn.execute(sa.delete(cameras).where(cameras.c.name == name))
+            conn.execute(
+                sa.insert(cameras).values(
+                    name=name, recording_server=recording_server, source=source
+                )
+            )
+
+    def delete_camera(self, name: str) -> bool:
+        """Remove camera ``name``; whether there was one."""
+        with self.db.begin() as conn:
+            return bool(conn.execute(sa.delete(cameras).where(cameras.c.name == name)).rowcount)
+
+    # -- users ---------------------------------------------------------------------------
+
+    def user(self, name: str) -> User | None:
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == name)).first()
+        return User(row.name, row.role, row.password_hash, row.cameras) if row else None
+
+    def users(self) -> list[User]:
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(users).order_by(users.c.name)).all()
+        return [User(r.name, r.role, r.password_hash, r.cameras) for r in rows]
+
+    def has_users(self) -> bool:
+        with self.db.connect() as conn:
+            return conn.execute(sa.select(users.c.name).limit(1)).first() is not None
+
+    def put_user(self, user: User) -> bool:
+        """Add ``user``, or replace the one of that name; whether it existed."""
+        with self.db.begin() as conn:
+            existed = conn.execute(sa.select(users.c.name).where(users.c.name == user.name)).first()
+            conn.execute(sa.delete(users).where(users.c.name == user.name))
+            conn.execute(
+                sa.insert(users).values(
+                    name=user.name,
+                    role=user.role,
+                    password_hash=user.password_hash,
+                    cameras=user.cameras,
+                )
+            )
+        return existed is not None
+
+    def delete_user(self, name: str) -> Literal["deleted", "missing", "last administrator"]:
+        """Remove user ``name``, unless there is none or it is the site's only
+        administrator (nobody could change the site again)."""
+        with self.db.begin() as conn:
+            row = conn.execute(sa.select(users).where(users.c.name == name)).first()
+            if row is None:
+                return "missing"
+            others = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(users)
+                .where(users.c.role == "administrator", users.c.name != name)
+            ).scalar_one()
+            if row.role == "administrator" and not others:
+                return "last administrator"
+            conn.execute(sa.delete(users).where(users.c.name == name))
+        return "deleted"
