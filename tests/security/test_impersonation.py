@@ -384,3 +384,21 @@ def test_a_new_recording_server_of_an_encrypted_site_never_answers_in_plaintext(
         site.wait_online("rs3")
     finally:
         site.stop("rs3")
+
+
+def test_an_operator_reads_only_what_it_is_given(site: LocalSite) -> None:
+    ms, rs1 = site.management, site.servers["rs1"]
+    operator = log_in(site, "op1", "op1-password-1234")  # cam2 only, recorded by rs2
+    # The management server lists op1 itself and the server that records cam2, no other
+    for path in ("/api/v1/servers", "/api/v1/site/status"):
+        status, _, reply = http_request(ms, "api", path, ca=ca(site), token=operator)
+        assert status == 200, reply[:300]
+        answer = json.loads(reply)
+        listed = answer if isinstance(answer, list) else answer["servers"]
+        assert {s["name"] for s in listed} == {"ms", "rs2"}, (path, listed)
+    # And a recording server's status shows the cameras the token opens, no other
+    status, _, reply = http_request(
+        rs1, "data", "/api/v1/status", ca=ca(site), token=site.stream_token("cam1")
+    )
+    assert status == 200, reply[:300]
+    assert [c["name"] for c in json.loads(reply)["cameras"]] == ["cam1"]
