@@ -38,6 +38,8 @@ class LocalServer:
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The size of its log when its process last started: what follows is that run's.
+    log_start: int = 0
 
     @classmethod
     def laid_out(

@@ -76,9 +76,14 @@ def wait_until(
         time.sleep(interval)
 
 
-def log_text(server: LocalServer) -> str:
+def log_text(server: LocalServer, *, this_run: bool = False) -> str:
+    """What the server logged, or with ``this_run`` only since its process last started
+    (a server started again appends to its log)."""
     log = server.log
-    return log.read_text(errors="replace") if log and log.exists() else ""
+    if log is None or not log.exists():
+        return ""
+    data = log.read_bytes()
+    return (data[server.log_start :] if this_run else data).decode(errors="replace")
 
 
 def _still_running(server: LocalServer) -> None:
@@ -86,7 +91,7 @@ def _still_running(server: LocalServer) -> None:
     process = server.process
     if process is None or process.poll() is None:
         return
-    lines = [line for line in log_text(server).splitlines() if line.strip()]
+    lines = [line for line in log_text(server, this_run=True).splitlines() if line.strip()]
     raise ServerExited(
         server.name, process.returncode, str(server.log), last_line=lines[-1] if lines else None
     )
@@ -102,6 +107,7 @@ def start_process(server: LocalServer) -> subprocess.Popen[bytes]:
         raise ValueError(f"{server.name} has no log file to write to")
     role = "recording" if server.role.records else server.role.value
     with server.log.open("ab") as log:
+        server.log_start = log.tell()
         return subprocess.Popen(
             [
                 sys.executable,
@@ -146,7 +152,9 @@ def wait_ready(server: LocalServer, timeout: float = START_DEADLINE) -> None:
     server never configured by the management server opens its listeners only with its
     first configuration (``wait_listening`` waits for those)."""
     ready = f"{server.name}: {server.role.value} server ready"
-    _wait_while_running(server, lambda: ready in log_text(server), "starting", timeout)
+    _wait_while_running(
+        server, lambda: ready in log_text(server, this_run=True), "starting", timeout
+    )
 
 
 def wait_listening(server: LocalServer, timeout: float = START_DEADLINE) -> None:
