@@ -18,19 +18,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench._common import Histogram, ProcSample, idle_seconds, proc_sample
-from watchkeep import testing
 from watchkeep.client import SiteClient
+from watchkeep.localsite import LocalSite, wait_until
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
 
 ROOT = Path(__file__).resolve().parent.parent
+LOGS = "the site's servers/*/server.log"
 T = TypeVar("T")
 
 
 def eventually(check: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """watchkeep.testing's, also waiting through OSError (a server not listening yet)."""
-    return testing.eventually(check, timeout=timeout, what=what, retry_on=(AssertionError, OSError))
+    """``check``'s first true value, waiting through OSError (a server not listening yet)
+    and AssertionError; SiteNotReady once ``timeout`` passes."""
+    return wait_until(
+        check, what=what, logs=LOGS, timeout=timeout, retry_on=(AssertionError, OSError)
+    )
 
 
 def python_module(module: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -78,12 +81,10 @@ class BenchSite:
         # Recordings are kept on disk (the real cost), within a bound so that a long run
         # cannot fill it.
         rs1.extra["recording"] = {"max_bytes": 4 * 1024**3}
-        site.write_config(rs1)
         # Room for a viewer per camera past the default limit of connections per listener
         # (512), so that the capacity search is not capped by a setting.
-        rs1.config.write_text(
-            rs1.config.read_text().replace("[server]\n", "[server]\nmax_connections = 4096\n", 1)
-        )
+        rs1.extra["server"] = {"max_connections": 4096}
+        site.write_config(rs1)
         site.start("ms", wait=False)
         site.start("rs1", wait=False)
         site.wait_listening(site.servers["ms"])
@@ -153,7 +154,7 @@ class BenchSite:
 
         server, ms = self.site.servers[name], self.site.management
         port = server.ports["control"]
-        signer = TokenSigner.load_or_create(ms.directory / "data" / "token.key")
+        signer = TokenSigner.load_or_create(ms.data_dir / "token.key")
         token = signer.issue(ms.name, "control", name, 60)
         sock = socket.create_connection((server.address, port), timeout=30)
         if self.server("ms")["encryption"]:

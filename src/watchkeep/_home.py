@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Home", "default_home"]
+__all__ = ["SERVER_CONFIG", "Home", "default_home"]
+
+SERVER_CONFIG = "server.toml"
 
 
 def default_home() -> Path:
@@ -22,7 +24,9 @@ class Home:
 
     ca/ holds the CA certificate, key and CRL; certs/<name>/ the files of each issued
     certificate (unless issued elsewhere with --out); trust/ the default trust store;
-    watchkeep.db the inventory and site database.
+    watchkeep.db the inventory and site database; servers/<name>/ the servers laid out in
+    this home (a site on one machine, `watchkeep demo`), each with its server.toml (what
+    else each holds: watchkeep.localsite).
     """
 
     root: Path
@@ -50,6 +54,20 @@ class Home:
     @property
     def trust_dir(self) -> Path:
         return self.root / "trust"
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.root / "servers"
+
+    def server_dir(self, name: str) -> Path:
+        return self.servers_dir / name
+
+    def server_config(self, name: str) -> Path:
+        return self.server_dir(name) / SERVER_CONFIG
+
+    def server_configs(self) -> list[Path]:
+        """The configs of the servers laid out in this home, in name order."""
+        return sorted(self.servers_dir.glob(f"*/{SERVER_CONFIG}"))
 
     @property
     def database_url(self) -> str:

@@ -27,6 +27,10 @@ command that fixes it.
     │   ├── RecordingDiskFull           (watchkeep.media) ENOSPC; recording resumes with space
     │   ├── UnknownCamera               (watchkeep.media) playback of a camera never recorded
     │   └── InvalidPlaybackRange        (watchkeep.media) also a UsageError: end before start...
+    ├── LocalSiteError                  a site run on this machine (watchkeep.localsite: demo, bench)
+    │   ├── SiteNotReady                a server did not start, listen or come online in time
+    │   ├── ServerExited                a server's process ended while it was awaited
+    │   └── SiteCommandFailed           a command run for the site (log-in, encryption) failed
     └── ConnectionFailed                a link between watchkeep parts failed (tls boundary)
         ├── CertificateExpired
         ├── CertificateNotYetValid
@@ -62,6 +66,7 @@ __all__ = [
     "InvalidChoice",
     "InvalidDuration",
     "InvalidHostName",
+    "LocalSiteError",
     "MalformedPEM",
     "OutputNotWritable",
     "PKIError",
@@ -69,6 +74,9 @@ __all__ = [
     "PeerTimedOut",
     "PlaintextToTlsPort",
     "RecordingError",
+    "ServerExited",
+    "SiteCommandFailed",
+    "SiteNotReady",
     "SiteRuleViolation",
     "StoreError",
     "TlsToPlaintextPort",
@@ -284,6 +292,59 @@ class RecordingError(WatchkeepError):
         subject = f"camera {self.camera}" if self.camera else "recordings"
         where = f" ({self.path})" if self.path else ""
         return f"{subject}: {self.reason}{where}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` as one line of at most ``limit`` characters, for a message."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class LocalSiteError(WatchkeepError):
+    """A site run on this machine (`watchkeep demo`, the benchmarks) failed."""
+
+
+class SiteNotReady(LocalSiteError):
+    """A wait for a local site's servers gave up; ``last`` is what it saw last."""
+
+    def __init__(self, what: str, timeout: float, logs: str, *, last: str | None = None) -> None:
+        super().__init__(fix=f"read the servers' logs ({logs}) for what held them up")
+        self.what = what
+        self.timeout = timeout
+        self.logs = logs
+        self.last = last
+
+    def describe(self) -> str:
+        seen = f" (last seen: {_one_line(self.last)})" if self.last else ""
+        return f"local site not ready within {self.timeout:.0f} s: {self.what}{seen}"
+
+
+class ServerExited(LocalSiteError):
+    """A local site's server process ended while it was being waited for."""
+
+    def __init__(self, server: str, status: int, log: str, *, last_line: str | None) -> None:
+        super().__init__(fix=f"read its log {log}, repair what it names and start it again")
+        self.server = server
+        self.status = status
+        self.log = log
+        self.last_line = last_line
+
+    def describe(self) -> str:
+        said = f"; it said last: {_one_line(self.last_line)}" if self.last_line else ""
+        return f"server {self.server} exited with status {self.status}{said}"
+
+
+class SiteCommandFailed(LocalSiteError):
+    """A command run for a local site failed. ``reason`` is its own message: a watchkeep
+    command's error line names its fix already."""
+
+    def __init__(self, command: str, reason: str, *, fix: str | None = None) -> None:
+        super().__init__(fix=fix)
+        self.command = command
+        self.reason = reason
+
+    def describe(self) -> str:
+        return f"{self.command} failed: {_one_line(self.reason)}"
 
 
 class ConnectionFailed(WatchkeepError):

@@ -40,6 +40,7 @@ from watchkeep.media import (
 T0 = 1_700_000_000.0
 MAGIC = b"WKSEG\x00\x01\n"
 RECORD = struct.Struct("!IIdQ")
+INDEX_DEADLINE = 10.0  # for a writer asked to flush every 0.2 s, on a loaded machine
 
 
 # An independent reader and writer of the on-disk format, and of the index.
@@ -184,17 +185,22 @@ async def test_a_single_camera_is_told_in_the_log_how_recordings_are_written(
     assert "recordings: writing through " in said
 
 
+async def indexed(database: Path, frames: int) -> None:
+    """Return once the index lists ``frames`` frames."""
+    while not (
+        database.exists() and sum(r["frames"] for r in index_rows(database).values()) == frames
+    ):
+        await asyncio.sleep(0.05)
+
+
 async def test_frames_are_flushed_without_being_asked(paths: tuple[Path, Path]) -> None:
     root, database = paths
     async with Recorder(root, database, flush_interval=0.2) as recorder:
         for frame in frames_of("lobby", 3):
             recorder.write(frame)
-        # Nobody calls flush(): the writer's own deadline brings the frames into the index
-        # (the suite's timeout fails this test if it never does).
-        while not (
-            database.exists() and sum(r["frames"] for r in index_rows(database).values()) == 3
-        ):
-            await asyncio.sleep(0.05)
+        # Nobody calls flush(): the writer's own deadline (0.2 s) brings the frames into the
+        # index, which another thread writes: read it until they are there.
+        await asyncio.wait_for(indexed(database, 3), INDEX_DEADLINE)
         (row,) = index_rows(database).values()
         assert row["open"] == 1  # still being written: flushed, not closed
         segment = root / row["path"]

@@ -86,10 +86,19 @@ def test_the_management_server_killed_and_restarted_interrupts_nothing(
     with LiveViewer(rs1, "cam1", site.stream_token("cam1"), site.home.ca_cert) as viewer:
         mark = viewer.mark()
         started = time.time()
+        log_start = len(site.log_text("rs1"))
         # When the management server dies without a word
         site.kill("ms")
         figures.faults_injected.append("kill -9 of the management server while recording")
-        time.sleep(3)  # longer than several heartbeats: rs1 notices
+        # rs1 notices at its next heartbeat, and serves on without it meanwhile
+        eventually(
+            lambda: log_lines(site, "rs1", r"rs1: cannot connect to", log_start),
+            what="rs1 noticing that the management server is gone",
+        )
+        alone = viewer.mark()
+        eventually(
+            lambda: viewer.mark() >= alone + 10, what="frames with the management server gone"
+        )
         assert_all_alive(site, figures=figures)
         # and comes back
         site.start("ms")

@@ -21,6 +21,7 @@ import hmac
 import json
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,27 @@ def closed_by_server(sock: socket.socket, within: float) -> bytes:
 def open_socket(server: LocalServer, listener: str, source: str) -> socket.socket:
     return socket.create_connection(
         (server.address, server.ports[listener]), timeout=10, source_address=(source, 0)
+    )
+
+
+def accepted_connections(server: LocalServer, listener: str, source: str) -> int:
+    """How many connections from ``source`` to ``listener`` the server has accepted (taken
+    from its listening socket's queue), as the kernel lists them: a connection still waiting
+    in the queue has no file yet, so its inode reads 0 in /proc/net/tcp."""
+
+    def hex_address(address: str) -> str:  # as /proc/net/tcp writes it: in host byte order
+        return f"{int.from_bytes(socket.inet_aton(address), sys.byteorder):08X}"
+
+    local = f"{hex_address(server.address)}:{server.ports[listener]:04X}"
+    remote = hex_address(source) + ":"
+    established = "01"
+    return sum(
+        1
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if fields[1] == local
+        and fields[2].startswith(remote)
+        and fields[3] == established
+        and fields[9] != "0"
     )
 
 
@@ -259,7 +281,13 @@ def test_idle_connections_holding_every_slot_make_room_for_a_client_and_it_is_lo
         for _ in range(MOBILE_MAX_CONNECTIONS)
     ]
     try:
-        time.sleep(0.3)  # the server accepts them all
+        eventually(
+            lambda: (
+                accepted_connections(mobile1, "https", attacker(security_site))
+                >= MOBILE_MAX_CONNECTIONS
+            ),
+            what=f"mobile1 accepting the {MOBILE_MAX_CONNECTIONS} idle connections",
+        )
         # A client arriving now takes the place of the oldest idle socket, at once (not
         # after the handshake timeout frees a slot).
         started = time.monotonic()

@@ -49,9 +49,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _run(root: Path, duration: float | None, refresh: float) -> int:
+    from watchkeep.localsite import LocalSite
     from watchkeep.pki import KeyType
     from watchkeep.site import ServerRole
-    from watchkeep.testing import LocalSite
 
     site = LocalSite(root, key_type=KeyType.RSA_2048)
     stop = asyncio.Event()
@@ -88,11 +88,12 @@ async def _run(root: Path, duration: float | None, refresh: float) -> int:
 
 
 async def _wait_online(
-    client: Any, names: set[str], *, encrypted: bool = False, timeout: float = 30.0
+    client: Any, names: set[str], logs: str, *, encrypted: bool = False, timeout: float = 30.0
 ) -> dict[str, Any]:
     """The site status once every server in ``names`` is online (and, if ``encrypted``,
     says it speaks TLS: a server reports it with its next heartbeat)."""
     from watchkeep.client import transient
+    from watchkeep.errors import SiteNotReady
 
     deadline = time.monotonic() + timeout
     what = "online and speaking TLS" if encrypted else "online"
@@ -113,7 +114,8 @@ async def _wait_online(
         if names <= ready:
             return status
         if time.monotonic() > deadline:
-            raise TimeoutError(f"servers not {what} after {timeout:.0f} s: {sorted(names - ready)}")
+            waiting = ", ".join(sorted(names - ready))
+            raise SiteNotReady(f"servers {what}", timeout, logs, last=f"not yet: {waiting}")
         await asyncio.sleep(0.3)
 
 
@@ -121,7 +123,7 @@ async def _build(site: Any) -> None:
     from watchkeep.client import SiteClient
 
     async with SiteClient(site.home) as client:
-        await _wait_online(client, set(site.servers))
+        await _wait_online(client, set(site.servers), site.logs)
         for camera, server in CAMERAS:
             await client.call(
                 "POST",
@@ -145,7 +147,7 @@ async def _build(site: Any) -> None:
             await asyncio.sleep(0.3)
     # A new session: the management server now speaks TLS only.
     async with SiteClient(site.home) as client:
-        status = await _wait_online(client, set(site.servers), encrypted=True)
+        status = await _wait_online(client, set(site.servers), site.logs, encrypted=True)
         encrypted = [s["name"] for s in status["servers"] if s["encrypted_now"]]
         say(f"  servers speaking TLS now: {', '.join(encrypted)}")
 

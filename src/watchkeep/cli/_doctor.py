@@ -86,7 +86,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from watchkeep.client import SiteConnection
     from watchkeep.doctor import Severity, collect_snapshot, run_checks
-    from watchkeep.doctor._local import discover_configs
     from watchkeep.errors import HomeError, UsageError
 
     home = home_of(args)
@@ -98,7 +97,7 @@ def _doctor(args: argparse.Namespace) -> int:
             )
     if (
         not SiteConnection.path(home).exists()
-        and not discover_configs(home.root)
+        and not home.server_configs()
         and not args.server_config
     ):
         raise HomeError(

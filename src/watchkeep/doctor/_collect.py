@@ -11,7 +11,6 @@ from typing import Any
 
 from watchkeep._home import Home
 from watchkeep.doctor._local import (
-    discover_configs,
     read_ca,
     read_crl,
     read_local_servers,
@@ -118,7 +117,7 @@ async def collect_snapshot(
     timeout: float = PROBE_TIMEOUT,
 ) -> SiteSnapshot:
     """Read this host's files, ask the management server, probe every TLS listener."""
-    local, config_errors = read_local_servers([*discover_configs(home.root), *server_configs])
+    local, config_errors = read_local_servers([*home.server_configs(), *server_configs])
     answer = await _ask_management(home, timeout * 2)
     trust_dir = answer.trust_dir or (home.trust_dir if home.trust_dir.is_dir() else None)
     home_trust = read_trust_store(HOME_PARTY, trust_dir) if trust_dir is not None else None

@@ -1,5 +1,6 @@
-"""Reading what is on this host: server configs, their certificate chains, key files and
-trust stores, this home's CA and trust store. Nothing here judges; it only reads."""
+"""Reading what is on this host: server configs (those laid out in the home,
+``Home.server_configs``, and those named), their certificate chains, key files and trust
+stores, this home's CA and trust store. Nothing here judges; it only reads."""
 
 from __future__ import annotations
 
@@ -17,18 +18,12 @@ from watchkeep.doctor._snapshot import KeyFileFacts, LocalServerFacts, TrustStor
 from watchkeep.errors import WatchkeepError
 
 __all__ = [
-    "discover_configs",
     "read_ca",
     "read_crl",
     "read_local_servers",
     "read_trust_store",
     "service_account_of",
 ]
-
-
-def discover_configs(home: Path) -> list[Path]:
-    """The server configs laid out in a home: HOME/servers/NAME/server.toml."""
-    return sorted((home / "servers").glob("*/server.toml"))
 
 
 def read_trust_store(party: str, directory: Path) -> TrustStoreFacts:
