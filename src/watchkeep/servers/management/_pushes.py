@@ -117,6 +117,10 @@ class ConfigPushes:
             "recording server).\n"
             "# TYPE watchkeep_config_pushes_total counter\n"
             f"watchkeep_config_pushes_total {self.pushes}\n"
+            "# HELP watchkeep_config_pushes_pending Configuration pushes asked for and not made "
+            "yet.\n"
+            "# TYPE watchkeep_config_pushes_pending gauge\n"
+            f"watchkeep_config_pushes_pending {self._asked - self._done}\n"
         )
 
     async def push(self) -> None:
@@ -126,8 +130,14 @@ class ConfigPushes:
         within one heartbeat. Calls made while a push runs are served together by the next
         one (it reads the site after all of them): adding 500 cameras one by one makes a
         few pushes, not 500 pushes of up to 500 cameras each."""
+        await self.serve(self.ask())
+
+    def ask(self) -> int:
+        """Ask for a push (counted as pending at once); serve(the number) makes it."""
         self._asked += 1
-        asked = self._asked
+        return self._asked
+
+    async def serve(self, asked: int) -> None:
         async with self._lock:
             if self._done >= asked:
                 return  # a push that began after this call has been made

@@ -140,7 +140,9 @@ class ManagementServer(ServerProcess):
         return None
 
     def _spawn_push(self) -> None:
-        self.spawn(self.pushes.push())
+        # Asked now (pending from this moment, for whoever watches the metrics), made in
+        # the background.
+        self.spawn(self.pushes.serve(self.pushes.ask()))
 
     # -- metrics ---------------------------------------------------------------------------
 
