@@ -67,12 +67,12 @@ def relayed(snapshot: SiteSnapshot, code: str) -> Iterator[Issue]:
     for server in snapshot.listed():
         if server.name in local or server.certificate is None:
             continue
-        for problem_code, message, fix in server.problems:
-            if problem_code == code:
+        for problem in server.problems:
+            if problem.code == code:
                 yield Issue(
                     server.name,
-                    f"{server.name} reports about its own files: {message}",
-                    fix or f"see the log of {server.name}",
+                    f"{server.name} reports about its own files: {problem.message}",
+                    problem.fix or f"see the log of {server.name}",
                 )
 
 

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from watchkeep._access import Blocked
-from watchkeep.site import CertificateStatus, ServerRole
+from watchkeep.site import CertificateStatus, RuleBreach, ServerRole
 
 __all__ = [
     "DEFAULT_WARN_DAYS",
@@ -131,7 +131,7 @@ class ListedServer:
     encrypted_now: bool
     online: bool
     certificate: CertificateStatus | None
-    problems: tuple[tuple[str, str, str], ...]  # (code, message, fix) from its own checks
+    problems: tuple[RuleBreach, ...]  # what its own checks of its files found
     last_seen: str | None = None
 
     @classmethod
@@ -147,10 +147,7 @@ class ListedServer:
             encrypted_now=bool(data.get("encrypted_now")),
             online=bool(data.get("online")),
             certificate=CertificateStatus.from_json(dict(cert)) if cert else None,
-            problems=tuple(
-                (str(p.get("code", "")), str(p.get("message", "")), str(p.get("fix", "")))
-                for p in data.get("problems") or ()
-            ),
+            problems=tuple(RuleBreach.from_json(p) for p in data.get("problems") or ()),
             last_seen=data.get("last_seen"),
         )
 

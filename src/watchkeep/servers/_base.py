@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from watchkeep.errors import CertificateRuleViolation, WatchkeepError
 from watchkeep.pki import fingerprint
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import ExpiryWatch, WatchedCertificate, metrics_text
-from watchkeep.site import CertificateStatus, Readiness
+from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
     ClientAuth,
     ReloadableServerContext,
@@ -205,7 +206,7 @@ class ServerProcess(abc.ABC):
                 None,
                 trusted,
                 (
-                    (
+                    RuleBreach(
                         "cert.chain",
                         "no certificate is configured",
                         f"watchkeep cert issue --role {self.config.role.value} --host "
@@ -219,7 +220,7 @@ class ServerProcess(abc.ABC):
                 None,
                 trusted,
                 (
-                    (
+                    RuleBreach(
                         "cert.chain",
                         f"no certificate is installed ({identity.chain} does not exist)",
                         f"watchkeep cert issue --role {self.config.role.value} --host "
@@ -228,14 +229,15 @@ class ServerProcess(abc.ABC):
                     ),
                 ),
             )
-        problems: list[tuple[str, str, str]] = []
+        problems: list[RuleBreach] = []
         status = None
         try:
             status = certificate_status(check_server_identity(identity, trust))
         except CertificateRuleViolation as exc:
-            problems.append((exc.code, exc.reason, exc.fix or ""))
+            # The server reports about itself: the breach goes out without a server name.
+            problems.append(replace(exc.breach, server=""))
         except WatchkeepError as exc:
-            problems.append(("cert.chain", exc.describe(), exc.fix or ""))
+            problems.append(RuleBreach("cert.chain", exc.describe(), exc.fix or ""))
         if status is None and self.tls is not None:
             status = certificate_status(self.tls.certificate)
         return Readiness(status, trusted, tuple(problems))

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from watchkeep._files import atomic_write
-from watchkeep.errors import WatchkeepError
+from watchkeep.errors import InvalidToken, WatchkeepError
 
 __all__ = ["SCOPES", "InvalidToken", "Revocations", "Scope", "TokenSigner", "TokenVerifier"]
 
@@ -55,10 +55,6 @@ ALGORITHM = "EdDSA"
 _SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 # Claims every token has; a token without one is refused, whatever its signature.
 _REQUIRED = ["sub", "aud", "exp", "iat", "jti", "scope"]
-
-
-class InvalidToken(WatchkeepError):
-    """A token is missing, malformed, forged, expired, for another server or another purpose."""
 
 
 def token_type(scope: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ __all__ = [
     "Camera",
     "CertificateStatus",
     "Readiness",
+    "RuleBreach",
     "Server",
     "ServerRole",
 ]
@@ -40,6 +42,46 @@ DEFAULT_PORTS: dict[ServerRole, dict[str, int]] = {
 
 def _parse_time(value: object) -> dt.datetime:
     return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RuleBreach:
+    """A rule broken: its code (docs/rules.md), what is wrong, the fix, the server concerned.
+
+    The one shape of a broken rule: the management server's refusals, a server's checks of
+    its own files (its :class:`Readiness`), :class:`watchkeep.errors.CertificateRuleViolation`
+    and the problems the doctor relays. ``server`` is empty where the server is the one
+    reporting about itself.
+    """
+
+    code: str
+    message: str
+    fix: str = ""
+    server: str = ""
+
+    def __str__(self) -> str:
+        server = f" {self.server}:" if self.server else ""
+        return f"[{self.code}]{server} {self.message}; fix: {self.fix}"
+
+    def __iter__(self) -> Iterator[str]:
+        # Readers written for the (code, message, fix) triples a readiness held before
+        # this shape existed still unpack it; new code reads the attributes.
+        return iter((self.code, self.message, self.fix))
+
+    def as_json(self) -> dict[str, str]:
+        data = {"code": self.code}
+        if self.server:
+            data["server"] = self.server
+        return {**data, "message": self.message, "fix": self.fix}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RuleBreach:
+        return cls(
+            code=str(data["code"]),
+            message=str(data["message"]),
+            fix=str(data.get("fix", "")),
+            server=str(data.get("server", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,13 +124,13 @@ class CertificateStatus:
 class Readiness:
     """Whether a server could turn encryption on now, as it checked its own files.
 
-    ``problems`` are (rule code, message, fix) triples from the server's own checks of its
-    certificate, key and trust store.
+    ``problems`` are the rules the server found broken in its own checks of its
+    certificate, key and trust store (their ``server`` is left empty: it is this one).
     """
 
     certificate: CertificateStatus | None
     trusted_ca_fingerprints: tuple[str, ...]
-    problems: tuple[tuple[str, str, str], ...] = ()
+    problems: tuple[RuleBreach, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -98,7 +140,7 @@ class Readiness:
         return {
             "certificate": self.certificate.as_json(now) if self.certificate else None,
             "trusted_ca_fingerprints": list(self.trusted_ca_fingerprints),
-            "problems": [{"code": c, "message": m, "fix": f} for c, m, f in self.problems],
+            "problems": [p.as_json() for p in self.problems],
         }
 
     @classmethod
@@ -107,10 +149,7 @@ class Readiness:
         return cls(
             certificate=CertificateStatus.from_json(cert) if cert else None,
             trusted_ca_fingerprints=tuple(str(f) for f in data.get("trusted_ca_fingerprints", [])),
-            problems=tuple(
-                (str(p["code"]), str(p["message"]), str(p.get("fix", "")))
-                for p in data.get("problems", [])
-            ),
+            problems=tuple(RuleBreach.from_json(p) for p in data.get("problems", [])),
         )
 
 
