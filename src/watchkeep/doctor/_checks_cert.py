@@ -29,7 +29,7 @@ from watchkeep.doctor._snapshot import (
     crl_of,
     sha256,
 )
-from watchkeep.pki import Role, profile_for
+from watchkeep.pki import profile_for
 from watchkeep.site import CertificateStatus, ServerRole
 
 __all__ = [
@@ -102,7 +102,7 @@ def cert_hostname(snapshot: SiteSnapshot) -> Iterator[Issue]:
 def _dials_out(role: ServerRole) -> bool:
     # Whether the server presents its certificate as a client too (mutual TLS on the
     # management link): what its role's certificate profile says.
-    return profile_for(Role(role.value)).client_auth
+    return profile_for(role).client_auth
 
 
 @check(

@@ -10,6 +10,7 @@ from typing import Any
 
 from watchkeep._names import validate_host_name
 from watchkeep.errors import HomeError
+from watchkeep.pki import profile_for
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
 from watchkeep.servers._listener import (
     HANDSHAKE_TIMEOUT,
@@ -81,8 +82,9 @@ class ServerConfig:
             chain=self.certificate,
             key=self.key,
             service_account=self.service_account,
-            # Every server proves its name on the management link with this certificate.
-            needs_client_auth=True,
+            # A server that dials out (every one, on the management link) proves its name
+            # with this certificate: its role's profile says so.
+            needs_client_auth=profile_for(self.role).client_auth,
         )
 
 
@@ -192,10 +194,11 @@ def load_config(path: Path) -> ServerConfig:
     try:
         role = ServerRole(str(server.get("role", "")))
     except ValueError:
+        roles = list(ServerRole)
         raise _fail(
             path,
             f"[server] role {server.get('role')!r} is not a server role",
-            "set role to management, recording, failover or mobile",
+            f"set role to {', '.join(r.value for r in roles[:-1])} or {roles[-1].value}",
         ) from None
     for key in ("name", "host", "address"):
         if not server.get(key):

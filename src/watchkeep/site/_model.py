@@ -20,14 +20,24 @@ __all__ = [
 
 
 class ServerRole(enum.StrEnum):
+    """What a server of the site is. Its certificate is issued with the certificate role of
+    the same name (:class:`watchkeep.pki.Role`, whose profile says what the certificate
+    holds); ``event`` is a certificate role only, for event servers and integrations that
+    watchkeep does not run."""
+
     MANAGEMENT = "management"
     RECORDING = "recording"
-    FAILOVER = "failover"
+    FAILOVER = "failover"  # a recording server on standby: it runs the recording program
     MOBILE = "mobile"
 
     @property
     def records(self) -> bool:
         return self in (ServerRole.RECORDING, ServerRole.FAILOVER)
+
+    @property
+    def program(self) -> str:
+        """The program that runs a server of this role (``watchkeep server run PROGRAM``)."""
+        return ServerRole.RECORDING.value if self.records else self.value
 
 
 # Listener name -> default port. A listener called "http" is always plaintext; every other
