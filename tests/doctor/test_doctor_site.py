@@ -34,8 +34,9 @@ from doctor_sites import (
     write_leaf_only,
 )
 
+from watchkeep._clock import utcnow_to_second
 from watchkeep.doctor import Severity
-from watchkeep.pki import Role, certificate_name, utcnow
+from watchkeep.pki import Role, certificate_name
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually
 
@@ -173,7 +174,7 @@ def test_a_chain_served_incomplete(site: LocalSite) -> None:
 def test_an_expired_certificate(site: LocalSite) -> None:
     rs1 = site.servers["rs1"]
     # Given rs1's files hold a certificate that expired ten days ago (issued in the past)
-    site.issue(rs1, now=utcnow() - dt.timedelta(days=100), days=90)
+    site.issue(rs1, now=utcnow_to_second() - dt.timedelta(days=100), days=90)
     try:
         findings = wait_for_codes(site, {"cert.validity"})
         assert "expired on" in describe(findings)
@@ -190,7 +191,7 @@ def test_an_expired_certificate(site: LocalSite) -> None:
 def test_a_certificate_inside_the_expiry_thresholds(site: LocalSite) -> None:
     rs1 = site.servers["rs1"]
     # Given rs1 now serves a certificate with ten days left
-    site.issue(rs1, now=utcnow() - dt.timedelta(days=80), days=90)
+    site.issue(rs1, now=utcnow_to_second() - dt.timedelta(days=80), days=90)
     reload(rs1)
     try:
         # Then the doctor warns (the 14-day threshold), and exits 0: a warning is no error

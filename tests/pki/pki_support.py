@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from watchkeep._clock import utcnow
 from watchkeep._home import Home
 from watchkeep.cli import main
 from watchkeep.pki import KeyType, SitePKI
@@ -106,10 +107,6 @@ _counter = itertools.count(1)
 def unique_host(prefix: str = "h") -> str:
     """A host name no other test of this session uses, so a shared CA never sees a duplicate."""
     return f"{prefix}{next(_counter)}.site.example"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 # -- oracles ------------------------------------------------------------------------------

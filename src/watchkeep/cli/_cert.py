@@ -87,9 +87,10 @@ def _pki(args: argparse.Namespace, *, signing: bool) -> Any:
 
 
 def _report(records: list[Any], as_json: bool, *, single: bool = False) -> int:
-    from watchkeep.pki import record_to_json, utcnow
+    from watchkeep._clock import utcnow_to_second
+    from watchkeep.pki import record_to_json
 
-    now = utcnow()
+    now = utcnow_to_second()
     data = [record_to_json(r, now) for r in records]
     if as_json:
         emit_json(data[0] if single else data)

@@ -11,7 +11,6 @@ from watchkeep.pki._service import (
     certificate_name,
     load_certificate,
     record_to_json,
-    utcnow,
 )
 
 __all__ = [
@@ -33,5 +32,4 @@ __all__ = [
     "profile_for",
     "record_to_json",
     "same_public_key",
-    "utcnow",
 ]

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from watchkeep._access import Account, blocked_for
+from watchkeep._clock import utcnow_to_second
 from watchkeep._files import atomic_write, atomic_write_together, make_directory, resolve_owner
 from watchkeep._home import Home
 from watchkeep._names import validate_host_name
@@ -53,7 +54,6 @@ __all__ = [
     "certificate_name",
     "load_certificate",
     "record_to_json",
-    "utcnow",
 ]
 
 DEFAULT_SERVER_DAYS = 90
@@ -66,10 +66,6 @@ REVOCATION_REASONS = {
     "superseded": x509.ReasonFlags.superseded,
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
 }
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def certificate_name(role: Role, host: str) -> str:
@@ -146,7 +142,7 @@ class SitePKI:
         days: int = CA_DEFAULT_DAYS,
         now: dt.datetime | None = None,
     ) -> CertificateAuthority:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         for existing in (self.home.ca_cert, self.home.ca_key, self.home.ca_dir):
             if existing.exists() and (existing.is_file() or any(existing.iterdir())):
                 raise CAAlreadyExists(str(existing))
@@ -223,7 +219,7 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> CertificateRecord:
         """Issue a server certificate with a fresh key and record it in the inventory."""
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         request = self._leaf_request(role, hosts, ips, days)
         name = certificate_name(role, request.hosts[0])
         # The CA first: without it (or its passphrase) nothing may be written, not even
@@ -264,7 +260,7 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> CertificateRecord:
         """Sign a server's CSR: its key never leaves the server."""
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         csr = _read_csr(csr_path)
         hosts, ips = _names_from_csr(csr)
         key_type_of(csr.public_key())  # refuse weak keys before signing anything
@@ -296,7 +292,7 @@ class SitePKI:
         An expired certificate can be renewed too: a server that was switched off for months
         must come back with one command.
         """
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         with self._exclusive():
             record = self.find(name_or_serial)
             if record.status == "revoked":
@@ -449,7 +445,7 @@ class SitePKI:
         expiring_within: dt.timedelta | None = None,
         now: dt.datetime | None = None,
     ) -> list[CertificateRecord]:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         inventory = self._existing_inventory()
         records = inventory.all() if include_history else inventory.active()
         if expiring_within is not None:
@@ -461,7 +457,7 @@ class SitePKI:
     def revoke(
         self, name_or_serial: str, *, reason: str = "unspecified", now: dt.datetime | None = None
     ) -> CertificateRecord:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         if reason not in REVOCATION_REASONS:
             raise InvalidChoice("revocation reason", reason, list(REVOCATION_REASONS))
         with self._exclusive():
@@ -479,7 +475,7 @@ class SitePKI:
     def write_crl(self, now: dt.datetime | None = None, out: Path | None = None) -> Path:
         ca = self.authority()  # a home without a CA is refused before anything is made
         with self._exclusive():
-            path = self._write_crl(ca, now or utcnow())
+            path = self._write_crl(ca, now or utcnow_to_second())
         if out is not None:
             atomic_write(out, path.read_bytes())
             return out
@@ -543,7 +539,7 @@ class SitePKI:
     # -- CA description -------------------------------------------------------------------
 
     def describe_ca(self, now: dt.datetime | None = None) -> dict[str, Any]:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         cert = self.ca_certificate()
         key = cert.public_key()
         return {

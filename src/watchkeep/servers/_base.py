@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 
+from watchkeep._clock import utcnow
 from watchkeep._files import atomic_write
 from watchkeep.errors import CertificateRuleViolation, WatchkeepError
 from watchkeep.pki import fingerprint
@@ -35,7 +36,8 @@ from watchkeep.tls import (
     client_context,
 )
 
-__all__ = ["ServerProcess", "certificate_status", "configure_logging"]
+# utcnow is imported from here by the server modules.
+__all__ = ["ServerProcess", "certificate_status", "configure_logging", "utcnow"]
 
 log = logging.getLogger("watchkeep.servers")
 RELOAD_INTERVAL = 2.0
@@ -407,7 +409,3 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
