@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from watchkeep._clock import utcnow_to_second
 from watchkeep._files import atomic_write
 from watchkeep.errors import UsageError
-from watchkeep.pki._authority import CertificateAuthority, RevokedEntry, fingerprint
+from watchkeep.pki._authority import CertificateAuthority, fingerprint
 from watchkeep.pki._keys import load_private_key
 from watchkeep.pki._profiles import KeyType
-from watchkeep.pki._service import REVOCATION_REASONS, SitePKI, load_certificate
+from watchkeep.pki._service import SitePKI, load_certificate
 
 __all__ = [
     "archived_authorities",
@@ -127,16 +127,7 @@ def refresh_crls(pki: SitePKI, now: dt.datetime | None = None) -> list[bytes]:
     for directory in archived_authorities(pki):
         crl_path = directory / "crl.pem"
         cert = load_certificate(directory / "ca.pem", "archived CA certificate")
-        issuer = fingerprint(cert)
-        entries = [
-            RevokedEntry(
-                int(r.serial, 16),
-                r.revoked_at or now,
-                REVOCATION_REASONS.get(r.revocation_reason or "", x509.ReasonFlags.unspecified),
-            )
-            for r in pki.inventory.revoked()
-            if r.issuer_fingerprint == issuer
-        ]
+        entries = pki.revoked_entries(fingerprint(cert), now)
         # Re-signed when old, and at once when a certificate of the old CA was revoked.
         if _stale(crl_path, now) or _listed(crl_path) != {e.serial for e in entries}:
             ca = CertificateAuthority(cert, load_private_key(directory / "ca.key", pki.passphrase))

@@ -481,18 +481,23 @@ class SitePKI:
             return out
         return path
 
-    def _write_crl(
-        self, ca: CertificateAuthority, now: dt.datetime, path: Path | None = None
-    ) -> Path:
-        entries = [
+    def revoked_entries(self, issuer_fingerprint: str, now: dt.datetime) -> list[RevokedEntry]:
+        """The CRL entries of the certificates the CA of ``issuer_fingerprint`` issued and
+        that are revoked (a revocation without a recorded time is dated ``now``)."""
+        return [
             RevokedEntry(
                 int(r.serial, 16),
                 r.revoked_at or now,
                 REVOCATION_REASONS.get(r.revocation_reason or "", x509.ReasonFlags.unspecified),
             )
             for r in self.inventory.revoked()
-            if r.issuer_fingerprint == ca.fingerprint
+            if r.issuer_fingerprint == issuer_fingerprint
         ]
+
+    def _write_crl(
+        self, ca: CertificateAuthority, now: dt.datetime, path: Path | None = None
+    ) -> Path:
+        entries = self.revoked_entries(ca.fingerprint, now)
         # CRL numbers must only grow; the time in milliseconds does that without a counter file.
         number = int(now.timestamp() * 1000)
         if self.home.crl.exists():
