@@ -29,6 +29,7 @@ from watchkeep.media import (
     SyntheticCamera,
     UnknownCamera,
     mjpeg_content_type,
+    mjpeg_part,
     mjpeg_part_head,
     redact_url,
     validate_camera_name,
@@ -133,13 +134,13 @@ class _Camera:
         last, last_chunked, data = self._part
         if last is frame and last_chunked == chunked:
             return data
-        head = mjpeg_part_head(frame)
-        jpeg = frame.jpeg
         if chunked:
-            size = len(head) + len(jpeg) + len(MJPEG_PART_END)
-            data = b"".join((b"%x\r\n" % size, head, jpeg, MJPEG_PART_END, b"\r\n"))
+            # One HTTP/1.1 chunk around the part, joined in one copy of the JPEG.
+            head = mjpeg_part_head(frame)
+            size = len(head) + len(frame.jpeg) + len(MJPEG_PART_END)
+            data = b"".join((b"%x\r\n" % size, head, frame.jpeg, MJPEG_PART_END, b"\r\n"))
         else:
-            data = b"".join((head, jpeg, MJPEG_PART_END))
+            data = mjpeg_part(frame)
         self._part = (frame, chunked, data)
         return data
 
@@ -396,7 +397,7 @@ class CameraService:
                 if not prepared:
                     await response.prepare(request)
                     prepared = True
-                await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+                await response.write(mjpeg_part(frame))
                 # Frames come in batches of megabytes, and a connection that is gone never
                 # pushes back: without a turn of the loop between frames its loss is noticed
                 # a batch later, after hundreds of "socket.send() raised exception." lines.
