@@ -42,6 +42,8 @@ from watchkeep.pki._authority import (
     LeafRequest,
     RevokedEntry,
     fingerprint,
+    san_dns_names,
+    san_ip_addresses,
 )
 from watchkeep.pki._keys import load_private_key, private_key_pem
 from watchkeep.pki._profiles import KeyType, Role, generate_key, key_type_of, profile_for
@@ -401,13 +403,12 @@ class SitePKI:
             files.append((key_path, key_pem, 0o600))
         files += [(chain_path, cert_pem + ca_pem, 0o644), (cert_path, cert_pem, 0o644)]
         atomic_write_together(files, owner=owner_ids)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         record = CertificateRecord(
             serial=format(cert.serial_number, "x"),
             name=name,
             role=role.value,
-            hosts=tuple(san.get_values_for_type(x509.DNSName)),
-            ips=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+            hosts=san_dns_names(cert),
+            ips=san_ip_addresses(cert),
             key_type=key_type_of(cert.public_key()).value,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
@@ -584,14 +585,8 @@ def _read_csr(path: Path) -> x509.CertificateSigningRequest:
 
 
 def _names_from_csr(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:
-    hosts: list[str] = []
-    ips: list[str] = []
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts += san.get_values_for_type(x509.DNSName)
-        ips += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        pass
+    hosts = list(san_dns_names(csr))
+    ips = list(san_ip_addresses(csr))
     for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         value = str(attr.value)
         try:

@@ -23,7 +23,7 @@ from cryptography import x509
 from watchkeep._clock import utcnow
 from watchkeep._files import atomic_write
 from watchkeep.errors import CertificateRuleViolation, WatchkeepError
-from watchkeep.pki import fingerprint
+from watchkeep.pki import fingerprint, san_dns_names
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import ExpiryWatch, WatchedCertificate, metrics_text
 from watchkeep.site import CertificateStatus, Readiness, RuleBreach
@@ -104,16 +104,11 @@ def _written_after_close(error: BaseException | None) -> bool:
 
 
 def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = tuple(san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        hosts = ()
     return CertificateStatus(
         sha256_fingerprint=fingerprint(leaf),
         serial=format(leaf.serial_number, "x"),
         not_after=leaf.not_valid_after_utc,
-        hosts=hosts,
+        hosts=san_dns_names(leaf),
         not_before=leaf.not_valid_before_utc,
     )
 
