@@ -28,9 +28,9 @@ from doctor_sites import (
     refresh_crls,
     reload,
     run_doctor,
-    start_weak_tls_server,
     untrust_site_ca,
     wait_for_codes,
+    weak_tls_server,
     write_leaf_only,
 )
 
@@ -280,18 +280,16 @@ def test_a_listener_that_accepts_old_protocols_and_weak_suites(site: LocalSite) 
     mob = site.servers["mob"]
     # Given the mobile server's HTTPS port is served by a program that accepts anything
     site.stop("mob")
-    weak = start_weak_tls_server(site, mob, "https")
     try:
-        # Then the doctor reports tls.policy for it, naming what was accepted
-        findings = wait_for_codes(site, {"tls.policy"})
-        text = describe(findings)
-        assert "TLSv1.0" in text
-        assert "TLSv1.1" in text
-        assert "TLSv1.2 with a weak suite" in text
-        assert doctor_cli(site)[0] == 1
+        with weak_tls_server(site, mob, "https"):
+            # Then the doctor reports tls.policy for it, naming what was accepted
+            findings = wait_for_codes(site, {"tls.policy"})
+            text = describe(findings)
+            assert "TLSv1.0" in text
+            assert "TLSv1.1" in text
+            assert "TLSv1.2 with a weak suite" in text
+            assert doctor_cli(site)[0] == 1
     finally:
-        weak.terminate()
-        weak.wait(10)
         site.start("mob")
         site.wait_online("mob")
 
