@@ -35,7 +35,8 @@ from watchkeep.media import (
     validate_camera_name,
     ws_message,
 )
-from watchkeep.servers._problems import problem
+from watchkeep.servers._problems import camera_not_allowed, problem
+from watchkeep.servers._tokens import may_view
 
 __all__ = [
     "SOURCE_KINDS",
@@ -270,14 +271,8 @@ class CameraService:
 
     def _camera(self, request: web.Request) -> _Camera | web.Response:
         name = request.match_info["name"]
-        allowed = request["claims"].get("cameras", "*")
-        if allowed != "*" and name not in allowed:
-            return problem(
-                403,
-                "camera not allowed",
-                f"user {request['claims'].get('sub')} may not view camera {name}",
-                code="auth.camera",
-            )
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name, f"user {request['claims'].get('sub')}")
         camera = self.cameras.get(name)
         if camera is None:
             return problem(
@@ -370,11 +365,8 @@ class CameraService:
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        allowed = request["claims"].get("cameras", "*")
-        if allowed != "*" and name not in allowed:
-            return problem(
-                403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
-            )
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
         try:
             start = float(request.query["from"])
             end = float(request.query["to"])
