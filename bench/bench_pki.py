@@ -33,12 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from watchkeep._home import Home
-from watchkeep.pki import CertificateAuthority, KeyType, Role, SitePKI
+from watchkeep.pki import (
+    CertificateAuthority,
+    KeyType,
+    LeafRequest,
+    Role,
+    SitePKI,
+    generate_key,
+    profile_for,
+)
+from watchkeep.pki._keys import private_key_pem
 
 HERE = Path(__file__).resolve().parent
 RATE_TARGET = 0.7
@@ -50,45 +57,12 @@ KEY_TYPES = (KeyType.ECDSA_P256, KeyType.RSA_2048)
 
 
 def bare_issue(ca: CertificateAuthority, key_type: KeyType, host: str) -> tuple[bytes, bytes]:
-    """What issuing is at its core: a new key and a signed certificate, in memory."""
-    if key_type is KeyType.ECDSA_P256:
-        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = ec.generate_private_key(
-            ec.SECP256R1()
-        )
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.UTC)
-    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+    """What issuing is at its core: a new key and a signed certificate, in memory (the
+    CA's own signing, without the files, the inventory and the locks around it)."""
+    key = generate_key(key_type)
+    request = LeafRequest(profile_for(Role.RECORDING), (host,), (), 90)
+    cert = ca.sign_server_certificate(key.public_key(), request, now=dt.datetime.now(dt.UTC))
+    return private_key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
 
 
 def paired_rates(

@@ -23,6 +23,8 @@ command that fixes it.
     ├── TrustError                      trust stores
     ├── StoreError                      the database
     ├── SiteRuleViolation               a site.* / trust.* rule refuses an operation
+    ├── InvalidToken                    an access token is malformed, forged, expired, misused
+    ├── ApiError                        a watchkeep server refused a request (RFC 9457 problem)
     ├── RecordingError                  recording or playback of a camera (media)
     │   ├── RecordingDiskFull           (watchkeep.media) ENOSPC; recording resumes with space
     │   ├── UnknownCamera               (watchkeep.media) playback of a camera never recorded
@@ -42,6 +44,10 @@ command that fixes it.
         ├── PeerRefused
         └── PeerTimedOut
 
+A broken rule itself (code, server, message, fix) is data, :class:`watchkeep.site.RuleBreach`:
+:class:`CertificateRuleViolation` carries one, as do a server's readiness checks and the
+management server's refusals.
+
 Third-party exceptions (``ssl.SSLError``, ``OSError``, ``cryptography`` errors)
 are translated at the boundary that raised them, always ``raise ... from exc``.
 """
@@ -49,9 +55,16 @@ are translated at the boundary that raised them, always ``raise ... from exc``.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from watchkeep.site._model import RuleBreach
+
+if TYPE_CHECKING:
+    from watchkeep.tls import Endpoint
 
 __all__ = [
+    "ApiError",
     "CAAlreadyExists",
     "CANotInitialised",
     "CertificateExpired",
@@ -66,6 +79,7 @@ __all__ = [
     "InvalidChoice",
     "InvalidDuration",
     "InvalidHostName",
+    "InvalidToken",
     "LocalSiteError",
     "MalformedPEM",
     "OutputNotWritable",
@@ -234,13 +248,23 @@ class DuplicateCertificate(PKIError):
 
 
 class CertificateRuleViolation(PKIError):
-    """A certificate or key breaks one of the rule codes of docs/rules.md."""
+    """A certificate or key breaks one of the rule codes of docs/rules.md: ``breach``."""
 
     def __init__(self, code: str, subject: str, reason: str, *, fix: str | None = None) -> None:
         super().__init__(fix=fix)
-        self.code = code
-        self.subject = subject
-        self.reason = reason
+        self.breach = RuleBreach(code=code, message=reason, fix=fix or "", server=subject)
+
+    @property
+    def code(self) -> str:
+        return self.breach.code
+
+    @property
+    def subject(self) -> str:
+        return self.breach.server
+
+    @property
+    def reason(self) -> str:
+        return self.breach.message
 
     def describe(self) -> str:
         return f"[{self.code}] {self.subject}: {self.reason}"
@@ -275,6 +299,27 @@ class SiteRuleViolation(WatchkeepError):
 
     def describe(self) -> str:
         return f"[{self.code}] {self.server}: {self.reason}"
+
+
+class InvalidToken(WatchkeepError):
+    """A token is missing, malformed, forged, expired, for another server or another purpose."""
+
+
+class ApiError(WatchkeepError):
+    """A server answered with an RFC 9457 problem document."""
+
+    def __init__(self, status: int, document: Mapping[str, Any], endpoint: Endpoint) -> None:
+        super().__init__(fix=str(document.get("fix") or "") or None)
+        self.status = status
+        self.document = dict(document)
+        self.code = str(document.get("code") or "")
+        self.endpoint = endpoint
+
+    def describe(self) -> str:
+        code = f"[{self.code}] " if self.code else ""
+        server = self.document.get("server") or self.endpoint.server
+        detail = self.document.get("detail") or self.document.get("title") or f"HTTP {self.status}"
+        return f"{self.endpoint.server} refused: {code}{server}: {detail}"
 
 
 class RecordingError(WatchkeepError):

@@ -9,17 +9,17 @@ or as the command itself (``doctor_cli``). Nothing sleeps for a fixed time befor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
-import socket
-import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from tool_support import openssl_s_server
 from watchkeep.doctor import (
     Finding,
     ProbeResult,
@@ -187,42 +187,20 @@ def probe(server: LocalServer, listener: str) -> ProbeResult:
 # -- a weak TLS endpoint --------------------------------------------------------------------
 
 
-def start_weak_tls_server(
-    site: LocalSite, server: LocalServer, listener: str
-) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def weak_tls_server(site: LocalSite, server: LocalServer, listener: str) -> Iterator[None]:
     """`openssl s_server` in place of ``server``'s listener, with the server's own
     certificate and complete chain, accepting TLS 1.0 to 1.3 and every suite."""
     ca_file = site.root / "ca-only.pem"
     ca_file.write_bytes(ca_pem(site))
-    port = server.ports[listener]
-    process = subprocess.Popen(
-        [
-            "openssl",
-            "s_server",
-            "-accept",
-            f"{server.address}:{port}",
-            "-cert",
-            str(server.chain),
-            "-key",
-            str(server.key),
-            "-cert_chain",
-            str(ca_file),
-            "-cipher",
-            "ALL:@SECLEVEL=0",
-            "-quiet",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def listening() -> bool:
-        assert process.poll() is None, "openssl s_server exited"
-        try:
-            with socket.create_connection((server.address, port), 0.2):
-                return True
-        except OSError:
-            return False
-
-    eventually(listening, timeout=10, interval=POLL, what="openssl s_server listening")
-    return process
+    with openssl_s_server(
+        server.address,
+        server.ports[listener],
+        server.chain,
+        server.key,
+        "-cert_chain",
+        str(ca_file),
+        "-cipher",
+        "ALL:@SECLEVEL=0",
+    ):
+        yield

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from doctor_sites import POLL
 
+from tool_support import free_port, openssl_s_server
 from watchkeep._home import Home
 from watchkeep.doctor import ProbeResult, ProbeTarget, probe_endpoint, probe_endpoints, tls_targets
 from watchkeep.pki import KeyType, Role, SitePKI
-from watchkeep.testing import eventually
 from watchkeep.tls import ServerIdentity, TlsPolicy, server_context
 from watchkeep.tls._policy import INTERMEDIATE_CIPHERS
 from watchkeep.trust import DirectoryTrustStore
@@ -48,13 +45,6 @@ class Material:
 @pytest.fixture(scope="module")
 def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
     return Material(tmp_path_factory.mktemp("probe"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((ADDRESS, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def target(port: int) -> ProbeTarget:
@@ -143,38 +133,11 @@ def test_a_listener_that_accepts_tls_1_0_behind_a_required_client_certificate(
 @pytest.fixture
 def openssl_anything(material: Material) -> Iterator[int]:
     """`openssl s_server` accepting TLS 1.0-1.3 and every suite, serving leaf only."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "openssl",
-            "s_server",
-            "-accept",
-            f"{ADDRESS}:{port}",
-            "-cert",
-            str(material.chain),
-            "-key",
-            str(material.key),
-            "-cipher",
-            "ALL:@SECLEVEL=0",
-            "-quiet",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def listening() -> bool:
-        assert process.poll() is None, "openssl s_server exited"
-        with contextlib.suppress(OSError), socket.create_connection((ADDRESS, port), 0.2):
-            return True
-        return False
-
-    try:
-        eventually(listening, timeout=10, interval=POLL, what="openssl s_server listening")
+    port = free_port(ADDRESS)
+    with openssl_s_server(
+        ADDRESS, port, material.chain, material.key, "-cipher", "ALL:@SECLEVEL=0"
+    ):
         yield port
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_openssl_accepting_everything_is_caught(openssl_anything: int) -> None:
@@ -200,7 +163,7 @@ def test_a_plaintext_listener_is_told_apart() -> None:
 
 
 def test_a_closed_port() -> None:
-    result = asyncio.run(probe_endpoint(target(free_port()), timeout=2))
+    result = asyncio.run(probe_endpoint(target(free_port(ADDRESS)), timeout=2))
     assert result.error == "connection refused (nothing listens there)"
     assert not result.plaintext
 

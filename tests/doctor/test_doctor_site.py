@@ -28,14 +28,15 @@ from doctor_sites import (
     refresh_crls,
     reload,
     run_doctor,
-    start_weak_tls_server,
     untrust_site_ca,
     wait_for_codes,
+    weak_tls_server,
     write_leaf_only,
 )
 
+from watchkeep._clock import utcnow_to_second
 from watchkeep.doctor import Severity
-from watchkeep.pki import Role, certificate_name, utcnow
+from watchkeep.pki import Role, certificate_name
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually
 
@@ -173,7 +174,7 @@ def test_a_chain_served_incomplete(site: LocalSite) -> None:
 def test_an_expired_certificate(site: LocalSite) -> None:
     rs1 = site.servers["rs1"]
     # Given rs1's files hold a certificate that expired ten days ago (issued in the past)
-    site.issue(rs1, now=utcnow() - dt.timedelta(days=100), days=90)
+    site.issue(rs1, now=utcnow_to_second() - dt.timedelta(days=100), days=90)
     try:
         findings = wait_for_codes(site, {"cert.validity"})
         assert "expired on" in describe(findings)
@@ -190,7 +191,7 @@ def test_an_expired_certificate(site: LocalSite) -> None:
 def test_a_certificate_inside_the_expiry_thresholds(site: LocalSite) -> None:
     rs1 = site.servers["rs1"]
     # Given rs1 now serves a certificate with ten days left
-    site.issue(rs1, now=utcnow() - dt.timedelta(days=80), days=90)
+    site.issue(rs1, now=utcnow_to_second() - dt.timedelta(days=80), days=90)
     reload(rs1)
     try:
         # Then the doctor warns (the 14-day threshold), and exits 0: a warning is no error
@@ -279,18 +280,16 @@ def test_a_listener_that_accepts_old_protocols_and_weak_suites(site: LocalSite) 
     mob = site.servers["mob"]
     # Given the mobile server's HTTPS port is served by a program that accepts anything
     site.stop("mob")
-    weak = start_weak_tls_server(site, mob, "https")
     try:
-        # Then the doctor reports tls.policy for it, naming what was accepted
-        findings = wait_for_codes(site, {"tls.policy"})
-        text = describe(findings)
-        assert "TLSv1.0" in text
-        assert "TLSv1.1" in text
-        assert "TLSv1.2 with a weak suite" in text
-        assert doctor_cli(site)[0] == 1
+        with weak_tls_server(site, mob, "https"):
+            # Then the doctor reports tls.policy for it, naming what was accepted
+            findings = wait_for_codes(site, {"tls.policy"})
+            text = describe(findings)
+            assert "TLSv1.0" in text
+            assert "TLSv1.1" in text
+            assert "TLSv1.2 with a weak suite" in text
+            assert doctor_cli(site)[0] == 1
     finally:
-        weak.terminate()
-        weak.wait(10)
         site.start("mob")
         site.wait_online("mob")
 

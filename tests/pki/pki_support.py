@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from watchkeep._clock import utcnow
 from watchkeep._home import Home
 from watchkeep.cli import main
 from watchkeep.pki import KeyType, SitePKI
@@ -108,10 +108,6 @@ def unique_host(prefix: str = "h") -> str:
     return f"{prefix}{next(_counter)}.site.example"
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 # -- oracles ------------------------------------------------------------------------------
 
 
@@ -139,34 +135,6 @@ def openssl_verify(cert: Path | str, *options: str | Path) -> Verified:
         timeout=30,
     )
     return Verified(result.returncode, result.stdout + result.stderr)
-
-
-@dataclass(frozen=True)
-class Lint:
-    """The verdict of a pkilint command: its exit status and the codes it found."""
-
-    status: int
-    codes: tuple[str, ...]
-    report: str
-
-
-def pkilint(tool: str, cert: Path | str, *options: str) -> Lint:
-    """Run pkilint's ``tool`` at severity WARNING and up, parsing its JSON report."""
-    result = subprocess.run(
-        [str(BIN / tool), "lint", *options, "-s", "WARNING", "-f", "JSON", str(cert)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"{tool} printed no JSON (status {result.returncode}): {result.stderr}")
-    codes = tuple(
-        finding["code"] for entry in report["results"] for finding in entry["finding_descriptions"]
-    )
-    return Lint(result.returncode, codes, result.stdout)
 
 
 def self_signed(name: x509.Name) -> x509.Certificate:

@@ -6,17 +6,14 @@ result with something other than watchkeep: `openssl`, `curl`, cryptography's lo
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import os
 import pwd
 import re
-import socket
 import stat
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +30,7 @@ from pki_support import (
     unchanged,
 )
 
+from tool_support import free_port, openssl_s_server
 from watchkeep._home import Home
 from watchkeep.pki import load_certificate
 from watchkeep.store import CertificateRecord
@@ -345,33 +343,6 @@ def test_list_expiring_within_shows_only_what_expires_in_the_window(
 # -- trust --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def openssl_s_server(cert: str, key: str, chain: str, address: str) -> Iterator[int]:
-    """`openssl s_server -www` on ADDRESS, on a port the kernel picked; yields the port."""
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"{address}:{port}", "-cert", cert, "-key", key,
-         "-cert_chain", chain, "-www", "-quiet"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def curl(store: Path, host: str, port: int, address: str) -> int:
     return subprocess.run(
         ["curl", "--silent", "--show-error", "--output", "/dev/null", "--max-time", "10",
@@ -396,7 +367,10 @@ def test_trust_store_works_for_curl_until_the_ca_is_removed(
     listed = run_process(home.root, "trust", "list", "--store", store, "--json").json()
     assert [e["sha256_fingerprint"] for e in listed] == [ca_fingerprint]
 
-    with openssl_s_server(record.cert_path, record.key_path or "", home.ca_cert, address) as port:
+    port = free_port(address)
+    with openssl_s_server(
+        address, port, record.cert_path, record.key_path or "", "-cert_chain", home.ca_cert, "-www"
+    ):
         assert curl(store, host, port, address) == 0
         assert curl(store, "wrong.trust.example", port, address) == 60  # name not in the cert
 

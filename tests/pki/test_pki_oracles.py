@@ -22,13 +22,13 @@ from cryptography.x509.verification import (
 )
 from pki_support import (
     openssl_verify,
-    pkilint,
     run_cli,
     run_process,
     unique_host,
     utcnow,
 )
 
+from tool_support import pkilint
 from watchkeep._home import Home
 from watchkeep.pki import load_certificate
 from watchkeep.store import CertificateRecord

@@ -31,13 +31,13 @@ from security_support import (
     set_server_options,
 )
 
+from tool_support import pkilint
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
 REPO = Path(__file__).resolve().parents[2]
 SSLYZE_PYTHON = REPO / ".venv-sslyze" / "bin" / "python"
 SCANNER = Path(__file__).with_name("sslyze_scan.py")
-PKILINT_BIN = REPO / ".venv" / "bin"
 
 ENDPOINTS = ["ms/api", "rs1/data", "rs1/control", "mobile1/https"]
 # sslyze names P-256 secp256r1, Mozilla prime256v1: the same curve.
@@ -209,22 +209,6 @@ def served_certificate(site: LocalSite, spec: str) -> bytes:
     return der
 
 
-def pkilint(tool: str, cert: Path, *options: str) -> tuple[int, list[str], str]:
-    ran = subprocess.run(
-        [str(PKILINT_BIN / tool), "lint", *options, "-s", "WARNING", "-f", "JSON", str(cert)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    try:
-        report = json.loads(ran.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"{tool} printed no JSON (status {ran.returncode}): {ran.stderr}")
-    codes = [f["code"] for entry in report["results"] for f in entry["finding_descriptions"]]
-    return ran.returncode, codes, ran.stdout
-
-
 @pytest.mark.parametrize("spec", ENDPOINTS)
 def test_the_served_certificates_pass_pkilint(
     security_site: LocalSite, tmp_path: Path, spec: str
@@ -232,13 +216,13 @@ def test_the_served_certificates_pass_pkilint(
     cert = tmp_path / "served.pem"
     cert.write_text(ssl.DER_cert_to_PEM_cert(served_certificate(security_site, spec)))
 
-    status, codes, report = pkilint("lint_pkix_cert", cert)
-    assert (status, codes) == (0, []), report
-    status, codes, report = pkilint("lint_cabf_serverauth_cert", cert, "-d")
-    assert status == len(codes), report  # the exit status counts the findings
-    assert sorted(set(codes) - CABF_PRIVATE_PKI_FINDINGS) == [], report
+    pkix = pkilint("lint_pkix_cert", cert)
+    assert (pkix.status, pkix.codes) == (0, ()), pkix.report
+    cabf = pkilint("lint_cabf_serverauth_cert", cert, "-d")
+    assert cabf.status == len(cabf.codes), cabf.report  # the exit status counts the findings
+    assert sorted(set(cabf.codes) - CABF_PRIVATE_PKI_FINDINGS) == [], cabf.report
 
 
 def test_the_site_ca_passes_pkilint(security_site: LocalSite) -> None:
-    status, codes, report = pkilint("lint_pkix_cert", security_site.home.ca_cert)
-    assert (status, codes) == (0, []), report
+    lint = pkilint("lint_pkix_cert", security_site.home.ca_cert)
+    assert (lint.status, lint.codes) == (0, ()), lint.report

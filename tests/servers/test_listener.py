@@ -25,6 +25,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from tool_support import free_port
 from watchkeep._home import Home
 from watchkeep.client import call_json, open_session
 from watchkeep.errors import ConnectionFailed
@@ -53,12 +54,6 @@ def certificate(directory: Path) -> tuple[Path, Path, Path]:
     pki.init_ca("Listener Test CA", key_type=KeyType.ECDSA_P256)
     record = pki.issue(Role.RECORDING, [HOST], key_type=KeyType.ECDSA_P256, out=directory)
     return home.ca_cert, Path(record.chain_path), Path(str(record.key_path))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((ADDRESS, 0))
-        return int(probe.getsockname()[1])
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -100,7 +95,7 @@ def listening(
             trust=TrustMaterial(tmp_path, (ca,), ()),
         )
         client_context = ssl.create_default_context(cafile=str(ca))
-    port = free_port()
+    port = free_port(ADDRESS)
     loop = uvloop.new_event_loop()
     app = web.Application()
     app.router.add_get("/stream", stream)

@@ -11,15 +11,16 @@ from watchkeep.cli._common import add_json, emit_json, home_of, print_table, rea
 
 __all__ = ["register"]
 
-_ROLES = ["management", "recording", "failover", "mobile", "event"]
-
 
 def register(groups: Any) -> None:
+    from watchkeep.pki import Role
+
+    roles = ", ".join(role.value for role in Role)
     cert = groups.add_parser("cert", help="server certificates")
     sub = cert.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     issue = sub.add_parser("issue", help="issue a server certificate with a new key")
-    issue.add_argument("--role", required=True, help=", ".join(_ROLES))
+    issue.add_argument("--role", required=True, help=roles)
     issue.add_argument("--host", action="append", required=True, help="host name (repeatable)")
     issue.add_argument("--ip", action="append", default=[], help="IP address SAN (repeatable)")
     issue.add_argument("--days", type=int, default=None, help="validity in days (default 90)")
@@ -35,7 +36,7 @@ def register(groups: Any) -> None:
 
     sign = sub.add_parser("sign-csr", help="sign a server's CSR (its key stays on the server)")
     sign.add_argument("csr", type=Path, metavar="CSR")
-    sign.add_argument("--role", required=True, help=", ".join(_ROLES))
+    sign.add_argument("--role", required=True, help=roles)
     sign.add_argument("--days", type=int, default=None)
     sign.add_argument("--out", type=Path, help="certificate file (chain goes beside it)")
     sign.add_argument("--replace", action="store_true")
@@ -86,9 +87,10 @@ def _pki(args: argparse.Namespace, *, signing: bool) -> Any:
 
 
 def _report(records: list[Any], as_json: bool, *, single: bool = False) -> int:
-    from watchkeep.pki import record_to_json, utcnow
+    from watchkeep._clock import utcnow_to_second
+    from watchkeep.pki import record_to_json
 
-    now = utcnow()
+    now = utcnow_to_second()
     data = [record_to_json(r, now) for r in records]
     if as_json:
         emit_json(data[0] if single else data)

@@ -8,15 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from watchkeep.cli._common import add_json, call_site, emit_json
+from watchkeep.site import ServerRole
 
 __all__ = ["register"]
+
+# The programs, in the order of the server roles that run them.
+_PROGRAMS = list(dict.fromkeys(role.program for role in ServerRole))
 
 
 def register(groups: Any) -> None:
     server = groups.add_parser("server", help="run a watchkeep server")
     sub = server.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser("run", help="run a server in the foreground until SIGTERM/SIGINT")
-    run.add_argument("role", choices=["management", "recording", "mobile"])
+    run.add_argument(
+        "role",
+        choices=_PROGRAMS,
+        help="the program a server runs: a failover server runs recording",
+    )
     run.add_argument("--config", type=Path, required=True, help="the server's TOML config")
     run.set_defaults(handler=_run)
     update = sub.add_parser(
@@ -58,15 +66,10 @@ def _run(args: argparse.Namespace) -> int:
     from watchkeep.servers._base import configure_logging
 
     config = load_config(args.config)
-    expected = {
-        "management": ("management",),
-        "recording": ("recording", "failover"),
-        "mobile": ("mobile",),
-    }
-    if config.role.value not in expected[args.role]:
+    if config.role.program != args.role:
         raise UsageError(
             f"{args.config} configures a {config.role.value} server, not a {args.role} server",
-            fix=f"watchkeep server run {'recording' if config.role.records else config.role.value} --config {args.config}",
+            fix=f"watchkeep server run {config.role.program} --config {args.config}",
         )
     configure_logging(config.name)
     process = server_for(config)

@@ -12,27 +12,10 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.errors import ApiError, ConnectionFailed
 from watchkeep.tls import Endpoint, explain_connection_failure
 
 __all__ = ["ApiError", "SiteResolver", "call_json", "open_session"]
-
-
-class ApiError(WatchkeepError):
-    """A server answered with an RFC 9457 problem document."""
-
-    def __init__(self, status: int, document: Mapping[str, Any], endpoint: Endpoint) -> None:
-        super().__init__(fix=str(document.get("fix") or "") or None)
-        self.status = status
-        self.document = dict(document)
-        self.code = str(document.get("code") or "")
-        self.endpoint = endpoint
-
-    def describe(self) -> str:
-        code = f"[{self.code}] " if self.code else ""
-        server = self.document.get("server") or self.endpoint.server
-        detail = self.document.get("detail") or self.document.get("title") or f"HTTP {self.status}"
-        return f"{self.endpoint.server} refused: {code}{server}: {detail}"
 
 
 class SiteResolver(AbstractResolver):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from watchkeep.client._http import ApiError
 from watchkeep.errors import (
+    ApiError,
     CertificateExpired,
     CertificateNotYetValid,
     CertificateRevoked,

@@ -13,9 +13,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from watchkeep.client._http import ApiError
 from watchkeep.client._site import SiteClient, StreamAccess
-from watchkeep.errors import ConnectionFailed, PeerTimedOut, WatchkeepError
+from watchkeep.errors import ApiError, ConnectionFailed, PeerTimedOut, WatchkeepError
 from watchkeep.media import (
     MJPEG_PART_END,
     Frame,

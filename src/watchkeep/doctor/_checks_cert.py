@@ -27,9 +27,8 @@ from watchkeep.doctor._snapshot import (
     SiteSnapshot,
     crl_number,
     crl_of,
-    sha256,
 )
-from watchkeep.pki import Role, profile_for
+from watchkeep.pki import fingerprint, profile_for
 from watchkeep.site import CertificateStatus, ServerRole
 
 __all__ = [
@@ -102,7 +101,7 @@ def cert_hostname(snapshot: SiteSnapshot) -> Iterator[Issue]:
 def _dials_out(role: ServerRole) -> bool:
     # Whether the server presents its certificate as a client too (mutual TLS on the
     # management link): what its role's certificate profile says.
-    return profile_for(Role(role.value)).client_auth
+    return profile_for(role).client_auth
 
 
 @check(
@@ -180,7 +179,7 @@ def cert_chain(snapshot: SiteSnapshot) -> Iterator[Issue]:
             )
             continue
         ca = issuing_ca(local.chain[0], cas)
-        if ca is not None and not any(sha256(c) == sha256(ca) for c in local.chain[1:]):
+        if ca is not None and not any(fingerprint(c) == fingerprint(ca) for c in local.chain[1:]):
             yield Issue(
                 local.name,
                 f"{local.chain_path} holds the server certificate without the site CA "
@@ -210,7 +209,7 @@ def cert_chain(snapshot: SiteSnapshot) -> Iterator[Issue]:
         if not probe.chain:
             continue
         ca = issuing_ca(probe.chain[0], cas)
-        if ca is not None and not any(sha256(c) == sha256(ca) for c in probe.chain[1:]):
+        if ca is not None and not any(fingerprint(c) == fingerprint(ca) for c in probe.chain[1:]):
             fix = (
                 f"cat {ca_file} >> {owner.chain_path} (the server reloads it by itself)"
                 if owner is not None and owner.chain_path is not None and ca_file is not None
@@ -362,7 +361,7 @@ def cert_revoked(snapshot: SiteSnapshot) -> Iterator[Issue]:
     newest = snapshot.newest_crls()
     for seen in snapshot.seen_certificates():
         ca = issuing_ca(seen.leaf, snapshot.site_cas)
-        crl = newest.get(sha256(ca)) if ca is not None else None
+        crl = newest.get(fingerprint(ca)) if ca is not None else None
         entry = (
             crl.get_revoked_certificate_by_serial_number(seen.leaf.serial_number) if crl else None
         )
@@ -375,7 +374,7 @@ def cert_revoked(snapshot: SiteSnapshot) -> Iterator[Issue]:
             )
     for store in snapshot.trust_stores():
         for ca in snapshot.site_cas:
-            current = newest.get(sha256(ca))
+            current = newest.get(fingerprint(ca))
             held = sorted((c for c in store.crls if crl_of(c, ca)), key=crl_number, reverse=True)
             fix = trust_install_fix(snapshot, store.directory)
             party = store.party

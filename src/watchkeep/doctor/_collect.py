@@ -23,9 +23,9 @@ from watchkeep.doctor._snapshot import (
     ListedServer,
     SiteSnapshot,
     TrustStoreFacts,
-    sha256,
 )
 from watchkeep.errors import WatchkeepError
+from watchkeep.pki import fingerprint
 from watchkeep.site import ServerRole
 
 __all__ = ["collect_snapshot", "tls_targets"]
@@ -103,7 +103,7 @@ def _site_cas(
     named = (status or {}).get("site_ca_sha256_fingerprint")
     for store in stores:
         for candidate in store.cas:
-            if named and sha256(candidate) == named:
+            if named and fingerprint(candidate) == named:
                 return None, (candidate,)
     return None, ()
 

@@ -11,7 +11,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from watchkeep.doctor._model import Issue
-from watchkeep.doctor._snapshot import LocalServerFacts, SiteSnapshot, sha256
+from watchkeep.doctor._snapshot import LocalServerFacts, SiteSnapshot
+from watchkeep.pki import fingerprint, san_dns_names
 from watchkeep.site import ServerRole
 
 __all__ = [
@@ -30,11 +31,7 @@ __all__ = [
 
 
 def dns_names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    return [n.lower() for n in san_dns_names(cert)]
 
 
 def common_names(cert: x509.Certificate) -> list[str]:
@@ -67,12 +64,12 @@ def relayed(snapshot: SiteSnapshot, code: str) -> Iterator[Issue]:
     for server in snapshot.listed():
         if server.name in local or server.certificate is None:
             continue
-        for problem_code, message, fix in server.problems:
-            if problem_code == code:
+        for problem in server.problems:
+            if problem.code == code:
                 yield Issue(
                     server.name,
-                    f"{server.name} reports about its own files: {message}",
-                    fix or f"see the log of {server.name}",
+                    f"{server.name} reports about its own files: {problem.message}",
+                    problem.fix or f"see the log of {server.name}",
                 )
 
 
@@ -122,7 +119,7 @@ def copy_ca_fix(snapshot: SiteSnapshot, where: str) -> str:
     """On a host without the CA's home: bring the CA's certificate here, then trust it."""
     named = (snapshot.status or {}).get("site_ca_sha256_fingerprint")
     if not named and snapshot.site_cas:
-        named = sha256(snapshot.site_cas[0])
+        named = fingerprint(snapshot.site_cas[0])
     check = f", which must be {named}" if named else ""
     return (
         "copy the site CA certificate to this host (on the CA's home, `watchkeep ca show` "
@@ -138,4 +135,4 @@ def run_command(role: ServerRole, local: LocalServerFacts | None) -> str:
 
 
 def fingerprint_prefix(cert: x509.Certificate) -> str:
-    return sha256(cert)[:16]
+    return fingerprint(cert)[:16]

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from watchkeep._access import Blocked
-from watchkeep.site import CertificateStatus, ServerRole
+from watchkeep.pki import fingerprint
+from watchkeep.site import CertificateStatus, RuleBreach, ServerRole
 
 __all__ = [
     "DEFAULT_WARN_DAYS",
@@ -31,17 +31,11 @@ __all__ = [
     "SeenCertificate",
     "SiteSnapshot",
     "TrustStoreFacts",
-    "sha256",
 ]
 
 DEFAULT_WARN_DAYS = (30, 14, 7)
 # The party whose trust store is this home's (the command-line client's).
 HOME_PARTY = "this home"
-
-
-def sha256(cert: x509.Certificate) -> str:
-    """SHA-256 fingerprint, lower-case hex (as watchkeep.pki.fingerprint)."""
-    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class TrustStoreFacts:
     error: str | None = None  # why it could not be read
 
     def holds(self, ca: x509.Certificate) -> bool:
-        return any(sha256(c) == sha256(ca) for c in self.cas)
+        return any(fingerprint(c) == fingerprint(ca) for c in self.cas)
 
 
 @dataclass(frozen=True)
@@ -131,7 +125,7 @@ class ListedServer:
     encrypted_now: bool
     online: bool
     certificate: CertificateStatus | None
-    problems: tuple[tuple[str, str, str], ...]  # (code, message, fix) from its own checks
+    problems: tuple[RuleBreach, ...]  # what its own checks of its files found
     last_seen: str | None = None
 
     @classmethod
@@ -147,10 +141,7 @@ class ListedServer:
             encrypted_now=bool(data.get("encrypted_now")),
             online=bool(data.get("online")),
             certificate=CertificateStatus.from_json(dict(cert)) if cert else None,
-            problems=tuple(
-                (str(p.get("code", "")), str(p.get("message", "")), str(p.get("fix", "")))
-                for p in data.get("problems") or ()
-            ),
+            problems=tuple(RuleBreach.from_json(p) for p in data.get("problems") or ()),
             last_seen=data.get("last_seen"),
         )
 
@@ -235,7 +226,7 @@ class SiteSnapshot:
         places: dict[tuple[str, str], list[str]] = {}
 
         def add(server: str, leaf: x509.Certificate, place: str) -> None:
-            key = (server, sha256(leaf))
+            key = (server, fingerprint(leaf))
             if key not in leaves:
                 order.append(key)
                 leaves[key] = leaf
@@ -279,9 +270,9 @@ class SiteSnapshot:
             for crl in candidates:
                 if not crl_of(crl, ca):
                     continue
-                current = newest.get(sha256(ca))
+                current = newest.get(fingerprint(ca))
                 if current is None or crl_number(crl) > crl_number(current):
-                    newest[sha256(ca)] = crl
+                    newest[fingerprint(ca)] = crl
         return newest
 
 

@@ -33,7 +33,13 @@ from typing import Any
 
 from watchkeep.errors import RecordingError
 from watchkeep.media._errors import RecordingDiskFull
-from watchkeep.media._store import Record, RepairReport, SegmentInfo, SegmentStore, StepResult
+from watchkeep.media._segment_store import (
+    Record,
+    RepairReport,
+    SegmentInfo,
+    SegmentStore,
+    StepResult,
+)
 
 __all__ = ["WriterProcess"]
 

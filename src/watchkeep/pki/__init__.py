@@ -1,7 +1,14 @@
 """The site certificate authority: role profiles, issuance, CSR signing, renewal,
 revocation, CRLs and key files."""
 
-from watchkeep.pki._authority import CLOCK_SKEW, CertificateAuthority, LeafRequest, fingerprint
+from watchkeep.pki._authority import (
+    CLOCK_SKEW,
+    CertificateAuthority,
+    LeafRequest,
+    fingerprint,
+    san_dns_names,
+    san_ip_addresses,
+)
 from watchkeep.pki._keys import check_key_file_access, load_private_key, same_public_key
 from watchkeep.pki._profiles import KeyType, Profile, Role, generate_key, profile_for
 from watchkeep.pki._service import (
@@ -11,7 +18,6 @@ from watchkeep.pki._service import (
     certificate_name,
     load_certificate,
     record_to_json,
-    utcnow,
 )
 
 __all__ = [
@@ -33,5 +39,6 @@ __all__ = [
     "profile_for",
     "record_to_json",
     "same_public_key",
-    "utcnow",
+    "san_dns_names",
+    "san_ip_addresses",
 ]

@@ -26,6 +26,8 @@ __all__ = [
     "LeafRequest",
     "RevokedEntry",
     "fingerprint",
+    "san_dns_names",
+    "san_ip_addresses",
 ]
 
 # Certificates start an hour in the past so that a peer whose clock is a little behind
@@ -33,6 +35,29 @@ __all__ = [
 CLOCK_SKEW = dt.timedelta(hours=1)
 CA_DEFAULT_DAYS = 3652
 CRL_LIFETIME = dt.timedelta(days=7)
+
+
+def san_dns_names(cert: x509.Certificate | x509.CertificateSigningRequest) -> tuple[str, ...]:
+    """The DNS names of a certificate's (or CSR's) subject alternative names, as written;
+    none without the extension."""
+    san = _san(cert)
+    return tuple(san.get_values_for_type(x509.DNSName)) if san is not None else ()
+
+
+def san_ip_addresses(cert: x509.Certificate | x509.CertificateSigningRequest) -> tuple[str, ...]:
+    """The IP addresses of a certificate's (or CSR's) subject alternative names; none
+    without the extension."""
+    san = _san(cert)
+    return tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)) if san else ()
+
+
+def _san(
+    cert: x509.Certificate | x509.CertificateSigningRequest,
+) -> x509.SubjectAlternativeName | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -4,6 +4,10 @@ A server certificate names its host as subject CN and as SAN DNS names (cert.hos
 is issued for server authentication, plus client authentication for the servers that
 also dial out with it (cert.server_auth): every server that runs a watchkeep process
 proves who it is on the management link with its certificate (mutual TLS).
+
+The certificate roles are the server roles of the site (:class:`watchkeep.site.ServerRole`)
+and ``event``, a role for the certificates of event servers and integrations that watchkeep
+issues but does not run. A server's certificate has the role of the same name.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from watchkeep.errors import InvalidChoice
+from watchkeep.site import ServerRole
 
 __all__ = ["KeyType", "PrivateKey", "Profile", "Role", "generate_key", "key_type_of", "profile_for"]
 
@@ -22,6 +27,8 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class Role(enum.StrEnum):
+    """The role a certificate is issued for; it selects the certificate's profile."""
+
     MANAGEMENT = "management"
     RECORDING = "recording"
     FAILOVER = "failover"
@@ -34,6 +41,11 @@ class Role(enum.StrEnum):
             return cls(text)
         except ValueError:
             raise InvalidChoice("role", text, [r.value for r in cls]) from None
+
+    @classmethod
+    def of_server(cls, role: ServerRole) -> Role:
+        """The role of the certificates a server of ``role`` is issued."""
+        return cls(role.value)
 
 
 class KeyType(enum.StrEnum):
@@ -98,5 +110,7 @@ _PROFILES = {
 }
 
 
-def profile_for(role: Role) -> Profile:
-    return _PROFILES[role]
+def profile_for(role: Role | ServerRole) -> Profile:
+    """The profile of certificates of ``role``, or of the certificates a server of ``role``
+    is issued."""
+    return _PROFILES[role if isinstance(role, Role) else Role.of_server(role)]

@@ -22,12 +22,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from watchkeep._clock import utcnow_to_second
 from watchkeep._files import atomic_write
 from watchkeep.errors import UsageError
-from watchkeep.pki._authority import CertificateAuthority, RevokedEntry, fingerprint
+from watchkeep.pki._authority import CertificateAuthority, fingerprint
 from watchkeep.pki._keys import load_private_key
 from watchkeep.pki._profiles import KeyType
-from watchkeep.pki._service import REVOCATION_REASONS, SitePKI, load_certificate, utcnow
+from watchkeep.pki._service import SitePKI, load_certificate
 
 __all__ = [
     "archived_authorities",
@@ -75,7 +76,7 @@ def rotate_ca(
     now: dt.datetime | None = None,
 ) -> tuple[CertificateAuthority, CertificateAuthority]:
     """Archive the current CA and create its successor; returns (old, new)."""
-    now = now or utcnow()
+    now = now or utcnow_to_second()
     old = pki.authority()
     archive = _archive_root(pki) / old.fingerprint[:16]
     if archive.exists() and (archive / "ca.pem").exists():
@@ -118,7 +119,7 @@ def trust_bundle(pki: SitePKI) -> list[x509.Certificate]:
 
 def refresh_crls(pki: SitePKI, now: dt.datetime | None = None) -> list[bytes]:
     """Fresh CRLs of every trusted CA (re-signed when older than a day), as PEM."""
-    now = now or utcnow()
+    now = now or utcnow_to_second()
     pems = []
     if _stale(pki.home.crl, now):
         pki.write_crl(now)
@@ -126,16 +127,7 @@ def refresh_crls(pki: SitePKI, now: dt.datetime | None = None) -> list[bytes]:
     for directory in archived_authorities(pki):
         crl_path = directory / "crl.pem"
         cert = load_certificate(directory / "ca.pem", "archived CA certificate")
-        issuer = fingerprint(cert)
-        entries = [
-            RevokedEntry(
-                int(r.serial, 16),
-                r.revoked_at or now,
-                REVOCATION_REASONS.get(r.revocation_reason or "", x509.ReasonFlags.unspecified),
-            )
-            for r in pki.inventory.revoked()
-            if r.issuer_fingerprint == issuer
-        ]
+        entries = pki.revoked_entries(fingerprint(cert), now)
         # Re-signed when old, and at once when a certificate of the old CA was revoked.
         if _stale(crl_path, now) or _listed(crl_path) != {e.serial for e in entries}:
             ca = CertificateAuthority(cert, load_private_key(directory / "ca.key", pki.passphrase))
@@ -187,7 +179,7 @@ def retire_ca(pki: SitePKI, fingerprint_prefix: str) -> Path:
             f"{len(still)} active certificate(s) still come from this CA: {', '.join(still[:5])}",
             fix="re-issue them from the new CA first: watchkeep cert renew --all",
         )
-    (directory / "retired").write_text(utcnow().isoformat() + "\n")
+    (directory / "retired").write_text(utcnow_to_second().isoformat() + "\n")
     # The key of a retired CA signs nothing any more.
     shutil.move(str(directory / "ca.key"), str(directory / "ca.key.retired"))
     (directory / "ca.key.retired").chmod(0o600)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from watchkeep._access import Account, blocked_for
+from watchkeep._clock import utcnow_to_second
 from watchkeep._files import atomic_write, atomic_write_together, make_directory, resolve_owner
 from watchkeep._home import Home
 from watchkeep._names import validate_host_name
@@ -41,6 +42,8 @@ from watchkeep.pki._authority import (
     LeafRequest,
     RevokedEntry,
     fingerprint,
+    san_dns_names,
+    san_ip_addresses,
 )
 from watchkeep.pki._keys import load_private_key, private_key_pem
 from watchkeep.pki._profiles import KeyType, Role, generate_key, key_type_of, profile_for
@@ -53,7 +56,6 @@ __all__ = [
     "certificate_name",
     "load_certificate",
     "record_to_json",
-    "utcnow",
 ]
 
 DEFAULT_SERVER_DAYS = 90
@@ -66,10 +68,6 @@ REVOCATION_REASONS = {
     "superseded": x509.ReasonFlags.superseded,
     "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
 }
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def certificate_name(role: Role, host: str) -> str:
@@ -146,7 +144,7 @@ class SitePKI:
         days: int = CA_DEFAULT_DAYS,
         now: dt.datetime | None = None,
     ) -> CertificateAuthority:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         for existing in (self.home.ca_cert, self.home.ca_key, self.home.ca_dir):
             if existing.exists() and (existing.is_file() or any(existing.iterdir())):
                 raise CAAlreadyExists(str(existing))
@@ -223,7 +221,7 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> CertificateRecord:
         """Issue a server certificate with a fresh key and record it in the inventory."""
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         request = self._leaf_request(role, hosts, ips, days)
         name = certificate_name(role, request.hosts[0])
         # The CA first: without it (or its passphrase) nothing may be written, not even
@@ -264,7 +262,7 @@ class SitePKI:
         now: dt.datetime | None = None,
     ) -> CertificateRecord:
         """Sign a server's CSR: its key never leaves the server."""
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         csr = _read_csr(csr_path)
         hosts, ips = _names_from_csr(csr)
         key_type_of(csr.public_key())  # refuse weak keys before signing anything
@@ -296,7 +294,7 @@ class SitePKI:
         An expired certificate can be renewed too: a server that was switched off for months
         must come back with one command.
         """
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         with self._exclusive():
             record = self.find(name_or_serial)
             if record.status == "revoked":
@@ -405,13 +403,12 @@ class SitePKI:
             files.append((key_path, key_pem, 0o600))
         files += [(chain_path, cert_pem + ca_pem, 0o644), (cert_path, cert_pem, 0o644)]
         atomic_write_together(files, owner=owner_ids)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         record = CertificateRecord(
             serial=format(cert.serial_number, "x"),
             name=name,
             role=role.value,
-            hosts=tuple(san.get_values_for_type(x509.DNSName)),
-            ips=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+            hosts=san_dns_names(cert),
+            ips=san_ip_addresses(cert),
             key_type=key_type_of(cert.public_key()).value,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
@@ -449,7 +446,7 @@ class SitePKI:
         expiring_within: dt.timedelta | None = None,
         now: dt.datetime | None = None,
     ) -> list[CertificateRecord]:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         inventory = self._existing_inventory()
         records = inventory.all() if include_history else inventory.active()
         if expiring_within is not None:
@@ -461,7 +458,7 @@ class SitePKI:
     def revoke(
         self, name_or_serial: str, *, reason: str = "unspecified", now: dt.datetime | None = None
     ) -> CertificateRecord:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         if reason not in REVOCATION_REASONS:
             raise InvalidChoice("revocation reason", reason, list(REVOCATION_REASONS))
         with self._exclusive():
@@ -479,24 +476,29 @@ class SitePKI:
     def write_crl(self, now: dt.datetime | None = None, out: Path | None = None) -> Path:
         ca = self.authority()  # a home without a CA is refused before anything is made
         with self._exclusive():
-            path = self._write_crl(ca, now or utcnow())
+            path = self._write_crl(ca, now or utcnow_to_second())
         if out is not None:
             atomic_write(out, path.read_bytes())
             return out
         return path
 
-    def _write_crl(
-        self, ca: CertificateAuthority, now: dt.datetime, path: Path | None = None
-    ) -> Path:
-        entries = [
+    def revoked_entries(self, issuer_fingerprint: str, now: dt.datetime) -> list[RevokedEntry]:
+        """The CRL entries of the certificates the CA of ``issuer_fingerprint`` issued and
+        that are revoked (a revocation without a recorded time is dated ``now``)."""
+        return [
             RevokedEntry(
                 int(r.serial, 16),
                 r.revoked_at or now,
                 REVOCATION_REASONS.get(r.revocation_reason or "", x509.ReasonFlags.unspecified),
             )
             for r in self.inventory.revoked()
-            if r.issuer_fingerprint == ca.fingerprint
+            if r.issuer_fingerprint == issuer_fingerprint
         ]
+
+    def _write_crl(
+        self, ca: CertificateAuthority, now: dt.datetime, path: Path | None = None
+    ) -> Path:
+        entries = self.revoked_entries(ca.fingerprint, now)
         # CRL numbers must only grow; the time in milliseconds does that without a counter file.
         number = int(now.timestamp() * 1000)
         if self.home.crl.exists():
@@ -543,7 +545,7 @@ class SitePKI:
     # -- CA description -------------------------------------------------------------------
 
     def describe_ca(self, now: dt.datetime | None = None) -> dict[str, Any]:
-        now = now or utcnow()
+        now = now or utcnow_to_second()
         cert = self.ca_certificate()
         key = cert.public_key()
         return {
@@ -583,14 +585,8 @@ def _read_csr(path: Path) -> x509.CertificateSigningRequest:
 
 
 def _names_from_csr(csr: x509.CertificateSigningRequest) -> tuple[list[str], list[str]]:
-    hosts: list[str] = []
-    ips: list[str] = []
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts += san.get_values_for_type(x509.DNSName)
-        ips += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        pass
+    hosts = list(san_dns_names(csr))
+    ips = list(san_ip_addresses(csr))
     for attr in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         value = str(attr.value)
         try:

@@ -12,6 +12,7 @@ import logging
 import signal
 import ssl
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 
+from watchkeep._clock import utcnow
 from watchkeep._files import atomic_write
 from watchkeep.errors import CertificateRuleViolation, WatchkeepError
-from watchkeep.pki import fingerprint
+from watchkeep.pki import fingerprint, san_dns_names
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import ExpiryWatch, WatchedCertificate, metrics_text
-from watchkeep.site import CertificateStatus, Readiness
+from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
     ClientAuth,
     ReloadableServerContext,
@@ -34,7 +36,8 @@ from watchkeep.tls import (
     client_context,
 )
 
-__all__ = ["ServerProcess", "certificate_status", "configure_logging"]
+# utcnow is imported from here by the server modules.
+__all__ = ["ServerProcess", "certificate_status", "configure_logging", "utcnow"]
 
 log = logging.getLogger("watchkeep.servers")
 RELOAD_INTERVAL = 2.0
@@ -101,16 +104,11 @@ def _written_after_close(error: BaseException | None) -> bool:
 
 
 def certificate_status(leaf: x509.Certificate) -> CertificateStatus:
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = tuple(san.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        hosts = ()
     return CertificateStatus(
         sha256_fingerprint=fingerprint(leaf),
         serial=format(leaf.serial_number, "x"),
         not_after=leaf.not_valid_after_utc,
-        hosts=hosts,
+        hosts=san_dns_names(leaf),
         not_before=leaf.not_valid_before_utc,
     )
 
@@ -205,7 +203,7 @@ class ServerProcess(abc.ABC):
                 None,
                 trusted,
                 (
-                    (
+                    RuleBreach(
                         "cert.chain",
                         "no certificate is configured",
                         f"watchkeep cert issue --role {self.config.role.value} --host "
@@ -219,7 +217,7 @@ class ServerProcess(abc.ABC):
                 None,
                 trusted,
                 (
-                    (
+                    RuleBreach(
                         "cert.chain",
                         f"no certificate is installed ({identity.chain} does not exist)",
                         f"watchkeep cert issue --role {self.config.role.value} --host "
@@ -228,14 +226,15 @@ class ServerProcess(abc.ABC):
                     ),
                 ),
             )
-        problems: list[tuple[str, str, str]] = []
+        problems: list[RuleBreach] = []
         status = None
         try:
             status = certificate_status(check_server_identity(identity, trust))
         except CertificateRuleViolation as exc:
-            problems.append((exc.code, exc.reason, exc.fix or ""))
+            # The server reports about itself: the breach goes out without a server name.
+            problems.append(replace(exc.breach, server=""))
         except WatchkeepError as exc:
-            problems.append(("cert.chain", exc.describe(), exc.fix or ""))
+            problems.append(RuleBreach("cert.chain", exc.describe(), exc.fix or ""))
         if status is None and self.tls is not None:
             status = certificate_status(self.tls.certificate)
         return Readiness(status, trusted, tuple(problems))
@@ -405,7 +404,3 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

@@ -6,10 +6,11 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from watchkeep._names import validate_host_name
 from watchkeep.errors import HomeError
+from watchkeep.pki import profile_for
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
 from watchkeep.servers._listener import (
     HANDSHAKE_TIMEOUT,
@@ -22,7 +23,7 @@ from watchkeep.servers._listener import (
 from watchkeep.site import DEFAULT_PORTS, ServerRole
 from watchkeep.tls import ServerIdentity, TlsPolicy
 
-__all__ = ["ManagementLink", "ServerConfig", "load_config"]
+__all__ = ["ManagementLink", "RecordingSettings", "ServerConfig", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,17 @@ class ManagementLink:
     address: str
     port: int
     registration_key: str | None
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """The ``[recording]`` table of a recording server: segment length, retention (by age
+    and by size, none when unset) and where the segment writer runs."""
+
+    segment_seconds: float = 60.0
+    max_age: float | None = None
+    max_bytes: int | None = None
+    writer: Literal["thread", "process"] = "thread"
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class ServerConfig:
     management: ManagementLink | None
     warn_days: tuple[int, ...] = DEFAULT_WARN_DAYS
     listener_limits: ListenerLimits = field(default_factory=ListenerLimits)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
     # management server only
     failover_after: float = 5.0
     admin_password: str | None = None
@@ -81,8 +94,9 @@ class ServerConfig:
             chain=self.certificate,
             key=self.key,
             service_account=self.service_account,
-            # Every server proves its name on the management link with this certificate.
-            needs_client_auth=True,
+            # A server that dials out (every one, on the management link) proves its name
+            # with this certificate: its role's profile says so.
+            needs_client_auth=profile_for(self.role).client_auth,
         )
 
 
@@ -170,6 +184,28 @@ def _number(
     return kind(value)
 
 
+def _recording(path: Path, table: dict[str, Any]) -> RecordingSettings:
+    segment_seconds = _number(path, "recording", table, "segment_seconds", 60.0)
+    max_age = (
+        _number(path, "recording", table, "max_age", 2_592_000) if "max_age" in table else None
+    )
+    max_bytes = (
+        _number(path, "recording", table, "max_bytes", 500_000_000_000, whole=True)
+        if "max_bytes" in table
+        else None
+    )
+    writer = table.get("writer", "thread")
+    if writer not in ("thread", "process"):
+        raise _fail(
+            path,
+            f'[recording] writer is {writer!r}: it is "thread" or "process"',
+            'write writer = "thread" (or "process" on a server with cores to spare)',
+        )
+    return RecordingSettings(
+        segment_seconds, max_age, max_bytes, "process" if writer == "process" else "thread"
+    )
+
+
 def _fraction(path: Path, value: float) -> float:
     if not 0 < value < 1:
         raise _fail(
@@ -192,10 +228,11 @@ def load_config(path: Path) -> ServerConfig:
     try:
         role = ServerRole(str(server.get("role", "")))
     except ValueError:
+        roles = list(ServerRole)
         raise _fail(
             path,
             f"[server] role {server.get('role')!r} is not a server role",
-            "set role to management, recording, failover or mobile",
+            f"set role to {', '.join(r.value for r in roles[:-1])} or {roles[-1].value}",
         ) from None
     for key in ("name", "host", "address"):
         if not server.get(key):
@@ -237,18 +274,7 @@ def load_config(path: Path) -> ServerConfig:
             registration_key=_secret(base, ms, "registration_key_file", path),
         )
     site = raw.get("site", {})
-    recording = raw.get("recording", {})
-    _number(path, "recording", recording, "segment_seconds", 60.0)
-    for key, example in (("max_age", 2_592_000), ("max_bytes", 500_000_000_000)):
-        if key in recording:
-            _number(path, "recording", recording, key, example, whole=key == "max_bytes")
-    writer = recording.get("writer", "thread")
-    if writer not in ("thread", "process"):
-        raise _fail(
-            path,
-            f'[recording] writer is {writer!r}: it is "thread" or "process"',
-            'write writer = "thread" (or "process" on a server with cores to spare)',
-        )
+    recording = _recording(path, raw.get("recording", {}))
     data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()
     return ServerConfig(
         path=path,
@@ -266,6 +292,7 @@ def load_config(path: Path) -> ServerConfig:
         heartbeat_interval=_number(path, "server", server, "heartbeat_interval", 1.0),
         warn_days=_warn_days(path, server.get("expiry_warn_days", DEFAULT_WARN_DAYS)),
         listener_limits=_listener_limits(path, server),
+        recording=recording,
         management=link,
         failover_after=_number(path, "site", site, "failover_after", 5.0),
         admin_password=_secret(base, site, "admin_password_file", path),

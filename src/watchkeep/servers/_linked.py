@@ -17,9 +17,10 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from watchkeep._clock import utcnow
 from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort, TlsToPlaintextPort
-from watchkeep.servers._base import ServerProcess, utcnow
+from watchkeep.servers._base import ServerProcess
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers._renewal import install_trust_payload

@@ -6,7 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["problem"]
+__all__ = ["camera_not_allowed", "problem"]
+
+
+def camera_not_allowed(camera: str, who: str = "you") -> web.Response:
+    """403: the caller's token does not open ``camera``."""
+    return problem(
+        403, "camera not allowed", f"{who} may not view camera {camera}", code="auth.camera"
+    )
 
 
 def problem(

@@ -25,11 +25,13 @@ from watchkeep.media import (
     Recorder,
     UnknownCamera,
     mjpeg_content_type,
+    mjpeg_part,
     mjpeg_part_head,
     source_for,
     ws_message,
 )
-from watchkeep.servers._problems import problem
+from watchkeep.servers._problems import camera_not_allowed, problem
+from watchkeep.servers._tokens import may_view
 
 __all__ = ["CameraService"]
 
@@ -58,13 +60,13 @@ class _Camera:
         last, last_chunked, data = self._part
         if last is frame and last_chunked == chunked:
             return data
-        head = mjpeg_part_head(frame)
-        jpeg = frame.jpeg
         if chunked:
-            size = len(head) + len(jpeg) + len(MJPEG_PART_END)
-            data = b"".join((b"%x\r\n" % size, head, jpeg, MJPEG_PART_END, b"\r\n"))
+            # One HTTP/1.1 chunk around the part, joined in one copy of the JPEG.
+            head = mjpeg_part_head(frame)
+            size = len(head) + len(frame.jpeg) + len(MJPEG_PART_END)
+            data = b"".join((b"%x\r\n" % size, head, frame.jpeg, MJPEG_PART_END, b"\r\n"))
         else:
-            data = b"".join((head, jpeg, MJPEG_PART_END))
+            data = mjpeg_part(frame)
         self._part = (frame, chunked, data)
         return data
 
@@ -194,14 +196,8 @@ class CameraService:
 
     def _camera(self, request: web.Request) -> _Camera | web.Response:
         name = request.match_info["name"]
-        allowed = request["claims"].get("cameras", "*")
-        if allowed != "*" and name not in allowed:
-            return problem(
-                403,
-                "camera not allowed",
-                f"user {request['claims'].get('sub')} may not view camera {name}",
-                code="auth.camera",
-            )
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name, f"user {request['claims'].get('sub')}")
         camera = self.cameras.get(name)
         if camera is None:
             return problem(
@@ -294,11 +290,8 @@ class CameraService:
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        allowed = request["claims"].get("cameras", "*")
-        if allowed != "*" and name not in allowed:
-            return problem(
-                403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
-            )
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
         try:
             start = float(request.query["from"])
             end = float(request.query["to"])
@@ -321,7 +314,7 @@ class CameraService:
                 if not prepared:
                     await response.prepare(request)
                     prepared = True
-                await response.write(b"".join((mjpeg_part_head(frame), frame.jpeg, MJPEG_PART_END)))
+                await response.write(mjpeg_part(frame))
                 # Frames come in batches of megabytes, and a connection that is gone never
                 # pushes back: without a turn of the loop between frames its loss is noticed
                 # a batch later, after hundreds of "socket.send() raised exception." lines.

@@ -44,9 +44,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from watchkeep._files import atomic_write
-from watchkeep.errors import WatchkeepError
+from watchkeep.errors import InvalidToken, WatchkeepError
 
-__all__ = ["SCOPES", "InvalidToken", "Revocations", "Scope", "TokenSigner", "TokenVerifier"]
+__all__ = [
+    "SCOPES",
+    "InvalidToken",
+    "Revocations",
+    "Scope",
+    "TokenSigner",
+    "TokenVerifier",
+    "may_view",
+]
 
 Scope = Literal["user", "stream", "control"]
 SCOPES: tuple[Scope, ...] = ("user", "stream", "control")
@@ -57,8 +65,11 @@ _SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _REQUIRED = ["sub", "aud", "exp", "iat", "jti", "scope"]
 
 
-class InvalidToken(WatchkeepError):
-    """A token is missing, malformed, forged, expired, for another server or another purpose."""
+def may_view(claims: Mapping[str, Any], camera: str) -> bool:
+    """Whether a token's claims open ``camera``: its ``cameras`` list, or every camera where
+    it has none (``"*"``)."""
+    allowed = claims.get("cameras", "*")
+    return allowed == "*" or camera in allowed
 
 
 def token_type(scope: str) -> str:

@@ -26,7 +26,8 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._forwarded import client_headers
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
-from watchkeep.servers._problems import problem
+from watchkeep.servers._problems import camera_not_allowed, problem
+from watchkeep.servers._tokens import may_view
 from watchkeep.tls import Endpoint, explain_connection_failure
 
 __all__ = ["MobileServer"]
@@ -173,12 +174,11 @@ class MobileServer(LinkedServer):
         return web.Response(status=204)
 
     async def cameras(self, request: web.Request) -> web.Response:
-        allowed = request["claims"].get("cameras", "*")
         return web.json_response(
             [
                 {"name": c["name"], "recording_server": c.get("recording_server")}
                 for c in self.site_cameras
-                if allowed == "*" or c.get("name") in allowed
+                if may_view(request["claims"], str(c.get("name") or ""))
             ]
         )
 
@@ -225,11 +225,8 @@ class MobileServer(LinkedServer):
         """Fetch the stream from the camera's recording server, verifying its certificate,
         and pass the bytes on as they come."""
         name = request.match_info["name"]
-        allowed = request["claims"].get("cameras", "*")
-        if allowed != "*" and name not in allowed:
-            return problem(
-                403, "camera not allowed", f"you may not view camera {name}", code="auth.camera"
-            )
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
         try:
             endpoint, token = await self._stream_access(request, name)
         except ApiError as exc:

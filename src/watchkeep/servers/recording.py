@@ -34,14 +34,14 @@ class RecordingServer(LinkedServer):
         self.data_app = web.Application(middlewares=[self.token_middleware("stream")])
         self.data_app.router.add_get("/api/v1/status", self.status)
         self.data_app.router.add_get("/metrics", self.metrics)
-        recording = dict(config.extra.get("recording", {}))
+        recording = config.recording
         self.media = CameraService(
             config.name,
             config.data_dir,
-            segment_seconds=float(recording.get("segment_seconds", 60.0)),
-            max_age=float(recording["max_age"]) if "max_age" in recording else None,
-            max_bytes=int(recording["max_bytes"]) if "max_bytes" in recording else None,
-            writer="process" if recording.get("writer") == "process" else "thread",
+            segment_seconds=recording.segment_seconds,
+            max_age=recording.max_age,
+            max_bytes=recording.max_bytes,
+            writer=recording.writer,
         )
         self.media.add_routes(self.data_app)
         self.control_app = web.Application(middlewares=[self.token_middleware("control")])

@@ -5,11 +5,11 @@ from watchkeep.site._model import (
     Camera,
     CertificateStatus,
     Readiness,
+    RuleBreach,
     Server,
     ServerRole,
 )
 from watchkeep.site._rules import (
-    Blocker,
     FailoverMove,
     encryption_blockers,
     identity_change,
@@ -20,11 +20,11 @@ from watchkeep.site._rules import (
 
 __all__ = [
     "DEFAULT_PORTS",
-    "Blocker",
     "Camera",
     "CertificateStatus",
     "FailoverMove",
     "Readiness",
+    "RuleBreach",
     "Server",
     "ServerRole",
     "encryption_blockers",

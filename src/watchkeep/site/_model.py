@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,20 +13,31 @@ __all__ = [
     "Camera",
     "CertificateStatus",
     "Readiness",
+    "RuleBreach",
     "Server",
     "ServerRole",
 ]
 
 
 class ServerRole(enum.StrEnum):
+    """What a server of the site is. Its certificate is issued with the certificate role of
+    the same name (:class:`watchkeep.pki.Role`, whose profile says what the certificate
+    holds); ``event`` is a certificate role only, for event servers and integrations that
+    watchkeep does not run."""
+
     MANAGEMENT = "management"
     RECORDING = "recording"
-    FAILOVER = "failover"
+    FAILOVER = "failover"  # a recording server on standby: it runs the recording program
     MOBILE = "mobile"
 
     @property
     def records(self) -> bool:
         return self in (ServerRole.RECORDING, ServerRole.FAILOVER)
+
+    @property
+    def program(self) -> str:
+        """The program that runs a server of this role (``watchkeep server run PROGRAM``)."""
+        return ServerRole.RECORDING.value if self.records else self.value
 
 
 # Listener name -> default port. A listener called "http" is always plaintext; every other
@@ -40,6 +52,41 @@ DEFAULT_PORTS: dict[ServerRole, dict[str, int]] = {
 
 def _parse_time(value: object) -> dt.datetime:
     return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class RuleBreach:
+    """A rule broken: its code (docs/rules.md), what is wrong, the fix, the server concerned.
+
+    The one shape of a broken rule: the management server's refusals, a server's checks of
+    its own files (its :class:`Readiness`), :class:`watchkeep.errors.CertificateRuleViolation`
+    and the problems the doctor relays. ``server`` is empty where the server is the one
+    reporting about itself.
+    """
+
+    code: str
+    message: str
+    fix: str = ""
+    server: str = ""
+
+    def __str__(self) -> str:
+        server = f" {self.server}:" if self.server else ""
+        return f"[{self.code}]{server} {self.message}; fix: {self.fix}"
+
+    def as_json(self) -> dict[str, str]:
+        data = {"code": self.code}
+        if self.server:
+            data["server"] = self.server
+        return {**data, "message": self.message, "fix": self.fix}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RuleBreach:
+        return cls(
+            code=str(data["code"]),
+            message=str(data["message"]),
+            fix=str(data.get("fix", "")),
+            server=str(data.get("server", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,13 +129,13 @@ class CertificateStatus:
 class Readiness:
     """Whether a server could turn encryption on now, as it checked its own files.
 
-    ``problems`` are (rule code, message, fix) triples from the server's own checks of its
-    certificate, key and trust store.
+    ``problems`` are the rules the server found broken in its own checks of its
+    certificate, key and trust store (their ``server`` is left empty: it is this one).
     """
 
     certificate: CertificateStatus | None
     trusted_ca_fingerprints: tuple[str, ...]
-    problems: tuple[tuple[str, str, str], ...] = ()
+    problems: tuple[RuleBreach, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -98,7 +145,7 @@ class Readiness:
         return {
             "certificate": self.certificate.as_json(now) if self.certificate else None,
             "trusted_ca_fingerprints": list(self.trusted_ca_fingerprints),
-            "problems": [{"code": c, "message": m, "fix": f} for c, m, f in self.problems],
+            "problems": [p.as_json() for p in self.problems],
         }
 
     @classmethod
@@ -107,10 +154,7 @@ class Readiness:
         return cls(
             certificate=CertificateStatus.from_json(cert) if cert else None,
             trusted_ca_fingerprints=tuple(str(f) for f in data.get("trusted_ca_fingerprints", [])),
-            problems=tuple(
-                (str(p["code"]), str(p["message"]), str(p.get("fix", "")))
-                for p in data.get("problems", [])
-            ),
+            problems=tuple(RuleBreach.from_json(p) for p in data.get("problems", [])),
         )
 
 

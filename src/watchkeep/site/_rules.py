@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from watchkeep.site._model import Camera, Server, ServerRole
+from watchkeep.site._model import Camera, RuleBreach, Server, ServerRole
 
 __all__ = [
-    "Blocker",
     "FailoverMove",
     "encryption_blockers",
     "identity_change",
@@ -19,59 +18,49 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Blocker:
-    """One reason an encryption change is refused: the rule, the server, why, the fix."""
-
-    code: str
-    server: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"[{self.code}] {self.server}: {self.message}; fix: {self.fix}"
-
-
-def _readiness_blockers(server: Server, ca_fingerprint: str | None) -> list[Blocker]:
+def _readiness_blockers(server: Server, ca_fingerprint: str | None) -> list[RuleBreach]:
     code_for_role = (
         "site.failover_prepared" if server.role is ServerRole.FAILOVER else "trust.installed"
     )
     if not server.online or server.readiness is None:
         return [
-            Blocker(
-                code_for_role if server.role is ServerRole.FAILOVER else "cert.validity",
-                server.name,
-                "the server is offline, so its certificate and trust store cannot be checked",
-                f"start it: watchkeep server run {server.role.value} --config FILE",
+            RuleBreach(
+                code=code_for_role if server.role is ServerRole.FAILOVER else "cert.validity",
+                server=server.name,
+                message=(
+                    "the server is offline, so its certificate and trust store cannot be checked"
+                ),
+                fix=f"start it: watchkeep server run {server.role.value} --config FILE",
             )
         ]
-    found: list[Blocker] = []
+    found: list[RuleBreach] = []
     ready = server.readiness
-    for code, message, fix in ready.problems:
+    for problem in ready.problems:
+        code = problem.code
         if server.role is ServerRole.FAILOVER and (
             code.startswith("cert.") or code == "trust.installed"
         ):
             code = "site.failover_prepared"
-        blocker = Blocker(code, server.name, message, fix)
+        blocker = replace(problem, code=code, server=server.name)
         if blocker not in found:
             found.append(blocker)
     if ready.certificate is None and not ready.problems:
         found.append(
-            Blocker(
-                code_for_role if server.role is ServerRole.FAILOVER else "cert.chain",
-                server.name,
-                "no certificate is installed",
-                f"watchkeep cert issue --role {server.role.value} --host {server.host} "
+            RuleBreach(
+                code=code_for_role if server.role is ServerRole.FAILOVER else "cert.chain",
+                server=server.name,
+                message="no certificate is installed",
+                fix=f"watchkeep cert issue --role {server.role.value} --host {server.host} "
                 "--out DIR, and set [tls] in its config",
             )
         )
     if ca_fingerprint and ca_fingerprint not in ready.trusted_ca_fingerprints:
         found.append(
-            Blocker(
-                code_for_role,
-                server.name,
-                "its trust store does not hold the site CA",
-                "watchkeep trust install --store DIR (the server's [tls] trust_store)",
+            RuleBreach(
+                code=code_for_role,
+                server=server.name,
+                message="its trust store does not hold the site CA",
+                fix="watchkeep trust install --store DIR (the server's [tls] trust_store)",
             )
         )
     return found
@@ -83,7 +72,7 @@ def encryption_blockers(
     servers: Sequence[Server],
     *,
     ca_fingerprint: str | None,
-) -> list[Blocker]:
+) -> list[RuleBreach]:
     """Everything that stops turning ``target``'s encryption on (or off); empty means go.
 
     site.ms_requires_all_rs: the management server's encryption needs every recording and
@@ -92,7 +81,7 @@ def encryption_blockers(
     the failover servers standing by for recording servers) must hold a valid certificate
     and trust the site CA before its encryption is turned on.
     """
-    blockers: list[Blocker] = []
+    blockers: list[RuleBreach] = []
     recorders = [s for s in servers if s.role.records]
     management = next((s for s in servers if s.role is ServerRole.MANAGEMENT), None)
     if enable:
@@ -101,12 +90,12 @@ def encryption_blockers(
             for rs in recorders:
                 if not rs.encryption:
                     blockers.append(
-                        Blocker(
-                            "site.ms_requires_all_rs",
-                            rs.name,
-                            f"encryption is off on this {rs.role.value} server; management "
-                            "server encryption needs every recording server encrypted",
-                            f"watchkeep encryption enable --server {rs.name}",
+                        RuleBreach(
+                            code="site.ms_requires_all_rs",
+                            server=rs.name,
+                            message=f"encryption is off on this {rs.role.value} server; "
+                            "management server encryption needs every recording server encrypted",
+                            fix=f"watchkeep encryption enable --server {rs.name}",
                         )
                     )
             for rs in recorders:
@@ -122,18 +111,18 @@ def encryption_blockers(
                 ]
     elif target.role.records and management is not None and management.encryption:
         blockers.append(
-            Blocker(
-                "site.ms_requires_all_rs",
-                target.name,
-                "the management server's encryption is on, so this recording server must stay "
-                "encrypted",
-                f"first: watchkeep encryption disable --server {management.name}",
+            RuleBreach(
+                code="site.ms_requires_all_rs",
+                server=target.name,
+                message="the management server's encryption is on, so this recording server "
+                "must stay encrypted",
+                fix=f"first: watchkeep encryption disable --server {management.name}",
             )
         )
     return blockers
 
 
-def registration_blocker(server: Server, management: Server) -> Blocker | None:
+def registration_blocker(server: Server, management: Server) -> RuleBreach | None:
     """Why ``server`` (as its heartbeat describes it) may not join the site now, if it may
     not. site.ms_requires_all_rs: while the management server is encrypted, a recording or
     failover server joins only if it can be encrypted itself (it is then encrypted at once)."""
@@ -142,51 +131,53 @@ def registration_blocker(server: Server, management: Server) -> Blocker | None:
     readiness = server.readiness
     if readiness is not None and readiness.ready:
         return None
-    problems = "; ".join(f"[{c}] {m}" for c, m, _ in readiness.problems) if readiness else ""
-    return Blocker(
-        "site.ms_requires_all_rs",
-        server.name,
-        f"management server encryption is on, so every recording server must be encrypted, "
-        f"but {server.name} cannot be: {problems or 'no certificate'}",
-        f"give {server.name} a valid certificate and the site CA, or first: watchkeep "
+    problems = "; ".join(
+        f"[{p.code}] {p.message}" for p in (readiness.problems if readiness else ())
+    )
+    return RuleBreach(
+        code="site.ms_requires_all_rs",
+        server=server.name,
+        message="management server encryption is on, so every recording server must be "
+        f"encrypted, but {server.name} cannot be: {problems or 'no certificate'}",
+        fix=f"give {server.name} a valid certificate and the site CA, or first: watchkeep "
         f"encryption disable --server {management.name}",
     )
 
 
 def identity_change(
     claimed: Server, existing: Server | None, servers: Sequence[Server]
-) -> Blocker | None:
+) -> RuleBreach | None:
     """Why a heartbeat describing ``claimed`` may not speak for it, if it may not: a
     registered server keeps its role, host and address (an administrator moves it), and a
     new server may not take a host another one is registered with."""
     name = claimed.name
     if existing is not None:
         if claimed.role is not existing.role:
-            return Blocker(
-                "auth.registration",
-                name,
-                f"{name} is registered as a {existing.role.value} server; a heartbeat cannot "
-                f"make it a {claimed.role.value} server",
-                f"give the new server a name of its own, or an administrator removes {name} "
+            return RuleBreach(
+                code="auth.registration",
+                server=name,
+                message=f"{name} is registered as a {existing.role.value} server; a heartbeat "
+                f"cannot make it a {claimed.role.value} server",
+                fix=f"give the new server a name of its own, or an administrator removes {name} "
                 "from the site first",
             )
         if (claimed.host, claimed.address) != (existing.host, existing.address):
-            return Blocker(
-                "auth.registration",
-                name,
-                f"{name} is registered as {existing.host} at {existing.address}; a heartbeat "
-                f"cannot move it to {claimed.host} at {claimed.address}",
-                f"if {name} really moved, an administrator says so: watchkeep server update "
+            return RuleBreach(
+                code="auth.registration",
+                server=name,
+                message=f"{name} is registered as {existing.host} at {existing.address}; a "
+                f"heartbeat cannot move it to {claimed.host} at {claimed.address}",
+                fix=f"if {name} really moved, an administrator says so: watchkeep server update "
                 f"{name} --host HOST --address ADDRESS",
             )
         return None
     other = next((s for s in servers if s.host == claimed.host and s.name != name), None)
     if other is not None:
-        return Blocker(
-            "auth.registration",
-            name,
-            f"{claimed.host} is the host of {other.name}; {name} cannot register with it",
-            f"give {name} a host of its own, or stop {other.name} and let an administrator "
+        return RuleBreach(
+            code="auth.registration",
+            server=name,
+            message=f"{claimed.host} is the host of {other.name}; {name} cannot register with it",
+            fix=f"give {name} a host of its own, or stop {other.name} and let an administrator "
             "remove it first",
         )
     return None

@@ -17,7 +17,12 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from watchkeep.errors import CertificateRuleViolation, MalformedPEM
-from watchkeep.pki import check_key_file_access, load_private_key, same_public_key
+from watchkeep.pki import (
+    check_key_file_access,
+    load_private_key,
+    same_public_key,
+    san_dns_names,
+)
 from watchkeep.tls._policy import TlsPolicy, apply_policy
 
 __all__ = [
@@ -203,7 +208,7 @@ def check_server_identity(
             "(is this machine's clock right?)",
             fix="check the clock (timedatectl), or re-issue the certificate",
         )
-    names = _san_dns_names(leaf)
+    names = [n.lower() for n in san_dns_names(leaf)]
     if identity.host not in names:
         raise CertificateRuleViolation(
             "cert.hostname",
@@ -244,14 +249,6 @@ def check_server_identity(
             fix=f"watchkeep cert issue --role ROLE --host {identity.host} --replace ...",
         )
     return leaf
-
-
-def _san_dns_names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [n.lower() for n in san.get_values_for_type(x509.DNSName)]
 
 
 def _check_server_auth(leaf: x509.Certificate, identity: ServerIdentity, subject: str) -> None:

@@ -28,6 +28,7 @@ from watchkeep.errors import (
     TlsToPlaintextPort,
     UntrustedIssuer,
 )
+from watchkeep.pki import san_dns_names, san_ip_addresses
 
 __all__ = ["Endpoint", "explain_connection_failure", "fetch_peer_certificate", "speaks_tls"]
 
@@ -112,14 +113,7 @@ async def speaks_tls(endpoint: Endpoint, timeout: float = 3.0) -> bool | None:
 def _names(cert: x509.Certificate | None) -> list[str]:
     if cert is None:
         return []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [
-        *san.get_values_for_type(x509.DNSName),
-        *map(str, san.get_values_for_type(x509.IPAddress)),
-    ]
+    return [*san_dns_names(cert), *san_ip_addresses(cert)]
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

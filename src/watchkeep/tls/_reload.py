@@ -37,6 +37,7 @@ class _Loaded:
     context: ssl.SSLContext
     leaf: x509.Certificate
     stamp: tuple[object, ...]
+    trust: TrustMaterial
 
 
 class ReloadableServerContext:
@@ -55,7 +56,11 @@ class ReloadableServerContext:
         self.on_reload = on_reload
         self._trust_dir = trust_dir
         self._current = self._build()
-        self.front = self._build().context
+        # The front context only hands each handshake to the current one (SNI callback):
+        # it is made of the files just checked, without checking them again.
+        self.front = server_context(
+            identity, policy, client_auth=client_auth, trust=self._current.trust
+        )
         self.front.sni_callback = self._choose_context
         self.last_error: Exception | None = None
         self._failed_stamp: tuple[object, ...] | None = None
@@ -68,8 +73,7 @@ class ReloadableServerContext:
     def certificate(self) -> x509.Certificate:
         return self._current.leaf
 
-    def _stamp(self) -> tuple[object, ...]:
-        trust = self._trust()
+    def _stamp(self, trust: TrustMaterial) -> tuple[object, ...]:
         files = [self.identity.chain, self.identity.key]
         return (*[(str(p), p.stat().st_mtime_ns) for p in files if p.exists()], trust.stamp())
 
@@ -79,13 +83,13 @@ class ReloadableServerContext:
         return TrustMaterial.load(self._trust_dir)
 
     def _build(self) -> _Loaded:
-        stamp = self._stamp()
         trust = self._trust()
+        stamp = self._stamp(trust)
         leaf = check_server_identity(self.identity, trust)
         context = server_context(
             self.identity, self.policy, client_auth=self.client_auth, trust=trust
         )
-        return _Loaded(context, leaf, stamp)
+        return _Loaded(context, leaf, stamp, trust)
 
     def _choose_context(
         self, sslobj: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _ctx: ssl.SSLContext
@@ -94,7 +98,7 @@ class ReloadableServerContext:
 
     def changed(self) -> bool:
         try:
-            stamp = self._stamp()
+            stamp = self._stamp(self._trust())
         except OSError:
             return False  # a file is being replaced; look again on the next tick
         return stamp not in (self._current.stamp, self._failed_stamp)
@@ -108,7 +112,7 @@ class ReloadableServerContext:
             log.error("%s: keeping the certificate in use: %s", self.identity.server, exc)
             self.last_error = exc
             try:
-                self._failed_stamp = self._stamp()
+                self._failed_stamp = self._stamp(self._trust())
             except OSError:
                 self._failed_stamp = None
             return False

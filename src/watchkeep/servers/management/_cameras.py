@@ -18,6 +18,7 @@ from watchkeep.media import source_problem
 from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
+from watchkeep.servers._tokens import may_view
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import Refused
 from watchkeep.servers.management._sessions import Sessions
@@ -60,7 +61,6 @@ class Cameras:
 
     async def list_cameras(self, request: web.Request) -> web.Response:
         claims = self.sessions.claims(request)
-        allowed = claims.get("cameras", "*")
         return web.json_response(
             [
                 {
@@ -69,7 +69,7 @@ class Cameras:
                     "assigned_server": c.recording_server,
                 }
                 for c in self.site.cameras()
-                if allowed == "*" or c.name in allowed
+                if may_view(claims, c.name)
             ]
         )
 
@@ -106,9 +106,8 @@ class Cameras:
 
     def _camera_for(self, claims: dict[str, Any], name: str) -> tuple[Camera, Server]:
         """The camera ``name`` if the caller may view it, and the server that records it."""
-        allowed = claims.get("cameras", "*")
         camera = next((c for c in self.site.cameras() if c.name == name), None)
-        if camera is None or (allowed != "*" and name not in allowed):
+        if camera is None or not may_view(claims, name):
             raise Refused(problem(404, "unknown camera", f"no camera {name!r} you may view"))
         server = self.site.server(camera.served_by)
         if server is None:

@@ -73,10 +73,7 @@ class Encryption:
                 fix="resolve each problem listed, then run the command again"
                 if len(blockers) > 1
                 else blockers[0].fix,
-                blockers=[
-                    {"code": b.code, "server": b.server, "message": b.message, "fix": b.fix}
-                    for b in blockers
-                ],
+                blockers=[b.as_json() for b in blockers],
             )
         if target.role is ServerRole.MANAGEMENT:
             self.site.store.set_setting(MS_ENCRYPTION_SETTING, enabled)

@@ -15,6 +15,7 @@ from watchkeep.pki._lifecycle import warning_level
 from watchkeep.servers._base import utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._renewal import Renewer
+from watchkeep.servers._tokens import may_view
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.site import Server, visible_servers
@@ -70,9 +71,7 @@ class Status:
                 if cert
                 else None
             ),
-            "problems": [
-                {"code": c, "message": m, "fix": f} for c, m, f in (ready.problems if ready else ())
-            ],
+            "problems": [p.as_json() for p in (ready.problems if ready else ())],
             "trusted_ca_fingerprints": list(ready.trusted_ca_fingerprints) if ready else [],
         }
 
@@ -87,7 +86,6 @@ class Status:
     async def site_status(self, request: web.Request) -> web.Response:
         claims = self.sessions.claims(request)
         # An operator sees the cameras it may view, and not where they come from.
-        allowed = claims.get("cameras", "*")
         administrator = claims.get("role") == "administrator"
         now = utcnow()
         return web.json_response(
@@ -104,7 +102,7 @@ class Status:
                         "problem": self._camera_problems.get(c.served_by or "", {}).get(c.name),
                     }
                     for c in self.site.cameras()
-                    if allowed == "*" or c.name in allowed
+                    if may_view(claims, c.name)
                 ],
                 "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
                 "renewals": [

@@ -1,4 +1,6 @@
-"""Segment files and their index on disk: appending, flushing, retention, crash repair.
+"""The segment store, a camera's recordings on disk (the site's database is
+:mod:`watchkeep.store`): segment files and their index, appending, flushing, retention and
+crash repair.
 
 Everything here is blocking and runs in the recorder's one writer thread, which keeps the
 event loop free and needs no locking between writes; only the list of segments being
