@@ -1,7 +1,13 @@
 """The site certificate authority: role profiles, issuance, CSR signing, renewal,
 revocation, CRLs and key files."""
 
-from watchkeep.pki._authority import CLOCK_SKEW, CertificateAuthority, LeafRequest, fingerprint
+from watchkeep.pki._authority import (
+    CLOCK_SKEW,
+    CertificateAuthority,
+    LeafRequest,
+    PublishedLocations,
+    fingerprint,
+)
 from watchkeep.pki._keys import check_key_file_access, load_private_key, same_public_key
 from watchkeep.pki._profiles import KeyType, Profile, Role, generate_key, profile_for
 from watchkeep.pki._service import (
@@ -10,6 +16,7 @@ from watchkeep.pki._service import (
     SitePKI,
     certificate_name,
     load_certificate,
+    parse_publish_url,
     record_to_json,
     utcnow,
 )
@@ -22,6 +29,7 @@ __all__ = [
     "KeyType",
     "LeafRequest",
     "Profile",
+    "PublishedLocations",
     "Role",
     "SitePKI",
     "certificate_name",
@@ -30,6 +38,7 @@ __all__ = [
     "generate_key",
     "load_certificate",
     "load_private_key",
+    "parse_publish_url",
     "profile_for",
     "record_to_json",
     "same_public_key",
