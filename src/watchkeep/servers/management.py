@@ -35,6 +35,7 @@ from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._forwarded import proven_client
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
+from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
 from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
 from watchkeep.servers._streams import redacted_source, source_problem
 from watchkeep.servers._throttle import FamiliarAddresses, LoginThrottle
@@ -140,6 +141,7 @@ class ManagementServer(ServerProcess):
         self._routes()
         self.runner = config.listener_limits.runner(self.app)
         self.listener: Listener | None = None
+        self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
         self._push_lock = asyncio.Lock()
         self._pushes_asked = self._pushes_done = 0  # push_config() calls, and those served
         self.pushes = 0  # configuration pushes made (to every online recording server)
@@ -339,6 +341,7 @@ class ManagementServer(ServerProcess):
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_post("/api/v1/cameras/{name}/stream-token", self.stream_token)
         r.add_get("/api/v1/token-key", self.token_key)
+        r.add_get("/api/v1/ca", ca_bundle_route(self.config))  # public: trust install --from
         r.add_get("/metrics", self.metrics)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -1312,6 +1315,7 @@ class ManagementServer(ServerProcess):
             limits=self.config.listener_limits,
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
+        self.publisher = await start_publisher(self.config)
         self.spawn(self._failover_loop())
         if self.renewer is not None:
             self.spawn(self._renewal_loop())
@@ -1327,6 +1331,8 @@ class ManagementServer(ServerProcess):
                 await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.listener is not None:
             await self.listener.stop()
         await self.runner.cleanup()

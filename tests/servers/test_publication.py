@@ -1,0 +1,180 @@
+"""What the management server publishes over plain HTTP (the CA certificates and their CRLs,
+at the URLs its certificates name), judged by clients that are not watchkeep: openssl
+downloads the CRL a certificate points to (`verify -crl_download`) and curl fetches both
+documents.
+
+Given a site whose CA publishes at its management server's `[ports] publish` listener.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from watchkeep.pki import Role, fingerprint, load_certificate
+from watchkeep.site import ServerRole
+from watchkeep.store import CertificateRecord
+from watchkeep.testing import LocalSite
+
+PUBLISH_PORT = 9080
+
+
+@pytest.fixture(scope="module")
+def publishing_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
+    site = site_factory("publishing")
+    # Issued before the CA had a publish URL: it must name none.
+    site.pki.issue(Role.EVENT, ["before.site.test"])
+    ms_address = f"{site.network}.2"  # the first server added is .2
+    site.pki.set_publish_url(f"http://{ms_address}:{PUBLISH_PORT}")
+    ms = site.add_server("ms", ServerRole.MANAGEMENT, ports={"api": 9000, "publish": PUBLISH_PORT})
+    assert ms.address == ms_address
+    site.start("ms")
+    site.wait_listening(ms)
+    return site
+
+
+def locations(cert_path: str) -> tuple[list[str], list[str]]:
+    """(CRL distribution point URLs, AIA caIssuers URLs) of a certificate."""
+    cert = load_certificate(Path(cert_path))
+    try:
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        crls = [str(n.value) for p in cdp for n in p.full_name or ()]
+    except x509.ExtensionNotFound:
+        crls = []
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        cas = [
+            str(d.access_location.value)
+            for d in aia
+            if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        ]
+    except x509.ExtensionNotFound:
+        cas = []
+    return crls, cas
+
+
+def curl(url: str, out: Path, *options: str) -> tuple[int, str]:
+    """(HTTP status, content type) of one curl request; the body in ``out``."""
+    ran = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "-o", str(out), "-w", "%{http_code} %{content_type}",
+         *options, url],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    status, _, content_type = ran.stdout.partition(" ")
+    return int(status), content_type
+
+
+def openssl_verify_downloading_crls(ca: Path, cert: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca), "-crl_check", "-crl_download", cert],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def issue(site: LocalSite, host: str, days: int = 90) -> CertificateRecord:
+    return site.pki.issue(Role.EVENT, [host], days=days)
+
+
+def test_a_certificate_issued_after_the_publish_url_names_its_crl_and_ca(
+    publishing_site: LocalSite,
+) -> None:
+    record = issue(publishing_site, "named.site.test")
+    name = fingerprint(publishing_site.pki.ca_certificate())[:16]
+    base = f"http://{publishing_site.management.address}:{PUBLISH_PORT}"
+    assert locations(record.cert_path) == ([f"{base}/crl/{name}.crl"], [f"{base}/ca/{name}.crt"])
+
+
+def test_a_certificate_issued_before_the_publish_url_names_no_place(
+    publishing_site: LocalSite,
+) -> None:
+    before = publishing_site.pki.find("event-before.site.test")
+    assert locations(before.cert_path) == ([], [])
+
+
+def test_curl_fetches_the_ca_certificate_and_its_crl_as_der(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    ca = publishing_site.pki.ca_certificate()
+    record = issue(publishing_site, "curl.site.test")
+    (crl_url,), (ca_url,) = locations(record.cert_path)
+
+    status, content_type = curl(ca_url, tmp_path / "ca.crt")
+    assert (status, content_type) == (200, "application/pkix-cert")
+    assert x509.load_der_x509_certificate((tmp_path / "ca.crt").read_bytes()) == ca
+
+    status, content_type = curl(crl_url, tmp_path / "ca.crl")
+    assert (status, content_type) == (200, "application/pkix-crl")
+    crl = x509.load_der_x509_crl((tmp_path / "ca.crl").read_bytes())
+    assert crl.issuer == ca.subject
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+
+
+def test_the_publish_listener_answers_get_only_and_only_what_it_publishes(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    record = issue(publishing_site, "methods.site.test")
+    (crl_url,), _ = locations(record.cert_path)
+    assert curl(crl_url, tmp_path / "post", "-X", "POST")[0] == 405
+    assert curl(crl_url, tmp_path / "put", "-X", "PUT", "--data", "x")[0] == 405
+    elsewhere = crl_url.rsplit("/", 1)[0] + "/0000000000000000.crl"
+    assert curl(elsewhere, tmp_path / "missing")[0] == 404
+    # Plaintext, always: a TLS client gets no handshake.
+    ran = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-k", crl_url.replace("http://", "https://")],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert ran.returncode == 35, (ran.returncode, ran.stderr)
+
+
+def test_openssl_downloads_the_crl_and_refuses_a_revoked_certificate(
+    publishing_site: LocalSite,
+) -> None:
+    kept = issue(publishing_site, "kept.site.test")
+    revoked = issue(publishing_site, "revoked.site.test")
+    ca = publishing_site.home.ca_cert
+
+    # Given both verify with the published CRL
+    for record in (kept, revoked):
+        verdict = openssl_verify_downloading_crls(ca, record.cert_path)
+        assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+
+    # When one is revoked
+    publishing_site.pki.revoke(revoked.serial, reason="key-compromise")
+
+    # Then the CRL openssl downloads refuses it, and only it
+    verdict = openssl_verify_downloading_crls(ca, revoked.cert_path)
+    assert verdict.returncode != 0
+    assert "error 23" in verdict.stdout + verdict.stderr, verdict.stdout + verdict.stderr
+    verdict = openssl_verify_downloading_crls(ca, kept.cert_path)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+
+
+def test_during_a_rotation_both_cas_and_their_crls_are_published(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    # Last in this module: the site's CA changes.
+    from watchkeep.pki._rotation import rotate_ca
+
+    before = issue(publishing_site, "old-ca.site.test")
+    old, new = rotate_ca(publishing_site.pki)
+    after = issue(publishing_site, "new-ca.site.test")
+
+    # Each certificate points at the CA that signed it, and both answer
+    old_urls, new_urls = locations(before.cert_path), locations(after.cert_path)
+    assert old_urls != new_urls
+    for (crl_url,), (ca_url,) in (old_urls, new_urls):
+        assert curl(ca_url, tmp_path / "ca.crt") == (200, "application/pkix-cert")
+        assert curl(crl_url, tmp_path / "ca.crl") == (200, "application/pkix-crl")
+    assert {fingerprint(x509.load_der_x509_certificate((tmp_path / "ca.crt").read_bytes()))} == {
+        new.fingerprint
+    }
+    for record in (before, after):
+        verdict = openssl_verify_downloading_crls(Path(record.chain_path), record.cert_path)
+        assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert old.fingerprint != new.fingerprint
