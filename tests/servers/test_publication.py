@@ -8,7 +8,9 @@ Given a site whose CA publishes at its management server's `[ports] publish` lis
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,6 +155,92 @@ def test_openssl_downloads_the_crl_and_refuses_a_revoked_certificate(
     assert "error 23" in verdict.stdout + verdict.stderr, verdict.stdout + verdict.stderr
     verdict = openssl_verify_downloading_crls(ca, kept.cert_path)
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+
+
+# -- trusting the CA by its fingerprint (trust install --from, site connect --fingerprint) --
+
+
+def watchkeep(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchkeep", "--home", str(home), *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_ca_whose_fingerprint_differs_is_refused_and_nothing_is_written(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    ms = publishing_site.management
+    real = fingerprint(publishing_site.pki.ca_certificate())
+    forged = real[::-1]
+    store = tmp_path / "trust"
+    ran = watchkeep(
+        tmp_path / "home", "trust", "install", "--from", f"http://{ms.address}:9000",
+        "--fingerprint", forged, "--store", str(store),
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
+    assert real in lines[0]
+    assert forged in lines[0]
+    assert "fix:" in lines[0]
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_trust_install_from_the_encrypted_management_api_takes_the_ca_with_that_fingerprint(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    # Given the management API speaks TLS, with a certificate this machine cannot verify yet
+    publishing_site.connect_cli()
+    publishing_site.encrypt("ms")
+    ms = publishing_site.management
+    ca = publishing_site.pki.ca_certificate()
+    colons = ":".join(f"{b:02X}" for b in bytes.fromhex(fingerprint(ca)))
+
+    # When the CA is fetched by its fingerprint (as `ca show` prints it, or with colons)
+    store = tmp_path / "trust"
+    ran = watchkeep(
+        tmp_path / "home", "trust", "install", "--from", f"https://{ms.address}:9000",
+        "--fingerprint", colons, "--store", str(store), "--json",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+
+    # Then the store trusts that CA, and curl verifies the management server with it alone
+    listed = watchkeep(tmp_path / "home", "trust", "list", "--store", str(store), "--json")
+    assert [e["sha256_fingerprint"] for e in json.loads(listed.stdout)] == [fingerprint(ca)]
+    answer = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "--capath", str(store), "--resolve",
+         f"{ms.host}:9000:{ms.address}", f"https://{ms.host}:9000/api/v1/ca"],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    assert x509.load_pem_x509_certificates(answer.stdout.encode()) == [ca]
+
+    # And `site connect --fingerprint` does the same before it logs in
+    home = tmp_path / "client"
+    ran = watchkeep(
+        home, "site", "connect", "--host", ms.host, "--address", ms.address, "--encrypted",
+        "--password-file", str(publishing_site.password_file), "--fingerprint", fingerprint(ca),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    status = watchkeep(home, "site", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert [s["name"] for s in json.loads(status.stdout)["servers"]] == ["ms"]
+
+
+def test_site_connect_with_a_wrong_fingerprint_writes_nothing(
+    publishing_site: LocalSite, tmp_path: Path
+) -> None:
+    ms = publishing_site.management
+    home = tmp_path / "client"
+    ran = watchkeep(
+        home, "site", "connect", "--host", ms.host, "--address", ms.address, "--encrypted",
+        "--password-file", str(publishing_site.password_file), "--fingerprint", "ab" * 32,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "ab" * 32 in ran.stderr
+    assert not (home / "trust").exists() or not any((home / "trust").iterdir())
+    assert not (home / "site.json").exists()
 
 
 def test_during_a_rotation_both_cas_and_their_crls_are_published(
