@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from watchkeep.pki import Role, fingerprint, load_certificate
+from watchkeep.pki import Role, fingerprint, load_certificate, utcnow
+from watchkeep.servers._expiry import ExpiryWatch, inventory_certificates
 from watchkeep.site import ServerRole
 from watchkeep.store import CertificateRecord
 from watchkeep.testing import LocalSite
@@ -155,6 +157,53 @@ def test_openssl_downloads_the_crl_and_refuses_a_revoked_certificate(
     assert "error 23" in verdict.stdout + verdict.stderr, verdict.stdout + verdict.stderr
     verdict = openssl_verify_downloading_crls(ca, kept.cert_path)
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+
+
+# -- nothing issued is forgotten (cert.expiry_warning over the CA's inventory) -------------
+
+
+def test_a_five_day_certificate_for_a_machine_watchkeep_does_not_run_is_watched(
+    publishing_site: LocalSite,
+) -> None:
+    # Given a certificate exported for an event server: no watchkeep server serves it
+    record = issue(publishing_site, "events.site.test", days=5)
+
+    # Then the doctor on the CA's home warns about it
+    ran = publishing_site.cli("doctor", "--json")
+    findings = json.loads(ran.stdout)
+    ours = [f for f in findings if f["server"] == record.name]
+    assert [f["code"] for f in ours] == ["cert.expiry_warning"], ran.stdout + ran.stderr
+    assert ours[0]["severity"] == "warning"
+    assert record.serial in ours[0]["message"]
+    assert f"cert renew {record.name}" in ours[0]["fix"]
+
+    # And the management server that holds the CA lists it in /metrics
+    ms = publishing_site.management
+    metrics = urllib.request.urlopen(f"http://{ms.address}:{ms.ports['api']}/metrics", timeout=20)
+    text = metrics.read().decode()
+    line = next(
+        (x for x in text.splitlines() if x.startswith("watchkeep_certificate_days_left{")
+         and f'serial="{record.serial}"' in x),
+        None,
+    )  # fmt: skip
+    assert line is not None, text
+    assert f'server="{record.name}"' in line
+    assert 'kind="issued"' in line
+    assert 'role="event"' in line
+    assert 4.5 < float(line.rsplit(" ", 1)[1]) <= 5.0
+
+    # And its expiry watch logs each threshold it is under once, as for its own certificate
+    watch = ExpiryWatch((30, 14, 7))
+    watched = inventory_certificates(publishing_site.home.root)
+    logged = [x for x in watch.check(watched, utcnow()) if record.serial in x]
+    assert [x.split(" days); ")[0].rsplit("(", 1)[1] for x in logged] == [
+        "under 30",
+        "under 14",
+        "under 7",
+    ]
+    assert all(x.startswith("[cert.expiry_warning]") for x in logged)
+    assert all(f"cert renew {record.name}" in x for x in logged)
+    assert not [x for x in watch.check(watched, utcnow()) if record.serial in x]
 
 
 # -- trusting the CA by its fingerprint (trust install --from, site connect --fingerprint) --
