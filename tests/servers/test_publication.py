@@ -8,6 +8,7 @@ Given a site whose CA publishes at its management server's `[ports] publish` lis
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -19,8 +20,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from watchkeep.pki import Role, fingerprint, load_certificate, utcnow
+from watchkeep._home import Home
+from watchkeep.pki import KeyType, Role, SitePKI, fingerprint, load_certificate, utcnow
 from watchkeep.servers._expiry import ExpiryWatch, inventory_certificates
+from watchkeep.servers._publish import Publication
 from watchkeep.site import ServerRole
 from watchkeep.store import CertificateRecord
 from watchkeep.testing import LocalSite
@@ -315,3 +318,23 @@ def test_during_a_rotation_both_cas_and_their_crls_are_published(
         verdict = openssl_verify_downloading_crls(Path(record.chain_path), record.cert_path)
         assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert old.fingerprint != new.fingerprint
+
+
+def test_a_crl_near_its_next_update_is_re_signed_before_it_is_published(tmp_path: Path) -> None:
+    # Given a CA whose CRL was signed six and a half days ago (it lives seven)
+    home = Home(tmp_path / "ca")
+    pki = SitePKI(home)
+    pki.init_ca("Stale CRL CA", key_type=KeyType.ECDSA_P256)
+    now = utcnow()
+    pki.write_crl(now=now - dt.timedelta(days=6, hours=12))
+
+    # When the publication is laid out
+    documents = Publication(home.root, None).build()
+
+    # Then the CRL it serves is a fresh one, days from its nextUpdate
+    name = fingerprint(pki.ca_certificate())[:16]
+    body, content_type = documents[f"/crl/{name}.crl"]
+    assert content_type == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(body)
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc - now > dt.timedelta(days=6)
