@@ -48,6 +48,11 @@ class Home:
         return self.ca_dir / "crl.pem"
 
     @property
+    def publish_url_file(self) -> Path:
+        """Where the CA's certificate and CRL are published over HTTP (one URL, one line)."""
+        return self.ca_dir / "publish-url"
+
+    @property
     def certs_dir(self) -> Path:
         return self.root / "certs"
 

@@ -73,7 +73,7 @@ def example_keys() -> set[str]:
 
 
 def test_every_key_is_both_explained_and_shown_in_an_example() -> None:
-    ports = {"api", "data", "control", "http", "https"}  # the [ports] table lists these
+    ports = {"api", "data", "control", "http", "https", "publish"}  # the [ports] table lists these
     assert example_keys() - ports == documented_keys()
 
 

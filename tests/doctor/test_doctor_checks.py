@@ -52,6 +52,7 @@ from watchkeep.doctor import (
     check_by_code,
     run_checks,
 )
+from watchkeep.doctor._snapshot import IssuedCertificate, sha256
 from watchkeep.pki import Role
 from watchkeep.site import ServerRole
 
@@ -152,6 +153,32 @@ def short_lived_ca_snapshot() -> SiteSnapshot:
 
     short = CertificateAuthority.create("Short CA", key_type=KeyType.ECDSA_P256, days=20, now=NOW)
     return SiteSnapshot(now=NOW, site_cas=(short.certificate,))
+
+
+def issued(name: str, *, days: float, same_as: x509.Certificate | None = None) -> IssuedCertificate:
+    """An active certificate of the CA's inventory (by default one no server serves)."""
+    return IssuedCertificate(
+        name=name,
+        role=name.split("-", 1)[0],
+        hosts=(name.split("-", 1)[1],),
+        serial="1f2e3d",
+        sha256_fingerprint=sha256(same_as) if same_as is not None else "ab" * 32,
+        not_after=NOW + dt.timedelta(days=days),
+    )
+
+
+def inventory(*certificates: IssuedCertificate) -> SiteSnapshot:
+    """The healthy site seen from the CA's home, whose inventory holds ``certificates``."""
+    return replace(healthy(), issued=certificates)
+
+
+def rs1_in_inventory_too() -> SiteSnapshot:
+    """rs1 serves a certificate expiring in 10 days, which the inventory holds as well."""
+    cert = expiring_in(10)
+    return replace(
+        rs1_everywhere(cert)(),
+        issued=(issued("recording-rs1.site.test", days=10, same_as=cert),),
+    )
 
 
 CASES = [
@@ -297,6 +324,21 @@ CASES = [
         "a remote server reports a certificate expiring in 5 days",
         lambda: without_probes(remote("rs1", certificate=expiring_in(5))(), "rs1"),
         [("cert.expiry_warning", W, "rs1", "the certificate it reports expires")],
+    ),
+    Case(
+        "an exported event certificate in the CA's inventory expires in 5 days",
+        lambda: inventory(issued("event-ev1.site.test", days=5)),
+        [("cert.expiry_warning", W, "event-ev1.site.test", "in 5.0 days (the 7-day warning)")],
+    ),
+    Case(
+        "a certificate the CA issued for a client expired",
+        lambda: inventory(issued("event-client1.site.test", days=-2)),
+        [("cert.validity", E, "event-client1.site.test", "that the CA issued expired")],
+    ),
+    Case(
+        "an inventory certificate that rs1 serves is reported once, as rs1's",
+        rs1_in_inventory_too,
+        [("cert.expiry_warning", W, "rs1", "in 10.0 days (the 14-day warning)")],
     ),
     Case(
         "the site CA expires in 20 days",

@@ -17,6 +17,10 @@ from watchkeep._home import Home
 from watchkeep.pki import KeyType, Role, SitePKI
 from watchkeep.store import CertificateRecord
 
+# Where `rsa_site` says its CA and CRL are published (nothing listens there: the tests
+# that use it read certificates, they fetch nothing).
+PUBLISH_URL = "http://ms.site.example:9080"
+
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Home:
@@ -26,9 +30,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Home:
 
 @pytest.fixture(scope="session")
 def rsa_site(tmp_path_factory: pytest.TempPathFactory) -> Home:
-    """A site CA made by `ca init` with its defaults (RSA-3072, 10 years)."""
+    """A site CA made by `ca init` with its defaults (RSA-3072, 10 years), publishing its
+    certificate and CRL at a management server's publish listener."""
     root = tmp_path_factory.mktemp("rsa-site")
-    ran = run_cli(root, "ca", "init", "--name", "Default Site CA")
+    ran = run_cli(root, "ca", "init", "--name", "Default Site CA", "--publish-url", PUBLISH_URL)
     assert ran.code == 0, ran.err
     return Home(root)
 

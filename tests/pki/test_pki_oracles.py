@@ -51,11 +51,12 @@ CABF_PRIVATE_PKI_FINDINGS = {
     "cabf.serverauth.dv.common_name_attribute_present",
     # RFC 5280 says SHOULD; without it `lint_pkix_cert` warns (certificate_skid_end_entity_missing).
     "cabf.serverauth.subscriber.subject_key_identifier_extension_present",
-    # There is no CRL publishing endpoint yet: CRLs travel with `trust install` / `ca crl`,
-    # so leaves carry no CRL distribution point...
+}
+# What a leaf lacks when its CA has no publish URL (`ca publish-url`): no CRL distribution
+# point and no AIA caIssuers URL. Never allowed above: a CA that publishes names both.
+REVOCATION_INFORMATION_ABSENT = {
     "cabf.serverauth.subscriber.revocation_information_absent",
     "msft.end_entity.revocation_information_absent",
-    # ...and no AIA caIssuers URL (the CA certificate is installed, never fetched).
     "cabf.serverauth.subscriber.authority_info_access_extension_absent",
 }
 
@@ -225,6 +226,15 @@ def test_pkilint_finds_nothing_unexpected_in_a_leaf(rsa_site: Home, key_type: st
     pkix = pkilint("lint_pkix_cert", cert)
     assert (pkix.status, pkix.codes) == (0, ()), pkix.report
     assert unexpected_cabf_findings(cert) == []
+
+
+def test_pkilint_finds_the_revocation_information_missing_from_a_leaf_of_an_unpublished_ca(
+    site: Home, issue: Callable[..., CertificateRecord]
+) -> None:
+    # The `site` CA has no publish URL: its leaves name no CRL and no CA URL, and the
+    # CA/B lint says so (the leaves of the publishing CA above are clean of it).
+    record = issue(site, "recording", unique_host())
+    assert set(unexpected_cabf_findings(record.cert_path)) == REVOCATION_INFORMATION_ABSENT
 
 
 def test_the_cabf_allow_list_still_catches_what_it_does_not_name(

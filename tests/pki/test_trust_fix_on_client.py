@@ -39,6 +39,12 @@ def test_the_fix_printed_on_a_machine_without_the_ca_clears_the_finding(tmp_path
     assert [f["server"] for f in findings] == ["rs1"], findings
     fix = findings[0]["fix"]
     assert "`watchkeep ca show` prints its path and SHA-256 fingerprint" in fix
+    # (or fetches it from a management server, checked by the fingerprint `ca show` prints:
+    # nothing on this machine knows either yet)
+    assert (
+        f"watchkeep --home {server_home} trust install --from https://MS_HOST:9000 "
+        f"--fingerprint HEX --store {trust};"
+    ) in fix
     command = fix.split(" and run: ", 1)[1]
     assert command == f"watchkeep --home {server_home} trust install CA_PEM --store {trust}"
 

@@ -70,6 +70,9 @@ def _no_tracebacks(made: list[LocalSite]) -> None:
     )
 
 
+PUBLISH_PORT = 9080
+
+
 @pytest.fixture(scope="session")
 def security_site(open_sites: OpenSites) -> Iterator[LocalSite]:
     """A management server, a recording server recording cam1 and a mobile server, each
@@ -80,13 +83,17 @@ def security_site(open_sites: OpenSites) -> Iterator[LocalSite]:
     """
     with open_sites() as make:
         site = make("secure")
+        # The management server (the first server: .2) publishes the CA and its CRL over
+        # plain HTTP, and every certificate names them (CRL distribution point, AIA).
+        site.pki.set_publish_url(f"http://{site.network}.2:{PUBLISH_PORT}")
+        ports: dict[str, dict[str, int] | None] = {"ms": {"api": 9000, "publish": PUBLISH_PORT}}
         servers = [
             ("ms", ServerRole.MANAGEMENT),
             ("rs1", ServerRole.RECORDING),
             ("mobile1", ServerRole.MOBILE),
         ]
         for name, role in servers:
-            site.add_server(name, role)
+            site.add_server(name, role, ports=ports.get(name))
         limits = {"handshake_timeout": HANDSHAKE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT}
         for name in ("ms", "rs1"):
             set_server_options(site.servers[name], **limits)

@@ -23,6 +23,7 @@ from aiohttp import web
 from security_support import Figures, http_request, json_request, problem_of
 
 from watchkeep.servers import load_config
+from watchkeep.servers._publish import Publication
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.servers.management import ManagementServer
 from watchkeep.servers.mobile import MobileServer
@@ -39,6 +40,12 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "GET", "/metrics"): 200,  # public: expiry metrics for Prometheus
     # public: the token-verifying key is a public key (recording servers get it by heartbeat)
     ("ms", "api", "GET", "/api/v1/token-key"): 200,
+    # public: the site's CA certificates, checked by their fingerprint (trust install --from)
+    ("ms", "api", "GET", "/api/v1/ca"): 200,
+    # The publish listener (plaintext, GET only): signed documents, public by design.
+    ("ms", "publish", "GET", "/ca/{name}.crt"): 404,  # public: CA certificates (no CA "cam1")
+    ("ms", "publish", "GET", "/crl/{name}.crl"): 404,  # public: CRLs (no CA "cam1")
+    ("ms", "publish", "GET", "/api/v1/ca"): 200,  # public: the same bundle as on the API
     ("ms", "api", "GET", "/api/v1/site/status"): 401,
     ("ms", "api", "GET", "/api/v1/servers"): 401,
     ("ms", "api", "POST", "/api/v1/servers/{name}/encryption"): 401,
@@ -117,6 +124,7 @@ def applications(security_site: LocalSite, tmp_path_factory: pytest.TempPathFact
         server: Any = kind(load_config(config))
         if name == "ms":
             built[name, "api"] = server.app
+            built[name, "publish"] = Publication(server.config.ca_home, None).application()
             management = server
         elif name == "rs1":
             built[name, "data"] = server.data_app
@@ -163,8 +171,9 @@ def test_anonymous_callers_get_401_except_on_public_routes(
         if listener == "control"
         else None
     )
+    ca = None if listener == "publish" else security_site.home.ca_cert  # always plaintext
     status, headers, reply = http_request(
-        server, listener, path, ca=security_site.home.ca_cert, method=method,
+        server, listener, path, ca=ca, method=method,
         body=json.dumps(body).encode() if body is not None else None, client_cert=client_cert,
     )  # fmt: skip
     figures.hostile("anonymous call")
@@ -225,7 +234,15 @@ def test_an_operator_may_read_what_it_is_allowed_to(
 
 
 def key_fingerprints(site: LocalSite) -> dict[str, list[str]]:
-    """Distinctive pieces of every private key file of the site (servers', CA's, token keys)."""
+    """Distinctive pieces of every private key file of the site (servers', CA's, token keys).
+
+    A PKCS#8 EC key holds its public key too, and a piece of it may line up with the base64
+    of a certificate that carries the same public key: such pieces are public, and left out."""
+    public = "".join(
+        "".join(line for line in path.read_text(errors="replace").splitlines())
+        for path in site.root.rglob("*.pem")
+        if "CERTIFICATE" in path.read_text(errors="replace")
+    )
     found = {}
     for path in [
         *site.root.rglob("*.key"),
@@ -236,7 +253,8 @@ def key_fingerprints(site: LocalSite) -> dict[str, list[str]]:
         if "PRIVATE KEY" not in text:
             continue
         body = "".join(line for line in text.splitlines() if not line.startswith("-----"))
-        found[str(path)] = [body[i : i + 32] for i in range(0, max(len(body) - 32, 1), 64)]
+        pieces = [body[i : i + 32] for i in range(0, max(len(body) - 32, 1), 64)]
+        found[str(path)] = [p for p in pieces if p not in public]
     return found
 
 
@@ -248,7 +266,9 @@ def get_bounded(
     if "client_cert" in kwargs:
         context.load_cert_chain(*map(str, kwargs["client_cert"]))
     sock = socket.create_connection((server.address, server.ports[listener]), timeout=10)
-    with context.wrap_socket(sock, server_hostname=server.host) as tls:
+    if listener != "publish":  # the publish listener is always plaintext
+        sock = context.wrap_socket(sock, server_hostname=server.host)
+    with sock as tls:
         headers = f"GET {path} HTTP/1.0\r\nHost: {server.host}\r\n"
         if kwargs.get("token"):
             headers += f"Authorization: Bearer {kwargs['token']}\r\n"
@@ -273,6 +293,7 @@ def test_no_get_route_of_any_server_serves_a_private_key(
     # its control link.
     tokens = {
         ("ms", "api"): security_site.login_token(),
+        ("ms", "publish"): security_site.login_token(),
         ("mobile1", "https"): security_site.login_token(via="mobile1"),
         ("rs1", "data"): security_site.stream_token("cam1"),
         ("rs1", "control"): TokenSigner.load_or_create(ms.directory / "data" / "token.key").issue(

@@ -63,11 +63,8 @@ CABF_PRIVATE_PKI_FINDINGS = {
     "cabf.serverauth.dv.common_name_attribute_present",
     # RFC 5280 says SHOULD; without it lint_pkix_cert warns (certificate_skid_end_entity_missing).
     "cabf.serverauth.subscriber.subject_key_identifier_extension_present",
-    # CRLs travel with `trust install` and the management server's trust payload, not from
-    # a URL: no CRL distribution point, no AIA caIssuers in the leaves.
-    "cabf.serverauth.subscriber.revocation_information_absent",
-    "msft.end_entity.revocation_information_absent",
-    "cabf.serverauth.subscriber.authority_info_access_extension_absent",
+    # Nothing about revocation information: the site's CA publishes its CRL and certificate
+    # at the management server, and every leaf names both (CRL DP, AIA caIssuers).
 }
 
 

@@ -39,6 +39,13 @@ def register(groups: Any) -> None:
     init.add_argument(
         "--passphrase-file", type=Path, help="encrypt the CA key with this passphrase"
     )
+    init.add_argument(
+        "--publish-url",
+        metavar="URL",
+        help="where the management server publishes the CA and its CRL over plain HTTP "
+        "(its [ports] publish listener, e.g. http://ms.site.example:9080); issued "
+        "certificates then name them (CRL distribution point, AIA caIssuers)",
+    )
     add_json(init)
     init.set_defaults(handler=_init)
 
@@ -68,6 +75,15 @@ def register(groups: Any) -> None:
     add_json(retire)
     retire.set_defaults(handler=_retire)
 
+    publish = sub.add_parser(
+        "publish-url",
+        help="set where the CA and its CRL are published; certificates issued or renewed "
+        "from now on name it",
+    )
+    publish.add_argument("url", metavar="URL", help="e.g. http://ms.site.example:9080")
+    add_json(publish)
+    publish.set_defaults(handler=_publish_url)
+
     crl = sub.add_parser("crl", help="sign a fresh CRL")
     crl.add_argument("--out", type=Path, help="also write it to this file")
     add_ca_passphrase(crl)
@@ -80,7 +96,12 @@ def _init(args: argparse.Namespace) -> int:
 
     passphrase = read_secret_file(args.passphrase_file, "passphrase")
     pki = SitePKI(home_of(args), passphrase=passphrase)
-    pki.init_ca(args.name, key_type=KeyType.parse(args.key_type), days=args.days)
+    pki.init_ca(
+        args.name,
+        key_type=KeyType.parse(args.key_type),
+        days=args.days,
+        publish_url=args.publish_url,
+    )
     return _describe(pki, args.json)
 
 
@@ -105,7 +126,26 @@ def _describe(pki: Any, as_json: bool) -> int:
                 ["not after", f"{info['not_after']} ({info['days_left']:.0f} days left)"],
                 ["certificate", info["cert_path"]],
                 ["CRL", info["crl_path"]],
+                ["published at", info["publish_url"] or "(not published: ca publish-url URL)"],
             ],
+        )
+    return 0
+
+
+def _publish_url(args: argparse.Namespace) -> int:
+    from watchkeep.pki import SitePKI
+
+    pki = SitePKI(home_of(args))
+    pki.set_publish_url(args.url)
+    info = pki.describe_ca()
+    result = {k: info[k] for k in ("publish_url", "crl_url", "ca_url")}
+    if args.json:
+        emit_json(result)
+    else:
+        print(
+            f"certificates issued or renewed from now on name the CRL {result['crl_url']} "
+            f"and the CA certificate {result['ca_url']} (renew the others: watchkeep cert "
+            "renew --all)"
         )
     return 0
 

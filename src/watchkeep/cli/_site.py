@@ -35,6 +35,12 @@ def register(groups: Any) -> None:
     connect.add_argument(
         "--encrypted", action="store_true", help="the management server speaks TLS"
     )
+    connect.add_argument(
+        "--fingerprint",
+        metavar="HEX",
+        help="first trust the site CA the management server serves, if its SHA-256 "
+        "fingerprint is this one (as `watchkeep ca show` prints it on the CA's machine)",
+    )
     add_json(connect)
     connect.set_defaults(handler=_connect)
 
@@ -63,6 +69,14 @@ def _connect(args: argparse.Namespace) -> int:
         password_file=str(args.password_file.resolve()),
         trust_store=str((args.trust_store or home.trust_dir).resolve()),
     )
+
+    if args.fingerprint is not None:
+        from watchkeep.trust import DirectoryTrustStore, fetch_ca_by_fingerprint
+
+        scheme = "https" if args.encrypted else "http"
+        where = args.address if ":" not in args.address else f"[{args.address}]"
+        cert = fetch_ca_by_fingerprint(f"{scheme}://{where}:{args.port}", args.fingerprint)
+        DirectoryTrustStore(Path(connection.trust_store)).install(cert)
 
     async def check() -> SiteConnection:
         client = SiteClient(home, connection)

@@ -17,6 +17,18 @@ def register(groups: Any) -> None:
 
     install = sub.add_parser("install", help="trust a CA (default: this site's CA and its CRL)")
     install.add_argument("ca_pem", nargs="?", type=Path, metavar="CA_PEM")
+    install.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        help="fetch the CA from the management server (https://HOST:9000); it is installed "
+        "only if its SHA-256 fingerprint is --fingerprint",
+    )
+    install.add_argument(
+        "--fingerprint",
+        metavar="HEX",
+        help="the CA's SHA-256 fingerprint, as `watchkeep ca show` prints it on the CA's machine",
+    )
     where = install.add_mutually_exclusive_group()
     where.add_argument("--store", type=Path, help="directory store (default HOME/trust)")
     where.add_argument("--system", action="store_true", help="the OS trust store (root)")
@@ -50,6 +62,8 @@ def _install(args: argparse.Namespace) -> int:
     from watchkeep.trust import DirectoryTrustStore, read_pem_bundle, remember_store
 
     home = home_of(args)
+    if args.source is not None or args.fingerprint is not None:
+        return _install_fetched(args)
     source = args.ca_pem or home.ca_cert
     if args.ca_pem is None and not home.ca_cert.exists():
         # A server or client machine: the site's CA lives in the CA's home elsewhere, and
@@ -79,6 +93,30 @@ def _install(args: argparse.Namespace) -> int:
             print(f"trusted {e.subject} ({e.sha256_fingerprint}) in {e.path}")
         if crl:
             print(f"CRL installed as {crl}")
+    return 0
+
+
+def _install_fetched(args: argparse.Namespace) -> int:
+    """trust install --from URL --fingerprint HEX: the CA as the management server serves
+    it, taken only when its fingerprint is the one given."""
+    from watchkeep.errors import UsageError
+    from watchkeep.trust import fetch_ca_by_fingerprint
+
+    if args.source is None or args.fingerprint is None or args.ca_pem is not None:
+        raise UsageError(
+            "--from and --fingerprint go together, without CA_PEM",
+            fix="watchkeep trust install --from https://ms.site.example:9000 --fingerprint "
+            "HEX (the fingerprint `watchkeep ca show` prints on the CA's machine)",
+        )
+    cert = fetch_ca_by_fingerprint(args.source, args.fingerprint)
+    entry = _store(args).install(cert)
+    if args.json:
+        emit_json({"installed": [entry.as_json()], "crl_path": None})
+    else:
+        print(
+            f"trusted {entry.subject} ({entry.sha256_fingerprint}) from {args.source} in "
+            f"{entry.path}"
+        )
     return 0
 
 

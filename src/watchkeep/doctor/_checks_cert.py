@@ -24,6 +24,7 @@ from watchkeep.doctor._helpers import (
 )
 from watchkeep.doctor._model import Issue, Severity, check
 from watchkeep.doctor._snapshot import (
+    IssuedCertificate,
     SiteSnapshot,
     crl_number,
     crl_of,
@@ -55,6 +56,20 @@ def _unseen_listed(
     for server in snapshot.listed():
         if server.name not in seen and server.certificate is not None:
             yield server.name, server.role, server.host, server.certificate
+
+
+def _issued_fix(snapshot: SiteSnapshot, issued: IssuedCertificate) -> str:
+    """Renew an inventory certificate; watchkeep runs nothing with it, so whoever uses it
+    must be given the new files."""
+    if not issued.key_held:
+        return (
+            f"make a new CSR where its key is and run: {snapshot.cli} cert sign-csr CSR "
+            f"--role {issued.role} --replace, then install the new certificate there"
+        )
+    return (
+        f"{snapshot.cli} cert renew {issued.name}, then install the new files where it is "
+        f"used (or export them: {snapshot.cli} cert export {issued.name} --pkcs12 FILE)"
+    )
 
 
 @check(
@@ -262,6 +277,15 @@ def cert_validity(snapshot: SiteSnapshot) -> Iterator[Issue]:
                 "check the clocks of this host and the CA's host (timedatectl), or re-issue: "
                 + reissue_fix(snapshot, seen.server, seen.role, seen.host, seen.local),
             )
+    for issued in snapshot.unserved_issued():
+        if issued.not_after < now:
+            yield Issue(
+                issued.name,
+                f"the certificate {issued.name} (serial {issued.serial}, "
+                f"{', '.join(issued.hosts)}) that the CA issued expired on "
+                f"{date(issued.not_after)}: whatever uses it is refused by every peer",
+                _issued_fix(snapshot, issued),
+            )
     for name, role, host, cert in _unseen_listed(snapshot):
         if cert.not_after < now:
             yield Issue(
@@ -314,6 +338,16 @@ def cert_expiry_warning(snapshot: SiteSnapshot) -> Iterator[Issue]:
                 f"{date(seen.leaf.not_valid_after_utc)}, in {hit[0]:.1f} days (the "
                 f"{hit[1]}-day warning)",
                 renew_fix(snapshot, seen.role, seen.host),
+            )
+    for issued in snapshot.unserved_issued():
+        hit = warn(issued.not_after)
+        if hit is not None:
+            yield Issue(
+                issued.name,
+                f"the certificate {issued.name} (serial {issued.serial}, "
+                f"{', '.join(issued.hosts)}) that the CA issued expires on "
+                f"{date(issued.not_after)}, in {hit[0]:.1f} days (the {hit[1]}-day warning)",
+                _issued_fix(snapshot, issued),
             )
     for name, role, host, cert in _unseen_listed(snapshot):
         hit = warn(cert.not_after)

@@ -20,6 +20,7 @@ from watchkeep.doctor._probe import PROBE_TIMEOUT, ProbeTarget, probe_endpoints
 from watchkeep.doctor._snapshot import (
     DEFAULT_WARN_DAYS,
     HOME_PARTY,
+    IssuedCertificate,
     ListedServer,
     SiteSnapshot,
     TrustStoreFacts,
@@ -108,6 +109,30 @@ def _site_cas(
     return None, ()
 
 
+def _inventory(home: Home) -> tuple[IssuedCertificate, ...]:
+    """Every active certificate the CA issued, when this home is the CA's."""
+    if not home.ca_cert.exists():
+        return ()
+    from watchkeep.pki import SitePKI
+
+    try:
+        records = SitePKI(home).certificates()
+    except (WatchkeepError, OSError, ValueError):
+        return ()  # the CA's files are checked by the other checks
+    return tuple(
+        IssuedCertificate(
+            name=r.name,
+            role=r.role,
+            hosts=(*r.hosts, *r.ips),
+            serial=r.serial,
+            sha256_fingerprint=r.sha256_fingerprint,
+            not_after=r.not_after,
+            key_held=r.key_path is not None,
+        )
+        for r in records
+    )
+
+
 async def collect_snapshot(
     home: Home,
     *,
@@ -145,4 +170,5 @@ async def collect_snapshot(
         local=tuple(local),
         config_errors=tuple(config_errors),
         probes=tuple(probes),
+        issued=_inventory(home),
     )

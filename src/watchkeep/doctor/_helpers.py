@@ -116,14 +116,24 @@ def trust_install_fix(snapshot: SiteSnapshot, directory: object) -> str:
 
 
 def copy_ca_fix(snapshot: SiteSnapshot, where: str) -> str:
-    """On a host without the CA's home: bring the CA's certificate here, then trust it."""
+    """On a host without the CA's home: fetch the CA's certificate from the management
+    server, checked by its fingerprint, or bring its file here; then trust it."""
     named = (snapshot.status or {}).get("site_ca_sha256_fingerprint")
     if not named and snapshot.site_cas:
         named = fingerprint(snapshot.site_cas[0])
     check = f", which must be {named}" if named else ""
+    ms = snapshot.management_server()
+    url = (
+        f"{'https' if ms.encryption else 'http'}://{ms.host}:{ms.ports.get('api', 9000)}"
+        if ms is not None
+        else "https://MS_HOST:9000"
+    )
     return (
-        "copy the site CA certificate to this host (on the CA's home, `watchkeep ca show` "
-        f"prints its path and SHA-256 fingerprint{check}) and run: "
+        f"fetch it from the management server, checked by the SHA-256 fingerprint that "
+        f"`watchkeep ca show` prints on the CA's home{check}: {snapshot.cli} trust install "
+        f"--from {url} --fingerprint {named or 'HEX'} {where}".rstrip()
+        + "; or copy the site CA certificate to this host (on the CA's home, `watchkeep ca "
+        "show` prints its path and SHA-256 fingerprint) and run: "
         f"{snapshot.cli} trust install CA_PEM {where}"
     )
 

@@ -24,6 +24,7 @@ from watchkeep.site import CertificateStatus, RuleBreach, ServerRole
 __all__ = [
     "DEFAULT_WARN_DAYS",
     "HOME_PARTY",
+    "IssuedCertificate",
     "KeyFileFacts",
     "ListedServer",
     "LocalServerFacts",
@@ -163,6 +164,21 @@ class SeenCertificate:
 
 
 @dataclass(frozen=True)
+class IssuedCertificate:
+    """An active certificate of the CA's inventory (read on the CA's home): those of
+    watchkeep's servers and those exported for machines watchkeep does not run (an event
+    server, an integration, a PKCS#12 for a client)."""
+
+    name: str  # its inventory name, ROLE-HOST
+    role: str
+    hosts: tuple[str, ...]
+    serial: str
+    sha256_fingerprint: str
+    not_after: dt.datetime
+    key_held: bool = True  # False: signed from a CSR, its key is on its own machine
+
+
+@dataclass(frozen=True)
 class SiteSnapshot:
     now: dt.datetime
     warn_days: tuple[int, ...] = DEFAULT_WARN_DAYS
@@ -178,6 +194,7 @@ class SiteSnapshot:
     local: tuple[LocalServerFacts, ...] = ()
     config_errors: tuple[tuple[Path, str], ...] = ()  # configs that did not load
     probes: tuple[ProbeResult, ...] = ()
+    issued: tuple[IssuedCertificate, ...] = ()  # the CA's inventory, on the CA's home
 
     # -- views the checks share ----------------------------------------------------------
 
@@ -258,6 +275,13 @@ class SiteSnapshot:
                 )
             )
         return seen
+
+    def unserved_issued(self) -> tuple[IssuedCertificate, ...]:
+        """Inventory certificates the doctor saw in no server's files or listeners and no
+        server reports: it has only the inventory to speak for them."""
+        known = {fingerprint(s.leaf) for s in self.seen_certificates()}
+        known |= {s.certificate.sha256_fingerprint for s in self.listed() if s.certificate}
+        return tuple(c for c in self.issued if c.sha256_fingerprint not in known)
 
     def newest_crls(self) -> dict[str, x509.CertificateRevocationList]:
         """The newest CRL of each site CA (by CRL number) whose signature verifies, from

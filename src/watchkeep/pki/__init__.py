@@ -5,6 +5,7 @@ from watchkeep.pki._authority import (
     CLOCK_SKEW,
     CertificateAuthority,
     LeafRequest,
+    PublishedLocations,
     fingerprint,
     san_dns_names,
     san_ip_addresses,
@@ -17,6 +18,7 @@ from watchkeep.pki._service import (
     SitePKI,
     certificate_name,
     load_certificate,
+    parse_publish_url,
     record_to_json,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "KeyType",
     "LeafRequest",
     "Profile",
+    "PublishedLocations",
     "Role",
     "SitePKI",
     "certificate_name",
@@ -36,6 +39,7 @@ __all__ = [
     "generate_key",
     "load_certificate",
     "load_private_key",
+    "parse_publish_url",
     "profile_for",
     "record_to_json",
     "same_public_key",

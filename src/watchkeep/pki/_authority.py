@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from watchkeep.errors import CertificateRuleViolation, UsageError
 from watchkeep.pki._keys import same_public_key
@@ -24,6 +24,7 @@ __all__ = [
     "CLOCK_SKEW",
     "CertificateAuthority",
     "LeafRequest",
+    "PublishedLocations",
     "RevokedEntry",
     "fingerprint",
     "san_dns_names",
@@ -69,6 +70,29 @@ def _signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
+
+
+@dataclass(frozen=True)
+class PublishedLocations:
+    """Where a CA's certificate and CRL can be fetched over plain HTTP, as written into the
+    certificates it signs (CRL distribution point and AIA caIssuers, RFC 5280 4.2.1.13 and
+    4.2.2.1). Both are signed documents, so they need no TLS (step-ca and Vault do the same).
+
+    Each CA has its own names, from the start of its SHA-256 fingerprint: during a rotation
+    the old CA's and the new CA's are published side by side, and a certificate keeps
+    pointing at the CA that signed it."""
+
+    base_url: str  # http://HOST[:PORT][/PATH], no trailing slash
+
+    @staticmethod
+    def name_of(ca: x509.Certificate) -> str:
+        return fingerprint(ca)[:16]
+
+    def crl_url(self, ca: x509.Certificate) -> str:
+        return f"{self.base_url}/crl/{self.name_of(ca)}.crl"
+
+    def ca_url(self, ca: x509.Certificate) -> str:
+        return f"{self.base_url}/ca/{self.name_of(ca)}.crt"
 
 
 @dataclass(frozen=True)
@@ -167,9 +191,15 @@ class CertificateAuthority:
         return fingerprint(self.certificate)
 
     def sign_server_certificate(
-        self, public_key: object, request: LeafRequest, *, now: dt.datetime
+        self,
+        public_key: object,
+        request: LeafRequest,
+        *,
+        now: dt.datetime,
+        published: PublishedLocations | None = None,
     ) -> x509.Certificate:
-        """Sign a server certificate for ``public_key`` as ``request`` describes."""
+        """Sign a server certificate for ``public_key`` as ``request`` describes; with
+        ``published``, it says where its CRL and this CA's certificate are fetched."""
         if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
             raise UsageError(
                 f"unsupported public key {type(public_key).__name__}",
@@ -187,7 +217,7 @@ class CertificateAuthority:
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         san: list[x509.GeneralName] = [x509.DNSName(h) for h in request.hosts]
         san += [x509.IPAddress(ip) for ip in request.ips]
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.hosts[0])]))
             .issuer_name(self.certificate.subject)
@@ -222,8 +252,20 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
                 critical=False,
             )
-            .sign(self.key, _signature_hash(self.key))
         )
+        if published is not None:
+            crl_url = x509.UniformResourceIdentifier(published.crl_url(self.certificate))
+            ca_url = x509.UniformResourceIdentifier(published.ca_url(self.certificate))
+            builder = builder.add_extension(
+                x509.CRLDistributionPoints([x509.DistributionPoint([crl_url], None, None, None)]),
+                critical=False,
+            ).add_extension(
+                x509.AuthorityInformationAccess(
+                    [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, ca_url)]
+                ),
+                critical=False,
+            )
+        return builder.sign(self.key, _signature_hash(self.key))
 
     def sign_crl(
         self, revoked: Sequence[RevokedEntry], *, now: dt.datetime, number: int

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -40,6 +41,7 @@ from watchkeep.pki._authority import (
     CA_DEFAULT_DAYS,
     CertificateAuthority,
     LeafRequest,
+    PublishedLocations,
     RevokedEntry,
     fingerprint,
     san_dns_names,
@@ -55,6 +57,7 @@ __all__ = [
     "SitePKI",
     "certificate_name",
     "load_certificate",
+    "parse_publish_url",
     "record_to_json",
 ]
 
@@ -143,8 +146,10 @@ class SitePKI:
         key_type: KeyType = KeyType.RSA_3072,
         days: int = CA_DEFAULT_DAYS,
         now: dt.datetime | None = None,
+        publish_url: str | None = None,
     ) -> CertificateAuthority:
         now = now or utcnow_to_second()
+        canonical_url = parse_publish_url(publish_url) if publish_url is not None else None
         for existing in (self.home.ca_cert, self.home.ca_key, self.home.ca_dir):
             if existing.exists() and (existing.is_file() or any(existing.iterdir())):
                 raise CAAlreadyExists(str(existing))
@@ -162,6 +167,10 @@ class SitePKI:
                 staging / self.home.ca_key.name, ca.private_key_pem(self.passphrase), mode=0o600
             )
             self._write_crl(ca, now, path=staging / self.home.crl.name)
+            if canonical_url is not None:
+                atomic_write(
+                    staging / self.home.publish_url_file.name, canonical_url.encode() + b"\n"
+                )
             atomic_write(
                 staging / self.home.ca_cert.name,
                 ca.certificate.public_bytes(serialization.Encoding.PEM),
@@ -176,6 +185,33 @@ class SitePKI:
             raise
         self._authority = ca
         return ca
+
+    # -- publication ----------------------------------------------------------------------
+
+    def publish_url(self) -> str | None:
+        """The base URL the management server publishes the CA and its CRL at, if set."""
+        try:
+            text = self.home.publish_url_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise OutputNotWritable(
+                str(self.home.publish_url_file), exc.strerror or str(exc)
+            ) from exc
+        return text or None
+
+    def published(self) -> PublishedLocations | None:
+        url = self.publish_url()
+        return PublishedLocations(url) if url else None
+
+    def set_publish_url(self, url: str) -> str:
+        """Record where the CA and its CRL are published; certificates issued or renewed
+        from now on carry these locations (those issued before keep none)."""
+        self.ca_certificate()  # a home without a CA is refused
+        canonical = parse_publish_url(url)
+        with self._exclusive():
+            atomic_write(self.home.publish_url_file, canonical.encode() + b"\n")
+        return canonical
 
     def ca_certificate(self) -> x509.Certificate:
         if not self.home.ca_cert.exists():
@@ -236,7 +272,9 @@ class SitePKI:
                 # existing one would keep the account from its key.
                 _refuse_unreachable(out, str(owner))
             key = generate_key(key_type)
-            cert = ca.sign_server_certificate(key.public_key(), request, now=now)
+            cert = ca.sign_server_certificate(
+                key.public_key(), request, now=now, published=self.published()
+            )
             if out is not None and owner_ids is not None:
                 make_directory(out, private=True, owner=owner_ids)
             return self._store(
@@ -271,7 +309,9 @@ class SitePKI:
         ca = self.authority()  # before the inventory is opened, as in issue()
         with self._exclusive():
             previous = self._refuse_duplicates(role, request.hosts, name, replace=replace)
-            cert = ca.sign_server_certificate(csr.public_key(), request, now=now)
+            cert = ca.sign_server_certificate(
+                csr.public_key(), request, now=now, published=self.published()
+            )
             cert_path = out if out is not None else self.home.certs_dir / f"{name}.pem"
             return self._store(
                 name,
@@ -318,7 +358,9 @@ class SitePKI:
             )
             owner_ids = resolve_owner(record.owner) if record.owner else None
             key = generate_key(KeyType.parse(record.key_type))
-            cert = self.authority().sign_server_certificate(key.public_key(), request, now=now)
+            cert = self.authority().sign_server_certificate(
+                key.public_key(), request, now=now, published=self.published()
+            )
             old = Path(record.cert_path)
             return self._store(
                 record.name,
@@ -548,6 +590,7 @@ class SitePKI:
         now = now or utcnow_to_second()
         cert = self.ca_certificate()
         key = cert.public_key()
+        published = self.published()
         return {
             "subject": cert.subject.rfc4514_string(),
             "name": cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
@@ -560,10 +603,42 @@ class SitePKI:
             "cert_path": str(self.home.ca_cert.resolve()),
             "key_path": str(self.home.ca_key.resolve()),
             "crl_path": str(self.home.crl.resolve()),
+            "publish_url": published.base_url if published else None,
+            "crl_url": published.crl_url(cert) if published else None,
+            "ca_url": published.ca_url(cert) if published else None,
             "key_encrypted": b"ENCRYPTED" in self.home.ca_key.read_bytes()
             if self.home.ca_key.exists()
             else None,
         }
+
+
+def parse_publish_url(text: str) -> str:
+    """A publication base URL: plain http (a client checking revocation must not need TLS,
+    whose certificate it would have to check first), a host, no query; without a trailing
+    slash."""
+    fix = "pass the management server's publish listener, e.g. http://ms.site.example:9080"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"publish URL {text!r} is not a URL: {exc}", fix=fix) from None
+    if parts.scheme != "http":
+        raise UsageError(
+            f"publish URL {text!r} is not plain http://: CRLs and CA certificates are signed, "
+            "and a client checking revocation cannot depend on TLS",
+            fix=fix,
+        )
+    if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
+        raise UsageError(
+            f"publish URL {text!r} needs a host and no user, query or fragment", fix=fix
+        )
+    try:
+        host = str(ipaddress.ip_address(parts.hostname))
+        host = f"[{host}]" if ":" in host else host
+    except ValueError:
+        host = validate_host_name(parts.hostname)
+    netloc = host if port is None else f"{host}:{port}"
+    return f"http://{netloc}{parts.path.rstrip('/')}"
 
 
 def _read_csr(path: Path) -> x509.CertificateSigningRequest:

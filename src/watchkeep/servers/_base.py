@@ -25,7 +25,12 @@ from watchkeep._files import atomic_write
 from watchkeep.errors import CertificateRuleViolation, WatchkeepError
 from watchkeep.pki import fingerprint, san_dns_names
 from watchkeep.servers._config import ServerConfig
-from watchkeep.servers._expiry import ExpiryWatch, WatchedCertificate, metrics_text
+from watchkeep.servers._expiry import (
+    ExpiryWatch,
+    WatchedCertificate,
+    inventory_certificates,
+    metrics_text,
+)
 from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
     ClientAuth,
@@ -291,7 +296,9 @@ class ServerProcess(abc.ABC):
     # -- expiry ---------------------------------------------------------------------------
 
     def watched_certificates(self) -> list[WatchedCertificate]:
-        """This server's certificate and the CAs in its trust store (cert.expiry_warning)."""
+        """This server's certificate and the CAs in its trust store (cert.expiry_warning),
+        and, on the management server that holds the CA, every other certificate the CA
+        issued."""
         found = []
         c = self.config
         if self.tls is not None:
@@ -315,6 +322,9 @@ class ServerProcess(abc.ABC):
                         host=ca.subject.rfc4514_string(),
                     )
                 )
+        if c.ca_home is not None:
+            own = {w.serial for w in found if w.kind == "server"}
+            found += [w for w in inventory_certificates(c.ca_home) if w.serial not in own]
         return found
 
     def check_expiry(self, now: dt.datetime | None = None) -> None:

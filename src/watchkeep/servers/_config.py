@@ -78,6 +78,10 @@ class ServerConfig:
     login_failures_per_address: int = 20
     login_backoff_max: float = 300.0
     ca_home: Path | None = None  # management server: the CA it renews certificates with
+    # management server with ca_home: [ports] publish, the plaintext listener that
+    # publishes the CA certificates and CRLs (never in `ports`: every listener there is TLS
+    # when encryption is on)
+    publish_port: int | None = None
     ca_passphrase: str | None = None
     renew_at: float = DEFAULT_RENEW_AT
     renew_jitter: float = 0.05
@@ -238,7 +242,9 @@ def load_config(path: Path) -> ServerConfig:
         if not server.get(key):
             raise _fail(path, f"[server] {key} is missing", f"add {key} = ... under [server]")
     ports = dict(DEFAULT_PORTS[role])
-    for name, value in raw.get("ports", {}).items():
+    given_ports = dict(raw.get("ports", {}))
+    publish_port = given_ports.pop("publish", None) if role is ServerRole.MANAGEMENT else None
+    for name, value in given_ports.items():
         if name not in ports or not isinstance(value, int) or not 0 < value < 65536:
             raise _fail(
                 path,
@@ -246,6 +252,27 @@ def load_config(path: Path) -> ServerConfig:
                 f"use {', '.join(ports)} with numbers 1-65535",
             )
         ports[name] = value
+    site = raw.get("site", {})
+    if publish_port is not None:
+        if not isinstance(publish_port, int) or not 0 < publish_port < 65536:
+            raise _fail(
+                path,
+                f"[ports] publish = {publish_port!r} is not a port",
+                "write e.g. publish = 9080 (the plaintext listener that publishes the CA)",
+            )
+        if not site.get("ca_home"):
+            raise _fail(
+                path,
+                f"[ports] publish = {publish_port} but this management server holds no CA "
+                "to publish",
+                "set [site] ca_home = DIR (the CA's home), or remove [ports] publish",
+            )
+        if publish_port in ports.values():
+            raise _fail(
+                path,
+                f"[ports] publish = {publish_port} is also the port of another listener",
+                "give the publish listener a port of its own, e.g. publish = 9080",
+            )
     tls = raw.get("tls", {})
 
     def file(key: str) -> Path | None:
@@ -273,7 +300,6 @@ def load_config(path: Path) -> ServerConfig:
             ),
             registration_key=_secret(base, ms, "registration_key_file", path),
         )
-    site = raw.get("site", {})
     recording = _recording(path, raw.get("recording", {}))
     data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()
     return ServerConfig(
@@ -307,6 +333,7 @@ def load_config(path: Path) -> ServerConfig:
         ),
         login_backoff_max=_number(path, "site", site, "login_backoff_max", 300.0),
         ca_home=(base / str(site["ca_home"])).resolve() if site.get("ca_home") else None,
+        publish_port=publish_port,
         ca_passphrase=_secret(base, site, "ca_passphrase_file", path),
         renew_at=_fraction(path, _number(path, "site", site, "renew_at", DEFAULT_RENEW_AT)),
         renew_jitter=_number(path, "site", site, "renew_jitter", 0.05),

@@ -7,19 +7,22 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
 from watchkeep.pki._lifecycle import DEFAULT_WARN_DAYS, crossed_thresholds, warning_level
 
-__all__ = ["ExpiryWatch", "WatchedCertificate", "metrics_text"]
+__all__ = ["ExpiryWatch", "WatchedCertificate", "inventory_certificates", "metrics_text"]
 
 log = logging.getLogger("watchkeep.expiry")
 
 
 @dataclass(frozen=True)
 class WatchedCertificate:
-    kind: str  # "server" or "ca"
+    # "server" (its own), "ca", or "issued": an active certificate of the CA's inventory,
+    # watched by the management server that holds the CA (``server`` is its inventory name)
+    kind: str
     server: str
     role: str
     host: str
@@ -64,11 +67,17 @@ class ExpiryWatch:
             ):
                 self.announced.setdefault(key, []).append(threshold)
                 what = "the CA certificate" if cert.kind == "ca" else "its certificate"
+                fix = (
+                    f"watchkeep cert renew {cert.server} (and install the new files where "
+                    "it is used)"
+                    if cert.kind == "issued"
+                    else None
+                )
                 if threshold == 0:
                     line = (
                         f"[cert.validity] {cert.server}: {what} (serial {cert.serial}, {cert.host}) "
                         f"EXPIRED on {cert.not_after:%Y-%m-%d %H:%M} UTC; every peer refuses it now; "
-                        "fix: watchkeep cert renew --all --within 1d"
+                        f"fix: {fix or 'watchkeep cert renew --all --within 1d'}"
                     )
                     log.error("%s", line)
                 else:
@@ -76,7 +85,7 @@ class ExpiryWatch:
                     line = (
                         f"[cert.expiry_warning] {cert.server}: {what} (serial {cert.serial}, {cert.host}) "
                         f"expires in {days:.1f} days, on {cert.not_after:%Y-%m-%d} (under {threshold} days); "
-                        f"fix: watchkeep cert renew --all --within {threshold}d"
+                        f"fix: {fix or f'watchkeep cert renew --all --within {threshold}d'}"
                     )
                     log.warning("%s", line)
                 lines.append(line)
@@ -84,6 +93,35 @@ class ExpiryWatch:
 
     def level(self, cert: WatchedCertificate, now: dt.datetime) -> int | None:
         return warning_level(cert.not_after, now, self.thresholds)
+
+
+def inventory_certificates(ca_home: Path) -> list[WatchedCertificate]:
+    """Every active certificate the CA issued, for any role: those exported for machines
+    watchkeep does not run (an event server, an integration, a client's PKCS#12) expire
+    too, and only the CA's inventory knows of them."""
+    from watchkeep._home import Home
+    from watchkeep.errors import WatchkeepError
+    from watchkeep.pki import SitePKI
+
+    try:
+        records = SitePKI(Home(ca_home)).certificates()
+    except (WatchkeepError, OSError, ValueError) as exc:
+        log.warning(
+            "cannot read the CA's inventory in %s to watch its certificates: %s", ca_home, exc
+        )
+        return []
+    return [
+        WatchedCertificate(
+            "issued",
+            r.name,
+            r.role,
+            (r.hosts or r.ips or ("",))[0],
+            r.serial,
+            r.not_before,
+            r.not_after,
+        )
+        for r in records
+    ]
 
 
 def _label(value: str) -> str:

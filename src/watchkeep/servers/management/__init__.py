@@ -14,7 +14,8 @@ server registration (mutual TLS when encrypted) and failover. One module per job
 - ``_status``: the site as users may see it
 - ``_passwords``, ``_http``: password hashes; refusals as problem documents
 
-Its SQL is in watchkeep.store (SiteStore), its rules in watchkeep.site.
+Its SQL is in watchkeep.store (SiteStore), its rules in watchkeep.site; the CA and CRLs
+it publishes over plain HTTP, in watchkeep.servers._publish.
 """
 
 from watchkeep.servers.management._passwords import hash_password, verify_password

@@ -17,6 +17,7 @@ from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
+from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
 from watchkeep.servers._renewal import Renewer
 from watchkeep.servers.management._cameras import Cameras
 from watchkeep.servers.management._encryption import Encryption
@@ -51,6 +52,7 @@ class ManagementServer(ServerProcess):
         self.store = SiteStore(config.database_url or f"sqlite:///{config.data_dir / 'site.db'}")
         self.site = SiteView(config, self.store, self._me)
         self.listener: Listener | None = None
+        self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
         self.renewer = (
             Renewer(
                 config.ca_home,
@@ -107,6 +109,8 @@ class ManagementServer(ServerProcess):
         for job in jobs:
             job.add_routes(self.app.router)
         self.app.router.add_get("/metrics", self.metrics)
+        # public: the site CA for `trust install --from`, checked there by its fingerprint
+        self.app.router.add_get("/api/v1/ca", ca_bundle_route(config))
         self.runner = config.listener_limits.runner(self.app)
 
     # -- the site and this server in it --------------------------------------------------
@@ -218,6 +222,7 @@ class ManagementServer(ServerProcess):
             limits=self.config.listener_limits,
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
+        self.publisher = await start_publisher(self.config)
         self.spawn(self.failover.run(self.stopping))
         if self.renewer is not None:
             self.spawn(self._renewal_loop())
@@ -233,6 +238,8 @@ class ManagementServer(ServerProcess):
                 await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.listener is not None:
             await self.listener.stop()
         await self.runner.cleanup()
