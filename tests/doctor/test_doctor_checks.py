@@ -52,8 +52,8 @@ from watchkeep.doctor import (
     check_by_code,
     run_checks,
 )
-from watchkeep.doctor._snapshot import IssuedCertificate, sha256
-from watchkeep.pki import Role
+from watchkeep.doctor._snapshot import IssuedCertificate
+from watchkeep.pki import Role, fingerprint
 from watchkeep.site import ServerRole
 
 E, W, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -162,7 +162,7 @@ def issued(name: str, *, days: float, same_as: x509.Certificate | None = None) -
         role=name.split("-", 1)[0],
         hosts=(name.split("-", 1)[1],),
         serial="1f2e3d",
-        sha256_fingerprint=sha256(same_as) if same_as is not None else "ab" * 32,
+        sha256_fingerprint=fingerprint(same_as) if same_as is not None else "ab" * 32,
         not_after=NOW + dt.timedelta(days=days),
     )
 

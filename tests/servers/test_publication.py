@@ -20,8 +20,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from watchkeep._clock import utcnow
 from watchkeep._home import Home
-from watchkeep.pki import KeyType, Role, SitePKI, fingerprint, load_certificate, utcnow
+from watchkeep.pki import KeyType, Role, SitePKI, fingerprint, load_certificate
 from watchkeep.servers._expiry import ExpiryWatch, inventory_certificates
 from watchkeep.servers._publish import Publication
 from watchkeep.site import ServerRole
