@@ -7,6 +7,7 @@ from watchkeep.pki._authority import (
     LeafRequest,
     PublishedLocations,
     fingerprint,
+    parse_publish_url,
     san_dns_names,
     san_ip_addresses,
 )
@@ -18,7 +19,6 @@ from watchkeep.pki._service import (
     SitePKI,
     certificate_name,
     load_certificate,
-    parse_publish_url,
     record_to_json,
 )
 

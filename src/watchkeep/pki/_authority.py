@@ -10,12 +10,14 @@ import datetime as dt
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
+from watchkeep._names import validate_host_name
 from watchkeep.errors import CertificateRuleViolation, UsageError
 from watchkeep.pki._keys import same_public_key
 from watchkeep.pki._profiles import KeyType, PrivateKey, Profile, generate_key
@@ -27,6 +29,7 @@ __all__ = [
     "PublishedLocations",
     "RevokedEntry",
     "fingerprint",
+    "parse_publish_url",
     "san_dns_names",
     "san_ip_addresses",
 ]
@@ -304,3 +307,32 @@ class CertificateAuthority:
         return self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
+
+
+def parse_publish_url(text: str) -> str:
+    """A publication base URL: plain http (a client checking revocation must not need TLS,
+    whose certificate it would have to check first), a host, no query; without a trailing
+    slash."""
+    fix = "pass the management server's publish listener, e.g. http://ms.site.example:9080"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"publish URL {text!r} is not a URL: {exc}", fix=fix) from None
+    if parts.scheme != "http":
+        raise UsageError(
+            f"publish URL {text!r} is not plain http://: CRLs and CA certificates are signed, "
+            "and a client checking revocation cannot depend on TLS",
+            fix=fix,
+        )
+    if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
+        raise UsageError(
+            f"publish URL {text!r} needs a host and no user, query or fragment", fix=fix
+        )
+    try:
+        host = str(ipaddress.ip_address(parts.hostname))
+        host = f"[{host}]" if ":" in host else host
+    except ValueError:
+        host = validate_host_name(parts.hostname)
+    netloc = host if port is None else f"{host}:{port}"
+    return f"http://{netloc}{parts.path.rstrip('/')}"

@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -44,6 +43,7 @@ from watchkeep.pki._authority import (
     PublishedLocations,
     RevokedEntry,
     fingerprint,
+    parse_publish_url,
     san_dns_names,
     san_ip_addresses,
 )
@@ -57,7 +57,6 @@ __all__ = [
     "SitePKI",
     "certificate_name",
     "load_certificate",
-    "parse_publish_url",
     "record_to_json",
 ]
 
@@ -610,35 +609,6 @@ class SitePKI:
             if self.home.ca_key.exists()
             else None,
         }
-
-
-def parse_publish_url(text: str) -> str:
-    """A publication base URL: plain http (a client checking revocation must not need TLS,
-    whose certificate it would have to check first), a host, no query; without a trailing
-    slash."""
-    fix = "pass the management server's publish listener, e.g. http://ms.site.example:9080"
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"publish URL {text!r} is not a URL: {exc}", fix=fix) from None
-    if parts.scheme != "http":
-        raise UsageError(
-            f"publish URL {text!r} is not plain http://: CRLs and CA certificates are signed, "
-            "and a client checking revocation cannot depend on TLS",
-            fix=fix,
-        )
-    if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
-        raise UsageError(
-            f"publish URL {text!r} needs a host and no user, query or fragment", fix=fix
-        )
-    try:
-        host = str(ipaddress.ip_address(parts.hostname))
-        host = f"[{host}]" if ":" in host else host
-    except ValueError:
-        host = validate_host_name(parts.hostname)
-    netloc = host if port is None else f"{host}:{port}"
-    return f"http://{netloc}{parts.path.rstrip('/')}"
 
 
 def _read_csr(path: Path) -> x509.CertificateSigningRequest:
