@@ -33,6 +33,7 @@ from watchkeep.media import (
     Recorder,
     RecordingDiskFull,
     UnknownCamera,
+    _index,
     _segment_store,
     _uring,
 )
@@ -466,12 +467,12 @@ def write_all(recorder: Recorder, cameras: dict[str, list[Frame]]) -> None:
 async def test_many_cameras_are_made_durable_with_one_syncfs(
     paths: tuple[Path, Path], writer: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if _segment_store._syncfs is None:
+    if _segment_store.syncfs is None:
         pytest.skip("syncfs(2) is Linux's")
     root, database = paths
     # Counted in this process, where a writer thread runs (a writer process is checked by
     # what it recorded).
-    syncs = counted(monkeypatch, _segment_store, "_syncfs")
+    syncs = counted(monkeypatch, _segment_store, "syncfs")
     datasyncs = counted(monkeypatch, os, "fdatasync")
     few = {f"few{n}": frames_of(f"few{n}", 6) for n in range(_segment_store._SYNCFS_FROM - 1)}
     many = {f"many{n}": frames_of(f"many{n}", 6) for n in range(_segment_store._SYNCFS_FROM + 4)}
@@ -498,11 +499,11 @@ async def test_a_camera_directory_on_another_file_system_is_synced_on_its_own(
     monkeypatch: pytest.MonkeyPatch,
     tmpfs: Callable[..., Path],
 ) -> None:
-    if _segment_store._syncfs is None:
+    if _segment_store.syncfs is None:
         pytest.skip("syncfs(2) is Linux's")
     root, database = paths
     mounted = tmpfs(root / "mounted", "4m")
-    syncs = counted(monkeypatch, _segment_store, "_syncfs")
+    syncs = counted(monkeypatch, _segment_store, "syncfs")
     datasyncs = counted(monkeypatch, os, "fdatasync")
     cameras = {f"cam{n}": frames_of(f"cam{n}", 6) for n in range(_segment_store._SYNCFS_FROM)}
     cameras["mounted"] = frames_of("mounted", 6)
@@ -528,8 +529,8 @@ async def test_a_failed_syncfs_is_one_clear_error_naming_the_recordings(
     def failing(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    working = _segment_store._syncfs
-    monkeypatch.setattr(_segment_store, "_syncfs", failing)
+    working = _segment_store.syncfs
+    monkeypatch.setattr(_segment_store, "syncfs", failing)
     cameras = {f"cam{n}": frames_of(f"cam{n}", 4) for n in range(_segment_store._SYNCFS_FROM)}
     async with Recorder(root, database) as recorder:
         write_all(recorder, cameras)
@@ -539,7 +540,7 @@ async def test_a_failed_syncfs_is_one_clear_error_naming_the_recordings(
         assert "Input/output error" in message, message
         assert str(root) in message, message
         # Nothing is lost: the frames stay written and the next flush that works indexes them.
-        monkeypatch.setattr(_segment_store, "_syncfs", working)
+        monkeypatch.setattr(_segment_store, "syncfs", working)
         await recorder.flush()
         await assert_recorded(recorder, cameras)
 
@@ -620,7 +621,7 @@ async def test_index_rows_are_updated_one_by_one_by_an_older_sqlite(
 ) -> None:
     if writer != "thread":
         pytest.skip("the older SQLite is pretended in this process")
-    monkeypatch.setattr(_segment_store, "_UPDATE_FROM", False)
+    monkeypatch.setattr(_index, "_UPDATE_FROM", False)
     root, database = paths
     cameras = {f"cam{n}": frames_of(f"cam{n}", 6) for n in range(5)}
     async with Recorder(root, database) as recorder:

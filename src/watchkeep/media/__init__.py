@@ -24,7 +24,6 @@ from watchkeep.media._multipart import MjpegPart, MultipartParser, boundary_from
 from watchkeep.media._network_camera import NetworkCamera, NetworkCameraStats, redact_url
 from watchkeep.media._recorder import Recorder, RecorderStats
 from watchkeep.media._rtsp_camera import RtspCamera
-from watchkeep.media._segment_store import RepairReport, SegmentInfo
 from watchkeep.media._source import CameraSource
 from watchkeep.media._source_config import (
     SOURCE_KINDS,
@@ -32,6 +31,7 @@ from watchkeep.media._source_config import (
     source_for,
     source_problem,
 )
+from watchkeep.media._store_protocol import RepairReport, SegmentInfo
 from watchkeep.media._synthetic import SyntheticCamera
 from watchkeep.media._wire import (
     WS_HEADER_SIZE,

@@ -8,6 +8,7 @@ does not hold.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import event
 from watchkeep.errors import RecordingError
 from watchkeep.media._errors import RecordingDiskFull
 
-__all__ = ["index_error", "metadata", "open_index", "segments"]
+__all__ = ["index_error", "metadata", "open_index", "segments", "update_rows"]
 
 metadata = sa.MetaData()
 
@@ -76,4 +77,49 @@ def index_error(exc: sa.exc.SQLAlchemyError, path: str) -> RecordingError:
         f"the recordings index failed: {reason}",
         path=path,
         fix="check that the index file is writable and not used by another recorder",
+    )
+
+
+# Rows of the index updated by one statement (six parameters each, far below SQLite's
+# limit of 32,766 since 3.32).
+_ROWS_PER_UPDATE = 500
+_COLUMNS = ("start", "end", "frames", "bytes", "open")
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+
+
+def update_rows(conn: sa.Connection, rows: list[dict[str, object]]) -> None:
+    """Update the index rows (``row``: the id; the other keys: the columns) of a flush.
+
+    SQLite releases the GIL for every statement it steps, and the writer thread then waits
+    for the event loop to give it back: one UPDATE per segment (450 at 450 cameras, every
+    second) took the flush up to 0.85 s. One ``UPDATE ... FROM (VALUES ...)`` per 500 rows
+    is one step (SQLite 3.33 and later; before, the rows go one by one).
+    """
+    if not _UPDATE_FROM:
+        statement = (
+            segments.update()
+            .where(segments.c.id == sa.bindparam("row"))
+            .values({column: sa.bindparam(column) for column in _COLUMNS})
+        )
+        for row in rows:
+            conn.execute(statement, row)
+        return
+    for start in range(0, len(rows), _ROWS_PER_UPDATE):
+        chunk = rows[start : start + _ROWS_PER_UPDATE]
+        parameters: list[object] = []
+        for row in chunk:
+            parameters += (row["row"], row["start"], row["end"], row["frames"], row["bytes"])
+            parameters.append(1 if row["open"] else 0)
+        conn.exec_driver_sql(_update_sql(len(chunk)), tuple(parameters))
+
+
+@functools.lru_cache(maxsize=8)
+def _update_sql(rows: int) -> str:
+    # Only placeholders and this module's own table name go into the text.
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    table = segments.name
+    return (
+        f'WITH v(id, start, "end", frames, bytes, open) AS (VALUES {values}) '  # noqa: S608
+        f'UPDATE {table} SET start = v.start, "end" = v."end", frames = v.frames, '
+        f"bytes = v.bytes, open = v.open FROM v WHERE {table}.id = v.id"
     )

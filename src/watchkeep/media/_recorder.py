@@ -23,14 +23,8 @@ from watchkeep.media._errors import InvalidPlaybackRange, UnknownCamera
 from watchkeep.media._frame import Frame, validate_camera_name
 from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
-from watchkeep.media._segment_store import (
-    Record,
-    RepairReport,
-    SegmentInfo,
-    SegmentStore,
-    StepResult,
-    Store,
-)
+from watchkeep.media._segment_store import SegmentStore
+from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult, Store
 from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]

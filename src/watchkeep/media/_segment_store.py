@@ -17,26 +17,29 @@ its recorder runs; a torn record left by a crash is cut by :meth:`repair`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import logging
 import os
-import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import sqlalchemy as sa
 
 from watchkeep.errors import RecordingError, UsageError
-from watchkeep.media._errors import RecordingDiskFull
+from watchkeep.media._disk import (
+    PAGE,
+    finish_write,
+    fsync_directory,
+    io_uring_allowed,
+    on_device,
+    recording_error,
+    syncfs,
+    write_all,
+)
 from watchkeep.media._frame import validate_camera_name
-from watchkeep.media._index import index_error, segments
+from watchkeep.media._index import index_error, segments, update_rows
 from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
@@ -45,23 +48,14 @@ from watchkeep.media._segment import (
     record_header,
     scan_segment,
 )
+from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult
 from watchkeep.media._uring import AdviceJob, WriteJob, WriteRing
 
-__all__ = ["Record", "RepairReport", "SegmentInfo", "SegmentStore", "StepResult", "Store"]
+__all__ = ["SegmentStore"]
 
-# A frame to record, (camera, sequence, timestamp, picture, record header), as a plain tuple:
-# the garbage collector stops tracking a tuple of strings, numbers and bytes at its first
-# pass, so frames waiting to be written never reach the older generations (as Frame
-# instances, thousands a second did, and set off a full collection every few seconds,
-# 40-70 ms at 350 cameras, with every stream stopped meanwhile). The header is made by the
-# recorder as the frame arrives (the CRC is computed there, not in a writer thread, where
-# each CRC let the GIL go and then waited for the busy event loop to give it back), or
-# empty for the store to make (a writer process has a GIL of its own).
-Record = tuple[str, int, float, bytes, bytes]
 
 log = logging.getLogger("watchkeep.media")
 
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # From this many segments to make durable at once, one syncfs() of the recordings' file
 # system replaces an fdatasync() per segment. Every system call of the writer thread lets
 # the GIL go and must then win it back from a busy event loop: at 400 cameras, 400
@@ -71,79 +65,9 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SYNCFS_FROM = 16
 # What was made durable is dropped from the page cache once a segment has this much more.
 _RELEASE_BYTES = 1 << 20
-try:
-    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
-except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux
-    _IOV_MAX = 1024
 _RETENTION_BATCH = 1000
 # The store's io_uring before its first write tried to open one.
 _NOT_OPENED = object()
-
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """One segment of a camera's recordings, as the index (or the writer) knows it."""
-
-    camera: str
-    path: Path
-    start: float
-    end: float
-    frames: int
-    bytes: int
-
-
-@dataclass
-class RepairReport:
-    """What opening the recordings found and fixed after an unclean stop."""
-
-    scanned: int = 0
-    truncated_bytes: int = 0
-    rows_written: int = 0
-    rows_removed: int = 0
-    files_removed: int = 0  # empty segments (no complete record)
-    files_set_aside: int = 0  # unreadable files, renamed *.damaged
-
-
-@dataclass
-class StepResult:
-    """The outcome of one writer-thread step."""
-
-    unwritten: list[Record] = field(default_factory=list)
-    error: RecordingError | None = None
-    frames_written: int = 0
-    bytes_written: int = 0
-    flushed: bool = False
-    removed: int = 0
-
-
-class Store(Protocol):
-    """What the recorder asks of its store: :class:`SegmentStore` in the writer thread, or
-    :class:`~watchkeep.media._writer.WriterProcess`, the same store in a child process.
-
-    :meth:`repair`, :meth:`step` and :meth:`close` block and are called from the writer
-    thread only; :meth:`tracked`, :meth:`recording` and :attr:`total_bytes` answer from any
-    thread (playback and retention ask them from the event loop).
-    """
-
-    def repair(self) -> RepairReport: ...
-
-    def step(
-        self,
-        records: list[Record],
-        *,
-        flush: bool,
-        max_age: float | None,
-        max_bytes: int | None,
-    ) -> StepResult: ...
-
-    def close(self) -> None: ...
-
-    def tracked(self, camera: str) -> list[SegmentInfo]: ...
-
-    def recording(self, camera: str) -> bool: ...
-
-    @property
-    def total_bytes(self) -> int: ...
 
 
 class _Segment:
@@ -272,7 +196,7 @@ class SegmentStore:
         except sa.exc.SQLAlchemyError as exc:
             raise index_error(exc, self._index_path) from exc
         except OSError as exc:
-            raise _os_error(exc, None, str(self.root)) from exc
+            raise recording_error(exc, None, str(self.root)) from exc
         return report
 
     def _list_segment_files(self) -> set[str]:
@@ -384,7 +308,7 @@ class SegmentStore:
                     segment = self._segment_for(batch[done])
                 except OSError as exc:
                     result.unwritten += batch[done:]
-                    result.error = result.error or _os_error(
+                    result.error = result.error or recording_error(
                         exc, batch[0][0], str(self.root / batch[0][0])
                     )
                     continue
@@ -399,7 +323,7 @@ class SegmentStore:
             for (segment, batch, done, end), outcome in zip(wave, outcomes, strict=True):
                 if isinstance(outcome, OSError):
                     result.unwritten += batch[done:]
-                    result.error = result.error or _os_error(
+                    result.error = result.error or recording_error(
                         outcome, segment.camera, str(segment.path)
                     )
                     continue
@@ -449,7 +373,7 @@ class SegmentStore:
         path = directory / name
         header = encode_segment_header(camera)
         try:
-            _write_all(fd, [header], 0)
+            write_all(fd, [header], 0)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -480,7 +404,7 @@ class SegmentStore:
             writes, jobs, done, strict=True
         ):
             try:
-                written = _finish_write(fd, buffers, offset, written)
+                written = finish_write(fd, buffers, offset, written)
             except OSError as exc:
                 # Cut back to the last complete record (this frees space too, so it works
                 # on a full disk).
@@ -506,7 +430,7 @@ class SegmentStore:
         """Choose how recordings are written, at the first write, and say so in the log
         (with one camera, or one camera writing at a time, the ring is not needed and its
         writes are plain pwritev calls)."""
-        if _io_uring_allowed():
+        if io_uring_allowed():
             self._ring = WriteRing.open()
             how = "io_uring" if self._ring else "pwritev (this system gives no io_uring)"
         else:
@@ -539,7 +463,7 @@ class SegmentStore:
         """
         advice: list[AdviceJob] = []
         for segment in synced:
-            end = segment.size - segment.size % _PAGE  # the kernel drops whole pages only
+            end = segment.size - segment.size % PAGE  # the kernel drops whole pages only
             # A few calls a second per camera would cost more in GIL hand-overs than they
             # save; the ring makes them all in one call.
             if end > segment.released and (
@@ -571,27 +495,27 @@ class SegmentStore:
                 self._retire(segment)
         live = [*self._open.values(), *self._closing]
         dirty = [segment for segment in live if segment.dirty]
-        if len(dirty) >= _SYNCFS_FROM and _syncfs is not None:
+        if len(dirty) >= _SYNCFS_FROM and syncfs is not None:
             root_fd = self._root_descriptor()
             root_dev = os.fstat(root_fd).st_dev
             try:
-                _syncfs(root_fd)
+                syncfs(root_fd)
             except OSError as exc:
-                raise _os_error(exc, None, str(self.root)) from exc
+                raise recording_error(exc, None, str(self.root)) from exc
             # A camera directory mounted from another file system is synced on its own.
             dirty = [segment for segment in dirty if segment.dev != root_dev]
-            self._dirs_to_sync = {d for d in self._dirs_to_sync if not _on(d, root_dev)}
+            self._dirs_to_sync = {d for d in self._dirs_to_sync if not on_device(d, root_dev)}
         for segment in dirty:
             try:
                 os.fdatasync(segment.fd)
             except OSError as exc:
-                raise _os_error(exc, segment.camera, str(segment.path)) from exc
+                raise recording_error(exc, segment.camera, str(segment.path)) from exc
         self._release([segment for segment in live if segment.dirty])
         for directory in sorted(self._dirs_to_sync):
             try:
-                _fsync_directory(directory)
+                fsync_directory(directory)
             except OSError as exc:
-                raise _os_error(exc, None, str(directory)) from exc
+                raise recording_error(exc, None, str(directory)) from exc
         self._dirs_to_sync.clear()
         new_ids: dict[_Segment, int] = {}
         updates: list[dict[str, object]] = []
@@ -620,7 +544,7 @@ class SegmentStore:
                         new_ids[segment] = int(key[0])
                     else:
                         updates.append({"row": segment.row_id, **values})
-                _update_rows(conn, updates)
+                update_rows(conn, updates)
         except sa.exc.SQLAlchemyError as exc:
             raise index_error(exc, self._index_path) from exc
         for segment in live:
@@ -719,158 +643,6 @@ class SegmentStore:
                 log.warning("recordings: cannot delete %s: %s", self.root / rel, exc)
         log.info("recordings: retention removed %d segments", len(victims))
         return len(victims)
-
-
-def _write_all(fd: int, buffers: list[bytes] | list[bytes | memoryview], offset: int) -> int:
-    """Write every buffer at ``offset`` with as few ``pwritev`` calls as possible."""
-    total = 0
-    queue: list[bytes | memoryview] = list(buffers)
-    while queue:
-        chunk = queue[:_IOV_MAX]
-        expected = sum(len(b) for b in chunk)
-        written = os.pwritev(fd, chunk, offset + total)
-        total += written
-        if written == expected:
-            del queue[: len(chunk)]
-            continue
-        if written == 0:
-            raise OSError(errno.EIO, "the disk accepted no bytes", None)
-        # A short write (only a full disk does that to regular files): drop what went out.
-        while written:
-            head = queue[0]
-            if len(head) <= written:
-                written -= len(head)
-                queue.pop(0)
-            else:
-                queue[0] = memoryview(head)[written:]
-                written = 0
-    return total
-
-
-def _finish_write(fd: int, buffers: list[bytes], offset: int, written: int) -> int:
-    """Write what the ring did not (``written`` bytes of ``buffers`` went, or -errno)."""
-    if written < 0:
-        raise OSError(-written, os.strerror(-written))
-    if written < sum(len(b) for b in buffers):  # not taken by the ring, or a short write
-        written += _write_all(fd, _skip(buffers, written), offset + written)
-    return written
-
-
-def _skip(buffers: list[bytes], count: int) -> list[bytes | memoryview]:
-    """``buffers`` without their first ``count`` bytes."""
-    rest: list[bytes | memoryview] = []
-    for buffer in buffers:
-        if count >= len(buffer):
-            count -= len(buffer)
-        elif count:
-            rest.append(memoryview(buffer)[count:])
-            count = 0
-        else:
-            rest.append(buffer)
-    return rest
-
-
-def _io_uring_allowed() -> bool:
-    """False when WATCHKEEP_IO_URING=0 asks for plain pwritev (as libuv's UV_USE_IO_URING)."""
-    return os.environ.get("WATCHKEEP_IO_URING", "1").strip() not in ("0", "no", "false", "off")
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-# Rows of the index updated by one statement (six parameters each, far below SQLite's
-# limit of 32,766 since 3.32).
-_ROWS_PER_UPDATE = 500
-_COLUMNS = ("start", "end", "frames", "bytes", "open")
-_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
-
-
-def _update_rows(conn: sa.Connection, rows: list[dict[str, object]]) -> None:
-    """Update the index rows (``row``: the id; the other keys: the columns) of a flush.
-
-    SQLite releases the GIL for every statement it steps, and the writer thread then waits
-    for the event loop to give it back: one UPDATE per segment (450 at 450 cameras, every
-    second) took the flush up to 0.85 s. One ``UPDATE ... FROM (VALUES ...)`` per 500 rows
-    is one step (SQLite 3.33 and later; before, the rows go one by one).
-    """
-    if not _UPDATE_FROM:
-        statement = (
-            segments.update()
-            .where(segments.c.id == sa.bindparam("row"))
-            .values({column: sa.bindparam(column) for column in _COLUMNS})
-        )
-        for row in rows:
-            conn.execute(statement, row)
-        return
-    for start in range(0, len(rows), _ROWS_PER_UPDATE):
-        chunk = rows[start : start + _ROWS_PER_UPDATE]
-        parameters: list[object] = []
-        for row in chunk:
-            parameters += (row["row"], row["start"], row["end"], row["frames"], row["bytes"])
-            parameters.append(1 if row["open"] else 0)
-        conn.exec_driver_sql(_update_sql(len(chunk)), tuple(parameters))
-
-
-@functools.lru_cache(maxsize=8)
-def _update_sql(rows: int) -> str:
-    # Only placeholders and this module's own table name go into the text.
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    table = segments.name
-    return (
-        f'WITH v(id, start, "end", frames, bytes, open) AS (VALUES {values}) '  # noqa: S608
-        f'UPDATE {table} SET start = v.start, "end" = v."end", frames = v.frames, '
-        f"bytes = v.bytes, open = v.open FROM v WHERE {table}.id = v.id"
-    )
-
-
-def _load_syncfs() -> Callable[[int], None] | None:
-    """Linux's syncfs(2), which the os module lacks (None elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-
-    def syncfs(fd: int) -> None:
-        # A CDLL call lets the GIL go for its duration, as os.fdatasync() does.
-        if function(fd) != 0:
-            number = ctypes.get_errno()
-            raise OSError(number, os.strerror(number))
-
-    return syncfs
-
-
-_syncfs = _load_syncfs()
-
-
-def _on(directory: Path, device: int) -> bool:
-    """Whether ``directory`` is on the file system ``device`` (no if it cannot be told)."""
-    try:
-        return directory.stat().st_dev == device
-    except OSError:
-        return False  # its own fsync says what is wrong with it
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _os_error(exc: OSError, camera: str | None, path: str) -> RecordingError:
-    if exc.errno in _DISK_FULL:
-        return RecordingDiskFull(camera, path)
-    return RecordingError(
-        camera,
-        f"cannot write the recordings: {exc.strerror or exc}",
-        path=path,
-        fix="check that the recordings directory exists, is writable and its disk is healthy",
-    )
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -33,13 +33,8 @@ from typing import Any
 
 from watchkeep.errors import RecordingError
 from watchkeep.media._errors import RecordingDiskFull
-from watchkeep.media._segment_store import (
-    Record,
-    RepairReport,
-    SegmentInfo,
-    SegmentStore,
-    StepResult,
-)
+from watchkeep.media._segment_store import SegmentStore
+from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult
 
 __all__ = ["WriterProcess"]
 
