@@ -21,6 +21,7 @@ from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publish
 from watchkeep.servers._renewal import Renewer
 from watchkeep.servers.management._cameras import Cameras
 from watchkeep.servers.management._encryption import Encryption
+from watchkeep.servers.management._enrollment import Enrollments
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
@@ -72,14 +73,21 @@ class ManagementServer(ServerProcess):
             lambda: self.client_ssl_context(present_certificate=True),
         )
         self.failover = Failover(config, self.site, self.pushes.push)
+        self.enrollments = Enrollments(config, self.site, self.sessions, self.trust)
         self.registration = Registration(
-            config, self.site, self.sessions, self.pushes, self.failover
+            config,
+            self.site,
+            self.sessions,
+            self.pushes,
+            self.failover,
+            joined=self.enrollments.check_heartbeat,
         )
         self.users = Users(config, self.store, self.sessions)
         jobs: list[Job] = [
             Login(config, self.site, self.sessions),
             self.users,
             self.registration,
+            self.enrollments,
             Cameras(
                 config,
                 self.site,
