@@ -34,9 +34,10 @@ from cryptography.x509.oid import NameOID
 from watchkeep._home import Home
 from watchkeep.cli import main
 from watchkeep.localsite._layout import LocalServer
-from watchkeep.pki import SitePKI, fingerprint
+from watchkeep.pki import SitePKI, fingerprint, load_private_key
 from watchkeep.pki._enrollment import EnrollmentToken
 from watchkeep.servers import load_config
+from watchkeep.servers._signed import sign_request
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually, servers_by_name
 
@@ -96,11 +97,18 @@ def altered(token: str, **changes: Any) -> str:
 
 
 def post_join(site: LocalSite, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return post(site, "/api/v1/join", body)
+
+
+def post(
+    site: LocalSite, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST to the (plaintext) management API: (status, decoded answer)."""
     ms = site.management
     request = urllib.request.Request(
-        f"http://{ms.address}:{ms.ports['api']}/api/v1/join",
+        f"http://{ms.address}:{ms.ports['api']}{path}",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **(headers or {})},
         method="POST",
     )
     try:
@@ -200,28 +208,41 @@ def test_a_joined_server_has_its_own_key_certificate_and_config_and_registers(
 def test_a_joined_server_must_prove_its_heartbeats_with_its_certificate(
     site: LocalSite,
 ) -> None:
-    # Given rs9 joined (test above) and the site's registration key
-    key = site.registration_key_file.read_text().strip()
+    # Given rs9 joined (test above), stopped now, and the site's registration key
+    site.stop("rs9")
+    path = "/api/v1/servers/rs9/heartbeat"
     body = {
         "role": "recording",
         "host": "rs9.site.test",
         "address": f"{site.network}.99",
         "ports": {"data": 7563, "control": 9001},
-        "registration_key": key,
+        "registration_key": site.registration_key_file.read_text().strip(),
     }
-    ms = site.management
-    request = urllib.request.Request(
-        f"http://{ms.address}:{ms.ports['api']}/api/v1/servers/rs9/heartbeat",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    # When someone else sends its heartbeat with the shared key but no signature
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=30)  # noqa: S310 -- the test's own http:// URL
-    # Then it is refused: the shared key does not speak for a server that joined
-    assert refused.value.code == 401
-    assert "signed with its certificate" in json.loads(refused.value.read())["detail"]
+    # When someone sends its heartbeat with the shared key but unsigned, or signed with
+    # the certificate of another server of the site
+    unsigned = post(site, path, body)
+    ms = load_config(site.management.config)
+    assert ms.key is not None
+    assert ms.certificate is not None
+    ms_cert = x509.load_pem_x509_certificates(ms.certificate.read_bytes())[0]
+    now = dt.datetime.now(dt.UTC)
+    other = post(site, path, body, sign_request(load_private_key(ms.key), ms_cert, "POST", path,
+                                                body, now))  # fmt: skip
+    # Then both are refused: the shared key does not speak for a server that joined
+    assert unsigned[0] == 401
+    assert "signed with its certificate" in unsigned[1]["detail"]
+    assert other[0] == 401
+    assert "names ms.site.test, not rs9.site.test" in other[1]["detail"]
+    # And a heartbeat signed with rs9's own key is taken once, never replayed
+    rs9 = load_config(site.servers["rs9"].config)
+    assert rs9.key is not None
+    assert rs9.certificate is not None
+    rs9_cert = x509.load_pem_x509_certificates(rs9.certificate.read_bytes())[0]
+    signed = sign_request(load_private_key(rs9.key), rs9_cert, "POST", path, body, now)
+    assert post(site, path, body, signed)[0] == 200
+    replayed = post(site, path, body, signed)
+    assert replayed[0] == 401
+    assert "replayed" in replayed[1]["detail"]
 
 
 # -- refusals, each with nothing written -------------------------------------------------

@@ -23,7 +23,6 @@ next join) and never a server directory; it is repeated with a new token.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import pwd
@@ -41,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from watchkeep._clock import utcnow
-from watchkeep._files import atomic_write
+from watchkeep._files import atomic_write, fsync_directory
 from watchkeep._home import Home
 from watchkeep.client._http import call_json, open_session
 from watchkeep.errors import ConnectionFailed, HomeError, TrustError, UsageError
@@ -276,15 +275,6 @@ def _give(directory: Path, account: _Account) -> None:
             os.chown(Path(root) / name, account.uid, account.gid, follow_symlinks=False)
 
 
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def join_site(
     token_text: str,
     home: Home,
@@ -343,7 +333,7 @@ def join_site(
         _give(staging, account)
         staging.chmod(0o700)
         staging.rename(target)
-        _fsync_directory(home.servers_dir)
+        fsync_directory(home.servers_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,14 +15,17 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from watchkeep.store._schema import enrollments
+from watchkeep.store._site import _utc
 
 __all__ = ["Enrollment", "EnrollmentStore"]
 
 Status = Literal["pending", "used", "withdrawn"]
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+def _when(value: dt.datetime) -> dt.datetime:
+    when = _utc(value)
+    assert when is not None
+    return when
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,11 @@ class Enrollment:
             role=m["role"],
             host=m["host"],
             ips=tuple(m["ips"]),
-            created_at=_utc(m["created_at"]),
+            created_at=_when(m["created_at"]),
             created_by=m["created_by"],
-            expires_at=_utc(m["expires_at"]),
+            expires_at=_when(m["expires_at"]),
             status=m["status"],
-            used_at=_utc(m["used_at"]) if m["used_at"] else None,
+            used_at=_utc(m["used_at"]),
             serial=m["serial"],
         )
 
