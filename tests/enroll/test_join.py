@@ -297,6 +297,16 @@ def test_expired_used_withdrawn_and_altered_tokens_are_refused(
         assert files_under(tmp_path / home) == [], home
     # none of it used the real token
     assert other["name"] in pending_names(site)
+    # and the administrator cannot make a second token for it, nor one that lives a month
+    for refused in (
+        ("--name", other["name"], "--host", other["host"]),
+        ("--name", "s-month", "--host", "s-month.site.test", "--ttl", "30d"),
+    ):
+        ran = site.cli("enroll", "create", "--role", "recording", *refused)
+        assert ran.returncode == 1
+        assert ran.stderr.count("\n") == 1
+        assert "fix: " in ran.stderr
+    assert "s-month" not in pending_names(site)
 
 
 def test_an_unreachable_management_server_and_an_unknown_account_are_refused(
@@ -380,22 +390,32 @@ def test_a_killed_join_leaves_nothing_half_written_and_is_repeated_with_a_new_to
 
 
 def test_a_ca_kept_offline_makes_enrollment_answer_that_it_is_offline(
-    site_factory: Callable[..., LocalSite], capsys: pytest.CaptureFixture[str]
+    site: LocalSite,
+    site_factory: Callable[..., LocalSite],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a management server without a CA home
     offline = site_factory("offline", auto_renew=False)
-    offline.add_server("ms", ServerRole.MANAGEMENT)
+    ms = offline.add_server("ms", ServerRole.MANAGEMENT)
     offline.start("ms")
     offline.connect_cli()
-    # When an administrator asks for a token, or a server tries to join
+    # When an administrator asks it for a token, or a server joins it (with a token of
+    # another site, pointed at it: it never made one)
     ran = offline.cli("enroll", "create", "--name", "rs1", "--role", "recording", "--host",
                       "rs1.site.test")  # fmt: skip
-    status, answer = post_join(offline, {"token": "wkjoin1.x", "csr": ""})
-    # Then both hear, in one line with the fix, that the CA is offline
+    token = altered(
+        enroll(site)["token"],
+        ms_addresses=(ms.address,),
+        ca_fingerprint=fingerprint(SitePKI(offline.home).ca_certificate()),
+    )
+    status, err = join(tmp_path, token, capsys)
+    # Then each hears, in one line with the fix, that the CA is offline, and nothing is
+    # written
     assert ran.returncode == 1
     assert ran.stderr.count("\n") == 1
     assert "CA is kept offline" in ran.stderr
     assert "fix:" in ran.stderr
     assert "sign-csr" in ran.stderr
-    assert status == 503
-    assert answer["code"] == "enroll.ca_offline"
+    assert_refused(status, err, "enroll.ca_offline", "CA is kept offline")
+    assert files_under(tmp_path) == []

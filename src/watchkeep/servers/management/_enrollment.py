@@ -106,7 +106,7 @@ class Enrollments:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/enrollments", self.create)
-        router.add_get("/api/v1/enrollments", self.list)
+        router.add_get("/api/v1/enrollments", self.list_pending)
         router.add_delete("/api/v1/enrollments/{name}", self.withdraw)
         router.add_post("/api/v1/join", self.join)
 
@@ -254,7 +254,7 @@ class Enrollments:
                 )
         return None
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list_pending(self, request: web.Request) -> web.Response:
         self.sessions.claims(request, role="administrator")
         offline = self._offline()
         if offline is not None:
