@@ -66,6 +66,7 @@ __all__ = ["Enrollments"]
 log = logging.getLogger("watchkeep.management")
 
 MAX_CSR = 64 * 1024
+_MAX_REMEMBERED = 10_000
 
 
 def _iso(value: dt.datetime) -> str:
@@ -103,6 +104,10 @@ class Enrollments:
         self.store = EnrollmentStore(site.store.db)
         # The time of the last signed heartbeat accepted from each server (replays refused).
         self._last_signed: dict[str, int] = {}
+        # What each server that sends heartbeats joined with (None: it did not), read from
+        # the database once: only this process's joins change it.
+        self._joined: dict[str, Enrollment | None] = {}
+        self._trust: tuple[object, list[x509.Certificate], list[Any]] | None = None
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/enrollments", self.create)
@@ -371,6 +376,7 @@ class Enrollments:
                 fix="read the management server's log; the token is still valid",
             )
         self.store.record_serial(enrollment.id, record.serial)
+        self._joined.pop(enrollment.name, None)
         log.info(
             "%s: %s joined as %s server %s (certificate serial %s, from %s)",
             self.config.name,
@@ -426,6 +432,14 @@ class Enrollments:
 
     # -- heartbeats of servers that joined -------------------------------------------------
 
+    def _site_trust(self) -> tuple[list[x509.Certificate], list[Any]]:
+        """The CAs and CRLs of this server's trust store, read again when its files change."""
+        trust = self.trust()
+        stamp = trust.stamp()
+        if self._trust is None or self._trust[0] != stamp:
+            self._trust = (stamp, trust.certificates(), trust.crls())
+        return self._trust[1], self._trust[2]
+
     def check_heartbeat(
         self,
         request: web.Request,
@@ -439,7 +453,11 @@ class Enrollments:
         not proven: the role and host it joined as, its address among those bound, and on
         a plaintext link a valid signature by its certificate's key (on TLS, the
         registration's own mutual-TLS check proves the certificate)."""
-        enrollment = self.store.joined(name)
+        if name not in self._joined:
+            if len(self._joined) >= _MAX_REMEMBERED:  # names come from anyone's requests
+                self._joined.clear()
+            self._joined[name] = self.store.joined(name)
+        enrollment = self._joined[name]
         if enrollment is None:
             return False, None
         if (role.value, host) != (enrollment.role, enrollment.host) or (
@@ -458,7 +476,7 @@ class Enrollments:
         tls = request.transport is not None and request.transport.get_extra_info("ssl_object")
         if tls:
             return True, None
-        trust = self.trust()
+        cas, crls = self._site_trust()
         try:
             millis = verify_signed_request(
                 request.headers,
@@ -466,8 +484,8 @@ class Enrollments:
                 request.path,
                 body,
                 host=enrollment.host,
-                cas=trust.certificates(),
-                crls=trust.crls(),
+                cas=cas,
+                crls=crls,
                 now=dt.datetime.now(dt.UTC),
                 not_before_millis=self._last_signed.get(name, 0),
             )
