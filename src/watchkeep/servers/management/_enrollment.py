@@ -49,7 +49,6 @@ from watchkeep.pki._enrollment import (
 from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
-from watchkeep.servers._renewal import trust_payload
 from watchkeep.servers._signed import (
     SIGNATURE_HEADER,
     SignedRequestRefused,
@@ -96,11 +95,14 @@ class Enrollments:
         site: SiteView,
         sessions: Sessions,
         trust: Callable[[], TrustMaterial],
+        trust_payload: Callable[[], dict[str, Any]],
     ) -> None:
         self.config = config
         self.site = site
         self.sessions = sessions
         self.trust = trust
+        self.trust_payload = trust_payload  # the site's CAs and CRLs, as pushed to servers
+        self._signer: tuple[int, SitePKI] | None = None
         self.store = EnrollmentStore(site.store.db)
         # The time of the last signed heartbeat accepted from each server (replays refused).
         self._last_signed: dict[str, int] = {}
@@ -132,9 +134,18 @@ class Enrollments:
         )
 
     def _pki(self) -> SitePKI:
+        """The CA home, opened once (its inventory's database, its key loaded on the first
+        signature) and again when its CA certificate changes (a rotation)."""
         assert self.config.ca_home is not None
-        passphrase = self.config.ca_passphrase.encode() if self.config.ca_passphrase else None
-        return SitePKI(Home(self.config.ca_home), passphrase=passphrase)
+        home = Home(self.config.ca_home)
+        try:
+            stamp = home.ca_cert.stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        if self._signer is None or self._signer[0] != stamp:
+            passphrase = self.config.ca_passphrase.encode() if self.config.ca_passphrase else None
+            self._signer = (stamp, SitePKI(home, passphrase=passphrase))
+        return self._signer[1]
 
     # -- administrators --------------------------------------------------------------------
 
@@ -363,7 +374,7 @@ class Enrollments:
             why = self._unusable(latest, now) if latest else None
             return self._refused(403, why or "the token was just used", ask_again, token.name)
         try:
-            record, cert, trust, ca = await asyncio.to_thread(self._sign, csr, enrollment, now)
+            record, cert, ca = await asyncio.to_thread(self._sign, csr, enrollment, now)
         except (WatchkeepError, OSError) as exc:
             self.store.give_back(enrollment.id)
             log.error("%s: cannot sign the join of %s: %s", self.config.name, enrollment.name, exc)
@@ -397,7 +408,7 @@ class Enrollments:
                 "not_after": _iso(record.not_after),
                 "certificate": pem,
                 "chain": pem + ca.public_bytes(serialization.Encoding.PEM).decode(),
-                "trust": trust,
+                "trust": self.trust_payload(),
                 "management": {
                     "name": self.config.name,
                     "host": self.config.host,
@@ -411,12 +422,12 @@ class Enrollments:
 
     def _sign(
         self, csr: x509.CertificateSigningRequest, enrollment: Enrollment, now: dt.datetime
-    ) -> tuple[Any, x509.Certificate, dict[str, Any], x509.Certificate]:
+    ) -> tuple[Any, x509.Certificate, x509.Certificate]:
         pki = self._pki()
         record, cert = sign_joining_server(
             pki, csr, Role.parse(enrollment.role), enrollment.host, enrollment.ips, now=now
         )
-        return record, cert, trust_payload(pki), pki.authority().certificate
+        return record, cert, pki.authority().certificate
 
     @staticmethod
     def _unusable(enrollment: Enrollment, now: dt.datetime) -> str | None:

@@ -73,7 +73,9 @@ class ManagementServer(ServerProcess):
             lambda: self.client_ssl_context(present_certificate=True),
         )
         self.failover = Failover(config, self.site, self.pushes.push)
-        self.enrollments = Enrollments(config, self.site, self.sessions, self.trust)
+        self.enrollments = Enrollments(
+            config, self.site, self.sessions, self.trust, self.pushes.trust_payload
+        )
         self.registration = Registration(
             config,
             self.site,
