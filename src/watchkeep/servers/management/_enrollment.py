@@ -162,7 +162,7 @@ class Enrollments:
             ips = tuple(
                 dict.fromkeys(str(ipaddress.ip_address(str(a))) for a in body.get("ips") or [])
             )
-            ttl = parse_duration(str(body.get("ttl") or "1h")) if body.get("ttl") else DEFAULT_TTL
+            ttl = parse_duration(str(body["ttl"])) if body.get("ttl") else DEFAULT_TTL
         except (ValueError, TypeError) as exc:
             return problem(
                 400, "bad enrollment", f"{exc}", fix="see watchkeep enroll create --help"
