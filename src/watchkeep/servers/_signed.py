@@ -41,7 +41,9 @@ __all__ = [
     "MAX_SKEW",
     "SIGNATURE_HEADER",
     "SignedRequestRefused",
+    "sign_message",
     "sign_request",
+    "signature_valid",
     "verify_signed_request",
 ]
 
@@ -71,13 +73,7 @@ def sign_request(
 ) -> dict[str, str]:
     """The headers that sign this request with ``key``, the key of ``certificate``."""
     millis = int(now.timestamp() * 1000)
-    message = _message(method, path, millis, body)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
-    elif isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(message, _pss(), hashes.SHA256())
-    else:
-        raise TypeError(f"cannot sign with a {type(key).__name__}")
+    signature = sign_message(key, _message(method, path, millis, body))
     der = certificate.public_bytes(serialization.Encoding.DER)
     return {
         CERTIFICATE_HEADER: base64.b64encode(der).decode(),
@@ -87,6 +83,30 @@ def sign_request(
 
 def _pss() -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+
+
+def sign_message(key: Any, message: bytes) -> bytes:
+    """``message`` signed with a server's key: ECDSA with SHA-256, or RSASSA-PSS with
+    SHA-256 (salt 32) for RSA."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(message, _pss(), hashes.SHA256())
+    raise TypeError(f"cannot sign with a {type(key).__name__}")
+
+
+def signature_valid(public_key: Any, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is ``sign_message``'s of ``message`` by ``public_key``'s key."""
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, message, _pss(), hashes.SHA256())
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def verify_signed_request(
@@ -142,15 +162,6 @@ def verify_signed_request(
         raise SignedRequestRefused(
             f"its certificate names {', '.join(names) or 'no host'}, not {host}"
         )
-    message = _message(method, path, millis, body)
-    key = leaf.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, message, _pss(), hashes.SHA256())
-        else:
-            raise SignedRequestRefused(f"its certificate's key ({type(key).__name__}) cannot sign")
-    except (InvalidSignature, UnsupportedAlgorithm):
-        raise SignedRequestRefused("its signature does not verify") from None
+    if not signature_valid(leaf.public_key(), signature, _message(method, path, millis, body)):
+        raise SignedRequestRefused("its signature does not verify")
     return millis
