@@ -80,7 +80,8 @@ def join(
 
 
 def files_under(path: Path) -> list[Path]:
-    return [p for p in path.rglob("*") if not p.is_dir()] if path.exists() else []
+    """What a refused join left below ``path``: nothing at all, not even a directory."""
+    return list(path.rglob("*")) if path.exists() else []
 
 
 def assert_refused(status: int, err: str, *words: str) -> None:

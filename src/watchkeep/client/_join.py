@@ -23,6 +23,7 @@ next join) and never a server directory; it is repeated with a new token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import pwd
@@ -246,23 +247,33 @@ def server_document(
     }
 
 
-def _lay_out_servers_dir(home: Home, account: _Account) -> None:
+def _lay_out_servers_dir(home: Home, account: _Account) -> list[Path]:
     """HOME/servers/, made reachable by the service account (key.service_account): a new
-    home for another account is made 0755, an existing one that blocks it is refused."""
+    home for another account is made 0755, an existing one that blocks it is refused. The
+    directories it made, deepest first (a join that fails removes them again)."""
     from watchkeep._access import Account, blocked_for
 
     other = account.uid != os.geteuid()
-    for directory in (home.root, home.servers_dir):
-        if not directory.exists():
-            directory.mkdir(parents=True, mode=0o755 if other else 0o700)
+    made = [d for d in (home.servers_dir, *home.servers_dir.parents) if not d.exists()]
+    for directory in reversed(made):
+        private = directory in (home.root, home.servers_dir) and not other
+        directory.mkdir(mode=0o700 if private else 0o755)
     found = Account.named(account.name)
     blocked = blocked_for(home.servers_dir, found) if found is not None and other else None
     if blocked is not None:
+        _remove_empty(made)
         raise HomeError(
             f"the service account {account.name} could not reach its files in "
             f"{home.servers_dir}: {blocked.reason}; nothing was written",
             fix=f"chmod o+x {blocked.path}, or join into another --home",
         )
+    return made
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _give(directory: Path, account: _Account) -> None:
@@ -306,7 +317,7 @@ def join_site(
         )
     ca, ms_address, tls = _fetch_ca(token)
     address = token.ips[0] if token.ips else _local_address(ms_address, token.ms_port)
-    _lay_out_servers_dir(home, account)
+    made = _lay_out_servers_dir(home, account)
     for stale in home.servers_dir.glob(f".{token.name}.join-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{token.name}.join-", dir=home.servers_dir))
@@ -336,6 +347,7 @@ def join_site(
         fsync_directory(home.servers_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(made)
         raise
     config = target / "server.toml"
     run = f"watchkeep server run {token.role.program} --config {config}"
