@@ -136,8 +136,12 @@ class EnrollmentToken:
                 expires_at=dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC),
                 secret=str(claims["secret"]),
             )
-        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise _malformed(type(exc).__name__) from None
+        except KeyError as exc:
+            raise _malformed(f"it has no {exc.args[0]!r}") from None
+        except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError):
+            raise _malformed("it is not base64url-encoded JSON: cut or mistyped?") from None
+        except (ValueError, TypeError) as exc:
+            raise _malformed(f"a value in it is wrong: {exc}") from None
         except UsageError as exc:
             raise _malformed(exc.describe()) from None
         if not token.ms_addresses or not 0 < token.ms_port < 65536:
