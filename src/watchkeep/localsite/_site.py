@@ -81,7 +81,7 @@ class LocalSite:
     # -- laying out ----------------------------------------------------------------------
 
     def init_ca(
-        self, name: str = "watchkeep Test Site CA", *, key_type: KeyType = KeyType.ECDSA_P256
+        self, name: str = "watchkeep Test Site CA", key_type: KeyType = KeyType.ECDSA_P256
     ) -> None:
         self.home.ensure()
         self.pki.init_ca(name, key_type=key_type)
