@@ -320,6 +320,12 @@ def test_an_unreachable_management_server_and_an_unknown_account_are_refused(
     status, err = join(tmp_path, made["token"], capsys, "--service-account", "wk-no-such-user")
     assert_refused(status, err, "wk-no-such-user", "does not exist")
     assert files_under(tmp_path) == []
+    # an account that could not reach its key in this home (pytest's directories are
+    # their owner's alone): refused before the token is sent
+    if os.geteuid() == 0 and (tmp_path.stat().st_mode & 0o001) == 0:
+        status, err = join(tmp_path / "home", made["token"], capsys, "--service-account", "nobody")
+        assert_refused(status, err, "nobody", "could not reach")
+        assert files_under(tmp_path) == []
     assert made["name"] in pending_names(site)
 
 

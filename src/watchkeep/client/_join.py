@@ -265,7 +265,8 @@ def _lay_out_servers_dir(home: Home, account: _Account) -> list[Path]:
         raise HomeError(
             f"the service account {account.name} could not reach its files in "
             f"{home.servers_dir}: {blocked.reason}; nothing was written",
-            fix=f"chmod o+x {blocked.path}, or join into another --home",
+            fix="join into a home the account can reach, e.g. --home /var/lib/watchkeep (or "
+            f"chmod o+x {blocked.path})",
         )
     return made
 
