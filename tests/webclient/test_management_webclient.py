@@ -1,0 +1,546 @@
+"""The management web client in a real browser: headless Chromium (Debian's, through
+Playwright; tests/browser_support.py) drives one running site (a management server, a
+recording server, an RTSP camera of GStreamer's), reaching it by its host names and
+trusting its CA through its own NSS database.
+
+The tests run in order on the one site, as an administrator would: the site plaintext
+first, its encryption turned on through the page (the management server refused while
+the recording server is plaintext), then certificates, the doctor, a camera, users.
+Every page is screenshot into WATCHKEEP_TEST_OUTPUT (default: the test's temporary
+directory) and checked by axe-core (tests/webclient/vendor/axe-core) for serious and
+critical violations; no page may log a console error or throw.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page
+
+from browser_support import chromium, nss_home
+from rtsp_support import colour_bars, gst_rtsp_camera
+from watchkeep.pki import Role
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalSite
+
+T = TypeVar("T")
+TIMEOUT_MS = 30_000
+AXE = Path(__file__).with_name("vendor") / "axe-core" / "axe.min.js"
+SPARE_HOST = "spare.site.test"
+ATTACKER_HOST = "attacker.test"
+CAMERA = "door"
+CAMERA_USER = "viewer"
+CAMERA_PASSWORD = "s3cret-camera-pw"
+OPERATOR = "nightshift"
+OPERATOR_PASSWORD = "operator-password-1"
+
+
+@dataclass
+class WebSite:
+    site: LocalSite
+    browser: Browser
+    output: Path
+    camera_url: str
+    attacker: str
+    pages: list[Page] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+
+    @property
+    def ms(self) -> Any:
+        return self.site.management
+
+    def url(self, scheme: str) -> str:
+        return f"{scheme}://{self.ms.host}:{self.ms.ports['api']}/"
+
+    def new_page(self) -> Page:
+        page = self.browser.new_context(ignore_https_errors=False).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                self.console.append(f"{page.url}: {message.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.console.append(f"{page.url}: uncaught {exc}"))
+        self.pages.append(page)
+        return page
+
+
+@pytest.fixture(scope="module")
+def web(site_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSite]:
+    """One plaintext site (ms, rs1), a spare certificate to revoke, an RTSP camera with a
+    password on the site's network, and a browser that trusts the site CA."""
+    site: LocalSite = site_factory("web")
+    site.add_server("ms", ServerRole.MANAGEMENT)
+    site.add_server("rs1", ServerRole.RECORDING)
+    site.start_all()
+    site.pki.issue(
+        Role.RECORDING,
+        [SPARE_HOST],
+        key_type=site.key_type,
+        out=site.root / "spare",
+    )
+    output = Path(os.environ.get("WATCHKEEP_TEST_OUTPUT") or tmp_path_factory.mktemp("shots"))
+    output.mkdir(parents=True, exist_ok=True)
+    camera_address = f"{site.network}.200"
+    attacker = f"{site.network}.201"
+    hosts = {s.host: s.address for s in site.servers.values()} | {ATTACKER_HOST: attacker}
+    with (
+        gst_rtsp_camera(
+            camera_address,
+            {"/door": colour_bars(320, 240, 10)},
+            user=CAMERA_USER,
+            password=CAMERA_PASSWORD,
+        ) as port,
+        chromium(nss_home(tmp_path_factory.mktemp("browser"), site.home.ca_cert), hosts) as browser,
+    ):
+        yield WebSite(site, browser, output, f"rtsp://{camera_address}:{port}/door", attacker)
+
+
+@dataclass
+class ExpectedRefusals:
+    """HTTP statuses a test provokes on purpose (a wrong password, a refused change):
+    Chromium notes each such answer in the console, and only those may appear there."""
+
+    statuses: set[int] = field(default_factory=set)
+    network_errors: set[str] = field(default_factory=set)
+
+    def allowed(self, message: str) -> bool:
+        return any(
+            f"Failed to load resource: the server responded with a status of {s} (" in message
+            for s in self.statuses
+        ) or any(f"Failed to load resource: net::{e}" in message for e in self.network_errors)
+
+
+@pytest.fixture
+def console(web: WebSite) -> Iterator[ExpectedRefusals]:
+    """The test fails if any page logged a console error (but for the answers it expects
+    to be refused) or threw while it ran."""
+    web.console.clear()
+    expected = ExpectedRefusals()
+    yield expected
+    assert [m for m in web.console if not expected.allowed(m)] == [], web.console
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def log_in(page: Page, user: str, password: str) -> None:
+    page.fill("#user", user)
+    page.fill("#password", password)
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#view[data-ready=true]")
+
+
+def open_view(page: Page, view: str) -> None:
+    page.click(f"#nav-{view}")
+    page.wait_for_selector(f"#view[data-view={view}][data-ready=true]")
+
+
+def wait_for_picture(page: Page, selector: str) -> None:
+    """Until the image ``selector`` shows a decoded picture."""
+    page.wait_for_function(
+        "(s) => { const i = document.querySelector(s); return i !== null && i.naturalWidth > 0; }",
+        arg=selector,
+    )
+
+
+def shoot_and_check(web: WebSite, page: Page, name: str) -> None:
+    """Screenshot the page, and run axe-core in it: no serious or critical violation."""
+    page.screenshot(path=str(web.output / f"{name}.png"), full_page=True)
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        # Evaluated as DevTools does: the page's CSP (script-src 'self') stays in force
+        # for everything the page itself loads.
+        page.evaluate(AXE.read_text() + "\n;undefined")
+    results = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))"
+    )
+    bad = [v for v in results if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{name}: {bad}"
+
+
+@contextlib.contextmanager
+def attacker_page(address: str) -> Iterator[str]:
+    """A page of another origin, served from ``address`` (attacker.test in the browser)."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>elsewhere</title><p>elsewhere</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{ATTACKER_HOST}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def off_the_loop(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a thread of its own: Playwright's sync API holds this thread's
+    event loop, and the site's helpers run one of their own (asyncio.run)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(call, *args).result()
+
+
+def admin_page(web: WebSite, scheme: str) -> Page:
+    """A new page, at the management server over ``scheme``, logged in as admin."""
+    page = web.new_page()
+    page.goto(web.url(scheme))
+    log_in(page, "admin", admin_password(web))
+    return page
+
+
+def admin_password(web: WebSite) -> str:
+    return web.site.password_file.read_text().strip()
+
+
+def raw_request(
+    web: WebSite, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP request to the management server (plaintext at this point)."""
+    connection = http.client.HTTPConnection(web.ms.address, web.ms.ports["api"], timeout=10)
+    try:
+        connection.request(
+            method,
+            path,
+            body=body,
+            headers={"Host": f"{web.ms.host}:{web.ms.ports['api']}", **headers},
+        )
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+# -- the flows, in order --------------------------------------------------------------------
+
+
+def test_the_page_is_served_with_a_strict_policy(web: WebSite) -> None:
+    # When the page and its script are fetched
+    status, headers, body = raw_request(web, "GET", "/", {})
+    # Then the page allows scripts, styles and calls from the server itself only, no frame
+    assert status == 200
+    assert b'<script type="module" src="/web/app.js">' in body
+    policy = headers["Content-Security-Policy"]
+    for allowed in ("default-src 'none'", "script-src 'self'", "style-src 'self'"):
+        assert allowed in policy, policy
+    for loophole in ("unsafe-inline", "unsafe-eval", "*"):
+        assert loophole not in policy, policy
+    assert "frame-ancestors 'none'" in policy, policy
+    rs1 = web.site.servers["rs1"]
+    assert f"http://{rs1.host}:{rs1.ports['data']}" in policy, policy  # live video, plaintext now
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    # and no page holds inline code
+    for inline in (b"<style", b"style=", b"<script>", b" on"):
+        assert inline not in body, inline
+    # And over plaintext there is no Strict-Transport-Security (browsers ignore it there)
+    assert "Strict-Transport-Security" not in headers
+    status, headers, _ = raw_request(web, "GET", "/web/app.js", {})
+    assert (status, headers["Content-Type"]) == (200, "text/javascript; charset=utf-8")
+    status, _, _ = raw_request(web, "GET", "/web/..%2F_server.py", {})
+    assert status == 404
+
+
+def test_a_request_forged_from_another_origin_changes_nothing(web: WebSite) -> None:
+    token = off_the_loop(web.site.login_token)
+    body = json.dumps({"name": "forged", "password": "forged-password", "role": "administrator"})
+    # Given a state change carrying a valid administrator's token, sent from another origin
+    status, _, answer = raw_request(
+        web,
+        "POST",
+        "/api/v1/users",
+        {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Origin": "https://attacker.example",
+        },
+        body.encode(),
+    )
+    # Then it is refused before it is looked at
+    assert status == 403, answer
+    assert json.loads(answer)["code"] == "http.origin"
+    # And a page of another origin (on the site's own network) cannot do it from a
+    # browser either: it holds no token (none is kept where another page could send it),
+    # and its Origin alone has the request refused
+    page = web.new_page()
+    with attacker_page(web.attacker) as url:
+        page.goto(url)
+        result = page.evaluate(
+            """async (url) => { const r = await fetch(url, {method: "POST", mode: "no-cors",
+            body: JSON.stringify({name: "forged", password: "forged-password"})});
+            return r.type; }""",
+            web.url("http") + "api/v1/users",
+        )
+    assert result == "opaque", result
+    page.close()
+    # And no user was added
+    assert "forged" not in [u["name"] for u in off_the_loop(web.site.api, "GET", "/api/v1/users")]
+
+
+def test_an_administrator_logs_in_and_sees_every_server(
+    web: WebSite, console: ExpectedRefusals
+) -> None:
+    page = web.new_page()
+    page.goto(web.url("http"))
+    assert page.text_content("#lock") == "Not encrypted: passwords cross the network in clear"
+    shoot_and_check(web, page, "01-login")
+    # A wrong password is refused with the reason
+    console.statuses.add(401)
+    page.fill("#user", "admin")
+    page.fill("#password", "not-the-password")
+    page.click("#login button[type=submit]")
+    page.wait_for_function("() => document.getElementById('login-reason').textContent !== ''")
+    assert "wrong password" in (page.text_content("#login-reason") or "")
+    # When the administrator logs in
+    log_in(page, "admin", admin_password(web))
+    # Then the site shows both servers, plaintext, online
+    rows = page.locator("#view tr[data-server]")
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.server)")) == ["ms", "rs1"]
+    for name in ("ms", "rs1"):
+        row = page.locator(f"#view tr[data-server={name}]")
+        assert "online" in row.inner_text()
+        assert row.locator("button[role=switch]").get_attribute("aria-checked") == "false"
+    assert page.locator("nav a").all_text_contents() == [
+        "Site",
+        "Certificates",
+        "Doctor",
+        "Cameras",
+        "Users",
+    ]
+    # And the token is in no storage a script of another page could read
+    assert page.evaluate("() => localStorage.length + sessionStorage.length") == 0
+    assert page.context.cookies() == []
+    shoot_and_check(web, page, "02-site-plaintext")
+    page.close()
+
+
+def test_the_doctor_findings_are_those_of_the_cli(web: WebSite, console: ExpectedRefusals) -> None:
+    page = admin_page(web, "http")
+    # When the administrator opens the doctor's findings (the site is plaintext now)
+    open_view(page, "doctor")
+    page.wait_for_selector("#doctor-summary")
+    # Then they are the CLI's `doctor --json`, finding by finding, grouped by server
+    shown = page.locator("li.finding").evaluate_all(
+        """ls => ls.map(l => ({server: l.closest('section').dataset.server,
+        code: l.dataset.code, text: l.innerText}))"""
+    )
+    ran = web.site.cli("doctor", "--json")
+    expected = json.loads(ran.stdout)
+    assert expected, "the plaintext site has findings (its logins cross in clear)"
+    assert sorted((f["server"], f["code"]) for f in shown) == sorted(
+        (f["server"], f["code"]) for f in expected
+    )
+    for finding in expected:
+        text = next(f["text"] for f in shown if f["code"] == finding["code"])
+        for part in ("message", "requirement", "fix"):
+            assert finding[part] in text, (part, finding[part], text)
+    shoot_and_check(web, page, "02b-doctor")
+    # And they are made again on demand
+    summary = page.text_content("#doctor-summary")
+    page.click("#doctor-run")
+    page.wait_for_selector("#view[data-ready=true] #doctor-summary")
+    assert page.locator("li.finding").count() == len(expected), summary
+    page.close()
+
+
+def test_the_management_server_is_refused_while_a_recording_server_is_plaintext(
+    web: WebSite, console: ExpectedRefusals
+) -> None:
+    console.statuses.add(409)  # the refusal itself
+    page = admin_page(web, "http")
+    # When the administrator turns the management server's encryption on (keyboard only)
+    page.focus("button[role=switch][data-server=ms]")
+    page.keyboard.press("Enter")
+    # Then the API's refusal is shown: every server in the way, each with its fix
+    page.wait_for_selector("#refusal")
+    item = page.locator("#refusal li[data-server=rs1][data-code='site.ms_requires_all_rs']")
+    assert "watchkeep encryption enable --server rs1" in item.inner_text()
+    assert page.locator("button[role=switch][data-server=ms]").get_attribute("aria-checked") == (
+        "false"
+    )
+    shoot_and_check(web, page, "03-refusal")
+    page.close()
+
+
+def test_the_recording_server_then_the_management_server_are_encrypted(
+    web: WebSite, console: ExpectedRefusals
+) -> None:
+    page = admin_page(web, "http")
+    # When the administrator encrypts rs1 first
+    page.click("button[role=switch][data-server=rs1]")
+    page.wait_for_selector("button[role=switch][data-server=rs1][aria-checked=true]")
+    off_the_loop(web.site.wait_encrypted, "rs1")
+    # and then the management server
+    page.click("button[role=switch][data-server=ms]")
+    # Then the page says where the management server answers now
+    page.wait_for_selector("#moved a")
+    assert page.get_attribute("#moved a", "href") == web.url("https")
+    shoot_and_check(web, page, "04-moved")
+    page.close()
+    off_the_loop(web.site.wait_encrypted, "ms")
+    # And over HTTPS, verified against the site CA, it says every answer must stay so
+    page = web.new_page()
+    response = page.goto(web.url("https"))
+    assert response is not None
+    assert response.headers["strict-transport-security"] == "max-age=63072000"
+    assert page.text_content("#lock") == "Encrypted connection (TLS)"
+    log_in(page, "admin", admin_password(web))
+    for name in ("ms", "rs1"):
+        switch = page.locator(f"button[role=switch][data-server={name}]")
+        assert switch.get_attribute("aria-checked") == "true"
+    assert page.locator("#banner").is_hidden()
+    shoot_and_check(web, page, "05-site-encrypted")
+    page.close()
+
+
+def test_the_certificates_show_a_timeline_and_one_is_revoked(
+    web: WebSite, console: ExpectedRefusals
+) -> None:
+    page = admin_page(web, "https")
+    open_view(page, "certificates")
+    # The CA's fingerprint, as `ca show --json` gives it
+    ca = json.loads(web.site.cli("ca", "show", "--json", check=True).stdout)
+    assert page.text_content("#ca-fingerprint") == ca["sha256_fingerprint"]
+    # The timeline draws a bar for every active certificate, ending at its expiry
+    listed = json.loads(web.site.cli("cert", "list", "--json", check=True).stdout)
+    rows = page.locator("#timeline g.row")
+    assert sorted(rows.evaluate_all("gs => gs.map(g => g.dataset.name)")) == sorted(
+        r["name"] for r in listed
+    )
+    spare = f"recording-{SPARE_HOST}"
+    assert spare in [r["name"] for r in listed]
+    shoot_and_check(web, page, "06-certificates")
+    # When the administrator revokes the spare certificate, giving a reason and confirming
+    page.click(f"button[data-revoke='{spare}']")
+    page.select_option("#revoke-reason", "key-compromise")
+    shoot_and_check(web, page, "07-revoke-dialog")
+    page.click("#revoke-confirm")
+    page.wait_for_selector(f"tr[data-name='{spare}'][data-status=revoked]")
+    # Then the CA's inventory says so (the CLI reads it), with the reason
+    shown = json.loads(web.site.cli("cert", "show", spare, "--json", check=True).stdout)
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "key-compromise")
+    # and the CRL lists its serial (openssl reads it)
+    crl = web.site.home.crl
+    text = subprocess.run(
+        ["openssl", "crl", "-in", str(crl), "-noout", "-text"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert shown["serial"].upper().lstrip("0") in text.replace(":", "").upper()
+    assert page.locator(f"button[data-revoke='{spare}']").count() == 0
+    page.close()
+
+
+def test_an_rtsp_camera_is_added_and_shown_live(web: WebSite, console: ExpectedRefusals) -> None:
+    page = admin_page(web, "https")
+    open_view(page, "cameras")
+    # When the administrator adds the RTSP camera, with its user and password
+    page.fill("#camera-name", CAMERA)
+    page.select_option("#camera-kind", "rtsp")
+    page.fill("#camera-url", web.camera_url)
+    page.fill("#camera-user", CAMERA_USER)
+    page.fill("#camera-password", CAMERA_PASSWORD)
+    page.select_option("#camera-server", "rs1")
+    page.click("#camera-add button[type=submit]")
+    # Then it shows live, straight from rs1 over verified TLS
+    picture = f"#camera-grid img[data-camera={CAMERA}]"
+    wait_for_picture(page, picture)
+    assert page.locator(picture).get_attribute("data-source") == "live"
+    assert page.locator(picture).evaluate("i => [i.naturalWidth, i.naturalHeight]") == [320, 240]
+    src = page.locator(picture).get_attribute("src") or ""
+    rs1 = web.site.servers["rs1"]
+    assert src.startswith(
+        f"https://{rs1.host}:{rs1.ports['data']}/api/v1/cameras/{CAMERA}/live.mjpeg?token="
+    )
+    # And its password is in no page: the form forgot it, the API shows it redacted
+    assert CAMERA_PASSWORD not in page.content()
+    assert page.input_value("#camera-password") == ""
+    shoot_and_check(web, page, "09-cameras")
+    # When the camera is opened alone, and the last seconds are played back
+    page.click(f"#camera-grid li[data-camera={CAMERA}] figcaption a")
+    wait_for_picture(page, f"img.single[data-camera={CAMERA}]")
+    page.click("#playback-form button[type=submit]")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('playback'); return !i.hidden && i.naturalWidth > 0; }"
+    )
+    assert CAMERA_PASSWORD not in page.content()
+    shoot_and_check(web, page, "10-camera-playback")
+    page.click("#back")
+    page.wait_for_selector("#view[data-view=cameras][data-ready=true]")
+    page.close()
+
+
+def test_an_operator_added_in_the_page_lacks_the_administrators_controls(
+    web: WebSite, console: ExpectedRefusals
+) -> None:
+    admin = admin_page(web, "https")
+    open_view(admin, "users")
+    # When the administrator adds an operator who may view the camera only
+    admin.fill("#new-user-name", OPERATOR)
+    admin.fill("#new-user-password", OPERATOR_PASSWORD)
+    admin.select_option("#new-user-role", "operator")
+    admin.uncheck("#new-user-cameras-all")
+    admin.check(f"#new-user-cameras-{CAMERA}")
+    admin.click("#user-add button[type=submit]")
+    admin.wait_for_selector(f"tr[data-user={OPERATOR}]")
+    shoot_and_check(web, admin, "11-users")
+    users = {u["name"]: u for u in off_the_loop(web.site.api, "GET", "/api/v1/users")}
+    assert (users[OPERATOR]["role"], users[OPERATOR]["cameras"]) == ("operator", [CAMERA])
+
+    # Then the operator's page has the camera view alone, and none of the controls
+    operator = web.new_page()
+    operator.goto(web.url("https"))
+    log_in(operator, OPERATOR, OPERATOR_PASSWORD)
+    assert operator.locator("nav a").all_text_contents() == ["Cameras"]
+    picture = f"#camera-grid img[data-camera={CAMERA}]"
+    wait_for_picture(operator, picture)
+    for control in (
+        "#camera-add",
+        "button[data-remove]",
+        "button[role=switch]",
+        "select[id^=move-]",
+        "#user-add",
+    ):
+        assert operator.locator(control).count() == 0, control
+    assert "rtsp://" not in operator.content()  # not even the redacted source
+    shoot_and_check(web, operator, "12-operator")
+
+    # When the administrator removes the operator
+    admin.once("dialog", lambda dialog: dialog.accept())
+    admin.click(f"button[data-remove={OPERATOR}]")
+    admin.wait_for_function(f"() => document.querySelector('tr[data-user={OPERATOR}]') === null")
+    # Then the live stream the operator watched is cut by the recording server (its
+    # token is revoked there too), and its next step returns it to the log-in form, saying why
+    console.statuses.add(401)
+    console.network_errors.add("ERR_INCOMPLETE_CHUNKED_ENCODING")
+    operator.click("#nav-cameras")
+    operator.wait_for_selector("#login-view:not([hidden])")
+    assert "revoked" in (operator.text_content("#login-reason") or "")
+    assert operator.locator("#camera-grid").count() == 0
+    admin.close()
+    operator.close()
