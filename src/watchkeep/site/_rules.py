@@ -180,7 +180,8 @@ def site_breaches(
                 RuleBreach(
                     code="cert.expiry_warning",
                     server=server.name,
-                    message=f"its certificate expires in {left.days} day(s), on "
+                    message=f"its certificate expires in {left / dt.timedelta(days=1):.0f} "
+                    f"day(s), on "
                     f"{cert.not_after:%Y-%m-%d} UTC",
                     fix=f"watchkeep cert renew {server.role.value}-{server.host}",
                 )

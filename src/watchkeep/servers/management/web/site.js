@@ -13,8 +13,8 @@ export async function refreshBanner(banner) {
     return;
   }
   banner.replaceChildren(
-    h("p", {}, h("strong", {}, `The site breaks ${breaches.length} rule${breaches.length === 1 ? "" : "s"} of its security requirements:`)),
-    h("ul", {}, breaches.map((b) => h("li", {"data-code": b.code},
+    h("p", {}, h("strong", {}, `The site breaks its security rules in ${breaches.length} place${breaches.length === 1 ? "" : "s"}:`)),
+    h("ul", {}, breaches.map((b) => h("li", {"data-code": b.code, "data-server": b.server},
       h("strong", {}, b.server), `: ${b.message}. `, "Fix: ", h("code", {}, b.fix),
       ` (rule ${b.code})`))));
   banner.hidden = false;
