@@ -32,7 +32,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from browser_support import chromium, nss_home
 from rtsp_support import colour_bars, gst_rtsp_camera
-from watchkeep.pki import Role
+from watchkeep.pki import Role, SitePKI
+from watchkeep.pki._rotation import rotate_ca
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
@@ -586,3 +587,20 @@ def test_an_operator_added_in_the_page_lacks_the_administrators_controls(
     assert operator.locator("#camera-grid").count() == 0
     admin.close()
     operator.close()
+
+
+def test_a_ca_rotation_shows_its_progress(web: WebSite, console: ExpectedRefusals) -> None:
+    # Given a CA rotation begun where the CA lives (as `watchkeep ca rotate` begins it)
+    old, new = rotate_ca(SitePKI(web.site.home))
+    page = admin_page(web, "https")
+    open_view(page, "certificates")
+    # Then the page names the new CA and how far the site has moved to it, as the API says
+    assert page.text_content("#ca-fingerprint") == new.fingerprint
+    page.wait_for_selector("#rotation progress")
+    rotation = off_the_loop(web.site.api, "GET", "/api/v1/ca/details")["rotation"]
+    assert rotation["earlier_cas"] == [old.fingerprint]
+    text = page.inner_text("#rotation")
+    assert f"Certificates issued by the new CA: {rotation['certificates_from_new_ca']} of " in text
+    assert page.get_attribute("#rotation progress", "max") == str(rotation["certificates"])
+    shoot_and_check(web, page, "13-ca-rotation")
+    page.close()
