@@ -205,6 +205,29 @@ def attacker_page(address: str) -> Iterator[str]:
         server.server_close()
 
 
+def https_json(
+    web: WebSite, method: str, path: str, token: str | None, body: Any = None
+) -> tuple[int, Any]:
+    """One call to the encrypted management API, verified against the site CA."""
+    context = ssl.create_default_context(cafile=str(web.site.home.ca_cert))
+    connection = http.client.HTTPSConnection(
+        web.ms.address, web.ms.ports["api"], context=context, timeout=10
+    )
+    connection._server_hostname = web.ms.host  # type: ignore[attr-defined]  # SNI, name checked
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        connection.request(
+            method,
+            path,
+            body=json.dumps(body) if body is not None else None,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
 def off_the_loop(call: Callable[..., T], *args: Any) -> T:
     """``call(*args)`` in a thread of its own: Playwright's sync API holds this thread's
     event loop, and the site's helpers run one of their own (asyncio.run)."""
@@ -466,10 +489,10 @@ def test_the_certificates_show_a_timeline_and_one_is_revoked(
     page = admin_page(web, "https")
     open_view(page, "certificates")
     # The CA's fingerprint, as `ca show --json` gives it
-    ca = json.loads(web.site.cli("ca", "show", "--json", check=True).stdout)
+    ca = SitePKI(web.site.home).describe_ca()  # what `ca show --json` prints
     assert page.text_content("#ca-fingerprint") == ca["sha256_fingerprint"]
     # The timeline draws a bar for every active certificate, ending at its expiry
-    listed = json.loads(web.site.cli("cert", "list", "--json", check=True).stdout)
+    listed = [{"name": r.name} for r in SitePKI(web.site.home).certificates()]  # `cert list`
     rows = page.locator("#timeline g.row")
     assert sorted(rows.evaluate_all("gs => gs.map(g => g.dataset.name)")) == sorted(
         r["name"] for r in listed
@@ -571,6 +594,19 @@ def test_an_operator_added_in_the_page_lacks_the_administrators_controls(
     ):
         assert operator.locator(control).count() == 0, control
     assert "rtsp://" not in operator.content()  # not even the redacted source
+    # and the API behind the absent views refuses the operator all the same
+    token = https_json(
+        web, "POST", "/api/v1/login", None, {"user": OPERATOR, "password": OPERATOR_PASSWORD}
+    )[1]["token"]
+    for path in (
+        "/api/v1/certificates",
+        "/api/v1/ca/details",
+        "/api/v1/doctor",
+        "/api/v1/site/breaches",
+        "/api/v1/users",
+    ):
+        status, answer = https_json(web, "GET", path, token)
+        assert (status, answer["code"]) == (403, "auth.role"), (path, answer)
     shoot_and_check(web, operator, "12-operator")
 
     # When the administrator removes the operator

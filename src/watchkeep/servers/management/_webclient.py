@@ -57,7 +57,7 @@ class WebClient:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/", self.page)
-        router.add_get("/web/{file}", self.asset)
+        router.add_get("/web/{name}", self.asset)
 
     def content_security_policy(self) -> str:
         """Scripts, styles and calls: this server only. Pictures: this server (snapshots
@@ -94,7 +94,7 @@ class WebClient:
         )
 
     async def asset(self, request: web.Request) -> web.Response:
-        name = request.match_info["file"]
+        name = request.match_info["name"]
         found = self.files.get(name)
         if found is None or name == "index.html":
             return problem(404, "not found", f"the web client has no file {name!r}")
