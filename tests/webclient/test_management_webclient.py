@@ -323,6 +323,15 @@ def test_a_request_forged_from_another_origin_changes_nothing(web: WebSite) -> N
     # Then it is refused before it is looked at
     assert status == 403, answer
     assert json.loads(answer)["code"] == "http.origin"
+    # and so is one a browser marks as cross-site without naming its origin
+    status, _, answer = raw_request(
+        web,
+        "POST",
+        "/api/v1/users",
+        {"Authorization": f"Bearer {token}", "Sec-Fetch-Site": "cross-site"},
+        body.encode(),
+    )
+    assert status == 403, answer
     # And a page of another origin (on the site's own network) cannot do it from a
     # browser either: it holds no token (none is kept where another page could send it),
     # and its Origin alone has the request refused
@@ -348,16 +357,29 @@ def test_an_administrator_logs_in_and_sees_every_server(
     page.goto(web.url("http"))
     assert page.text_content("#lock") == "Not encrypted: passwords cross the network in clear"
     shoot_and_check(web, page, "01-login")
-    # A wrong password is refused with the reason
+    # A wrong password, typed with the keyboard from the field that has the focus, is
+    # refused with the reason
     console.statuses.add(401)
-    page.fill("#user", "admin")
-    page.fill("#password", "not-the-password")
-    page.click("#login button[type=submit]")
+    assert page.evaluate("() => document.activeElement.id") == "user"
+    page.keyboard.type("admin")
+    page.keyboard.press("Tab")
+    page.keyboard.type("not-the-password")
+    page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('login-reason').textContent !== ''")
     assert "wrong password" in (page.text_content("#login-reason") or "")
-    # When the administrator logs in
-    log_in(page, "admin", admin_password(web))
-    # Then the site shows both servers, plaintext, online
+    # When the administrator logs in with the keyboard alone (the refusal left the user
+    # name in place and the focus on the password)
+    assert page.evaluate("() => document.activeElement.id") == "password"
+    assert page.input_value("#password") == ""
+    page.keyboard.type(admin_password(web))
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#view[data-ready=true]")
+    # Then the view's heading has the focus, and Tab reaches the views from the top
+    assert page.evaluate("() => document.activeElement.id") == "view-title"
+    page.focus("#nav-site")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "nav-certificates"
+    # And the site shows both servers, plaintext, online
     rows = page.locator("#view tr[data-server]")
     assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.server)")) == ["ms", "rs1"]
     for name in ("ms", "rs1"):
@@ -609,20 +631,47 @@ def test_an_operator_added_in_the_page_lacks_the_administrators_controls(
         assert (status, answer["code"]) == (403, "auth.role"), (path, answer)
     shoot_and_check(web, operator, "12-operator")
 
-    # When the administrator removes the operator
-    admin.once("dialog", lambda dialog: dialog.accept())
-    admin.click(f"button[data-remove={OPERATOR}]")
-    admin.wait_for_function(f"() => document.querySelector('tr[data-user={OPERATOR}]') === null")
-    # Then the live stream the operator watched is cut by the recording server (its
-    # token is revoked there too), and its next step returns it to the log-in form, saying why
+    # When the administrator takes the camera away from the operator
+    admin.uncheck(f"#cameras-{OPERATOR}-{CAMERA}")
+    admin.click(f"tr[data-user={OPERATOR}] button:has-text('Save {OPERATOR}')")
+    admin.wait_for_selector(f"#view[data-ready=true] tr[data-user={OPERATOR}]")
+    users = {u["name"]: u for u in off_the_loop(web.site.api, "GET", "/api/v1/users")}
+    assert users[OPERATOR]["cameras"] == []
+    # Then the live stream the operator watched is cut by the recording server (the
+    # operator's tokens are revoked there too), and its next step returns it to the log-in
+    # form, saying why
     console.statuses.add(401)
     console.network_errors.add("ERR_INCOMPLETE_CHUNKED_ENCODING")
     operator.click("#nav-cameras")
     operator.wait_for_selector("#login-view:not([hidden])")
     assert "revoked" in (operator.text_content("#login-reason") or "")
     assert operator.locator("#camera-grid").count() == 0
+    # And logged in again, the operator sees no camera
+    log_in(operator, OPERATOR, OPERATOR_PASSWORD)
+    assert operator.locator("#camera-grid").count() == 0
+    # When the administrator removes the operator, its session ends as well
+    admin.once("dialog", lambda dialog: dialog.accept())
+    admin.click(f"button[data-remove={OPERATOR}]")
+    admin.wait_for_function(f"() => document.querySelector('tr[data-user={OPERATOR}]') === null")
+    operator.click("#nav-cameras")
+    operator.wait_for_selector("#login-view:not([hidden])")
+    assert "revoked" in (operator.text_content("#login-reason") or "")
+    assert OPERATOR not in [u["name"] for u in off_the_loop(web.site.api, "GET", "/api/v1/users")]
     admin.close()
     operator.close()
+
+
+def test_a_camera_is_removed(web: WebSite, console: ExpectedRefusals) -> None:
+    page = admin_page(web, "https")
+    open_view(page, "cameras")
+    # The live stream in the grid ends when the camera goes
+    console.network_errors.add("ERR_INCOMPLETE_CHUNKED_ENCODING")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"button[data-remove={CAMERA}]")
+    page.wait_for_selector("#view[data-ready=true] #camera-add")
+    assert page.locator(f"#camera-grid li[data-camera={CAMERA}]").count() == 0
+    assert off_the_loop(web.site.api, "GET", "/api/v1/cameras") == []
+    page.close()
 
 
 def test_a_ca_rotation_shows_its_progress(web: WebSite, console: ExpectedRefusals) -> None:

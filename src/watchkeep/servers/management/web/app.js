@@ -71,6 +71,7 @@ export async function show(id) {
     else link.removeAttribute("aria-current");
   }
   const container = $("view");
+  delete container.dataset.ready;  // set again once this view is drawn
   clear(container);
   container.hidden = false;
   container.dataset.view = view.id;
