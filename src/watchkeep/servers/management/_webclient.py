@@ -61,12 +61,14 @@ class WebClient:
 
     def content_security_policy(self) -> str:
         """Scripts, styles and calls: this server only. Pictures: this server (snapshots
-        as blobs) and the data listener of each recording server, by the scheme it
-        speaks now (live MJPEG and playback, each with a stream token)."""
+        as blobs) and the data listener of each recording server (live MJPEG and
+        playback, each with a stream token), by either scheme: its encryption may be
+        switched while the page is open."""
         media = sorted(
-            f"{'https' if s.encryption else 'http'}://{s.host}:{s.ports['data']}"
+            f"{scheme}://{s.host}:{s.ports['data']}"
             for s in self.site.servers()
             if s.role.records and "data" in s.ports
+            for scheme in ("http", "https")
         )
         return "; ".join(
             [
