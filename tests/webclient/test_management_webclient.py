@@ -8,272 +8,41 @@ first, its encryption turned on through the page (the management server refused 
 the recording server is plaintext), then certificates, the doctor, a camera, users.
 Every page is screenshot into WATCHKEEP_TEST_OUTPUT (default: the test's temporary
 directory) and checked by axe-core (tests/webclient/vendor/axe-core) for serious and
-critical violations; no page may log a console error or throw.
+critical violations; no page may log a console error or throw. The site and the browser
+are fixtures of conftest.py, the helpers are in webclient_support.py.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
-import http.client
-import http.server
 import json
-import os
-import ssl
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from webclient_support import (
+    CAMERA,
+    CAMERA_PASSWORD,
+    CAMERA_USER,
+    OPERATOR,
+    OPERATOR_PASSWORD,
+    SPARE_HOST,
+    WARN_DAYS,
+    ExpectedRefusals,
+    WebSite,
+    admin_page,
+    admin_password,
+    attacker_page,
+    banner_codes,
+    https_json,
+    https_request,
+    log_in,
+    off_the_loop,
+    open_view,
+    raw_request,
+    shoot_and_check,
+    wait_for_picture,
+)
 
-from browser_support import chromium, nss_home
-from rtsp_support import colour_bars, gst_rtsp_camera
-from watchkeep.pki import Role, SitePKI
+from watchkeep.pki import SitePKI
 from watchkeep.pki._rotation import rotate_ca
-from watchkeep.site import ServerRole
-from watchkeep.testing import LocalSite
-
-T = TypeVar("T")
-TIMEOUT_MS = 30_000
-AXE = Path(__file__).with_name("vendor") / "axe-core" / "axe.min.js"
-SPARE_HOST = "spare.site.test"
-ATTACKER_HOST = "attacker.test"
-WARN_DAYS = 100
-CAMERA = "door"
-CAMERA_USER = "viewer"
-CAMERA_PASSWORD = "s3cret-camera-pw"
-OPERATOR = "nightshift"
-OPERATOR_PASSWORD = "operator-password-1"
-
-
-@dataclass
-class WebSite:
-    site: LocalSite
-    browser: Browser
-    output: Path
-    camera_url: str
-    attacker: str
-    pages: list[Page] = field(default_factory=list)
-    console: list[str] = field(default_factory=list)
-
-    @property
-    def ms(self) -> Any:
-        return self.site.management
-
-    def url(self, scheme: str) -> str:
-        return f"{scheme}://{self.ms.host}:{self.ms.ports['api']}/"
-
-    def new_page(self) -> Page:
-        page = self.browser.new_context(ignore_https_errors=False).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-
-        def on_console(message: ConsoleMessage) -> None:
-            if message.type == "error":
-                self.console.append(f"{page.url}: {message.text}")
-
-        page.on("console", on_console)
-        page.on("pageerror", lambda exc: self.console.append(f"{page.url}: uncaught {exc}"))
-        self.pages.append(page)
-        return page
-
-
-@pytest.fixture(scope="module")
-def web(site_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSite]:
-    """One plaintext site (ms, rs1), a spare certificate to revoke, an RTSP camera with a
-    password on the site's network, and a browser that trusts the site CA."""
-    site: LocalSite = site_factory("web")
-    ms = site.add_server("ms", ServerRole.MANAGEMENT)
-    # A site that wants to hear of an expiry 100 days ahead: its 90-day certificates are
-    # all inside that warning, and the page's banner says so from the start.
-    ms.extra["server"] = {"expiry_warn_days": [WARN_DAYS]}
-    site.write_config(ms)
-    site.add_server("rs1", ServerRole.RECORDING)
-    site.start_all()
-    site.pki.issue(
-        Role.RECORDING,
-        [SPARE_HOST],
-        key_type=site.key_type,
-        out=site.root / "spare",
-    )
-    output = Path(os.environ.get("WATCHKEEP_TEST_OUTPUT") or tmp_path_factory.mktemp("shots"))
-    output.mkdir(parents=True, exist_ok=True)
-    camera_address = f"{site.network}.200"
-    attacker = f"{site.network}.201"
-    hosts = {s.host: s.address for s in site.servers.values()} | {ATTACKER_HOST: attacker}
-    with (
-        gst_rtsp_camera(
-            camera_address,
-            {"/door": colour_bars(320, 240, 10)},
-            user=CAMERA_USER,
-            password=CAMERA_PASSWORD,
-        ) as port,
-        chromium(nss_home(tmp_path_factory.mktemp("browser"), site.home.ca_cert), hosts) as browser,
-    ):
-        yield WebSite(site, browser, output, f"rtsp://{camera_address}:{port}/door", attacker)
-
-
-@dataclass
-class ExpectedRefusals:
-    """HTTP statuses a test provokes on purpose (a wrong password, a refused change):
-    Chromium notes each such answer in the console, and only those may appear there."""
-
-    statuses: set[int] = field(default_factory=set)
-    network_errors: set[str] = field(default_factory=set)
-
-    def allowed(self, message: str) -> bool:
-        return any(
-            f"Failed to load resource: the server responded with a status of {s} (" in message
-            for s in self.statuses
-        ) or any(f"Failed to load resource: net::{e}" in message for e in self.network_errors)
-
-
-@pytest.fixture
-def console(web: WebSite) -> Iterator[ExpectedRefusals]:
-    """The test fails if any page logged a console error (but for the answers it expects
-    to be refused) or threw while it ran."""
-    web.console.clear()
-    expected = ExpectedRefusals()
-    yield expected
-    assert [m for m in web.console if not expected.allowed(m)] == [], web.console
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def log_in(page: Page, user: str, password: str) -> None:
-    page.fill("#user", user)
-    page.fill("#password", password)
-    page.click("#login button[type=submit]")
-    page.wait_for_selector("#view[data-ready=true]")
-
-
-def open_view(page: Page, view: str) -> None:
-    page.click(f"#nav-{view}")
-    page.wait_for_selector(f"#view[data-view={view}][data-ready=true]")
-
-
-def wait_for_picture(page: Page, selector: str) -> None:
-    """Until the image ``selector`` shows a decoded picture."""
-    page.wait_for_function(
-        "(s) => { const i = document.querySelector(s); return i !== null && i.naturalWidth > 0; }",
-        arg=selector,
-    )
-
-
-def shoot_and_check(web: WebSite, page: Page, name: str) -> None:
-    """Screenshot the page, and run axe-core in it: no serious or critical violation."""
-    page.screenshot(path=str(web.output / f"{name}.png"), full_page=True)
-    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-        # Evaluated as DevTools does: the page's CSP (script-src 'self') stays in force
-        # for everything the page itself loads.
-        page.evaluate(AXE.read_text() + "\n;undefined")
-    results = page.evaluate(
-        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-        ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))"
-    )
-    bad = [v for v in results if v["impact"] in ("serious", "critical")]
-    assert not bad, f"{name}: {bad}"
-
-
-@contextlib.contextmanager
-def attacker_page(address: str) -> Iterator[str]:
-    """A page of another origin, served from ``address`` (attacker.test in the browser)."""
-
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<!doctype html><title>elsewhere</title><p>elsewhere</p>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer((address, 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{ATTACKER_HOST}:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def https_json(
-    web: WebSite, method: str, path: str, token: str | None, body: Any = None
-) -> tuple[int, Any]:
-    """One call to the encrypted management API, verified against the site CA."""
-    context = ssl.create_default_context(cafile=str(web.site.home.ca_cert))
-    connection = http.client.HTTPSConnection(
-        web.ms.address, web.ms.ports["api"], context=context, timeout=10
-    )
-    connection._server_hostname = web.ms.host  # type: ignore[attr-defined]  # SNI, name checked
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        connection.request(
-            method,
-            path,
-            body=json.dumps(body) if body is not None else None,
-            headers={**headers, "Content-Type": "application/json"},
-        )
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
-
-
-def off_the_loop(call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)`` in a thread of its own: Playwright's sync API holds this thread's
-    event loop, and the site's helpers run one of their own (asyncio.run)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(call, *args).result()
-
-
-def banner_codes(page: Page) -> list[tuple[str, str]]:
-    """The broken rules the banner names: (server, rule code), in order."""
-    return [
-        (item["server"], item["code"])
-        for item in page.locator("#banner li").evaluate_all(
-            "ls => ls.map(l => ({server: l.dataset.server, code: l.dataset.code}))"
-        )
-    ]
-
-
-def admin_page(web: WebSite, scheme: str) -> Page:
-    """A new page, at the management server over ``scheme``, logged in as admin."""
-    page = web.new_page()
-    page.goto(web.url(scheme))
-    log_in(page, "admin", admin_password(web))
-    return page
-
-
-def admin_password(web: WebSite) -> str:
-    return web.site.password_file.read_text().strip()
-
-
-def raw_request(
-    web: WebSite, method: str, path: str, headers: dict[str, str], body: bytes | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP request to the management server (plaintext at this point)."""
-    connection = http.client.HTTPConnection(web.ms.address, web.ms.ports["api"], timeout=10)
-    try:
-        connection.request(
-            method,
-            path,
-            body=body,
-            headers={"Host": f"{web.ms.host}:{web.ms.ports['api']}", **headers},
-        )
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
-
 
 # -- the flows, in order --------------------------------------------------------------------
 
@@ -490,21 +259,9 @@ def test_the_recording_server_then_the_management_server_are_encrypted(
     shoot_and_check(web, page, "05-site-encrypted")
     page.close()
     # And every TLS listener of the site says so, a recording server's data listener too
-    rs1 = web.site.servers["rs1"]
-    context = ssl.create_default_context(cafile=str(web.site.home.ca_cert))
-    connection = http.client.HTTPSConnection(
-        rs1.address, rs1.ports["data"], context=context, timeout=10
-    )
-    # (the name checked is the host name, as a browser would: SNI and the certificate)
-    connection._server_hostname = rs1.host  # type: ignore[attr-defined]
-    try:
-        connection.request("GET", "/api/v1/status")
-        answer = connection.getresponse()
-        answer.read()
-    finally:
-        connection.close()
-    assert answer.getheader("Strict-Transport-Security") == "max-age=63072000"
-    assert answer.getheader("X-Frame-Options") == "DENY"
+    _, headers, _ = https_request(web, "rs1", "data", "GET", "/api/v1/status", {})
+    assert headers["Strict-Transport-Security"] == "max-age=63072000"
+    assert headers["X-Frame-Options"] == "DENY"
 
 
 def test_the_certificates_show_a_timeline_and_one_is_revoked(
