@@ -18,6 +18,7 @@ import json
 import subprocess
 
 from webclient_support import (
+    BROKEN_CAMERA,
     CAMERA,
     CAMERA_PASSWORD,
     CAMERA_USER,
@@ -43,6 +44,7 @@ from webclient_support import (
 
 from watchkeep.pki import SitePKI
 from watchkeep.pki._rotation import rotate_ca
+from watchkeep.testing import eventually
 
 # -- the flows, in order --------------------------------------------------------------------
 
@@ -339,6 +341,27 @@ def test_an_rtsp_camera_is_added_and_shown_live(web: WebSite, console: ExpectedR
     shoot_and_check(web, page, "10-camera-playback")
     page.click("#back")
     page.wait_for_selector("#view[data-view=cameras][data-ready=true]")
+
+    # When a camera is added with a wrong password
+    page.fill("#camera-name", BROKEN_CAMERA)
+    page.fill("#camera-url", web.camera_url)
+    page.fill("#camera-user", CAMERA_USER)
+    page.fill("#camera-password", "not-" + CAMERA_PASSWORD)
+    page.click("#camera-add button[type=submit]")
+    page.wait_for_selector(f"#view[data-ready=true] li[data-camera={BROKEN_CAMERA}]")
+
+    # Then its card says why it sends nothing (as its recording server last reported)
+    def problem_shown() -> str:
+        open_view(page, "cameras")
+        problem = page.locator(f"li[data-camera={BROKEN_CAMERA}] p.problem")
+        assert problem.count() == 1
+        return problem.inner_text()
+
+    said = eventually(problem_shown, interval=0.5, what=f"the problem of {BROKEN_CAMERA}")
+    status = off_the_loop(web.site.api, "GET", "/api/v1/site/status")
+    reported = next(c["problem"] for c in status["cameras"] if c["name"] == BROKEN_CAMERA)
+    assert said == f"Sends no pictures: {reported}"
+    shoot_and_check(web, page, "10b-camera-problem")
     page.close()
 
 
@@ -429,7 +452,9 @@ def test_a_camera_is_removed(web: WebSite, console: ExpectedRefusals) -> None:
     page.click(f"button[data-remove={CAMERA}]")
     page.wait_for_selector("#view[data-ready=true] #camera-add")
     assert page.locator(f"#camera-grid li[data-camera={CAMERA}]").count() == 0
-    assert off_the_loop(web.site.api, "GET", "/api/v1/cameras") == []
+    assert [c["name"] for c in off_the_loop(web.site.api, "GET", "/api/v1/cameras")] == [
+        BROKEN_CAMERA
+    ]
     page.close()
 
 

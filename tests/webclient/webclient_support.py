@@ -29,6 +29,7 @@ SPARE_HOST = "spare.site.test"
 ATTACKER_HOST = "attacker.test"
 WARN_DAYS = 100
 CAMERA = "door"
+BROKEN_CAMERA = "gate"  # the same camera, with a wrong password
 CAMERA_USER = "viewer"
 CAMERA_PASSWORD = "s3cret-camera-pw"
 OPERATOR = "nightshift"
