@@ -52,7 +52,7 @@ function revokeDialog(record, reasons, done) {
       h("label", {for: "revoke-reason"}, "Reason"), select,
       result,
       h("p", {},
-        h("button", {type: "button", id: "revoke-confirm", onclick: async () => {
+        h("button", {type: "button", class: "danger", id: "revoke-confirm", onclick: async () => {
           try {
             await post(`/api/v1/certificates/${encodeURIComponent(record.name)}/revoke`, {reason: select.value});
           } catch (error) {
