@@ -66,6 +66,17 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "DELETE", "/api/v1/enrollments/{name}"): 401,
     # public: a joining server's credential is its one-time token (this body has none)
     ("ms", "api", "POST", "/api/v1/join"): 400,
+    # The management client: its page and files are public (they hold no data: every
+    # call they make presents the user's token), the API it added is not.
+    ("ms", "api", "GET", "/"): 200,
+    ("ms", "api", "GET", "/web/{name}"): 404,  # no file "cam1"
+    ("ms", "api", "GET", "/api/v1/site/breaches"): 401,
+    ("ms", "api", "GET", "/api/v1/certificates"): 401,
+    ("ms", "api", "POST", "/api/v1/certificates/{name}/revoke"): 401,
+    ("ms", "api", "GET", "/api/v1/ca/details"): 401,
+    ("ms", "api", "GET", "/api/v1/doctor"): 401,
+    ("ms", "api", "PATCH", "/api/v1/cameras/{name}"): 401,
+    ("ms", "api", "PATCH", "/api/v1/users/{name}"): 401,
     # The recording server's data streams.
     ("rs1", "data", "GET", "/api/v1/status"): 401,
     ("rs1", "data", "GET", "/metrics"): 200,  # public: expiry metrics
@@ -107,6 +118,9 @@ ADMIN_ONLY = [
         {"name": "evil", "role": "recording", "host": "evil.site.test"},
     ),
     ("DELETE", "/api/v1/enrollments/rs1", None),
+    ("POST", "/api/v1/certificates/management-ms.site.test/revoke", {"reason": "superseded"}),
+    ("PATCH", "/api/v1/cameras/cam1", {"recording_server": "rs1"}),
+    ("PATCH", "/api/v1/users/admin", {"role": "operator"}),
 ]
 
 

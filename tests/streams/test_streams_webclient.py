@@ -1,13 +1,8 @@
 """The mobile server's web client in a real browser: headless Chromium (Debian's, driven by
 Playwright) logs in over HTTPS and shows live video.
 
-How Chromium comes to trust the site CA: on Linux it takes user-added trust anchors from
-the NSS database in ``$HOME/.pki/nssdb``. Each browser here runs with a HOME of its own
-whose database holds the site CA (added with NSS's certutil, from libnss3-tools) or
-nothing. So the browser verifies the mobile server exactly as a user's would: chain to an
-installed CA, host name in the SAN, validity. The alternative, an SPKI allow-list
-(--ignore-certificate-errors-spki-list), would only silence errors for one key and could
-not show that a browser without the CA refuses the server.
+How the browser comes to trust the site CA (its own NSS database) and reaches the site by
+its host names: tests/browser_support.py.
 
 Given the shared encrypted site (`streams_site`): mobile1 serves the web client on HTTPS
 and redirects its plain HTTP port there.
@@ -16,59 +11,25 @@ and redirects its plain HTTP port there.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Error, Page, sync_playwright
+from playwright.sync_api import Browser, Error, Page
 from stream_support import DEADLINE, add_user, request
 
+from browser_support import chromium as browser_for
+from browser_support import nss_home
 from watchkeep.testing import LocalServer, LocalSite, eventually
 
-CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = DEADLINE * 1000
-
-
-def _nss_home(root: Path, ca: Path | None) -> Path:
-    """A HOME whose NSS database trusts ``ca`` as an issuer of server certificates (C,,),
-    or trusts nothing when ``ca`` is None."""
-    database = root / ".pki" / "nssdb"
-    database.mkdir(parents=True)
-    certutil = ["certutil", "-d", f"sql:{database}"]
-    subprocess.run([*certutil, "-N", "--empty-password"], check=True, capture_output=True)
-    if ca is not None:
-        subprocess.run(
-            [*certutil, "-A", "-n", "watchkeep site CA", "-t", "C,,", "-i", str(ca)],
-            check=True,
-            capture_output=True,
-        )
-    return root
 
 
 @contextmanager
 def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            env={**os.environ, "HOME": str(home)},
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                # The site's host names are in no DNS: map the mobile server's to its address.
-                f"--host-resolver-rules=MAP {mobile.host} {mobile.address}",
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with browser_for(home, {mobile.host: mobile.address}) as browser:
+        yield browser
 
 
 def _page(browser: Browser) -> Page:
@@ -83,7 +44,7 @@ def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
 ) -> None:
     mobile = streams_site.servers["mobile1"]
     # Given a browser that trusts no watchkeep CA
-    with chromium(_nss_home(tmp_path, None), mobile) as browser:
+    with chromium(nss_home(tmp_path, None), mobile) as browser:
         page = _page(browser)
         # When it opens the web client over HTTPS
         with pytest.raises(Error) as refused:
@@ -103,7 +64,7 @@ def test_the_web_client_logs_in_and_shows_live_video(
     password = streams_site.password_file.read_text().strip()
     screenshot = tmp_path / "webclient.png"
     # Given a browser that trusts the site CA
-    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+    with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
         page = _page(browser)
 
         # When it opens the mobile server's plain HTTP address
@@ -147,7 +108,7 @@ def test_logging_out_of_the_web_client_stops_the_video_and_revokes_its_token(
 ) -> None:
     mobile = streams_site.servers["mobile1"]
     password_file = add_user(streams_site, "web-leaver", "operator", ["cam1"])
-    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+    with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
         page = _page(browser)
         page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
         # Given an operator logged in and watching cam1
