@@ -99,20 +99,35 @@ def test_renewal_while_streaming(make_site: Callable[..., LocalSite], tmp_path: 
     site = encrypted_site_with_camera(make_site)
     rs1 = site.servers["rs1"]
     viewer = start_viewer(site, tmp_path / "live.mjpeg", 14)
+    key_before = rs1.key.read_bytes()
     # When rs1 gets a certificate 65 days into its 90 (past 2/3 of its life, 25 days left)
     site.issue(rs1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
     aged = SitePKI(site.home).find(f"recording-{rs1.host}")
-    # Then the management server renews it, with a new key, and rs1 serves the new one
+    # Then rs1 renews it itself, over mutual TLS: a new key made in its own directory, a
+    # CSR signed by the management server for its names, and serves the new certificate
     renewed = eventually(
         lambda: (r := SitePKI(site.home).find(f"recording-{rs1.host}")).serial != aged.serial and r,
         what="renewal",
     )
+    assert renewed.key_path is None  # the CA never saw the key
+    assert renewed.hosts == aged.hosts
+    assert renewed.ips == aged.ips
     assert f"renewed recording-{rs1.host}" in site.log_text("ms")
+    assert "rs1: renewed its certificate" in site.log_text("rs1")
     eventually(
         lambda: fingerprint(served_certificate(rs1)) == renewed.sha256_fingerprint,
         what="the new certificate served",
     )
+    assert rs1.key.read_bytes() not in (key_before, b"")
+    assert rs1.key.stat().st_mode & 0o777 == 0o600
     assert SitePKI(site.home).find(aged.serial).status == "superseded"
+    # ... the site status says when it renews next
+    status = next(
+        s
+        for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+        if s["name"] == "rs1"
+    )
+    assert status["renewal"]["serial"] == renewed.serial or status["renewal"]["renewals"] >= 1
     # ... while the client lost no frame and never reconnected
     finish_viewer(viewer, tmp_path / "live.mjpeg")
 

@@ -1,13 +1,12 @@
 """The management server process: its jobs wired together (each in a module of its own in
-this package), its API listener, and the background work (failover, renewals)."""
+this package), its API listener, and the background work (failover)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -18,7 +17,6 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
-from watchkeep.servers._renewal import Renewer
 from watchkeep.servers.management._cameras import Cameras
 from watchkeep.servers.management._encryption import Encryption
 from watchkeep.servers.management._failover import Failover
@@ -26,6 +24,7 @@ from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
 from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
+from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.servers.management._status import Status
@@ -53,33 +52,26 @@ class ManagementServer(ServerProcess):
         self.site = SiteView(config, self.store, self._me)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
-        self.renewer = (
-            Renewer(
-                config.ca_home,
-                config.ca_passphrase.encode() if config.ca_passphrase else None,
-                config.renew_at,
-                config.renew_jitter,
-            )
-            if config.ca_home is not None
-            else None
-        )
         self.sessions = Sessions(config, self.store, on_revoked=self._spawn_push)
+        # Signs every server's renewal (and its own) through the CA home, when it has one.
+        self.renewals = Renewals(config, self.site, lambda: self.pushes.trust_payload())
         self.pushes = ConfigPushes(
             config,
             self.site,
             self.sessions,
-            self.renewer,
+            self.renewals.pki if config.ca_home is not None else None,
             lambda: self.client_ssl_context(present_certificate=True),
         )
         self.failover = Failover(config, self.site, self.pushes.push)
         self.registration = Registration(
-            config, self.site, self.sessions, self.pushes, self.failover
+            config, self.site, self.sessions, self.pushes, self.failover, self.renewals
         )
         self.users = Users(config, self.store, self.sessions)
         jobs: list[Job] = [
             Login(config, self.site, self.sessions),
             self.users,
             self.registration,
+            self.renewals,
             Cameras(
                 config,
                 self.site,
@@ -100,7 +92,8 @@ class ManagementServer(ServerProcess):
                 config,
                 self.site,
                 self.sessions,
-                self.renewer,
+                self.renewals,
+                lambda: self.renewal,
                 camera_problems=self.registration.camera_problems,
                 site_ca_fingerprint=self._site_ca_fingerprint,
             ),
@@ -171,7 +164,33 @@ class ManagementServer(ServerProcess):
         return found
 
     def metrics_extra(self) -> str:
-        return self.pushes.metrics()
+        return self.pushes.metrics() + self.renewals.metrics()
+
+    # -- its own certificate: renewed like every server's, signed here -------------------
+
+    def renewal_audience(self) -> str:
+        return self.config.host
+
+    async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.config.ca_home is None:
+            raise WatchkeepError(
+                f"{self.config.name}: the CA is offline (no [site] ca_home): nothing here can "
+                "sign a renewal",
+                fix="on the CA's machine: watchkeep cert sign-csr CSR --role management "
+                "--replace, and install the files (or set [site] ca_home)",
+            )
+        assert self.renewal is not None
+        return await asyncio.to_thread(self.renewals.sign, request, self.renewal.current())
+
+    async def keep_trust_fresh(self) -> None:
+        """Its own trust store from the CA home: fresh CRLs (it verifies every server's
+        certificate with them) and the CA that servers are asked to move to."""
+        payload = await asyncio.to_thread(self.pushes.trust_payload)
+        if self.renewal is not None:
+            target = payload.get("renew_to")
+            self.renewal.renew_to = target if isinstance(target, str) else None
+        if self.tls is not None and self.tls.changed():
+            self.tls.reload()
 
     # -- its own encryption ----------------------------------------------------------------
 
@@ -224,18 +243,6 @@ class ManagementServer(ServerProcess):
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.publisher = await start_publisher(self.config)
         self.spawn(self.failover.run(self.stopping))
-        if self.renewer is not None:
-            self.spawn(self._renewal_loop())
-
-    async def _renewal_loop(self) -> None:
-        assert self.renewer is not None
-        while not self.stopping.is_set():
-            try:
-                await self.renewer.run_once(utcnow())
-            except (WatchkeepError, OSError) as exc:
-                log.warning("%s: renewal check failed: %s", self.config.name, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
         if self.publisher is not None:
