@@ -54,7 +54,7 @@ class ManagementServer(ServerProcess):
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
         self.sessions = Sessions(config, self.store, on_revoked=self._spawn_push)
         # Signs every server's renewal (and its own) through the CA home, when it has one.
-        self.renewals = Renewals(config, self.site, lambda: self.pushes.trust_payload())
+        self.renewals = Renewals(config, self.site, self._fresh_trust)
         self.pushes = ConfigPushes(
             config,
             self.site,
@@ -182,15 +182,20 @@ class ManagementServer(ServerProcess):
         assert self.renewal is not None
         return await asyncio.to_thread(self.renewals.sign, request, self.renewal.current())
 
-    async def keep_trust_fresh(self) -> None:
-        """Its own trust store from the CA home: fresh CRLs (it verifies every server's
-        certificate with them) and the CA that servers are asked to move to."""
-        payload = await asyncio.to_thread(self.pushes.trust_payload)
-        if self.renewal is not None:
-            target = payload.get("renew_to")
-            self.renewal.renew_to = target if isinstance(target, str) else None
+    def _fresh_trust(self) -> dict[str, Any]:
+        """The site's trust bundle, its own trust store kept in step with it (fresh CRLs:
+        it verifies every server's certificate with them), and served at once."""
+        payload = self.pushes.trust_payload()
         if self.tls is not None and self.tls.changed():
             self.tls.reload()
+        return payload
+
+    async def keep_trust_fresh(self) -> None:
+        payload = await asyncio.to_thread(self._fresh_trust)
+        if self.renewal is not None:
+            # the CA servers are asked to move to, after a rotation: this one too
+            target = payload.get("renew_to")
+            self.renewal.renew_to = target if isinstance(target, str) else None
 
     # -- its own encryption ----------------------------------------------------------------
 
