@@ -161,11 +161,40 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
     )
     assert status["certificate"]["expiry_warning"] == 14
     assert 9.5 < status["certificate"]["days_left"] < 10.5
+    # ... and that rs1 cannot renew it, as the CA is offline: when it was due, how often it
+    # failed, why, in the status, the doctor's findings and the metrics
+    renewal = eventually(
+        lambda: (
+            (
+                r := next(
+                    s
+                    for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+                    if s["name"] == "rs1"
+                )["renewal"]
+            )
+            and r["failures"] >= 1
+            and r
+        ),
+        what="rs1 to report a failed renewal",
+    )
+    assert "CA offline" in renewal["last_error"] or "holds no CA" in renewal["last_error"]
+    assert renewal["next_renewal_at"] < renewal["retry_at"]
+    table = site.cli("site", "status").stdout
+    assert "FAILED" in table
+    findings = json.loads(site.cli("doctor", "--json").stdout)
+    assert any(
+        f["code"] == "cert.expiry_warning"
+        and f["server"] == "rs1"
+        and "renewing its certificate failed" in f["message"]
+        for f in findings
+    )
+    assert "[cert.expiry_warning] rs1: renewing its certificate" in site.log_text("rs1")
     # ... and its metrics say how many days are left
     text = _get(f"http://{rs1.address}:{rs1.ports['data']}/metrics")
     assert re.search(
         rf'watchkeep_certificate_days_left{{[^}}]*serial="{aged.serial}"[^}}]*}} (9\.9|10\.0)', text
     )
+    assert re.search(r'watchkeep_certificate_renewal_failures{server="rs1",[^}]*} [1-9]', text)
     # A restart does not repeat the warnings.
     site.stop("rs1")
     site.start("rs1")

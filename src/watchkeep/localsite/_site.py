@@ -80,9 +80,11 @@ class LocalSite:
 
     # -- laying out ----------------------------------------------------------------------
 
-    def init_ca(self, name: str = "watchkeep Test Site CA") -> None:
+    def init_ca(
+        self, name: str = "watchkeep Test Site CA", key_type: KeyType = KeyType.ECDSA_P256
+    ) -> None:
         self.home.ensure()
-        self.pki.init_ca(name, key_type=KeyType.ECDSA_P256)
+        self.pki.init_ca(name, key_type=key_type)
         self.password_file.write_text(secrets.token_urlsafe(ADMIN_PASSWORD_LENGTH) + "\n")
         self.password_file.chmod(0o600)
         self.registration_key_file.write_text(secrets.token_urlsafe(24) + "\n")
