@@ -254,7 +254,7 @@ async def _roll_site(
                         fix="check those servers (watchkeep site status), then run "
                         "`watchkeep cert renew --all` and `watchkeep ca retire` by hand",
                     )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.25)
 
     await poll("trust the new CA", lambda s: new_fp in s.get("trusted_ca_fingerprints", []))
     say("  every server trusts both CAs")
