@@ -213,9 +213,18 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
     site = make_site(
         ("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING), ("mobile1", ServerRole.MOBILE)
     )
+    ms, rs1, mobile = site.servers["ms"], site.servers["rs1"], site.servers["mobile1"]
+    # mobile1 starts 65 days into its certificate's 90, on a plaintext management link
+    site.issue(mobile, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
+    aged = SitePKI(site.home).find(f"mobile-{mobile.host}")
     for name in site.servers:
         site.start(name)
-    ms, rs1, mobile = site.servers["ms"], site.servers["rs1"], site.servers["mobile1"]
+    # It renews all the same: its request is signed with the key of its certificate.
+    eventually(
+        lambda: SitePKI(site.home).find(f"mobile-{mobile.host}").serial != aged.serial,
+        what="mobile1's renewal over plaintext",
+    )
+    assert "[cert.expiry_warning] mobile1: renewing" not in site.log_text("mobile1")
     ca_serial = format(site.pki.ca_certificate().serial_number, "x")
     urls = {
         "ms": f"http://{ms.address}:{ms.ports['api']}/metrics",

@@ -205,3 +205,51 @@ def test_an_expired_certificate_is_renewed_in_one_command(tmp_path: Path) -> Non
     fresh = SitePKI(pki.home).find(old.name)
     assert fresh.serial != old.serial
     assert fresh.not_after > NOW + dt.timedelta(days=89)
+
+
+@pytest.mark.parametrize("case", ["expired", "revoked"])
+def test_a_server_whose_certificate_cannot_vouch_says_how_to_rejoin(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_home(tmp_path)
+    out = tmp_path / "rs1"
+    cert, _ = issued(pki, out, days_ago=100 if case == "expired" else 70)
+    trust = tmp_path / "trust"
+    DirectoryTrustStore(trust).install(pki.ca_certificate())
+    if case == "revoked":
+        pki.revoke(format(cert.serial_number, "x"))
+    DirectoryTrustStore(trust).install_crl(pki.home.crl.read_bytes())
+    asked: list[dict[str, Any]] = []
+
+    async def sign(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(body)
+        raise AssertionError("a certificate that cannot vouch must not ask")
+
+    renewal = SelfRenewal(
+        server="rs1",
+        role="recording",
+        host="rs1.site.test",
+        identity=ServerIdentity(
+            "rs1",
+            "rs1.site.test",
+            out / "recording-rs1.site.test.chain.pem",
+            out / "recording-rs1.site.test.key",
+        ),
+        trust=lambda: TrustMaterial.load(trust),
+        sign=sign,
+        on_renewed=lambda: None,
+        state_file=tmp_path / "renewal.json",
+        audience="ms",
+    )
+    for minutes in (0, 90, 180):  # it says so once, and does not keep asking
+        asyncio.run(renewal.tick(NOW + dt.timedelta(minutes=minutes)))
+    assert asked == []
+    lines = [r.getMessage() for r in caplog.records if "cannot renew" in r.getMessage()]
+    assert len(lines) == 1
+    assert "watchkeep enroll create --name rs1 --role recording --host rs1.site.test" in lines[0]
+    assert "watchkeep join TOKEN" in lines[0]
+    assert renewal.state.rejoin is not None
+    assert "renewal_ready_status" in renewal.metrics()
+    assert 'watchkeep_certificate_renewal_ready_status{server="rs1",role="recording"} 0' in (
+        renewal.metrics()
+    )
