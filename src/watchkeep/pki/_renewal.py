@@ -88,8 +88,13 @@ def renew_from_csr(
     name = certificate_name(role, request.hosts[0])
     ca = pki.authority()  # the current CA: a renewal moves the server to it
     with pki._exclusive():
-        previous = pki._refuse_duplicates(role, request.hosts, name, replace=True)
-        supersede = {p.serial for p in previous} | {serial}
+        # The certificate that asks, and the one in use under its name (the same, unless a
+        # renewal was signed but never arrived): looked up by name, not by scanning the
+        # inventory, so that a site of thousands of servers renews as fast as one of ten.
+        supersede = {serial}
+        current = pki.inventory.find(name)
+        if current is not None and current.status == "active":
+            supersede.add(current.serial)
         cert = ca.sign_server_certificate(
             csr.public_key(), request, now=now, published=pki.published()
         )
