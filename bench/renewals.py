@@ -50,6 +50,7 @@ from bench._common import Histogram
 from watchkeep._clock import utcnow_to_second
 from watchkeep._home import Home
 from watchkeep.client import open_session
+from watchkeep.client._http import SiteResolver
 from watchkeep.localsite import LocalSite
 from watchkeep.pki import KeyType, Role, SitePKI
 from watchkeep.pki._keys import load_private_key
@@ -133,18 +134,25 @@ def worker(
         url = f"https://{ms['host']}:{ms['port']}/api/v1/renewals"
         took: list[float] = []
         failed: list[str] = []
-        async with open_session({ms["host"]: ms["address"]}, timeout=60, limit=0) as session:
 
-            async def one(i: int, context: ssl.SSLContext, body: dict[str, Any]) -> None:
-                # The servers of all workers interleave: server k renews at k/total.
-                index = offset + i * 2
-                await asyncio.sleep(max(0.0, start_at + window * index / total - time.time()))
+        async def one(i: int, context: ssl.SSLContext, body: dict[str, Any]) -> None:
+            # The servers of all workers interleave: server k renews at k/total, each from
+            # a loopback address of its own, as separate machines would.
+            index = offset + i * 2
+            source = f"127.250.{index // 250}.{index % 250 + 1}"
+            await asyncio.sleep(max(0.0, start_at + window * index / total - time.time()))
+            connector = aiohttp.TCPConnector(
+                resolver=SiteResolver({ms["host"]: ms["address"]}), local_addr=(source, 0)
+            )
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+            ) as session:
                 try:
                     took.append(await renew(session, url, context, body))
-                except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+                except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
                     failed.append(f"{type(exc).__name__}: {exc}"[:200])
 
-            await asyncio.gather(*(one(i, c, b) for i, (c, b) in enumerate(items)))
+        await asyncio.gather(*(one(i, c, b) for i, (c, b) in enumerate(items)))
         return took, failed
 
     return asyncio.run(run())
@@ -153,26 +161,39 @@ def worker(
 # -- the API probe ----------------------------------------------------------------------------
 
 
-async def probe(ms: dict[str, Any], token: str, trust: Path, seconds: float) -> Histogram:
+async def probe(
+    ms: dict[str, Any], token: str, trust: Path, seconds: float
+) -> tuple[Histogram, int]:
+    """The API's latency, one call every 50 ms; and how many calls failed."""
     histogram = Histogram()
+    failed = 0
     context = client_context(TrustMaterial.load(trust))
     url = f"https://{ms['host']}:{ms['port']}/api/v1/servers"
     deadline = time.monotonic() + seconds
     async with open_session({ms["host"]: ms["address"]}, timeout=30) as session:
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            async with session.get(
-                url, ssl=context, headers={"Authorization": f"Bearer {token}"}
-            ) as response:
-                await response.read()
-            histogram.add(time.perf_counter() - started)
+            try:
+                async with session.get(
+                    url, ssl=context, headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                ok = False
+            if ok:
+                histogram.add(time.perf_counter() - started)
+            else:
+                failed += 1
             await asyncio.sleep(PROBE_INTERVAL)
-    return histogram
+    return histogram, failed
 
 
-def percentiles(histogram: Histogram) -> dict[str, float | None]:
+def percentiles(measured: tuple[Histogram, int]) -> dict[str, float | None]:
+    histogram, failed = measured
     return {
         "samples": histogram.total,
+        "failed": failed,
         "p50_ms": _ms(histogram.percentile(0.5)),
         "p99_ms": _ms(histogram.percentile(0.99)),
     }
