@@ -245,6 +245,25 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
         lambda: 'server="rs1"' in (t := _get(urls["ms"])) and t, what="rs1 in the ms metrics"
     )
     assert 'server="mobile1"' in text
+    # Once its certificate is revoked, rs1 cannot renew it: it says so at once, in one
+    # line naming the commands that bring it back, and the status and doctor say so too.
+    site.connect_cli()
+    assert site.cli("cert", "revoke", f"recording-{rs1.host}").returncode == 0
+    line = eventually(
+        lambda: next(
+            (ln for ln in site.log_text("rs1").splitlines() if "cannot renew" in ln), None
+        ),
+        what="rs1 to say it cannot renew",
+    )
+    assert "was revoked" in line
+    assert "watchkeep enroll create --name rs1 --role recording" in line
+    assert "watchkeep join TOKEN" in line
+    assert "CANNOT RENEW" in eventually(
+        lambda: "CANNOT RENEW" in (t := site.cli("site", "status").stdout) and t,
+        what="the status to say so",
+    )
+    findings = json.loads(site.cli("doctor", "--json").stdout)
+    assert any("can no longer renew itself" in f["message"] for f in findings)
 
 
 def _get(url: str) -> str:

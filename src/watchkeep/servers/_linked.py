@@ -250,7 +250,10 @@ class LinkedServer(ServerProcess):
         if trust_dir is None:
             return
         material = self.trust()
-        if not material.crl_files or not crls_stale(material, utcnow()):
+        # Also while renewals fail: the management server may refuse this server's
+        # certificate because it was revoked, which only a fresh CRL tells it.
+        failing = self.renewal is not None and self.renewal.state.failures > 0
+        if not material.crl_files or not (failing or crls_stale(material, utcnow())):
             return
         endpoint = self._management_endpoint()
         context = (

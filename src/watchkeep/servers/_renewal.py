@@ -366,11 +366,14 @@ class SelfRenewal:
             self.state.last_error = None
         self.state.next_renewal_at = self._when(leaf)
         self.state.not_after = leaf.not_valid_after_utc
-        if self._cannot_renew(leaf) is not None or not self.due(leaf, now):
+        if self._cannot_renew(leaf) is not None:
             return False
+        # Said at once, not when the renewal comes due: nothing can renew this certificate.
         if now > leaf.not_valid_after_utc or self.trust().revoked(leaf) is not None:
             why = "expired" if now > leaf.not_valid_after_utc else "was revoked"
             self._give_up(f"its certificate (serial {serial}) {why}")
+            return False
+        if not self.due(leaf, now):
             return False
         self.state.last_attempt_at = now
         try:
