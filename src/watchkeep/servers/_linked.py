@@ -239,6 +239,9 @@ class LinkedServer(ServerProcess):
                 raise
         if not isinstance(answer, dict):
             raise ConnectionFailed(endpoint.server, "the renewal answer is not a JSON object")
+        trust = answer.get("trust")
+        if isinstance(trust, dict) and self.config.trust_store is not None:
+            self.install_trust(trust, authenticated=endpoint.tls)
         return answer
 
     async def keep_trust_fresh(self) -> None:

@@ -123,6 +123,9 @@ class Renewals:
                 code="cert.validity",
                 fix="check the CA home and its passphrase on the management server",
             )
+        # The trust bundle too (CAs, retired CAs, CRLs): a server takes its CAs only from
+        # an encrypted link, its CRLs from any (they are signed).
+        answer["trust"] = self.trust_payload()
         return web.json_response(answer)
 
     async def crls(self, _request: web.Request) -> web.Response:
