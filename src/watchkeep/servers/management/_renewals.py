@@ -102,6 +102,15 @@ class Renewals:
             )
         body = await json_object(request)
         peer = _peer_certificate(request)
+        if peer is None and not body.get("certificate"):
+            return problem(
+                401,
+                "certificate required",
+                "a renewal is asked with the certificate in use: present it (mutual TLS), or "
+                "send it signed with its key",
+                code="cert.chain",
+                fix="renew from the server that holds the certificate and its key",
+            )
         try:
             answer = await asyncio.to_thread(self.sign, body, peer)
         except RenewalRefused as exc:
