@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -191,7 +192,7 @@ def renewal_request(
     ``leaf``, the certificate, and the proof that its holder asks (signed with its key)."""
     hosts = list(san_dns_names(leaf))
     names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
-    names += [x509.IPAddress(_ip(a)) for a in san_ip_addresses(leaf)]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in san_ip_addresses(leaf)]
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
@@ -208,12 +209,6 @@ def renewal_request(
             _sign(current_key, _proof_message(audience, when, csr_der))
         ).decode(),
     }
-
-
-def _ip(text: str) -> Any:
-    import ipaddress
-
-    return ipaddress.ip_address(text)
 
 
 def verify_renewal_request(
