@@ -19,7 +19,8 @@ command that fixes it.
     │   ├── CertificateNotFound
     │   ├── DuplicateCertificate
     │   ├── CertificateRuleViolation    a certificate breaks a rule code (cert.*, key.*)
-    │   └── OutputNotWritable
+    │   ├── OutputNotWritable
+    │   └── RenewalRefused              a server's own renewal cannot be signed (rejoin, CSR...)
     ├── TrustError                      trust stores
     ├── StoreError                      the database
     ├── SiteRuleViolation               a site.* / trust.* rule refuses an operation
@@ -88,6 +89,7 @@ __all__ = [
     "PeerTimedOut",
     "PlaintextToTlsPort",
     "RecordingError",
+    "RenewalRefused",
     "ServerExited",
     "SiteCommandFailed",
     "SiteNotReady",
@@ -172,6 +174,21 @@ class HomeError(WatchkeepError):
 
 class PKIError(WatchkeepError):
     """Certificate authority, certificates and keys."""
+
+
+class RenewalRefused(PKIError):
+    """A server asked to renew its certificate with one that cannot vouch for it (expired,
+    revoked, not of this site) or with a request the CA will not sign; ``rejoin`` when only
+    a new enrollment brings the server back."""
+
+    def __init__(self, subject: str, reason: str, *, fix: str, rejoin: bool = False) -> None:
+        super().__init__(fix=fix)
+        self.subject = subject
+        self.reason = reason
+        self.rejoin = rejoin
+
+    def describe(self) -> str:
+        return f"{self.subject}: renewal refused: {self.reason}"
 
 
 class CANotInitialised(PKIError):

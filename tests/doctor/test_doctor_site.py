@@ -204,8 +204,11 @@ def test_a_certificate_inside_the_expiry_thresholds(site: LocalSite) -> None:
         assert status == 0
         assert {f["code"] for f in document} == {"cert.expiry_warning"}
 
-        # And with thresholds of 7 and 3 days there is nothing to say yet
-        assert doctor_cli(site, "--warn-days", "7,3") == (0, [])
+        # And with thresholds of 7 and 3 days there is nothing to say about its expiry yet
+        # (only, maybe, that rs1 tried to renew it: this site keeps its CA offline)
+        status, document = doctor_cli(site, "--warn-days", "7,3")
+        assert status == 0
+        assert [f for f in document if "renewing its certificate failed" not in f["message"]] == []
     finally:
         mend_rs1(site)
 

@@ -99,20 +99,35 @@ def test_renewal_while_streaming(make_site: Callable[..., LocalSite], tmp_path: 
     site = encrypted_site_with_camera(make_site)
     rs1 = site.servers["rs1"]
     viewer = start_viewer(site, tmp_path / "live.mjpeg", 14)
+    key_before = rs1.key.read_bytes()
     # When rs1 gets a certificate 65 days into its 90 (past 2/3 of its life, 25 days left)
     site.issue(rs1, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
     aged = SitePKI(site.home).find(f"recording-{rs1.host}")
-    # Then the management server renews it, with a new key, and rs1 serves the new one
+    # Then rs1 renews it itself, over mutual TLS: a new key made in its own directory, a
+    # CSR signed by the management server for its names, and serves the new certificate
     renewed = eventually(
         lambda: (r := SitePKI(site.home).find(f"recording-{rs1.host}")).serial != aged.serial and r,
         what="renewal",
     )
+    assert renewed.key_path is None  # the CA never saw the key
+    assert renewed.hosts == aged.hosts
+    assert renewed.ips == aged.ips
     assert f"renewed recording-{rs1.host}" in site.log_text("ms")
+    assert "rs1: renewed its certificate" in site.log_text("rs1")
     eventually(
         lambda: fingerprint(served_certificate(rs1)) == renewed.sha256_fingerprint,
         what="the new certificate served",
     )
+    assert rs1.key.read_bytes() not in (key_before, b"")
+    assert rs1.key.stat().st_mode & 0o777 == 0o600
     assert SitePKI(site.home).find(aged.serial).status == "superseded"
+    # ... the site status says when it renews next
+    status = next(
+        s
+        for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+        if s["name"] == "rs1"
+    )
+    assert status["renewal"]["serial"] == renewed.serial or status["renewal"]["renewals"] >= 1
     # ... while the client lost no frame and never reconnected
     finish_viewer(viewer, tmp_path / "live.mjpeg")
 
@@ -146,11 +161,40 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
     )
     assert status["certificate"]["expiry_warning"] == 14
     assert 9.5 < status["certificate"]["days_left"] < 10.5
+    # ... and that rs1 cannot renew it, as the CA is offline: when it was due, how often it
+    # failed, why, in the status, the doctor's findings and the metrics
+    renewal = eventually(
+        lambda: (
+            (
+                r := next(
+                    s
+                    for s in json.loads(site.cli("site", "status", "--json").stdout)["servers"]
+                    if s["name"] == "rs1"
+                )["renewal"]
+            )
+            and r["failures"] >= 1
+            and r
+        ),
+        what="rs1 to report a failed renewal",
+    )
+    assert "CA offline" in renewal["last_error"] or "holds no CA" in renewal["last_error"]
+    assert renewal["next_renewal_at"] < renewal["retry_at"]
+    table = site.cli("site", "status").stdout
+    assert "FAILED" in table
+    findings = json.loads(site.cli("doctor", "--json").stdout)
+    assert any(
+        f["code"] == "cert.expiry_warning"
+        and f["server"] == "rs1"
+        and "renewing its certificate failed" in f["message"]
+        for f in findings
+    )
+    assert "[cert.expiry_warning] rs1: renewing its certificate" in site.log_text("rs1")
     # ... and its metrics say how many days are left
     text = _get(f"http://{rs1.address}:{rs1.ports['data']}/metrics")
     assert re.search(
         rf'watchkeep_certificate_days_left{{[^}}]*serial="{aged.serial}"[^}}]*}} (9\.9|10\.0)', text
     )
+    assert re.search(r'watchkeep_certificate_renewal_failures{server="rs1",[^}]*} [1-9]', text)
     # A restart does not repeat the warnings.
     site.stop("rs1")
     site.start("rs1")
@@ -169,9 +213,18 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
     site = make_site(
         ("ms", ServerRole.MANAGEMENT), ("rs1", ServerRole.RECORDING), ("mobile1", ServerRole.MOBILE)
     )
+    ms, rs1, mobile = site.servers["ms"], site.servers["rs1"], site.servers["mobile1"]
+    # mobile1 starts 65 days into its certificate's 90, on a plaintext management link
+    site.issue(mobile, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=65))
+    aged = SitePKI(site.home).find(f"mobile-{mobile.host}")
     for name in site.servers:
         site.start(name)
-    ms, rs1, mobile = site.servers["ms"], site.servers["rs1"], site.servers["mobile1"]
+    # It renews all the same: its request is signed with the key of its certificate.
+    eventually(
+        lambda: SitePKI(site.home).find(f"mobile-{mobile.host}").serial != aged.serial,
+        what="mobile1's renewal over plaintext",
+    )
+    assert "[cert.expiry_warning] mobile1: renewing" not in site.log_text("mobile1")
     ca_serial = format(site.pki.ca_certificate().serial_number, "x")
     urls = {
         "ms": f"http://{ms.address}:{ms.ports['api']}/metrics",
@@ -192,6 +245,25 @@ def test_metrics_on_every_server(make_site: Callable[..., LocalSite]) -> None:
         lambda: 'server="rs1"' in (t := _get(urls["ms"])) and t, what="rs1 in the ms metrics"
     )
     assert 'server="mobile1"' in text
+    # Once its certificate is revoked, rs1 cannot renew it: it says so at once, in one
+    # line naming the commands that bring it back, and the status and doctor say so too.
+    site.connect_cli()
+    assert site.cli("cert", "revoke", f"recording-{rs1.host}").returncode == 0
+    line = eventually(
+        lambda: next(
+            (ln for ln in site.log_text("rs1").splitlines() if "cannot renew" in ln), None
+        ),
+        what="rs1 to say it cannot renew",
+    )
+    assert "was revoked" in line
+    assert "watchkeep enroll create --name rs1 --role recording" in line
+    assert "watchkeep join TOKEN" in line
+    assert "CANNOT RENEW" in eventually(
+        lambda: "CANNOT RENEW" in (t := site.cli("site", "status").stdout) and t,
+        what="the status to say so",
+    )
+    findings = json.loads(site.cli("doctor", "--json").stdout)
+    assert any("can no longer renew itself" in f["message"] for f in findings)
 
 
 def _get(url: str) -> str:

@@ -52,6 +52,10 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "PATCH", "/api/v1/servers/{name}"): 401,
     # Servers register with the site's registration key (and their certificate: mutual TLS)
     ("ms", "api", "POST", "/api/v1/servers/{name}/heartbeat"): 401,
+    # A server renews with the certificate it has (mutual TLS, or signed with its key)
+    ("ms", "api", "POST", "/api/v1/renewals"): 401,
+    # public: the site's CRLs are signed; a server cut off for days needs them first
+    ("ms", "api", "GET", "/api/v1/crls"): 200,
     ("ms", "api", "GET", "/api/v1/cameras"): 401,
     ("ms", "api", "POST", "/api/v1/cameras"): 401,
     ("ms", "api", "DELETE", "/api/v1/cameras/{name}"): 401,

@@ -254,25 +254,36 @@ async def _roll_site(
                         fix="check those servers (watchkeep site status), then run "
                         "`watchkeep cert renew --all` and `watchkeep ca retire` by hand",
                     )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(0.25)
 
     await poll("trust the new CA", lambda s: new_fp in s.get("trusted_ca_fingerprints", []))
     say("  every server trusts both CAs")
-    renewed = []
-    for record in pki.certificates():
-        if record.issuer_fingerprint == old_fp and record.key_path:
-            renewed.append(pki.renew(record.name))
-    say(f"  re-issued {len(renewed)} certificate(s) from the new CA")
-    serving = {r.hosts[0]: r.sha256_fingerprint for r in renewed}
-    await poll(
-        "serve its new certificate",
-        lambda s: (
-            s["host"] not in serving
-            or (s.get("certificate") or {}).get("sha256_fingerprint") == serving[s["host"]]
-        ),
-    )
+    from watchkeep.pki._rotation import announce_renewals
+
+    # Every server renews its own certificate from the new CA (told so with the trust
+    # bundle); what the CA exported for machines watchkeep does not run is re-issued here,
+    # into the CA's own directory.
+    announce_renewals(pki)
+    async with SiteClient(home) as client:
+        hosts = {s["host"] for s in (await client.status())["servers"]}
+    renewed = [
+        pki.renew(r.name).name
+        for r in pki.certificates()
+        if r.issuer_fingerprint == old_fp and r.key_path and not set(r.hosts) & hosts
+    ]
+    say(f"  asked every server to renew from the new CA; re-issued {len(renewed)} exported")
+
+    def moved(server: dict[str, Any]) -> bool:
+        served = (server.get("certificate") or {}).get("sha256_fingerprint")
+        record = next((r for r in pki.certificates() if r.sha256_fingerprint == served), None)
+        return record is not None and record.issuer_fingerprint == new_fp
+
+    await poll("renew its certificate from the new CA", moved)
     say("  every server serves a certificate of the new CA")
-    return [r.name for r in renewed]
+    async with SiteClient(home) as client:
+        servers = (await client.status())["servers"]
+    served = {(s.get("certificate") or {}).get("sha256_fingerprint") for s in servers}
+    return renewed + [r.name for r in pki.certificates() if r.sha256_fingerprint in served]
 
 
 def _fresh_crls(pki: Any) -> list[bytes]:

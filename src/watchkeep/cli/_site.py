@@ -119,10 +119,21 @@ def _status(args: argparse.Namespace) -> int:
                 "on" if s["encryption"] else "off",
                 "online" if s["online"] else "OFFLINE",
                 _days_left(cert),
+                _renewal(s.get("renewal")),
             ]
         )
     print_table(
-        ["server", "role", "host", "address", "ports", "encryption", "state", "cert days left"],
+        [
+            "server",
+            "role",
+            "host",
+            "address",
+            "ports",
+            "encryption",
+            "state",
+            "cert days left",
+            "next renewal",
+        ],
         rows,
     )
     if status["cameras"]:
@@ -152,6 +163,19 @@ def _encryption(args: argparse.Namespace) -> int:
     else:
         print(f"encryption {'on' if enable else 'off'} for {args.server}")
     return 0
+
+
+def _renewal(renewal: dict[str, Any] | None) -> str:
+    """When the server renews its certificate next, and its failed attempts if any."""
+    if not renewal:
+        return "-"
+    if renewal.get("rejoin"):
+        return f"CANNOT RENEW: {renewal['rejoin']}"
+    when = str(renewal.get("next_renewal_at") or "-")
+    failures = renewal.get("failures") or 0
+    if failures:
+        return f"{when} ({failures} FAILED, retry {renewal.get('retry_at') or '-'})"
+    return when
 
 
 def _days_left(cert: dict[str, Any] | None) -> str:

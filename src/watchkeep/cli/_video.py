@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -92,9 +93,18 @@ def _view(args: argparse.Namespace) -> int:
         raise UsageError("say when to stop", fix="pass --frames N or --seconds S")
 
     async def run(out: IO[bytes] | None) -> Any:
+        # SIGINT or SIGTERM ends the view early; the report covers what arrived.
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         async with SiteClient(home_of(args)) as client:
             return await view_camera(
-                client, args.camera, frames=args.frames, duration=args.seconds, out=out
+                client,
+                args.camera,
+                frames=args.frames,
+                duration=args.seconds,
+                out=out,
+                stop=stop,
             )
 
     with _output(args.out) as out:

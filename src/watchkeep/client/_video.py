@@ -113,16 +113,30 @@ async def view_camera(
     duration: float | None = None,
     out: ByteSink | None = None,
     reconnect_for: float = 30.0,
+    stop: asyncio.Event | None = None,
 ) -> ViewReport:
-    """Pull live frames until ``frames`` arrived or ``duration`` passed, following the
-    camera to whichever recording server records it. The duration is kept even while no
-    frame comes (a recording server failing over); a failure with no frame at all is raised."""
+    """Pull live frames until ``frames`` arrived, ``duration`` passed or ``stop`` is set,
+    following the camera to whichever recording server records it. The duration is kept
+    even while no frame comes (a recording server failing over); a failure with no frame at
+    all is raised."""
     report = ViewReport(camera)
     start = time.monotonic()
     failures: list[WatchkeepError] = []
     try:
         async with asyncio.timeout(duration):
-            await _pull(client, camera, report, frames, out, reconnect_for, failures)
+            pull = asyncio.ensure_future(
+                _pull(client, camera, report, frames, out, reconnect_for, failures)
+            )
+            stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+            try:
+                await asyncio.wait((pull, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pull, stopped):
+                    task.cancel()
+                # what was pulled so far is the report; a stop is not a failure
+                await asyncio.gather(pull, stopped, return_exceptions=True)
+            if not pull.cancelled():
+                pull.result()
     except TimeoutError:
         if duration is None or time.monotonic() - start < duration:
             raise

@@ -358,6 +358,31 @@ def cert_expiry_warning(snapshot: SiteSnapshot) -> Iterator[Issue]:
                 f"days (the {hit[1]}-day warning)",
                 renew_fix(snapshot, role, host),
             )
+    yield from _renewals_failing(snapshot)
+
+
+def _renewals_failing(snapshot: SiteSnapshot) -> Iterator[Issue]:
+    """Each server renews its own certificate and reports how that goes in its heartbeats:
+    a renewal that keeps failing is a certificate on its way to expiry."""
+    for server in (snapshot.status or {}).get("servers", ()):
+        renewal = server.get("renewal") or {}
+        name = str(server.get("name"))
+        if renewal.get("rejoin"):
+            yield Issue(
+                name,
+                f"its certificate can no longer renew itself: {renewal.get('last_error')}",
+                str(renewal["rejoin"]),
+            )
+        elif renewal.get("failures"):
+            yield Issue(
+                name,
+                f"renewing its certificate failed {renewal['failures']} time(s) (due "
+                f"{renewal.get('next_renewal_at')}, next attempt {renewal.get('retry_at')}, "
+                f"the certificate in use expires {renewal.get('not_after')}): "
+                f"{renewal.get('last_error')}",
+                f"let {name} reach the management server (its log says why it cannot); it "
+                "retries by itself",
+            )
 
 
 @check(

@@ -4,11 +4,11 @@ probe of every TLS listener it lists. The edges of the doctor; the checks are pu
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from watchkeep._clock import utcnow
 from watchkeep._home import Home
 from watchkeep.doctor._local import (
     read_ca,
@@ -169,7 +169,7 @@ async def collect_snapshot(
         else []
     )
     return SiteSnapshot(
-        now=dt.datetime.now(dt.UTC),
+        now=utcnow(),
         warn_days=warn_days,
         cli=cli,
         site_cas=site_cas,

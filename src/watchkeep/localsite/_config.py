@@ -49,6 +49,8 @@ def server_document(site: LocalSite, server: LocalServer) -> Document:
             "address": server.address,
             "data_dir": server.data_dir.name,  # relative: the config's own directory
             "heartbeat_interval": site.heartbeat_interval,
+            # Every server renews its own certificate; this often it looks whether it is due.
+            "renew_check_interval": site.renew_check_interval,
         },
         "ports": dict(server.ports),
         "tls": {"certificate": server.chain, "key": server.key, "trust_store": server.trust_dir},
@@ -58,9 +60,8 @@ def server_document(site: LocalSite, server: LocalServer) -> Document:
             "admin_password_file": site.password_file,
             "registration_key_file": site.registration_key_file,
             "failover_after": site.failover_after,
-            # The site's home is the CA home: the management server renews with it.
+            # The site's home is the CA home: the management server signs renewals with it.
             **({"ca_home": site.home.root} if site.auto_renew else {}),
-            "renew_check_interval": site.renew_check_interval,
         }
     else:
         ms = site.management

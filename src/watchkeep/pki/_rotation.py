@@ -31,8 +31,10 @@ from watchkeep.pki._profiles import KeyType
 from watchkeep.pki._service import SitePKI, load_certificate
 
 __all__ = [
+    "announce_renewals",
     "archived_authorities",
     "refresh_crls",
+    "renewal_target",
     "retire_ca",
     "retired_fingerprints",
     "rotate_ca",
@@ -102,6 +104,23 @@ def rotate_ca(
     pki._write_crl(new, now)
     atomic_write(pki.home.ca_cert, new.certificate.public_bytes(serialization.Encoding.PEM))
     return old, new
+
+
+def announce_renewals(pki: SitePKI) -> str:
+    """Ask every server to renew from the current CA now (step 3 of a rotation, once every
+    trust store holds it): the management server hands this on with the trust bundle."""
+    current = fingerprint(pki.ca_certificate())
+    atomic_write(pki.home.ca_dir / "renew-to", current.encode() + b"\n")
+    return current
+
+
+def renewal_target(pki: SitePKI) -> str | None:
+    """The CA servers are asked to renew from, while it is the current one."""
+    try:
+        announced = (pki.home.ca_dir / "renew-to").read_text().strip()
+    except OSError:
+        return None
+    return announced if announced == fingerprint(pki.ca_certificate()) else None
 
 
 def _key_type_name(ca: CertificateAuthority) -> str:

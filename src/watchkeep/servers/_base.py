@@ -31,6 +31,7 @@ from watchkeep.servers._expiry import (
     inventory_certificates,
     metrics_text,
 )
+from watchkeep.servers._renewal import SelfRenewal
 from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
     ClientAuth,
@@ -132,6 +133,62 @@ class ServerProcess(abc.ABC):
         self._client_contexts: dict[bool, tuple[object, ssl.SSLContext]] = {}
         self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.expiry = ExpiryWatch(config.warn_days, announced=self._load_json("expiry.json"))
+        self.renewal = self._self_renewal()
+
+    # -- its own renewals (servers._renewal) -----------------------------------------------
+
+    def _self_renewal(self) -> SelfRenewal | None:
+        identity = self.config.identity
+        if identity is None:
+            return None
+        return SelfRenewal(
+            server=self.config.name,
+            role=self.config.role.value,
+            host=self.config.host,
+            identity=identity,
+            trust=self.trust,
+            sign=self.sign_renewal,
+            on_renewed=self.on_renewed,
+            state_file=self.config.data_dir / "renewal.json",
+            audience=self.renewal_audience(),
+            renew_at=self.config.renew_at,
+            jitter=self.config.renew_jitter,
+        )
+
+    @abc.abstractmethod
+    async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Have the site CA sign a renewal request (servers._renewal.renewal_request)."""
+
+    @abc.abstractmethod
+    def renewal_audience(self) -> str:
+        """The host name of the management server that signs this server's renewals."""
+
+    async def keep_trust_fresh(self) -> None:  # noqa: B027 - a hook
+        """Before each renewal check: fetch what keeps this server's trust store usable."""
+
+    def on_renewed(self) -> None:
+        """A renewed key and chain are in place: serve them now, on new connections."""
+        self.reload_now()
+        self.reload_other_contexts()
+
+    async def _renewal_loop(self) -> None:
+        while not self.stopping.is_set():
+            now = utcnow()
+            try:
+                # Thresholds crossed before the renewal are warned first, each once.
+                self.check_expiry(now)
+                await self.keep_trust_fresh()
+                if self.renewal is not None:
+                    await self.renewal.tick(now)
+            except Exception as exc:  # the loop that keeps the certificate alive must live on
+                log.error(
+                    "%s: renewal check failed (%s: %s); trying again",
+                    self.config.name,
+                    type(exc).__name__,
+                    exc,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     # -- certificates --------------------------------------------------------------------
 
@@ -345,7 +402,8 @@ class ServerProcess(abc.ABC):
         return ""
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        text = metrics_text(self.metrics_certificates(), utcnow(), self.metrics_extra())
+        extra = self.metrics_extra() + (self.renewal.metrics() if self.renewal else "")
+        text = metrics_text(self.metrics_certificates(), utcnow(), extra)
         return web.Response(
             text=text,
             content_type="text/plain",
@@ -394,6 +452,7 @@ class ServerProcess(abc.ABC):
         await self.start()
         self.spawn(self._reload_loop())
         self.spawn(self._expiry_loop())
+        self.spawn(self._renewal_loop())
         log.info("%s: %s server ready", self.config.name, self.config.role.value)
         try:
             await self.stopping.wait()

@@ -77,7 +77,7 @@ class ServerConfig:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 20
     login_backoff_max: float = 300.0
-    ca_home: Path | None = None  # management server: the CA it renews certificates with
+    ca_home: Path | None = None  # management server: the CA it signs joins and renewals with
     # management server with ca_home: [ports] publish, the plaintext listener that
     # publishes the CA certificates and CRLs (never in `ports`: every listener there is TLS
     # when encryption is on)
@@ -102,6 +102,12 @@ class ServerConfig:
             # with this certificate: its role's profile says so.
             needs_client_auth=profile_for(self.role).client_auth,
         )
+
+
+def _renewal_table(
+    server: dict[str, Any], site: dict[str, Any], key: str
+) -> tuple[str, dict[str, Any], str]:
+    return ("server", server, key) if key in server else ("site", site, key)
 
 
 def _fail(path: Path, message: str, fix: str) -> HomeError:
@@ -335,9 +341,15 @@ def load_config(path: Path) -> ServerConfig:
         ca_home=(base / str(site["ca_home"])).resolve() if site.get("ca_home") else None,
         publish_port=publish_port,
         ca_passphrase=_secret(base, site, "ca_passphrase_file", path),
-        renew_at=_fraction(path, _number(path, "site", site, "renew_at", DEFAULT_RENEW_AT)),
-        renew_jitter=_number(path, "site", site, "renew_jitter", 0.05),
-        renew_check_interval=_number(path, "site", site, "renew_check_interval", 300.0),
+        # Every server renews its own certificate: [server] says when (a management
+        # server's [site] table is read too, where these settings were first).
+        renew_at=_fraction(
+            path, _number(path, *_renewal_table(server, site, "renew_at"), DEFAULT_RENEW_AT)
+        ),
+        renew_jitter=_number(path, *_renewal_table(server, site, "renew_jitter"), 0.05),
+        renew_check_interval=_number(
+            path, *_renewal_table(server, site, "renew_check_interval"), 300.0
+        ),
         extra={
             k: v
             for k, v in raw.items()

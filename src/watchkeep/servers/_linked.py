@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import aiohttp
 from aiohttp import web
 
 from watchkeep._clock import utcnow
@@ -22,15 +23,16 @@ from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import (
     ConnectionFailed,
     PlaintextToTlsPort,
+    RenewalRefused,
     TlsToPlaintextPort,
     WatchkeepError,
 )
 from watchkeep.servers._base import ServerProcess
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
-from watchkeep.servers._renewal import install_trust_payload
+from watchkeep.servers._renewal import crls_stale, install_trust_payload
 from watchkeep.servers._tokens import InvalidToken, Revocations, Scope, TokenVerifier
-from watchkeep.tls import Endpoint
+from watchkeep.tls import Endpoint, TrustMaterial, client_context
 
 __all__ = ["LinkedServer"]
 
@@ -195,6 +197,94 @@ class LinkedServer(ServerProcess):
         install_trust_payload(
             self.config.trust_store, trust, log_as=self.config.name, authenticated=authenticated
         )
+        if authenticated and self.renewal is not None:
+            # After a rotation, once every server trusts the new CA: renew from it.
+            target = trust.get("renew_to")
+            self.renewal.renew_to = target if isinstance(target, str) else None
+
+    # -- its own certificate (servers._renewal) ------------------------------------------
+
+    def _management_endpoint(self) -> Endpoint:
+        return Endpoint(
+            self.management_name() or self.link.host,
+            self.link.host,
+            self.link.address,
+            self.link.port,
+            self.ms_encryption,
+        )
+
+    def renewal_audience(self) -> str:
+        assert self.config.management is not None
+        return self.config.management.host
+
+    async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Over the management link, proving who asks with the current certificate
+        (mutual TLS when the link is encrypted, the request's signature in any case)."""
+        endpoint = self._management_endpoint()
+        context = self.client_ssl_context(present_certificate=True) if endpoint.tls else None
+        async with open_session({self.link.host: self.link.address}, timeout=10) as session:
+            try:
+                answer = await call_json(
+                    session,
+                    endpoint,
+                    "POST",
+                    "/api/v1/renewals",
+                    ssl_context=context,
+                    body=request,
+                    trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
+                )
+            except ApiError as exc:
+                if exc.document.get("rejoin") is True:
+                    raise RenewalRefused(
+                        self.config.name, str(exc.document.get("detail")), fix="", rejoin=True
+                    ) from exc
+                raise
+        if not isinstance(answer, dict):
+            raise ConnectionFailed(endpoint.server, "the renewal answer is not a JSON object")
+        trust = answer.get("trust")
+        if isinstance(trust, dict) and self.config.trust_store is not None:
+            self.install_trust(trust, authenticated=endpoint.tls)
+        return answer
+
+    async def keep_trust_fresh(self) -> None:
+        """CRLs are signed, so they may come from anywhere: when this server's are about to
+        expire (it was cut off from the management server for days), it fetches fresh ones
+        over a connection that checks the management server's chain but no CRL, since an
+        expired CRL would refuse every peer, the management server too."""
+        trust_dir = self.config.trust_store
+        if trust_dir is None:
+            return
+        material = self.trust()
+        # Also while renewals fail: the management server may refuse this server's
+        # certificate because it was revoked, which only a fresh CRL tells it.
+        failing = self.renewal is not None and self.renewal.state.failures > 0
+        if not material.crl_files or not (failing or crls_stale(material, utcnow())):
+            return
+        endpoint = self._management_endpoint()
+        context = (
+            client_context(TrustMaterial(trust_dir, material.ca_files, ()), self.config.policy)
+            if endpoint.tls
+            else None
+        )
+        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
+            try:
+                url = f"{'https' if endpoint.tls else 'http'}://{endpoint.host}:{endpoint.port}"
+                async with session.get(
+                    url + "/api/v1/crls", ssl=context if context is not None else False
+                ) as response:
+                    text = await response.text() if response.status == 200 else ""
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("%s: cannot fetch fresh CRLs: %s", self.config.name, exc)
+                return
+        pems = [
+            "-----BEGIN X509 CRL-----" + part for part in text.split("-----BEGIN X509 CRL-----")[1:]
+        ]
+        install_trust_payload(
+            trust_dir, {"crls": pems}, log_as=self.config.name, authenticated=False
+        )
+        if self.tls is not None and self.tls.changed():
+            self.tls.reload()
+        self.reload_other_contexts()
 
     async def set_cameras(self, cams: list[dict[str, Any]]) -> None:
         self.camera_config = cams
@@ -219,6 +309,7 @@ class LinkedServer(ServerProcess):
             "encrypted_now": self.encrypted_now(),
             "registration_key": self.link.registration_key or "",
             "config_digest": self.config_digest,
+            "renewal": self.renewal.state.as_json() if self.renewal else None,
         }
 
     async def heartbeat_once(self, session: Any) -> None:

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from watchkeep._clock import follow_test_clock, utcnow
 from watchkeep.errors import CertificateRuleViolation, MalformedPEM
 from watchkeep.pki import (
     check_key_file_access,
@@ -132,7 +133,7 @@ def server_context(
             ssl.CERT_REQUIRED if client_auth == ClientAuth.REQUIRED else ssl.CERT_OPTIONAL
         )
         context.verify_flags |= ssl.VERIFY_X509_STRICT
-    return context
+    return follow_test_clock(context)
 
 
 def client_context(
@@ -151,7 +152,7 @@ def client_context(
     trust.install_into(context)
     if identity is not None:
         context.load_cert_chain(str(identity.chain), str(identity.key))
-    return context
+    return follow_test_clock(context)
 
 
 def _load_chain(path: Path) -> list[x509.Certificate]:
@@ -175,7 +176,7 @@ def check_server_identity(
     Checks key.service_account, cert.validity, cert.hostname, cert.server_auth, cert.chain
     and cert.revoked, in that order, each with a message that names the file and the fix.
     """
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     # The serial, not the server's name: the inventory names certificates ROLE-HOST.
     reissue = f"watchkeep cert renew {{serial}}  (or cert issue --role ROLE --host {identity.host} --replace)"
     check_key_file_access(identity.key, identity.service_account)

@@ -27,13 +27,13 @@ from watchkeep.pki import (
     load_certificate,
     record_to_json,
 )
-from watchkeep.pki._lifecycle import renewal_time
 from watchkeep.pki._rotation import archived_authorities
 from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
-from watchkeep.servers._renewal import Renewer
+from watchkeep.servers._renewal import RenewalState
 from watchkeep.servers.management._http import Refused
+from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.store import CertificateRecord
@@ -50,14 +50,14 @@ class Certificates:
         config: ServerConfig,
         site: SiteView,
         sessions: Sessions,
-        renewer: Renewer | None,
+        renewals: Renewals,
         *,
         spawn_push: Callable[[], None],
     ) -> None:
         self.config = config
         self.site = site
         self.sessions = sessions
-        self.renewer = renewer
+        self.renewals = renewals
         self._spawn_push = spawn_push
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -98,33 +98,20 @@ class Certificates:
             include_history=request.query.get("all") in ("1", "true"),
             expiring_within=within,
         )
-        renewals = self.renewer.states if self.renewer is not None else {}
+        # each server renews its own certificate and says how it goes in its heartbeats
+        states = {st.serial: st for st in self.renewals.reports.values() if st.serial}
         now = utcnow_to_second()
         return web.json_response(
             [
                 {
                     **record_to_json(r, now),
                     "issuer_fingerprint": r.issuer_fingerprint,
-                    "next_renewal": self._next_renewal(r),
-                    "renewal": renewals[r.name].as_json() if r.name in renewals else None,
+                    "next_renewal": _next_renewal(states.get(r.serial), r),
+                    "renewal": states[r.serial].as_json() if r.serial in states else None,
                 }
                 for r in records
             ]
         )
-
-    def _next_renewal(self, record: CertificateRecord) -> str | None:
-        """When this server renews ``record`` (None: it does not, as for a certificate
-        signed from a CSR, whose key it does not hold, or one no longer active)."""
-        if self.renewer is None or record.key_path is None or record.status != "active":
-            return None
-        when = renewal_time(
-            record.not_before,
-            record.not_after,
-            serial=record.serial,
-            renew_at=self.renewer.renew_at,
-            jitter=self.renewer.jitter,
-        )
-        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def revoke(self, request: web.Request) -> web.Response:
         """`cert revoke NAME --reason R --json`: the revoked record, and the trust stores
@@ -194,3 +181,12 @@ class Certificates:
             "servers": len(servers),
             "servers_trusting_new_ca": trusting,
         }
+
+
+def _next_renewal(state: RenewalState | None, record: CertificateRecord) -> str | None:
+    """When the server holding ``record`` renews it, as that server last reported (None:
+    no watchkeep server reports it, as for a certificate exported for another machine,
+    or it is no longer active)."""
+    if state is None or state.next_renewal_at is None or record.status != "active":
+        return None
+    return state.next_renewal_at.strftime("%Y-%m-%dT%H:%M:%SZ")

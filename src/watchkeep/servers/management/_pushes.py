@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from watchkeep._clock import utcnow
 from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import ConnectionFailed, WatchkeepError
+from watchkeep.pki import SitePKI
 from watchkeep.servers._config import ServerConfig
-from watchkeep.servers._renewal import Renewer, install_trust_payload, trust_payload
+from watchkeep.servers._renewal import install_trust_payload, trust_payload
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.site import Camera, Server
@@ -35,13 +37,13 @@ class ConfigPushes:
         config: ServerConfig,
         site: SiteView,
         sessions: Sessions,
-        renewer: Renewer | None,
+        pki: Callable[[], SitePKI] | None,
         client_context: Callable[[], ssl.SSLContext],
     ) -> None:
         self.config = config
         self.site = site
         self.sessions = sessions
-        self.renewer = renewer
+        self.pki = pki  # the CA home, when this management server holds the CA
         self._client_context = client_context  # with this server's certificate
         self._lock = asyncio.Lock()
         self._asked = self._done = 0  # push() calls, and those served
@@ -86,12 +88,15 @@ class ConfigPushes:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
         this management server holds no CA. Re-read when the CA files change, and at least
         once a minute so that CRLs are re-signed long before they expire."""
-        if self.renewer is None:
+        if self.pki is None:
             return {}
-        ca_dir = self.renewer.ca_home / "ca"
+        pki = self.pki()
+        ca_dir = pki.home.ca_dir
         try:
             key = (
                 int(time.monotonic() // TRUST_REFRESH),
+                # and each hour of the site's clock (a test clock moves by days at once)
+                utcnow().strftime("%Y%m%d%H"),
                 tuple(
                     sorted((str(p), p.stat().st_mtime_ns) for p in ca_dir.rglob("*") if p.is_file())
                 ),
@@ -101,7 +106,7 @@ class ConfigPushes:
         if self._trust_cache is not None and self._trust_cache[0] == key:
             return self._trust_cache[1]
         try:
-            payload = trust_payload(self.renewer.pki())
+            payload = trust_payload(pki)
         except (WatchkeepError, OSError, ValueError) as exc:
             log.warning("%s: cannot read the CA's trust bundle: %s", self.config.name, exc)
             return self._trust_cache[1] if self._trust_cache else {}

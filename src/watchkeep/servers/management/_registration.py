@@ -22,6 +22,7 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._pushes import ConfigPushes
+from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.site import (
@@ -66,6 +67,7 @@ class Registration:
         sessions: Sessions,
         pushes: ConfigPushes,
         failover: Failover,
+        renewals: Renewals,
         joined: JoinedCheck | None = None,
     ) -> None:
         self.config = config
@@ -74,6 +76,7 @@ class Registration:
         self.sessions = sessions
         self.pushes = pushes
         self.failover = failover
+        self.renewals = renewals  # each server reports its own renewals in its heartbeats
         # Per recording server, its cameras that send it no pictures, and why.
         self.camera_problems: dict[str, dict[str, str]] = {}
         self._security_logged: dict[str, float] = {}
@@ -179,6 +182,7 @@ class Registration:
                 address,
             )
         self.camera_problems[name] = camera_problems
+        self.renewals.heard(name, body.get("renewal"))
         if existing is None or not existing.online:
             self.failover.rebalance()
         everyone = self.site.servers()

@@ -1,13 +1,12 @@
 """The management server process: its jobs wired together (each in a module of its own in
-this package), its API listener, and the background work (failover, renewals)."""
+this package), its API listener, and the background work (failover)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -18,7 +17,6 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
-from watchkeep.servers._renewal import Renewer
 from watchkeep.servers.management._camera_moves import CameraMoves
 from watchkeep.servers.management._cameras import Cameras
 from watchkeep.servers.management._certificates import Certificates
@@ -30,6 +28,7 @@ from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
 from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
+from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.servers.management._site_rules import SiteRules
@@ -59,22 +58,14 @@ class ManagementServer(ServerProcess):
         self.site = SiteView(config, self.store, self._me)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
-        self.renewer = (
-            Renewer(
-                config.ca_home,
-                config.ca_passphrase.encode() if config.ca_passphrase else None,
-                config.renew_at,
-                config.renew_jitter,
-            )
-            if config.ca_home is not None
-            else None
-        )
         self.sessions = Sessions(config, self.store, on_revoked=self._spawn_push)
+        # Signs every server's renewal (and its own) through the CA home, when it has one.
+        self.renewals = Renewals(config, self.site, self._fresh_trust)
         self.pushes = ConfigPushes(
             config,
             self.site,
             self.sessions,
-            self.renewer,
+            self.renewals.pki if config.ca_home is not None else None,
             lambda: self.client_ssl_context(present_certificate=True),
         )
         self.failover = Failover(config, self.site, self.pushes.push)
@@ -87,6 +78,7 @@ class ManagementServer(ServerProcess):
             self.sessions,
             self.pushes,
             self.failover,
+            self.renewals,
             joined=self.enrollments.check_heartbeat,
         )
         self.users = Users(config, self.store, self.sessions)
@@ -95,6 +87,7 @@ class ManagementServer(ServerProcess):
             self.users,
             self.registration,
             self.enrollments,
+            self.renewals,
             Cameras(
                 config,
                 self.site,
@@ -115,7 +108,8 @@ class ManagementServer(ServerProcess):
                 config,
                 self.site,
                 self.sessions,
-                self.renewer,
+                self.renewals,
+                lambda: self.renewal,
                 camera_problems=self.registration.camera_problems,
                 site_ca_fingerprint=self._site_ca_fingerprint,
             ),
@@ -125,7 +119,7 @@ class ManagementServer(ServerProcess):
                 config, self.site, self.sessions, site_ca_fingerprint=self._site_ca_fingerprint
             ),
             Certificates(
-                config, self.site, self.sessions, self.renewer, spawn_push=self._spawn_push
+                config, self.site, self.sessions, self.renewals, spawn_push=self._spawn_push
             ),
             Doctor(
                 config,
@@ -202,7 +196,38 @@ class ManagementServer(ServerProcess):
         return found
 
     def metrics_extra(self) -> str:
-        return self.pushes.metrics()
+        return self.pushes.metrics() + self.renewals.metrics()
+
+    # -- its own certificate: renewed like every server's, signed here -------------------
+
+    def renewal_audience(self) -> str:
+        return self.config.host
+
+    async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.config.ca_home is None:
+            raise WatchkeepError(
+                f"{self.config.name}: the CA is offline (no [site] ca_home): nothing here can "
+                "sign a renewal",
+                fix="on the CA's machine: watchkeep cert sign-csr CSR --role management "
+                "--replace, and install the files (or set [site] ca_home)",
+            )
+        assert self.renewal is not None
+        return await asyncio.to_thread(self.renewals.sign, request, self.renewal.current())
+
+    def _fresh_trust(self) -> dict[str, Any]:
+        """The site's trust bundle, its own trust store kept in step with it (fresh CRLs:
+        it verifies every server's certificate with them), and served at once."""
+        payload = self.pushes.trust_payload()
+        if self.tls is not None and self.tls.changed():
+            self.tls.reload()
+        return payload
+
+    async def keep_trust_fresh(self) -> None:
+        payload = await asyncio.to_thread(self._fresh_trust)
+        if self.renewal is not None:
+            # the CA servers are asked to move to, after a rotation: this one too
+            target = payload.get("renew_to")
+            self.renewal.renew_to = target if isinstance(target, str) else None
 
     # -- its own encryption ----------------------------------------------------------------
 
@@ -255,18 +280,6 @@ class ManagementServer(ServerProcess):
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.publisher = await start_publisher(self.config)
         self.spawn(self.failover.run(self.stopping))
-        if self.renewer is not None:
-            self.spawn(self._renewal_loop())
-
-    async def _renewal_loop(self) -> None:
-        assert self.renewer is not None
-        while not self.stopping.is_set():
-            try:
-                await self.renewer.run_once(utcnow())
-            except (WatchkeepError, OSError) as exc:
-                log.warning("%s: renewal check failed: %s", self.config.name, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
         if self.publisher is not None:

@@ -14,8 +14,9 @@ from watchkeep.media import redacted_source
 from watchkeep.pki._lifecycle import warning_level
 from watchkeep.servers._base import utcnow
 from watchkeep.servers._config import ServerConfig
-from watchkeep.servers._renewal import Renewer
+from watchkeep.servers._renewal import RenewalState, SelfRenewal
 from watchkeep.servers._tokens import may_view
+from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
 from watchkeep.site import Server, visible_servers
@@ -33,7 +34,8 @@ class Status:
         config: ServerConfig,
         site: SiteView,
         sessions: Sessions,
-        renewer: Renewer | None,
+        renewals: Renewals,
+        own_renewal: Callable[[], SelfRenewal | None],
         *,
         camera_problems: dict[str, dict[str, str]],
         site_ca_fingerprint: Callable[[], str | None],
@@ -41,7 +43,8 @@ class Status:
         self.config = config
         self.site = site
         self.sessions = sessions
-        self.renewer = renewer
+        self.renewals = renewals
+        self._own_renewal = own_renewal
         self._camera_problems = camera_problems  # from heartbeats (Registration)
         self._site_ca_fingerprint = site_ca_fingerprint
 
@@ -73,7 +76,16 @@ class Status:
             ),
             "problems": [p.as_json() for p in (ready.problems if ready else ())],
             "trusted_ca_fingerprints": list(ready.trusted_ca_fingerprints) if ready else [],
+            # When it renews its certificate next, and its failed attempts since the last
+            # success (each server renews its own: servers._renewal).
+            "renewal": renewal.as_json() if (renewal := self._renewal_of(server)) else None,
         }
+
+    def _renewal_of(self, server: Server) -> RenewalState | None:
+        if server.name == self.config.name:
+            own = self._own_renewal()
+            return own.state if own is not None else None
+        return self.renewals.reports.get(server.name)
 
     def _visible(self, claims: dict[str, Any]) -> list[Server]:
         return visible_servers(
@@ -107,9 +119,6 @@ class Status:
                 if may_view(claims, c.name)
             ],
             "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
-            "renewals": [
-                r.as_json() for r in (self.renewer.states.values() if self.renewer else [])
-            ],
         }
 
     async def list_servers(self, request: web.Request) -> web.Response:

@@ -29,7 +29,8 @@ function rotationProgress(rotation) {
     h("p", {}, `Servers that trust the new CA: ${rotation.servers_trusting_new_ca.length} of ${rotation.servers}.`),
     rotation.certificates_from_earlier_cas.length
       ? h("p", {}, "Still from an earlier CA: ", rotation.certificates_from_earlier_cas.join(", "),
-        ". Fix: ", h("code", {}, "watchkeep cert renew --all"))
+        ". Each watchkeep server renews itself from the new CA; for certificates exported to other machines: ",
+        h("code", {}, "watchkeep cert renew NAME"))
       : h("p", {}, "Every certificate comes from the new CA: the earlier one can be retired (",
         h("code", {}, "watchkeep ca retire FINGERPRINT"), ")."));
 }
@@ -37,9 +38,11 @@ function rotationProgress(rotation) {
 function renewalCell(record) {
   const r = record.renewal;
   return h("td", {},
-    record.status === "active" ? `next ${day(record.next_renewal)} (${relative(record.next_renewal)})` : "—",
+    record.status === "active" && record.next_renewal
+      ? `next ${day(record.next_renewal)} (${relative(record.next_renewal)})`
+      : record.status === "active" ? "not renewed by a watchkeep server" : "—",
     r && r.failures ? h("span", {class: "bad"}, ` — ${r.failures} failure(s), retry ${relative(r.retry_at)}: ${r.last_error}`) : null,
-    r && r.last_renewed ? ` — last renewed ${relative(r.last_renewed)}` : null);
+    r && r.last_renewed_at ? ` — last renewed ${relative(r.last_renewed_at)}` : null);
 }
 
 function revokeDialog(record, reasons, done) {

@@ -79,15 +79,11 @@ function refusalBlock(error, name, enable) {
 }
 
 export async function render(container, context) {
-  const [status, certs] = await Promise.all([
-    get("/api/v1/site/status"),
-    get("/api/v1/certificates").catch(() => []),
-  ]);
-  const renewalBySerial = new Map(certs.map((c) => [c.serial, c]));
+  const status = await get("/api/v1/site/status");
   const refusal = h("div", {id: "encryption-result"});
   const rows = status.servers.map((s) => {
-    const record = s.certificate ? renewalBySerial.get(s.certificate.serial) : undefined;
-    const renewal = record && record.renewal;
+    // each server renews its own certificate and reports how it goes in its heartbeats
+    const renewal = s.renewal;
     return h("tr", {"data-server": s.name},
       h("th", {scope: "row"}, s.name),
       h("td", {}, s.role),
@@ -97,8 +93,10 @@ export async function render(container, context) {
       h("td", {}, encryptionSwitch(s, context, refusal),
         s.encryption !== s.encrypted_now ? h("span", {class: "pending"}, " (switching)") : null),
       certificateCell(s),
-      h("td", {}, record ? `${day(record.next_renewal)} (${relative(record.next_renewal)})` : "—",
-        renewal && renewal.failures ? h("span", {class: "bad"}, ` — ${renewal.failures} failure(s): ${renewal.last_error}`) : null),
+      h("td", {}, renewal && renewal.next_renewal_at
+        ? `${day(renewal.next_renewal_at)} (${relative(renewal.next_renewal_at)})` : "—",
+        renewal && renewal.failures ? h("span", {class: "bad"}, ` — ${renewal.failures} failure(s): ${renewal.last_error}`) : null,
+        renewal && renewal.rejoin ? h("span", {class: "bad"}, ` — cannot renew; rejoin: ${renewal.rejoin}`) : null),
       h("td", {}, relative(s.last_seen)));
   });
   const failovers = status.servers.filter((s) => s.role === "failover");
