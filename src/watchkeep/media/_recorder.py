@@ -25,6 +25,7 @@ from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
 from watchkeep.media._segment_store import SegmentStore
 from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult, Store
+from watchkeep.media._video_segment import VIDEO_SUFFIX, VideoSegmentReader
 from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]
@@ -259,9 +260,14 @@ class Recorder:
         # With a writer thread the record's CRC is computed here, on the event loop's thread
         # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
         # a writer process makes it itself.
-        header = b"" if self.writer == "process" else encode_record_header(frame)
+        if frame.init is not None:  # H.264/H.265: the fragment header was made with it
+            header = frame.fragment
+            start: bytes | None = frame.init.data if frame.keyframe else None
+        else:
+            header = b"" if self.writer == "process" else encode_record_header(frame)
+            start = b""
         # A Record, a plain tuple: see its definition for why.
-        pending.append((frame.camera, frame.sequence, frame.timestamp, frame.jpeg, header))
+        pending.append((frame.camera, frame.sequence, frame.timestamp, frame.jpeg, header, start))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
@@ -363,6 +369,7 @@ class Recorder:
         stats.frames_written += result.frames_written
         stats.bytes_written += result.bytes_written
         stats.segments_removed += result.removed
+        stats.frames_dropped += result.skipped
         if result.flushed:
             stats.flushes += 1
         if result.unwritten:
@@ -407,7 +414,8 @@ class Recorder:
         return store.total_bytes
 
     def playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
-        """The recorded frames of ``camera`` with ``start <= timestamp < end``, in order.
+        """The recorded frames of ``camera`` with ``start <= timestamp < end``, in order
+        (H.264/H.265: from the keyframe at or before ``start``, in decode order).
 
         An absurd range (not finite, end before start, longer than ``max_playback_span``)
         raises :class:`InvalidPlaybackRange` at once; a camera never recorded here raises
@@ -491,8 +499,9 @@ class Recorder:
     ) -> AsyncIterator[Frame]:
         for info in plan:
             try:
-                reader = await asyncio.to_thread(
-                    SegmentReader, str(info.path), info.bytes, start, end
+                kind = VideoSegmentReader if info.path.suffix == VIDEO_SUFFIX else SegmentReader
+                reader: SegmentReader | VideoSegmentReader = await asyncio.to_thread(
+                    kind, str(info.path), info.bytes, start, end
                 )
             except FileNotFoundError:
                 continue  # removed by retention since the plan was made
