@@ -25,7 +25,12 @@ from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
 from watchkeep.media._segment_store import SegmentStore
 from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult, Store
-from watchkeep.media._video_segment import VIDEO_SUFFIX, VideoSegmentReader
+from watchkeep.media._video_segment import (
+    VIDEO_SUFFIX,
+    VideoFile,
+    VideoSegmentReader,
+    read_video_file,
+)
 from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]
@@ -427,6 +432,41 @@ class Recorder:
 
         Frames not flushed yet are included once the writer has put them in their segment.
         """
+        self._check_range(camera, start, end)
+        self._require_open()
+        return self._playback(camera, start, end)
+
+    async def video_files(
+        self, camera: str, start: float, end: float
+    ) -> list[tuple[SegmentInfo, VideoFile]]:
+        """The H.264/H.265 recording files of ``camera`` that hold pictures of ``[start,
+        end)``, each read (its init segment and fragments) up to what the writer completed.
+
+        Raises what :meth:`playback` raises for a bad range or an unknown camera.
+        """
+        self._check_range(camera, start, end)
+        plan = await self._plan(camera, start, end)
+        if not plan and not await self._known(camera):
+            raise UnknownCamera(camera)
+        found: list[tuple[SegmentInfo, VideoFile]] = []
+        for info in plan:
+            if info.path.suffix != VIDEO_SUFFIX:
+                continue
+            try:
+                video = await asyncio.to_thread(read_video_file, str(info.path), info.bytes)
+            except FileNotFoundError:
+                continue  # removed by retention since the plan was made
+            except (OSError, SegmentFormatError) as exc:
+                raise RecordingError(
+                    info.camera,
+                    f"cannot read a recording file: {exc}",
+                    path=str(info.path),
+                    fix="restart the recording server: opening the recordings repairs them",
+                ) from exc
+            found.append((info, video))
+        return found
+
+    def _check_range(self, camera: str, start: float, end: float) -> None:
         if not (math.isfinite(start) and math.isfinite(end)):
             raise InvalidPlaybackRange(camera, start, end, "start and end must be finite")
         if end < start:
@@ -438,8 +478,6 @@ class Recorder:
                 end,
                 f"it spans {end - start:.0f} s, over the maximum of {self.max_playback_span:.0f} s",
             )
-        self._require_open()
-        return self._playback(camera, start, end)
 
     async def _playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
         plan = await self._plan(camera, start, end)

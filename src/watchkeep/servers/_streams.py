@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_writer import StreamWriter
@@ -24,6 +27,8 @@ from watchkeep.media import (
     FrameHub,
     Recorder,
     UnknownCamera,
+    hls_playlist,
+    hls_segments,
     mjpeg_content_type,
     mjpeg_part,
     mjpeg_part_head,
@@ -86,6 +91,12 @@ class _Camera:
             self.recorder.write(frame)
         except RecordingError as exc:
             log.error("camera %s: %s", self.name, exc)
+
+    @property
+    def video_codec(self) -> str | None:
+        """ "H264" or "H265" while the camera sends that; None for Motion JPEG."""
+        latest = self.hub.latest
+        return latest.codec if latest is not None and latest.init is not None else None
 
     def fps(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -193,6 +204,8 @@ class CameraService:
         r.add_get("/api/v1/cameras/{name}/live.ws", self.live_ws)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_get("/api/v1/cameras/{name}/playback.mjpeg", self.playback)
+        r.add_get("/api/v1/cameras/{name}/playback.m3u8", self.playback_hls)
+        r.add_get("/api/v1/cameras/{name}/recordings/{file}", self.recording_file)
 
     def _camera(self, request: web.Request) -> _Camera | web.Response:
         name = request.match_info["name"]
@@ -213,6 +226,8 @@ class CameraService:
         camera = self._camera(request)
         if isinstance(camera, web.Response):
             return camera
+        if camera.video_codec is not None:
+            return _not_jpeg(camera.name, camera.video_codec, "live.ws (MSE in a browser)")
         response = web.StreamResponse(
             headers={"Content-Type": mjpeg_content_type(), "Cache-Control": "no-store"}
         )
@@ -229,6 +244,8 @@ class CameraService:
         def direct(frame: Frame) -> bool:
             # Called by the hub as the frame is published: while the viewer's socket has
             # room, the frame is written at once, with no task switch per viewer.
+            if frame.init is not None:  # the camera went over to H.264/H.265
+                return True
             if protocol.writing_paused or transport.is_closing():
                 return False
             transport.write(camera.live_part(frame, chunked))
@@ -241,7 +258,8 @@ class CameraService:
             while frames := await subscription.get_many():
                 if transport.is_closing():
                     break
-                transport.write(b"".join([camera.live_part(f, chunked) for f in frames]))
+                parts = [camera.live_part(f, chunked) for f in frames if f.init is None]
+                transport.write(b"".join(parts))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -282,6 +300,8 @@ class CameraService:
         frame = camera.hub.latest
         if frame is None:
             return problem(503, "no frame yet", f"camera {camera.name} has sent no frame yet")
+        if frame.init is not None:
+            return _not_jpeg(camera.name, frame.codec, "live.ws, or playback.m3u8")
         return web.Response(
             body=frame.jpeg,
             content_type="image/jpeg",
@@ -311,6 +331,10 @@ class CameraService:
         prepared = False
         try:
             async for frame in self.recorder.playback(name, start, end):
+                if frame.init is not None:
+                    if prepared:
+                        break  # the camera went over to H.264/H.265 within the range
+                    return _not_jpeg(name, frame.codec, "playback.m3u8 (HLS), or export it")
                 if not prepared:
                     await response.prepare(request)
                     prepared = True
@@ -336,3 +360,89 @@ class CameraService:
             # for its socket to drain): stop reading the recording for it.
             pass
         return response
+
+    async def playback_hls(self, request: web.Request) -> web.StreamResponse:
+        """An HLS playlist of the H.264/H.265 recordings of ``[from, to)`` (ISO 8601 or UTC
+        seconds): byte ranges of the recording files, served by :meth:`recording_file`."""
+        name = request.match_info["name"]
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
+        try:
+            start = parse_moment(request.query["from"])
+            end = parse_moment(request.query["to"])
+        except (KeyError, ValueError):
+            return problem(
+                400,
+                "bad range",
+                "from and to must be ISO 8601 times (2026-12-02T08:00:00Z) or UTC seconds",
+            )
+        try:
+            files = await self.recorder.video_files(name, start, end)
+        except RecordingError as exc:
+            return problem(
+                404 if isinstance(exc, UnknownCamera) else 400,
+                "playback refused",
+                exc.describe(),
+                fix=exc.fix,
+            )
+        # A token given in the URL (a player that sends no header) goes on to the segments.
+        token = request.query.get("token")
+        suffix = f"?token={quote(token, safe='')}" if token else ""
+        entries = [(f"recordings/{info.path.name}{suffix}", video) for info, video in files]
+        listed = [(uri, video, hls_segments(uri, video, start, end)) for uri, video in entries]
+        if not any(segments for _, _, segments in listed):
+            return problem(
+                404,
+                "no recording",
+                f"camera {name} has no H.264/H.265 recording on {self.server} between "
+                f"{request.query['from']} and {request.query['to']}",
+                fix="choose a time the camera recorded (Motion JPEG plays as playback.mjpeg)",
+            )
+        return web.Response(
+            text=hls_playlist(listed),
+            content_type="application/vnd.apple.mpegurl",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def recording_file(self, request: web.Request) -> web.StreamResponse:
+        """A recording file of an H.264/H.265 camera, whole or by byte ranges (HLS)."""
+        name, file = request.match_info["name"], request.match_info["file"]
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
+        path = self.recorder.root / name / file
+        if not _RECORDING_FILE.fullmatch(file) or not path.is_file():
+            return problem(
+                404,
+                "no recording",
+                f"camera {name} has no recording file {file!r} on {self.server}",
+                fix="ask for the playlist again: playback.m3u8",
+            )
+        return web.FileResponse(
+            path, headers={"Content-Type": "video/mp4", "Cache-Control": "private, max-age=3600"}
+        )
+
+
+def _not_jpeg(camera: str, codec: str, instead: str) -> web.Response:
+    return problem(
+        415,
+        "not Motion JPEG",
+        f"camera {camera} sends {codec.replace('H26', 'H.26')}, which is not served as JPEG",
+        fix=f"watch it as {instead}",
+    )
+
+
+_RECORDING_FILE = re.compile(r"[0-9]{17}(-[0-9]{1,3})?\.mp4")
+
+
+def parse_moment(text: str) -> float:
+    """UTC seconds of ``text``: ISO 8601 (a time without a zone is UTC) or seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        moment = dt.datetime.fromisoformat(text.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value):
+        raise ValueError(f"not a time: {text!r}")
+    return value

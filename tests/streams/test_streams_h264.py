@@ -1,0 +1,149 @@
+"""An H.264 camera on an encrypted site: added with the CLI, recorded by its recording
+server as the camera sends it, played back over HLS by FFmpeg (its own TLS and HLS client,
+verifying the site CA, the token in a header) and refused without the CA or the token.
+
+Given a site of its own: a management server, rs1 and a mobile server, encrypted through
+the CLI, and GStreamer's RTSP server as the camera (x264).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from stream_support import build_site, cli_ok, request
+
+from rtsp_support import gst_rtsp_camera, h264_bars
+from watchkeep.media import read_video_file
+from watchkeep.site import ServerRole
+from watchkeep.testing import LocalSite, eventually
+
+CAMERA_ADDRESS = "127.0.63.1"
+
+
+@pytest.fixture(scope="module")
+def rtsp_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    log = tmp_path_factory.mktemp("rtsp") / "gst.log"
+    with gst_rtsp_camera(CAMERA_ADDRESS, {"/h264": h264_bars()}, log=log) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def site(site_factory: Callable[[str], LocalSite], rtsp_port: int) -> LocalSite:
+    site = site_factory("h264")
+    build_site(
+        site,
+        [
+            ("ms", ServerRole.MANAGEMENT),
+            ("rs1", ServerRole.RECORDING),
+            ("mobile1", ServerRole.MOBILE),
+        ],
+    )
+    site.encrypt("rs1", "mobile1", "ms")
+    url = f"rtsp://{CAMERA_ADDRESS}:{rtsp_port}/h264"
+    cli_ok(site, "camera", "add", "door", "--recording-server", "rs1", "--rtsp-url", url)
+    return site
+
+
+def iso(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def recorded_span(site: LocalSite, seconds: float) -> tuple[float, float]:
+    """Wait until rs1 has ``seconds`` of door flushed; that stretch (UTC seconds)."""
+    directory = site.servers["rs1"].directory / "data" / "recordings" / "door"
+
+    def long_enough() -> tuple[float, float]:
+        files = sorted(directory.glob("*.mp4"))
+        assert files, "nothing recorded yet"
+        fragments = read_video_file(str(files[0])).fragments
+        assert fragments, "no picture recorded yet"
+        first, last = (
+            fragments[0].presentation_time / 90_000,
+            fragments[-1].presentation_time / 90_000,
+        )
+        assert last - first >= seconds + 1, f"{last - first:.1f} s recorded"
+        return first, last
+
+    return eventually(long_enough, what=f"{seconds} s of door recorded")
+
+
+def ffmpeg(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_recording_plays_over_hls_with_the_site_ca_and_a_token_only(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    first, _ = recorded_span(site, 3)
+    start, end = first + 0.5, first + 2.5
+    rs1 = site.servers["rs1"]
+    path = f"/api/v1/cameras/door/playback.m3u8?from={iso(start)}&to={iso(end)}"
+    url = f"https://{rs1.address}:{rs1.ports['data']}{path}"
+    token = site.stream_token("door")
+    ca = site.home.ca_cert
+    out = tmp_path / "clip.mp4"
+
+    # When FFmpeg reads the playlist, trusting the site CA and sending the token
+    done = ffmpeg("-tls_verify", "1", "-ca_file", str(ca), "-headers", f"Authorization: Bearer {token}\r\n",
+                  "-i", url, "-c", "copy", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # Then every picture of the keyframe intervals around the range decodes
+    with request(rs1, "data", path, ca=ca, token=token) as response:
+        playlist = response.read().decode()
+        assert response.status == 200, playlist
+    assert "#EXT-X-MAP" in playlist
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    ranges = [
+        line.split(":", 1)[1]
+        for line in playlist.splitlines()
+        if line.startswith("#EXT-X-BYTERANGE")
+    ]
+    assert len(ranges) == 3  # a keyframe a second: the intervals of 0.5-1, 1-2 and 2-2.5 s
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=codec_name,width,height,nb_read_frames",
+         "-of", "csv=p=0", str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "h264,320,240,75"
+    assert ffmpeg("-i", str(out), "-f", "null", "-").stderr == ""
+
+    # And without the site CA, or without the token, FFmpeg gets nothing
+    untrusted = ffmpeg("-tls_verify", "1", "-headers", f"Authorization: Bearer {token}\r\n", "-i", url,
+                       "-c", "copy", str(tmp_path / "no-ca.mp4"))  # fmt: skip
+    assert untrusted.returncode != 0
+    assert not (tmp_path / "no-ca.mp4").exists() or (tmp_path / "no-ca.mp4").stat().st_size == 0
+    anonymous = ffmpeg(
+        "-tls_verify",
+        "1",
+        "-ca_file",
+        str(ca),
+        "-i",
+        url,
+        "-c",
+        "copy",
+        str(tmp_path / "no-token.mp4"),
+    )
+    assert anonymous.returncode != 0
+    assert "401" in anonymous.stderr
+
+
+def test_an_h264_camera_is_not_served_as_jpeg(site: LocalSite) -> None:
+    recorded_span(site, 0)
+    rs1 = site.servers["rs1"]
+    token = site.stream_token("door")
+    for path in ("/api/v1/cameras/door/live.mjpeg", "/api/v1/cameras/door/snapshot.jpg"):
+        with request(rs1, "data", path, ca=site.home.ca_cert, token=token) as response:
+            body = response.read()
+            assert response.status == 415, body
+            assert b"H.264" in body
+    now = time.time()
+    with request(rs1, "data", f"/api/v1/cameras/door/playback.mjpeg?from={now - 60}&to={now}",
+                 ca=site.home.ca_cert, token=token) as response:  # fmt: skip
+        assert response.status == 415
