@@ -147,3 +147,23 @@ def test_an_h264_camera_is_not_served_as_jpeg(site: LocalSite) -> None:
     with request(rs1, "data", f"/api/v1/cameras/door/playback.mjpeg?from={now - 60}&to={now}",
                  ca=site.home.ca_cert, token=token) as response:  # fmt: skip
         assert response.status == 415
+
+
+def test_the_mobile_server_relays_the_playlist_and_its_byte_ranges(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    first, _ = recorded_span(site, 3)
+    mobile = site.servers["mobile1"]
+    path = f"/api/v1/cameras/door/playback.m3u8?from={iso(first + 0.2)}&to={iso(first + 1.5)}"
+    url = f"https://{mobile.address}:{mobile.ports['https']}{path}"
+    token = site.login_token(via="mobile1")
+    out = tmp_path / "relayed.mp4"
+    done = ffmpeg("-tls_verify", "1", "-ca_file", str(site.home.ca_cert),
+                  "-headers", f"Authorization: Bearer {token}\r\n", "-i", url, "-c", "copy", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+         str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "50"  # the keyframe intervals of 0.2-1 and 1-1.5 s

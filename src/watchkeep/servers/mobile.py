@@ -15,7 +15,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -52,6 +52,8 @@ class MobileServer(LinkedServer):
         r.add_get("/api/v1/cameras", self.cameras)
         r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.relay)
+        r.add_get("/api/v1/cameras/{name}/playback.m3u8", self.relay)
+        r.add_get("/api/v1/cameras/{name}/recordings/{file}", self.relay)
         self.runner = config.listener_limits.runner(self.app)
         self.redirect_app = web.Application()
         self.redirect_app.router.add_route("*", "/{tail:.*}", self.redirect)
@@ -236,12 +238,17 @@ class MobileServer(LinkedServer):
         assert self.session is not None
         while True:
             scheme = "https" if endpoint.tls else "http"
+            # The query (a playback's range) and a byte range (HLS segments) go on as asked;
+            # the user's own token, if it came in the query, stays here.
+            query = urlencode([(k, v) for k, v in request.query.items() if k != "token"])
             url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
+            url += f"?{query}" if query else ""
             context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
+            headers = {"Authorization": f"Bearer {token}"}
+            if "Range" in request.headers:
+                headers["Range"] = request.headers["Range"]
             try:
-                upstream = await self.session.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, ssl=context
-                )
+                upstream = await self.session.get(url, headers=headers, ssl=context)
                 break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = await explain_connection_failure(
@@ -261,19 +268,26 @@ class MobileServer(LinkedServer):
                 fix=error.fix,
             )
         async with upstream:
-            if upstream.status != 200:
+            if upstream.status not in (200, 206):
                 return web.Response(
                     status=upstream.status,
                     body=await upstream.read(),
                     content_type=upstream.content_type,
                 )
+            passed = {
+                name: upstream.headers[name]
+                for name in ("Content-Range", "Content-Length", "Accept-Ranges")
+                if name in upstream.headers
+            }
             response = web.StreamResponse(
+                status=upstream.status,
                 headers={
                     "Content-Type": upstream.headers.get(
                         "Content-Type", "application/octet-stream"
                     ),
                     "Cache-Control": "no-store",
-                }
+                    **passed,
+                },
             )
             await response.prepare(request)
             try:
