@@ -9,13 +9,15 @@ the CLI, and GStreamer's RTSP server as the camera (x264).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from stream_support import build_site, cli_ok, request
+from stream_support import add_camera, build_site, cli_ok, request
 
 from rtsp_support import gst_rtsp_camera, h264_bars
 from watchkeep.media import read_video_file
@@ -167,3 +169,100 @@ def test_the_mobile_server_relays_the_playlist_and_its_byte_ranges(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert probe.stdout.strip() == "50"  # the keyframe intervals of 0.2-1 and 1-1.5 s
+
+
+def probe(path: Path) -> dict[str, Any]:
+    """FFmpeg's view of an MP4 file: its stream, every picture decoded, and its boxes' order."""
+    ran = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames:format=format_name", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found: dict[str, Any] = json.loads(ran.stdout)["streams"][0]
+    data = path.read_bytes()
+    found["moov_first"] = 0 < data.find(b"moov") < data.find(b"mdat")
+    found["errors"] = ffmpeg("-i", str(path), "-f", "null", "-").stderr
+    found["first_picture"] = subprocess.run(
+        ["ffprobe", "-v", "error", "-read_intervals", "%+#1", "-show_entries", "frame=key_frame",
+         "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[0]  # fmt: skip
+    return found
+
+
+def test_export_writes_a_standard_mp4_from_the_keyframe_before_the_start(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    first, _ = recorded_span(site, 3)
+    out = tmp_path / "door.mp4"
+    # When the administrator exports 1.5 s from the middle of a second (a keyframe a second)
+    report = json.loads(
+        cli_ok(
+            site,
+            "export",
+            "door",
+            "--from",
+            iso(first + 1.5),
+            "--to",
+            iso(first + 3.0),
+            "--out",
+            str(out),
+            "--json",
+        )
+    )
+    # Then the file starts at the keyframe at 1 s and ends before 3 s, every picture decodes
+    assert report["codec"] == "H264"
+    assert report["encrypted"] is True
+    assert report["frames"] == 50
+    assert abs(report["start"] - (first + 1.0)) < 0.002
+    found = probe(out)
+    assert (found["codec_name"], found["width"], found["height"]) == ("h264", 320, 240)
+    assert int(found["nb_read_frames"]) == 50
+    assert found["moov_first"]
+    assert found["errors"] == ""
+    assert found["first_picture"] == "1"
+
+    # And `watchkeep playback --out FILE.mp4` writes the same
+    again = tmp_path / "playback.mp4"
+    cli_ok(
+        site,
+        "playback",
+        "door",
+        "--from",
+        iso(first + 1.5),
+        "--to",
+        iso(first + 3.0),
+        "--out",
+        str(again),
+    )
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_export_of_a_motion_jpeg_camera(site: LocalSite, tmp_path: Path) -> None:
+    add_camera(site, "lobby", "rs1")
+    began = time.time()
+    out = tmp_path / "lobby.mp4"
+
+    def exported() -> dict[str, Any]:
+        ran = site.cli(
+            "export",
+            "lobby",
+            "--from",
+            iso(began),
+            "--to",
+            iso(began + 2),
+            "--out",
+            str(out),
+            "--json",
+        )
+        assert ran.returncode == 0, ran.stderr
+        report: dict[str, Any] = json.loads(ran.stdout)
+        assert report["frames"] >= 15, report
+        return report
+
+    report = eventually(exported, what="two seconds of lobby exported")
+    found = probe(out)
+    assert found["codec_name"] == "mjpeg"
+    assert int(found["nb_read_frames"]) == report["frames"]
+    assert found["moov_first"]
+    assert found["errors"] == ""

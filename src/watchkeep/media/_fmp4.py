@@ -112,8 +112,17 @@ def _init(entry: bytes, width: int, height: int) -> bytes:
     return ftyp + movie(width, height, 0, stbl, mvex)
 
 
-def movie(width: int, height: int, duration: int, stbl: bytes, extra: bytes = b"") -> bytes:
-    """A ``moov`` with one video track whose sample table is ``stbl``."""
+def movie(
+    width: int,
+    height: int,
+    duration: int,
+    stbl: bytes,
+    extra: bytes = b"",
+    *,
+    trak_extra: bytes = b"",
+) -> bytes:
+    """A ``moov`` with one video track whose sample table is ``stbl`` (and ``trak_extra``,
+    an edit list, in the track; ``extra``, an ``mvex``, after it)."""
     mvhd = full_box(
         b"mvhd", 0, 0,
         struct.pack(">IIII", 0, 0, TIMESCALE, duration),
@@ -128,7 +137,7 @@ def movie(width: int, height: int, duration: int, stbl: bytes, extra: bytes = b"
     hdlr = full_box(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, b"vide"), b"watchkeep video\x00")
     dinf = box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1)))
     minf = box(b"minf", full_box(b"vmhd", 0, 1, bytes(8)), dinf, stbl)
-    trak = box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
+    trak = box(b"trak", tkhd, trak_extra, box(b"mdia", mdhd, hdlr, minf))
     return box(b"moov", mvhd, trak, extra)
 
 
