@@ -9,6 +9,7 @@ the CLI, and GStreamer's RTSP server as the camera (x264).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import subprocess
 import time
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_support import add_camera, build_site, cli_ok, request
+from browser_support import chromium, new_page, nss_home
+from PIL import Image, ImageStat
+from stream_support import add_camera, add_user, build_site, cli_ok, request
 
 from rtsp_support import gst_rtsp_camera, h264_bars
 from watchkeep.media import read_video_file
@@ -266,3 +269,55 @@ def test_export_of_a_motion_jpeg_camera(site: LocalSite, tmp_path: Path) -> None
     assert int(found["nb_read_frames"]) == report["frames"]
     assert found["moov_first"]
     assert found["errors"] == ""
+
+
+def not_blank(png: bytes) -> bool:
+    """Whether a screenshot shows a picture (colour bars), not one flat colour."""
+    picture = Image.open(io.BytesIO(png)).convert("L")
+    return ImageStat.Stat(picture).stddev[0] > 20
+
+
+PLAYING = """(selector) => {
+  const video = document.querySelector(selector);
+  return video !== null && video.error === null && video.readyState >= 2 && video.currentTime > 0;
+}"""
+
+
+def test_the_web_client_plays_the_camera_live_and_recorded(site: LocalSite, tmp_path: Path) -> None:
+    first, _ = recorded_span(site, 3)
+    mobile = site.servers["mobile1"]
+    password_file = add_user(site, "web-viewer", "operator", ["door"])
+    with chromium(nss_home(tmp_path / "home", site.home.ca_cert), mobile) as browser:
+        page = new_page(browser)
+        page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
+        page.fill("#user", "web-viewer")
+        page.fill("#password", password_file.read_text().strip())
+        page.click("button[type=submit]")
+
+        # The live picture plays through Media Source Extensions, its time going on
+        live = "video[data-camera=door]"
+        page.wait_for_function(PLAYING, arg=live)
+        video = page.locator(live)
+        assert video.evaluate("v => v.dataset.codec") == "H264"
+        began = video.evaluate("v => v.currentTime")
+        eventually(
+            lambda: video.evaluate("v => v.currentTime") > began + 1, what="live time going on"
+        )
+        assert video.evaluate("v => v.error") is None
+        assert not_blank(video.screenshot())
+
+        # A recording from a chosen time plays over HLS (hls.js)
+        figure = page.locator("figure", has=page.locator("figcaption", has_text="door"))
+        figure.locator("input[type=datetime-local]").evaluate(
+            "(input, moment) => { const local = new Date(moment * 1000 - new Date().getTimezoneOffset() * 60000);"
+            " input.value = local.toISOString().slice(0, 19); }",
+            first + 1,
+        )
+        figure.locator("button[type=submit]").click()
+        recorded = "video[data-playback=door]"
+        page.wait_for_function(PLAYING, arg=recorded)
+        player = page.locator(recorded)
+        eventually(lambda: player.evaluate("v => v.currentTime") > 1, what="recorded time going on")
+        assert player.evaluate("v => v.error") is None
+        assert not_blank(player.screenshot())
+        page.screenshot(path=str(tmp_path / "web-client.png"))

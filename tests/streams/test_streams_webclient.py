@@ -16,66 +16,14 @@ and redirects its plain HTTP port there.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Error, Page, sync_playwright
-from stream_support import DEADLINE, add_user, request
+from browser_support import chromium, new_page, nss_home
+from playwright.sync_api import Error, Page
+from stream_support import add_user, request
 
-from watchkeep.testing import LocalServer, LocalSite, eventually
-
-CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = DEADLINE * 1000
-
-
-def _nss_home(root: Path, ca: Path | None) -> Path:
-    """A HOME whose NSS database trusts ``ca`` as an issuer of server certificates (C,,),
-    or trusts nothing when ``ca`` is None."""
-    database = root / ".pki" / "nssdb"
-    database.mkdir(parents=True)
-    certutil = ["certutil", "-d", f"sql:{database}"]
-    subprocess.run([*certutil, "-N", "--empty-password"], check=True, capture_output=True)
-    if ca is not None:
-        subprocess.run(
-            [*certutil, "-A", "-n", "watchkeep site CA", "-t", "C,,", "-i", str(ca)],
-            check=True,
-            capture_output=True,
-        )
-    return root
-
-
-@contextmanager
-def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            env={**os.environ, "HOME": str(home)},
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                # The site's host names are in no DNS: map the mobile server's to its address.
-                f"--host-resolver-rules=MAP {mobile.host} {mobile.address}",
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def _page(browser: Browser) -> Page:
-    # ignore_https_errors=False: a certificate the browser cannot verify stops the page.
-    page = browser.new_context(ignore_https_errors=False).new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    return page
+from watchkeep.testing import LocalSite, eventually
 
 
 def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
@@ -83,8 +31,8 @@ def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
 ) -> None:
     mobile = streams_site.servers["mobile1"]
     # Given a browser that trusts no watchkeep CA
-    with chromium(_nss_home(tmp_path, None), mobile) as browser:
-        page = _page(browser)
+    with chromium(nss_home(tmp_path, None), mobile) as browser:
+        page = new_page(browser)
         # When it opens the web client over HTTPS
         with pytest.raises(Error) as refused:
             page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
@@ -103,8 +51,8 @@ def test_the_web_client_logs_in_and_shows_live_video(
     password = streams_site.password_file.read_text().strip()
     screenshot = tmp_path / "webclient.png"
     # Given a browser that trusts the site CA
-    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
-        page = _page(browser)
+    with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+        page = new_page(browser)
 
         # When it opens the mobile server's plain HTTP address
         page.goto(f"http://{mobile.host}:{mobile.ports['http']}/")
@@ -147,8 +95,8 @@ def test_logging_out_of_the_web_client_stops_the_video_and_revokes_its_token(
 ) -> None:
     mobile = streams_site.servers["mobile1"]
     password_file = add_user(streams_site, "web-leaver", "operator", ["cam1"])
-    with chromium(_nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
-        page = _page(browser)
+    with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
+        page = new_page(browser)
         page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
         # Given an operator logged in and watching cam1
         assert page.locator("#logout").is_hidden()

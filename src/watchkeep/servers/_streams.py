@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import json
 import logging
 import math
 import re
@@ -25,6 +26,7 @@ from watchkeep.media import (
     MJPEG_PART_END,
     Frame,
     FrameHub,
+    InitSegment,
     Recorder,
     UnknownCamera,
     hls_playlist,
@@ -43,6 +45,10 @@ __all__ = ["CameraService"]
 log = logging.getLogger("watchkeep.recording")
 
 MAX_PLAYBACK_SPAN = 24 * 3600.0
+# H.264/H.265 pictures kept for new viewers (from the last keyframe), at most.
+_MAX_GOP = 600
+# More pictures than this waiting for one viewer: it skips to the latest keyframe among them.
+_LAG_FRAMES = 8
 GIL_SWITCH_INTERVAL = 0.0005
 
 
@@ -59,6 +65,18 @@ class _Camera:
         # The last frame as live viewers get it (an MJPEG part, with and without HTTP/1.1
         # chunk framing): made once per frame, however many viewers there are.
         self._part: tuple[Frame | None, bool, bytes] = (None, False, b"")
+        # H.264/H.265: the pictures since the last keyframe (where a new viewer starts), and
+        # the last fragment as viewers get it (moof and mdat in one message), made once.
+        self.since_keyframe: list[Frame] = []
+        self._fragment: tuple[Frame | None, bytes] = (None, b"")
+
+    def live_fragment(self, frame: Frame) -> bytes:
+        """An H.264/H.265 ``frame`` as one fragmented MP4 fragment (moof + mdat)."""
+        last, data = self._fragment
+        if last is not frame:
+            data = frame.fragment + frame.jpeg
+            self._fragment = (frame, data)
+        return data
 
     def live_part(self, frame: Frame, chunked: bool) -> bytes:
         """``frame`` as the bytes of one MJPEG part (one chunk when ``chunked``)."""
@@ -86,6 +104,12 @@ class _Camera:
         # Called by the source as each frame arrives (for a network camera, from the code
         # that received its bytes): to live viewers first, then to the recorder.
         self.frames += 1
+        if frame.init is None:
+            self.since_keyframe.clear()
+        elif frame.keyframe:
+            self.since_keyframe = [frame]
+        elif self.since_keyframe and len(self.since_keyframe) < _MAX_GOP:
+            self.since_keyframe.append(frame)
         self.hub.publish(frame)
         try:
             self.recorder.write(frame)
@@ -268,12 +292,20 @@ class CameraService:
         return response
 
     async def live_ws(self, request: web.Request) -> web.StreamResponse:
+        """Live video over a WebSocket. Motion JPEG: one binary message per picture (see
+        :mod:`watchkeep.media._wire`). H.264/H.265, for Media Source Extensions: a text
+        message ``{"type": "stream", "codec", "mime", "width", "height"}``, a binary message
+        with the init segment, then one per picture (a fragment: moof and mdat), made once
+        per camera; a new viewer starts at the last keyframe, and a viewer that falls
+        behind (the hub dropped pictures for it, or many wait) skips to a keyframe."""
         camera = self._camera(request)
         if isinstance(camera, web.Response):
             return camera
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
         await ws.prepare(request)
         subscription = camera.hub.subscribe()
+        # Taken with no await since subscribing: the queue holds what comes after these.
+        backlog = list(camera.since_keyframe)
 
         async def drain_incoming() -> None:
             async for message in ws:
@@ -282,9 +314,15 @@ class CameraService:
             subscription.close()
 
         reader = asyncio.create_task(drain_incoming())
+        sender = _LiveSender(ws, camera)
         try:
-            async for frame in subscription:
-                await ws.send_bytes(ws_message(frame))
+            await sender.send(backlog)
+            dropped = subscription.dropped
+            while frames := await subscription.get_many():
+                if subscription.dropped != dropped:
+                    dropped = subscription.dropped
+                    sender.skipping = True  # pictures lost: the next ones need a keyframe
+                await sender.send(frames)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -420,6 +458,49 @@ class CameraService:
         return web.FileResponse(
             path, headers={"Content-Type": "video/mp4", "Cache-Control": "private, max-age=3600"}
         )
+
+
+class _LiveSender:
+    """What one WebSocket viewer has been sent: the init segment its pictures follow, and
+    whether it waits for a keyframe."""
+
+    def __init__(self, ws: web.WebSocketResponse, camera: _Camera) -> None:
+        self.ws = ws
+        self.camera = camera
+        self.init: InitSegment | None = None
+        self.skipping = False
+
+    async def send(self, frames: list[Frame]) -> None:
+        if len(frames) > _LAG_FRAMES:
+            # Behind: start again at the latest keyframe waiting, rather than send them all.
+            keys = [i for i, f in enumerate(frames) if f.keyframe and f.init is not None]
+            if keys:
+                frames = frames[keys[-1] :]
+        for frame in frames:
+            init = frame.init
+            if init is None:
+                await self.ws.send_bytes(ws_message(frame))
+                continue
+            if init is not self.init or self.skipping:
+                if not frame.keyframe:
+                    continue
+                self.skipping = False
+                if init is not self.init:
+                    self.init = init
+                    info = init.info
+                    await self.ws.send_str(
+                        json.dumps(
+                            {
+                                "type": "stream",
+                                "codec": info.codec,
+                                "mime": init.mime_type,
+                                "width": info.width,
+                                "height": info.height,
+                            }
+                        )
+                    )
+                    await self.ws.send_bytes(init.data)
+            await self.ws.send_bytes(self.camera.live_fragment(frame))
 
 
 def _not_jpeg(camera: str, codec: str, instead: str) -> web.Response:
