@@ -321,3 +321,17 @@ def test_the_web_client_plays_the_camera_live_and_recorded(site: LocalSite, tmp_
         assert player.evaluate("v => v.error") is None
         assert not_blank(player.screenshot())
         page.screenshot(path=str(tmp_path / "web-client.png"))
+
+
+def test_view_writes_the_live_pictures_as_mp4_from_a_keyframe(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    recorded_span(site, 0)
+    out = tmp_path / "live.mp4"
+    report = json.loads(cli_ok(site, "view", "door", "--frames", "30", "--out", str(out), "--json"))
+    assert report["frames"] == 30
+    assert report["encrypted"] is True
+    found = probe(out)
+    assert (found["codec_name"], int(found["nb_read_frames"])) == ("h264", 30)
+    assert found["errors"] == ""
+    assert found["first_picture"] == "1"  # a new viewer starts at the last keyframe

@@ -21,7 +21,11 @@ def register(groups: Any) -> None:
     view.add_argument("camera", metavar="CAMERA")
     view.add_argument("--frames", type=int, default=None, help="stop after N frames")
     view.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
-    view.add_argument("--out", type=Path, help="write the frames as an MJPEG file")
+    view.add_argument(
+        "--out",
+        type=Path,
+        help="write the frames as an MJPEG file, or as FILE.mp4 (H.264/H.265 cameras: only so)",
+    )
     add_json(view)
     view.set_defaults(handler=_view)
 
@@ -90,14 +94,21 @@ def parse_time(text: str) -> float:
 
 def _view(args: argparse.Namespace) -> int:
     from watchkeep.client import SiteClient
-    from watchkeep.client._video import view_camera
+    from watchkeep.client._video import view_camera, view_camera_mp4
     from watchkeep.errors import UsageError
 
     if args.frames is None and args.seconds is None:
         raise UsageError("say when to stop", fix="pass --frames N or --seconds S")
 
+    mp4 = args.out is not None and args.out.suffix.lower() == ".mp4"
+
     async def run(out: IO[bytes] | None) -> Any:
         async with SiteClient(home_of(args)) as client:
+            if mp4:
+                assert out is not None
+                return await view_camera_mp4(
+                    client, args.camera, out, frames=args.frames, duration=args.seconds
+                )
             return await view_camera(
                 client, args.camera, frames=args.frames, duration=args.seconds, out=out
             )

@@ -30,6 +30,7 @@ __all__ = [
     "playback_camera",
     "stream_frames",
     "view_camera",
+    "view_camera_mp4",
 ]
 
 
@@ -200,5 +201,72 @@ async def playback_camera(
                 out.write(mjpeg_part_head(frame))
                 out.write(frame.jpeg)
                 out.write(MJPEG_PART_END)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+async def view_camera_mp4(
+    client: SiteClient,
+    camera: str,
+    out: ByteSink,
+    *,
+    frames: int | None,
+    duration: float | None = None,
+) -> ViewReport:
+    """Write the live pictures of an H.264/H.265 camera to ``out`` as a fragmented MP4 (the
+    init segment, then the fragments as the recording server sends them over its live
+    WebSocket), from the last keyframe, until ``frames`` pictures or ``duration`` seconds.
+    It stops early if the stream changes (a new picture size: another init segment)."""
+    report = ViewReport(camera)
+    began = time.monotonic()
+    access = await client.stream_access(camera)
+    endpoint = access.endpoint
+    report.servers.append(endpoint.server)
+    report.encrypted = endpoint.tls
+    url = f"{'wss' if endpoint.tls else 'ws'}://{endpoint.host}:{endpoint.port}"
+    url += f"/api/v1/cameras/{camera}/live.ws"
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(resolver=client.resolver()),
+        timeout=aiohttp.ClientTimeout(connect=5, sock_read=10),
+    ) as session:
+        try:
+            socket = await session.ws_connect(
+                url,
+                headers={"Authorization": f"Bearer {access.token}"},
+                ssl=client_context(client.trust) if endpoint.tls else False,
+                max_msg_size=64 * 1024 * 1024,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(exc.status, {"detail": exc.message}, endpoint) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise await explain_connection_failure(
+                exc, endpoint, trust_dir=client.connection.trust_store
+            ) from exc
+        streams = 0
+        try:
+            async with socket, asyncio.timeout(duration):
+                async for message in socket:
+                    if message.type == aiohttp.WSMsgType.TEXT:
+                        streams += 1
+                        if streams > 1:
+                            break  # another init segment: the file ends here
+                        continue
+                    if message.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    data: bytes = message.data
+                    if data[:2] == b"WK":
+                        raise WatchkeepError(
+                            f"camera {camera} sends Motion JPEG",
+                            fix="write it as an MJPEG file: --out FILE.mjpeg",
+                        )
+                    out.write(data)
+                    report.bytes += len(data)
+                    if data[4:8] == b"moof":
+                        report.frames += 1
+                        if frames is not None and report.frames >= frames:
+                            break
+        except TimeoutError:
+            if duration is None:
+                raise
     report.seconds = time.monotonic() - began
     return report

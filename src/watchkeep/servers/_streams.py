@@ -251,7 +251,11 @@ class CameraService:
         if isinstance(camera, web.Response):
             return camera
         if camera.video_codec is not None:
-            return _not_jpeg(camera.name, camera.video_codec, "live.ws (MSE in a browser)")
+            return _not_jpeg(
+                camera.name,
+                camera.video_codec,
+                "live.ws (the web client), or: watchkeep view CAMERA --out FILE.mp4",
+            )
         response = web.StreamResponse(
             headers={"Content-Type": mjpeg_content_type(), "Cache-Control": "no-store"}
         )
