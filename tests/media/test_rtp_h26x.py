@@ -307,3 +307,21 @@ async def test_a_recording_torn_by_a_crash_is_cut_back_to_its_last_whole_picture
     assert [f.jpeg for f in replayed] == [f.jpeg for f in frames[:29]]
     decoded = decode(path)
     assert (len(decoded.times), decoded.errors) == (29, "")
+
+
+async def test_a_writer_process_records_the_same_bytes(
+    clips: dict[str, Clip], tmp_path: Path
+) -> None:
+    frames = Receiver("H264").feed(packetize("H264", clips["H264"]))
+    async with Recorder(tmp_path / "r", tmp_path / "index.db", writer="process") as recorder:
+        for frame in frames:
+            recorder.write(frame)
+        await recorder.flush()
+        (segment,) = await recorder.segments("cam")
+        replayed = [
+            f async for f in recorder.playback("cam", frames[0].timestamp, frames[-1].timestamp + 1)
+        ]
+    assert [f.jpeg for f in replayed] == [f.jpeg for f in frames]
+    assert [f.fragment for f in replayed] == [f.fragment for f in frames]
+    decoded = decode(segment.path)
+    assert (len(decoded.times), decoded.errors) == (30, "")

@@ -22,7 +22,7 @@ from browser_support import chromium, new_page, nss_home
 from PIL import Image, ImageStat
 from stream_support import add_camera, add_user, build_site, cli_ok, request
 
-from rtsp_support import gst_rtsp_camera, h264_bars
+from rtsp_support import gst_rtsp_camera, h264_bars, h265_bars
 from watchkeep.media import read_video_file
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually
@@ -33,7 +33,8 @@ CAMERA_ADDRESS = "127.0.63.1"
 @pytest.fixture(scope="module")
 def rtsp_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     log = tmp_path_factory.mktemp("rtsp") / "gst.log"
-    with gst_rtsp_camera(CAMERA_ADDRESS, {"/h264": h264_bars()}, log=log) as port:
+    mounts = {"/h264": h264_bars(), "/h265": h265_bars()}
+    with gst_rtsp_camera(CAMERA_ADDRESS, mounts, log=log) as port:
         yield port
 
 
@@ -51,6 +52,16 @@ def site(site_factory: Callable[[str], LocalSite], rtsp_port: int) -> LocalSite:
     site.encrypt("rs1", "mobile1", "ms")
     url = f"rtsp://{CAMERA_ADDRESS}:{rtsp_port}/h264"
     cli_ok(site, "camera", "add", "door", "--recording-server", "rs1", "--rtsp-url", url)
+    cli_ok(
+        site,
+        "camera",
+        "add",
+        "yard",
+        "--recording-server",
+        "rs1",
+        "--rtsp-url",
+        url.replace("h264", "h265"),
+    )
     return site
 
 
@@ -286,7 +297,7 @@ PLAYING = """(selector) => {
 def test_the_web_client_plays_the_camera_live_and_recorded(site: LocalSite, tmp_path: Path) -> None:
     first, _ = recorded_span(site, 3)
     mobile = site.servers["mobile1"]
-    password_file = add_user(site, "web-viewer", "operator", ["door"])
+    password_file = add_user(site, "web-viewer", "operator", ["door", "yard"])
     with chromium(nss_home(tmp_path / "home", site.home.ca_cert), mobile) as browser:
         page = new_page(browser)
         page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
@@ -305,6 +316,28 @@ def test_the_web_client_plays_the_camera_live_and_recorded(site: LocalSite, tmp_
         )
         assert video.evaluate("v => v.error") is None
         assert not_blank(video.screenshot())
+
+        # The H.265 camera plays where the browser says it can, and is explained where not
+        page.wait_for_function(
+            "(playing) => document.querySelector('video[data-camera=yard]') !== null && eval(playing)("
+            "'video[data-camera=yard]') || [...document.querySelectorAll('.words')].some("
+            "p => p.textContent.includes('H.265'))",
+            arg=PLAYING,
+        )
+        yard = page.locator("figure", has=page.locator("figcaption", has_text="yard"))
+        if yard.locator("video").count():
+            mime = yard.locator("video").evaluate("v => v.dataset.mime")
+            assert page.evaluate("(mime) => MediaSource.isTypeSupported(mime)", mime)
+            assert not_blank(yard.locator("video").screenshot())
+        else:
+            said = yard.locator(".words").text_content() or ""
+            assert "cannot play H.265 video" in said
+            mime = said.split("(", 1)[1].split("), which", 1)[0]
+            assert mime.startswith('video/mp4; codecs="hvc1.')
+            assert not page.evaluate("(mime) => MediaSource.isTypeSupported(mime)", mime)
+        print(
+            f"H.265 in this Chromium: {'plays' if yard.locator('video').count() else 'not supported'}"
+        )
 
         # A recording from a chosen time plays over HLS (hls.js)
         figure = page.locator("figure", has=page.locator("figcaption", has_text="door"))
