@@ -47,6 +47,7 @@ log = logging.getLogger("watchkeep.media")
 _MAX_ACCESS_UNIT = 32 * 1024 * 1024
 _NTP_TO_UNIX = 2_208_988_800
 _DECODE_LEAD = TIMESCALE // 5
+_RTP_HEAD = struct.Struct("!BBHI")
 
 
 @dataclasses.dataclass(slots=True)
@@ -68,6 +69,7 @@ class RtpH26xDepacketizer:
         if codec not in ("H264", "H265"):
             raise ValueError(f"not an H.264 or H.265 codec: {codec!r}")
         self.codec = codec
+        self._h264 = codec == "H264"
         self.units = 0
         self.damaged = 0
         self.bad_packets = 0
@@ -75,22 +77,53 @@ class RtpH26xDepacketizer:
         self._unit: AccessUnit | None = None
         self._size = 0
         self._next_sequence: int | None = None
-        self._fragment: list[bytes] | None = None  # the NAL unit an FU is rebuilding
+        # The NAL unit an FU is rebuilding: its header, then views of the packets' data.
+        self._fragment: list[bytes | memoryview] | None = None
 
     def push(self, packet: RtpPacket) -> list[AccessUnit]:
-        """Add one packet; the access units it completes (none, one, rarely two)."""
+        """Add one packet; the access units it completes (none, one, rarely two).
+
+        The packet's bytes must not change afterwards: fragments of a NAL unit are kept as
+        views of them until it is whole.
+        """
+        return self._push(packet.payload, packet.sequence, packet.timestamp, packet.marker)
+
+    def feed(self, data: bytes, payload_type: int) -> list[AccessUnit] | None:
+        """:meth:`push` for the bytes of an RTP packet, parsed here (None: not an RTP packet
+        of ``payload_type``). What a camera connection calls per packet: without the
+        packet object of :func:`parse_rtp`, whose making was a third of the work."""
+        end = len(data)
+        if end < 12:
+            return None
+        first, second, sequence, timestamp = _RTP_HEAD.unpack_from(data)
+        if first >> 6 != 2 or second & 0x7F != payload_type:
+            return None
+        start = 12 + 4 * (first & 0x0F)
+        if first & 0x10:  # a header extension: 16-bit profile, 16-bit length in words
+            if end < start + 4:
+                return None
+            start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
+        if first & 0x20:  # padding: its length is the last byte
+            end -= data[end - 1]
+        if start > end:
+            return None
+        return self._push(memoryview(data)[start:end], sequence, timestamp, second & 0x80)
+
+    def _push(
+        self, payload: memoryview, sequence: int, timestamp: int, marker: int | bool
+    ) -> list[AccessUnit]:
         done: list[AccessUnit] = []
         expected = self._next_sequence
-        self._next_sequence = (packet.sequence + 1) & 0xFFFF
-        lost = expected is not None and packet.sequence != expected
+        self._next_sequence = (sequence + 1) & 0xFFFF
+        lost = expected is not None and sequence != expected
         unit = self._unit
-        if unit is not None and packet.timestamp != unit.timestamp:
+        if unit is not None and timestamp != unit.timestamp:
             # The marker of the previous picture never came (or was lost with its packet).
             unit.damaged = unit.damaged or lost or self._fragment is not None
             done.append(self._finish())
             unit = None
         if unit is None:
-            unit = self._unit = AccessUnit(packet.timestamp, [])
+            unit = self._unit = AccessUnit(timestamp, [])
             self._size = 0
             self._fragment = None
         if lost:
@@ -98,13 +131,13 @@ class RtpH26xDepacketizer:
             self._fragment = None
             self.last_problem = "packets were lost"
         try:
-            self._take(unit, packet.payload)
+            self._take(unit, payload)
         except _BadPacket as exc:
             self.bad_packets += 1
             self.last_problem = str(exc)
             unit.damaged = True
             self._fragment = None
-        if packet.marker:
+        if marker:
             if self._fragment is not None:
                 unit.damaged = True
             done.append(self._finish())
@@ -119,19 +152,30 @@ class RtpH26xDepacketizer:
             self.damaged += 1
         return unit
 
-    def _add(self, unit: AccessUnit, nal: bytes) -> None:
-        self._size += len(nal)
+    def _count(self, size: int) -> None:
+        self._size += size
         if self._size > _MAX_ACCESS_UNIT:
             raise _BadPacket("a picture over 32 MiB")
+
+    def _add(self, unit: AccessUnit, nal: bytes) -> None:
+        self._count(len(nal))
         if nal:
             unit.nals.append(nal)
 
     def _take(self, unit: AccessUnit, payload: memoryview) -> None:
-        h264 = self.codec == "H264"
+        h264 = self._h264
         header_size = 1 if h264 else 2
         if len(payload) < header_size:
             raise _BadPacket("an empty RTP payload")
-        kind = nal_type(self.codec, payload)
+        # The NAL unit type, as nal_type() reads it (inline: this runs for every packet).
+        kind = payload[0] & 0x1F if h264 else (payload[0] >> 1) & 0x3F
+        if kind == (28 if h264 else 49) and len(payload) > header_size + 1:
+            fu = payload[header_size]
+            if not fu & 0xC0 and self._fragment is not None:
+                # The common case, a middle fragment: a view of its data, joined later.
+                self._fragment.append(payload[header_size + 1 :])
+                self._count(len(payload))
+                return
         single, aggregate, fragment = (kind < 24, 24, 28) if h264 else (kind < 48, 48, 49)
         if single:
             self._fragment = None
@@ -157,7 +201,8 @@ class RtpH26xDepacketizer:
                 head = bytes(((payload[0] & 0xE0) | (fu & 0x1F),))
             else:
                 head = bytes(((payload[0] & 0x81) | ((fu & 0x3F) << 1), payload[1]))
-            data = bytes(payload[header_size + 1 :])
+            # A view of the packet's bytes, joined once the NAL unit is whole.
+            data = payload[header_size + 1 :]
             if start:
                 if self._fragment is not None:
                     unit.damaged = True  # the previous fragmented NAL unit lost its end
@@ -167,10 +212,10 @@ class RtpH26xDepacketizer:
                 return
             else:
                 self._fragment.append(data)
+            self._count(len(data))
             if end:
-                nal = b"".join(self._fragment)
+                unit.nals.append(b"".join(self._fragment))
                 self._fragment = None
-                self._add(unit, nal)
         else:
             raise _BadPacket(
                 f"RTP packets of type {kind} (interleaved or unknown packetization); fix: set "

@@ -37,7 +37,7 @@ from watchkeep.media._network_camera import (
     basic_authorization,
 )
 from watchkeep.media._rtp_h26x import H26xFramer, RtpH26xDepacketizer, sender_report
-from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, RtpPacket, parse_rtp
+from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
 
 __all__ = ["RtspCamera", "SdpVideo", "parse_sdp"]
 
@@ -410,14 +410,15 @@ class _Session(CameraStream):
     # Media.
 
     def _packet(self, data: bytes) -> None:
+        if self._h26x is not None:
+            self._video_packet(data)
+            return
         packet = parse_rtp(data)
         assert self._sdp is not None
         if packet is None or packet.payload_type != self._sdp.payload_type:
             return
         depacketizer = self._depacketizer
-        if depacketizer is None:
-            self._video_packet(packet)
-            return
+        assert depacketizer is not None
         if packet.timestamp != self._picture_timestamp:
             self._picture_timestamp = packet.timestamp
             self._picture_arrival = time.time()
@@ -433,17 +434,22 @@ class _Session(CameraStream):
         self.frames += 1
         self._sink(Frame(camera.name, camera._next_sequence(), self._picture_arrival, jpeg))
 
-    def _video_packet(self, packet: RtpPacket) -> None:
+    def _video_packet(self, data: bytes) -> None:
         video, framer = self._h26x, self._framer
         assert video is not None
         assert framer is not None
-        if packet.timestamp != self._picture_timestamp:
-            self._picture_timestamp = packet.timestamp
-            self._picture_arrival = time.time()
+        assert self._sdp is not None
+        assert self._sdp.payload_type is not None
+        units = video.feed(data, self._sdp.payload_type)
+        if not units:
+            return
+        # When the picture came (its last packet): the wall-clock time of a camera that
+        # sends no RTCP sender report.
+        arrival = time.time()
         stats = self._rtsp.stats
-        for unit in video.push(packet):
+        for unit in units:
             dropped = framer.dropped
-            frame = framer.push(unit, self._picture_arrival)
+            frame = framer.push(unit, arrival)
             stats.bad_parts += framer.dropped - dropped
             if frame is not None:
                 stats.frames += 1
