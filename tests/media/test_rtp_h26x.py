@@ -239,7 +239,7 @@ def test_a_new_picture_size_mid_stream_makes_a_new_init_segment(
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 def test_random_and_mangled_packets_never_crash(
