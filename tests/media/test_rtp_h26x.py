@@ -325,3 +325,20 @@ async def test_a_writer_process_records_the_same_bytes(
     assert [f.fragment for f in replayed] == [f.fragment for f in frames]
     decoded = decode(segment.path)
     assert (len(decoded.times), decoded.errors) == (30, "")
+
+
+async def test_a_picture_lost_before_the_recorder_costs_the_rest_of_its_keyframe_interval(
+    clips: dict[str, Clip], tmp_path: Path
+) -> None:
+    # A picture dropped on its way (a recorder queue full while the disk was): the pictures
+    # after it, up to the next keyframe, would not decode, and are not written.
+    frames = Receiver("H264").feed(packetize("H264", clips["H264"]))
+    async with Recorder(tmp_path / "r", tmp_path / "index.db") as recorder:
+        for frame in frames[:13] + frames[14:]:
+            recorder.write(frame)
+        await recorder.flush()
+        (segment,) = await recorder.segments("cam")
+        assert recorder.stats.frames_dropped == 6
+    assert segment.frames == 23
+    decoded = decode(segment.path)
+    assert (len(decoded.times), decoded.errors) == (23, "")

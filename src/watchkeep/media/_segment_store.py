@@ -84,6 +84,7 @@ class _Segment:
         "frames",
         "indexed_size",
         "init",
+        "last_sequence",
         "last_write",
         "path",
         "rel",
@@ -120,6 +121,7 @@ class _Segment:
         self.dirty = True
         self.closing = False
         self.last_write = time.monotonic()
+        self.last_sequence = -1  # of the last picture written
 
     def info(self) -> SegmentInfo:
         return SegmentInfo(self.camera, self.path, self.start, self.end, self.frames, self.size)
@@ -332,7 +334,11 @@ class SegmentStore:
                     )
                     continue
                 end = done + 1
-                while end < len(batch) and not self._must_rotate(segment, batch[end]):
+                while (
+                    end < len(batch)
+                    and not self._must_rotate(segment, batch[end])
+                    and _follows(batch[end - 1], batch[end])
+                ):
                     end += 1
                 wave.append((segment, batch, done, end))
             outcomes = self._write_wave(
@@ -352,11 +358,17 @@ class SegmentStore:
                     todo.append((batch, end))
 
     def _fits(self, record: Record) -> bool:
-        """Whether ``record`` can be written: it starts a segment, or follows a keyframe."""
+        """Whether ``record`` can be written: it starts a segment, or is the H.264/H.265
+        picture right after the last one written in its camera's file (after a picture lost
+        on the way, those up to the next keyframe could not be decoded)."""
         if record[5] is not None:
             return True
         segment = self._open.get(record[0])
-        return segment is not None and segment.init is not None
+        return (
+            segment is not None
+            and segment.init is not None
+            and record[1] == segment.last_sequence + 1
+        )
 
     def _must_rotate(self, segment: _Segment, record: Record) -> bool:
         start = record[5]
@@ -455,6 +467,7 @@ class SegmentStore:
                 segment.end = max(segment.end, max(r[2] for r in records))
                 segment.dirty = True
                 segment.last_write = time.monotonic()
+                segment.last_sequence = records[-1][1]
             outcomes.append(written)
         return outcomes
 
@@ -675,6 +688,12 @@ class SegmentStore:
                 log.warning("recordings: cannot delete %s: %s", self.root / rel, exc)
         log.info("recordings: retention removed %d segments", len(victims))
         return len(victims)
+
+
+def _follows(previous: Record, record: Record) -> bool:
+    """Whether ``record`` may follow ``previous`` in a file: a JPEG or a keyframe always; any
+    other H.264/H.265 picture only if it is the next one (none lost between)."""
+    return record[5] is not None or record[1] == previous[1] + 1
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -45,8 +45,10 @@ __all__ = ["CameraService"]
 log = logging.getLogger("watchkeep.recording")
 
 MAX_PLAYBACK_SPAN = 24 * 3600.0
-# H.264/H.265 pictures kept for new viewers (from the last keyframe), at most.
+# H.264/H.265 pictures kept for new viewers (from the last keyframe), at most: one keyframe
+# interval per camera (about 0.5 MB at 4 Mbit/s and a keyframe a second).
 _MAX_GOP = 600
+_MAX_GOP_BYTES = 8 * 1024 * 1024
 # More pictures than this waiting for one viewer: it skips to the latest keyframe among them.
 _LAG_FRAMES = 8
 GIL_SWITCH_INTERVAL = 0.0005
@@ -68,6 +70,7 @@ class _Camera:
         # H.264/H.265: the pictures since the last keyframe (where a new viewer starts), and
         # the last fragment as viewers get it (moof and mdat in one message), made once.
         self.since_keyframe: list[Frame] = []
+        self._kept = 0  # bytes of those pictures
         self._fragment: tuple[Frame | None, bytes] = (None, b"")
 
     def live_fragment(self, frame: Frame) -> bytes:
@@ -108,8 +111,13 @@ class _Camera:
             self.since_keyframe.clear()
         elif frame.keyframe:
             self.since_keyframe = [frame]
-        elif self.since_keyframe and len(self.since_keyframe) < _MAX_GOP:
+            self._kept = len(frame.jpeg)
+        elif self.since_keyframe:
+            self._kept += len(frame.jpeg)
             self.since_keyframe.append(frame)
+            if len(self.since_keyframe) > _MAX_GOP or self._kept > _MAX_GOP_BYTES:
+                # A camera with keyframes far apart: new viewers wait for the next one.
+                self.since_keyframe = []
         self.hub.publish(frame)
         try:
             self.recorder.write(frame)
