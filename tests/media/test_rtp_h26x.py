@@ -6,6 +6,7 @@ size, and random bytes. FFmpeg decodes what comes out."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import sqlite3
@@ -23,6 +24,7 @@ from watchkeep.media import Frame, Recorder
 from watchkeep.media._h26x import ParameterSets, nal_type
 from watchkeep.media._rtp_h26x import AccessUnit, H26xFramer, RtpH26xDepacketizer
 from watchkeep.media._rtp_jpeg import parse_rtp
+from watchkeep.media._rtsp_camera import parse_sdp
 
 Clip = list[list[bytes]]  # access units, each a list of NAL units
 MTU = 600
@@ -342,3 +344,41 @@ async def test_a_picture_lost_before_the_recorder_costs_the_rest_of_its_keyframe
     assert segment.frames == 23
     decoded = decode(segment.path)
     assert (len(decoded.times), decoded.errors) == (23, "")
+
+
+def test_the_session_description_names_the_codec_and_its_parameter_sets() -> None:
+    sps, pps = bytes.fromhex("6742c01e95a014016c84"), bytes.fromhex("68ce3c80")
+    h264 = parse_sdp(
+        "v=0\r\ns=cam\r\nm=audio 0 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n"
+        "a=rtpmap:96 H264/90000\r\na=control:trackID=1\r\n"
+        "a=fmtp:96 packetization-mode=1;profile-level-id=42c01e;sprop-parameter-sets="
+        f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}\r\n"
+    )
+    assert (h264.codec, h264.payload_type, h264.clock_rate, h264.control) == (
+        "H264",
+        96,
+        90000,
+        "trackID=1",
+    )
+    assert h264.parameter_sets() == ParameterSets("H264", None, sps, pps)
+
+    vps, hsps, hpps = b"\x40\x01\x0c", b"\x42\x01\x01", b"\x44\x01\xc0"
+    h265 = parse_sdp(
+        "v=0\r\nm=video 0 RTP/AVP 97\r\na=rtpmap:97 H265/90000\r\na=fmtp:97 "
+        + ";".join(
+            f"sprop-{k}={base64.b64encode(v).decode()}"
+            for k, v in (("vps", vps), ("sps", hsps), ("pps", hpps))
+        )
+    )
+    assert h265.codec == "H265"
+    assert h265.parameter_sets() == ParameterSets("H265", vps, hsps, hpps)
+
+    # Parameter sets that do not decode are left for the stream to bring.
+    broken = parse_sdp(
+        "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 sprop-parameter-sets=%%%,\r\n"
+    )
+    assert broken.parameter_sets() == ParameterSets("H264", None, None, None)
+
+    # A codec watchkeep does not record is named, and none is chosen.
+    mpeg4 = parse_sdp("m=video 0 RTP/AVP 96\r\na=rtpmap:96 MP4V-ES/90000\r\n")
+    assert (mpeg4.codecs, mpeg4.payload_type) == (("MP4V-ES",), None)
