@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from watchkeep.media import Frame, Recorder
 from watchkeep.media._h26x import ParameterSets, nal_type
-from watchkeep.media._rtp_h26x import AccessUnit, H26xFramer, RtpH26xDepacketizer
+from watchkeep.media._rtp_h26x import AccessUnit, H26xFramer, RtpH26xDepacketizer, sender_report
 from watchkeep.media._rtp_jpeg import parse_rtp
 from watchkeep.media._rtsp_camera import parse_sdp
 
@@ -382,3 +382,25 @@ def test_the_session_description_names_the_codec_and_its_parameter_sets() -> Non
     # A codec watchkeep does not record is named, and none is chosen.
     mpeg4 = parse_sdp("m=video 0 RTP/AVP 96\r\na=rtpmap:96 MP4V-ES/90000\r\n")
     assert (mpeg4.codecs, mpeg4.payload_type) == (("MP4V-ES",), None)
+
+
+def test_a_sender_report_puts_the_pictures_on_the_cameras_clock(clips: dict[str, Clip]) -> None:
+    # RTCP SR (RFC 3550 6.4.1): the camera says RTP time 1000 was 2026-12-02 08:00:00 UTC
+    # by its clock (NTP seconds since 1900), a minute away from when the pictures arrive.
+    wall = 1_796_198_400.0
+    report = struct.pack(
+        "!BBHIIIIII", 0x80, 200, 6, 7, int(wall) + 2_208_988_800, 1 << 31, 1000, 0, 0
+    )
+    assert sender_report(report) == (1000, wall + 0.5)
+    assert sender_report(b"\x80\xc9\x00\x01" + bytes(4)) is None  # a receiver report only
+    receiver = Receiver("H264")
+    receiver.framer.sender_report(1000, wall)
+    frames = receiver.feed(packetize("H264", clips["H264"], first_timestamp=1000 + 90_000))
+    # The first picture is one second after the report's moment, whatever the arrival time.
+    assert frames[0].timestamp == pytest.approx(wall + 1.0, abs=1e-5)
+    assert frames[-1].timestamp == pytest.approx(wall + 1.0 + 29 / 25, abs=1e-5)
+
+    arriving = Receiver("H264")  # no report: the arrival time of the first picture
+    assert arriving.feed(packetize("H264", clips["H264"]))[0].timestamp == pytest.approx(
+        1_800_000_000.0
+    )
