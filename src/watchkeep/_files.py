@@ -11,7 +11,13 @@ from pathlib import Path
 
 from watchkeep.errors import OutputNotWritable, UsageError
 
-__all__ = ["atomic_write", "atomic_write_together", "make_directory", "resolve_owner"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_together",
+    "fsync_directory",
+    "make_directory",
+    "resolve_owner",
+]
 
 
 def resolve_owner(user: str | None) -> tuple[int, int] | None:
@@ -72,12 +78,17 @@ def atomic_write_together(
                     tmp.unlink()
         raise
     for directory in dict.fromkeys(path.parent for _, path in staged):
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the names in ``directory`` (renames into it) durable, as far as it can be done."""
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def make_directory(directory: Path, *, private: bool, owner: tuple[int, int] | None = None) -> None:

@@ -60,6 +60,23 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("ms", "api", "DELETE", "/api/v1/users/{name}"): 401,
     ("ms", "api", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,
     ("ms", "api", "POST", "/api/v1/cameras/{name}/stream-token"): 401,
+    # Enrollment tokens: administrators make, list and withdraw them
+    ("ms", "api", "POST", "/api/v1/enrollments"): 401,
+    ("ms", "api", "GET", "/api/v1/enrollments"): 401,
+    ("ms", "api", "DELETE", "/api/v1/enrollments/{name}"): 401,
+    # public: a joining server's credential is its one-time token (this body has none)
+    ("ms", "api", "POST", "/api/v1/join"): 400,
+    # The management client: its page and files are public (they hold no data: every
+    # call they make presents the user's token), the API it added is not.
+    ("ms", "api", "GET", "/"): 200,
+    ("ms", "api", "GET", "/web/{name}"): 404,  # no file "cam1"
+    ("ms", "api", "GET", "/api/v1/site/breaches"): 401,
+    ("ms", "api", "GET", "/api/v1/certificates"): 401,
+    ("ms", "api", "POST", "/api/v1/certificates/{name}/revoke"): 401,
+    ("ms", "api", "GET", "/api/v1/ca/details"): 401,
+    ("ms", "api", "GET", "/api/v1/doctor"): 401,
+    ("ms", "api", "PATCH", "/api/v1/cameras/{name}"): 401,
+    ("ms", "api", "PATCH", "/api/v1/users/{name}"): 401,
     # The recording server's data streams.
     ("rs1", "data", "GET", "/api/v1/status"): 401,
     ("rs1", "data", "GET", "/metrics"): 200,  # public: expiry metrics
@@ -95,6 +112,15 @@ ADMIN_ONLY = [
     ("POST", "/api/v1/users", {"name": "op2", "password": "op2-password", "role": "administrator"}),
     ("DELETE", "/api/v1/users/admin", None),
     ("PATCH", "/api/v1/servers/rs1", {"address": "127.0.0.99"}),
+    (
+        "POST",
+        "/api/v1/enrollments",
+        {"name": "evil", "role": "recording", "host": "evil.site.test"},
+    ),
+    ("DELETE", "/api/v1/enrollments/rs1", None),
+    ("POST", "/api/v1/certificates/management-ms.site.test/revoke", {"reason": "superseded"}),
+    ("PATCH", "/api/v1/cameras/cam1", {"recording_server": "rs1"}),
+    ("PATCH", "/api/v1/users/admin", {"role": "operator"}),
 ]
 
 
@@ -205,6 +231,7 @@ def test_an_operator_gets_403_on_every_state_changing_route_and_nothing_changes(
     body: Any,
 ) -> None:  # fmt: skip
     before = security_site.status()
+    tokens_before = security_site.api("GET", "/api/v1/enrollments")
     status, headers, reply = http_request(
         security_site.management, "api", path, ca=security_site.home.ca_cert, method=method,
         body=json.dumps(body).encode() if body is not None else None, token=operator_token,
@@ -217,6 +244,7 @@ def test_an_operator_gets_403_on_every_state_changing_route_and_nothing_changes(
         (s["name"], s["encryption"]) for s in before["servers"]
     ]
     assert after["cameras"] == before["cameras"]
+    assert security_site.api("GET", "/api/v1/enrollments") == tokens_before
 
 
 def test_an_operator_may_read_what_it_is_allowed_to(

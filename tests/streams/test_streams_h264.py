@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import chromium, new_page, nss_home
 from PIL import Image, ImageStat
-from stream_support import add_camera, add_user, build_site, cli_ok, request
+from playwright.sync_api import Page
+from stream_support import DEADLINE, add_camera, add_user, build_site, cli_ok, request
 
+from browser_support import chromium, nss_home
 from rtsp_support import gst_rtsp_camera, h264_bars, h265_bars
 from watchkeep.media import read_video_file
 from watchkeep.site import ServerRole
@@ -286,6 +287,13 @@ def test_export_of_a_motion_jpeg_camera(site: LocalSite, tmp_path: Path) -> None
     assert found["errors"] == ""
 
 
+def new_page(browser: Any) -> Page:
+    # ignore_https_errors=False: a certificate the browser cannot verify stops the page.
+    page: Page = browser.new_context(ignore_https_errors=False).new_page()
+    page.set_default_timeout(DEADLINE * 1000)
+    return page
+
+
 def not_blank(png: bytes) -> bool:
     """Whether a screenshot shows a picture (colour bars), not one flat colour."""
     picture = Image.open(io.BytesIO(png)).convert("L")
@@ -302,7 +310,8 @@ def test_the_web_client_plays_the_camera_live_and_recorded(site: LocalSite, tmp_
     first, _ = recorded_span(site, 3)
     mobile = site.servers["mobile1"]
     password_file = add_user(site, "web-viewer", "operator", ["door", "yard"])
-    with chromium(nss_home(tmp_path / "home", site.home.ca_cert), mobile) as browser:
+    home = nss_home(tmp_path / "home", site.home.ca_cert)
+    with chromium(home, {mobile.host: mobile.address}) as browser:
         page = new_page(browser)
         page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
         page.fill("#user", "web-viewer")

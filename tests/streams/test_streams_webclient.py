@@ -1,13 +1,8 @@
 """The mobile server's web client in a real browser: headless Chromium (Debian's, driven by
 Playwright) logs in over HTTPS and shows live video.
 
-How Chromium comes to trust the site CA: on Linux it takes user-added trust anchors from
-the NSS database in ``$HOME/.pki/nssdb``. Each browser here runs with a HOME of its own
-whose database holds the site CA (added with NSS's certutil, from libnss3-tools) or
-nothing. So the browser verifies the mobile server exactly as a user's would: chain to an
-installed CA, host name in the SAN, validity. The alternative, an SPKI allow-list
-(--ignore-certificate-errors-spki-list), would only silence errors for one key and could
-not show that a browser without the CA refuses the server.
+How the browser comes to trust the site CA (its own NSS database) and reaches the site by
+its host names: tests/browser_support.py.
 
 Given the shared encrypted site (`streams_site`): mobile1 serves the web client on HTTPS
 and redirects its plain HTTP port there.
@@ -16,14 +11,32 @@ and redirects its plain HTTP port there.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from browser_support import chromium, new_page, nss_home
-from playwright.sync_api import Error, Page
-from stream_support import add_user, request
+from playwright.sync_api import Browser, Error, Page
+from stream_support import DEADLINE, add_user, request
 
-from watchkeep.testing import LocalSite, eventually
+from browser_support import chromium as browser_for
+from browser_support import nss_home
+from watchkeep.testing import LocalServer, LocalSite, eventually
+
+TIMEOUT_MS = DEADLINE * 1000
+
+
+@contextmanager
+def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
+    with browser_for(home, {mobile.host: mobile.address}) as browser:
+        yield browser
+
+
+def _page(browser: Browser) -> Page:
+    # ignore_https_errors=False: a certificate the browser cannot verify stops the page.
+    page = browser.new_context(ignore_https_errors=False).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
 
 
 def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
@@ -32,7 +45,7 @@ def test_a_browser_without_the_site_ca_refuses_the_mobile_server(
     mobile = streams_site.servers["mobile1"]
     # Given a browser that trusts no watchkeep CA
     with chromium(nss_home(tmp_path, None), mobile) as browser:
-        page = new_page(browser)
+        page = _page(browser)
         # When it opens the web client over HTTPS
         with pytest.raises(Error) as refused:
             page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
@@ -52,7 +65,7 @@ def test_the_web_client_logs_in_and_shows_live_video(
     screenshot = tmp_path / "webclient.png"
     # Given a browser that trusts the site CA
     with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
-        page = new_page(browser)
+        page = _page(browser)
 
         # When it opens the mobile server's plain HTTP address
         page.goto(f"http://{mobile.host}:{mobile.ports['http']}/")
@@ -96,7 +109,7 @@ def test_logging_out_of_the_web_client_stops_the_video_and_revokes_its_token(
     mobile = streams_site.servers["mobile1"]
     password_file = add_user(streams_site, "web-leaver", "operator", ["cam1"])
     with chromium(nss_home(tmp_path / "home", streams_site.home.ca_cert), mobile) as browser:
-        page = new_page(browser)
+        page = _page(browser)
         page.goto(f"https://{mobile.host}:{mobile.ports['https']}/")
         # Given an operator logged in and watching cam1
         assert page.locator("#logout").is_hidden()

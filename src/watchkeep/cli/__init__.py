@@ -24,6 +24,8 @@ _COMMANDS = {
     "trust": ("watchkeep.cli._trust", "trust stores"),
     "server": ("watchkeep.cli._server", "run a watchkeep server"),
     "site": ("watchkeep.cli._site", "the site: servers and cameras"),
+    "enroll": ("watchkeep.cli._enroll", "one-time tokens with which servers join the site"),
+    "join": ("watchkeep.cli._join", "join the site with a token (on the new server's machine)"),
     "encryption": ("watchkeep.cli._site", "turn a server's encryption on or off"),
     "camera": ("watchkeep.cli._video", "the site's cameras"),
     "user": ("watchkeep.cli._user", "the site's users"),

@@ -62,22 +62,30 @@ async def _run(root: Path, duration: float | None, refresh: float) -> int:
         say(f"watchkeep demo: building a site in {root}")
         site.init_ca("watchkeep Demo Site CA")
         say(f"  certificate authority: {site.home.ca_cert}")
+        ms = site.add_server("ms", ServerRole.MANAGEMENT)
+        say(
+            f"  ms: management server {ms.host} on {ms.address}, with the CA beside it "
+            f"(certificate {ms.chain.name}, key mode 0600)"
+        )
+        site.start("ms")  # from this thread: a server dies with the thread that started it
+        site.connect_cli()
+        say("  every other server joins with a one-time token, into a home of its own:")
         for name, role in [
-            ("ms", ServerRole.MANAGEMENT),
             ("rs1", ServerRole.RECORDING),
             ("rs2", ServerRole.RECORDING),
             ("fo1", ServerRole.FAILOVER),
             ("mobile1", ServerRole.MOBILE),
         ]:
-            server = site.add_server(name, role)
+            server = await asyncio.to_thread(site.join_server, name, role)
             say(
-                f"  {name}: {role.value} server {server.host} on {server.address}, certificate "
-                f"{server.chain.name}, key mode 0600, CA in {server.trust_dir}"
+                f"  {name}: watchkeep enroll create --name {name} --role {role.value} --host "
+                f"{server.host} --ip {server.address}; on its machine: watchkeep --home "
+                f"{server.directory.parent.parent} join TOKEN (key made there, mode 0600)"
             )
         for name in site.servers:
-            site.start(name)  # from this thread: a server dies with the thread that started it
+            if name != "ms":
+                site.start(name)
         say("  all servers started as separate processes")
-        site.connect_cli()
         await _build(site)
         await _watch(site, stop, duration, refresh)
         return 0

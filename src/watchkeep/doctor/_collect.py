@@ -140,10 +140,23 @@ async def collect_snapshot(
     warn_days: tuple[int, ...] = DEFAULT_WARN_DAYS,
     cli: str = "watchkeep",
     timeout: float = PROBE_TIMEOUT,
+    own_status: tuple[str, Mapping[str, Any], Path | None] | None = None,
 ) -> SiteSnapshot:
-    """Read this host's files, ask the management server, probe every TLS listener."""
-    local, config_errors = read_local_servers([*home.server_configs(), *server_configs])
-    answer = await _ask_management(home, timeout * 2)
+    """Read this host's files, ask the management server, probe every TLS listener.
+
+    ``own_status`` is (name, site status, trust store) when the management server itself
+    runs the doctor: it has the status at hand and does not ask itself over the network.
+    """
+    # A config named twice (found in the home and passed as well) is read once.
+    configs: dict[Path, Path] = {}
+    for path in [*home.server_configs(), *server_configs]:
+        configs.setdefault(path.resolve(), path)
+    local, config_errors = read_local_servers(configs.values())
+    if own_status is None:
+        answer = await _ask_management(home, timeout * 2)
+    else:
+        answer = _Answer()
+        answer.management, answer.status, answer.trust_dir = own_status
     trust_dir = answer.trust_dir or (home.trust_dir if home.trust_dir.is_dir() else None)
     home_trust = read_trust_store(HOME_PARTY, trust_dir) if trust_dir is not None else None
     stores = [home_trust] if home_trust is not None else []

@@ -80,9 +80,11 @@ class LocalSite:
 
     # -- laying out ----------------------------------------------------------------------
 
-    def init_ca(self, name: str = "watchkeep Test Site CA") -> None:
+    def init_ca(
+        self, name: str = "watchkeep Test Site CA", key_type: KeyType = KeyType.ECDSA_P256
+    ) -> None:
         self.home.ensure()
-        self.pki.init_ca(name, key_type=KeyType.ECDSA_P256)
+        self.pki.init_ca(name, key_type=key_type)
         self.password_file.write_text(secrets.token_urlsafe(ADMIN_PASSWORD_LENGTH) + "\n")
         self.password_file.chmod(0o600)
         self.registration_key_file.write_text(secrets.token_urlsafe(24) + "\n")
@@ -119,6 +121,38 @@ class LocalSite:
         if trust:
             self.trust(server)
         self.write_config(server)
+        return server
+
+    def join_server(
+        self, name: str, role: ServerRole, *, service_account: str | None = None
+    ) -> LocalServer:
+        """Add a server the way a new machine joins a site: the administrator makes a
+        one-time token (the management server must run and the CLI be connected), and
+        `watchkeep join` on the "machine" (a home of the server's own, below
+        ``machines/NAME``) makes its key, gets its certificate and writes its config. Nothing
+        of it is written by the site: only the token goes across."""
+        address = f"{self.network}.{self._next_host}"
+        self._next_host += 1
+        host = f"{name}.{self.domain}"
+        made = self.api(
+            "POST",
+            "/api/v1/enrollments",
+            {"name": name, "role": role.value, "host": host, "ips": [address], "ttl": "10m"},
+        )
+        machine = Home(self.root / "machines" / name)
+        command = ["join", made["token"], "--json"]
+        if service_account is not None:
+            command += ["--service-account", service_account]
+        ran = subprocess.run(
+            [sys.executable, "-m", "watchkeep", "--home", str(machine.root), *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if ran.returncode != 0:
+            raise SiteCommandFailed(f"watchkeep join (for {name})", ran.stderr.strip())
+        server = LocalServer.laid_out(machine, name, role, host, address, dict(DEFAULT_PORTS[role]))
+        self.servers[name] = server
         return server
 
     def issue(self, server: LocalServer, **kwargs: Any) -> None:

@@ -19,7 +19,12 @@ from aiohttp import web
 
 from watchkeep._clock import utcnow
 from watchkeep.client import ApiError, call_json, open_session
-from watchkeep.errors import ConnectionFailed, PlaintextToTlsPort, TlsToPlaintextPort
+from watchkeep.errors import (
+    ConnectionFailed,
+    PlaintextToTlsPort,
+    TlsToPlaintextPort,
+    WatchkeepError,
+)
 from watchkeep.servers._base import ServerProcess
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
@@ -64,6 +69,7 @@ class LinkedServer(ServerProcess):
         self._user_requests: dict[int, tuple[dict[str, Any], asyncio.BaseTransport | None]] = {}
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
+        self._signer: tuple[tuple[int, int], Any, Any] | None = None  # (files' stamp, key, cert)
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -226,15 +232,18 @@ class LinkedServer(ServerProcess):
         )
         # Every server proves who it is on the encrypted management link.
         context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
+        path = f"/api/v1/servers/{self.config.name}/heartbeat"
+        body = self.heartbeat_body()
         try:
             config = await call_json(
                 session,
                 endpoint,
                 "POST",
-                f"/api/v1/servers/{self.config.name}/heartbeat",
+                path,
                 ssl_context=context,
-                body=self.heartbeat_body(),
+                body=body,
                 trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
+                headers=None if tls else self._signature(path, body),
             )
         except PlaintextToTlsPort:
             # The management server turned encryption on: follow it (never the other way
@@ -282,6 +291,26 @@ class LinkedServer(ServerProcess):
             else:
                 await self.apply_config(config, authenticated=tls)
         self.registered.set()
+
+    def _signature(self, path: str, body: dict[str, Any]) -> dict[str, str] | None:
+        """On a plaintext link, a server without the shared registration key (one that
+        joined with a token) signs its heartbeat with its certificate's key
+        (watchkeep.servers._signed): nothing secret crosses the network."""
+        if self.link.registration_key or self.config.key is None or self.config.certificate is None:
+            return None
+        from watchkeep.pki import load_certificate, load_private_key
+        from watchkeep.servers._signed import sign_request
+
+        try:
+            stamp = (self.config.key.stat().st_mtime_ns, self.config.certificate.stat().st_mtime_ns)
+            if self._signer is None or self._signer[0] != stamp:
+                key = load_private_key(self.config.key)
+                self._signer = (stamp, key, load_certificate(self.config.certificate))
+        except (OSError, WatchkeepError) as exc:
+            self._refused(f"cannot sign the heartbeat with {self.config.key}: {exc}")
+            return None
+        _stamp, key, cert = self._signer
+        return sign_request(key, cert, "POST", path, body, utcnow())
 
     def _refused(self, message: str) -> None:
         if message != self.last_refusal:

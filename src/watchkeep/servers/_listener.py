@@ -96,8 +96,27 @@ class ListenerLimits:
             )
 
     def runner(self, app: web.Application) -> web.AppRunner:
-        """The runner of an application served by listeners with these limits."""
+        """The runner of an application served by listeners with these limits (and with
+        the headers every answer of the site carries, `security_headers`)."""
+        if security_headers not in app.on_response_prepare:
+            app.on_response_prepare.append(security_headers)
         return web.AppRunner(app, access_log=None, keepalive_timeout=self.idle_timeout)
+
+
+# Two years, as Mozilla's and hstspreload.org's guidance asks. Once a browser has reached a
+# host over HTTPS it refuses that host in plaintext (every port) this long: a server whose
+# encryption is turned off again is out of such a browser's reach, as it should be.
+HSTS_MAX_AGE = 63_072_000
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """What every answer of every listener of the site says to a browser: never sniff a
+    content type, never show this in a frame, and, over TLS, never come back in plaintext
+    (Strict-Transport-Security, which browsers take from HTTPS answers only)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.secure:
+        response.headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE}")
 
 
 class Listener:

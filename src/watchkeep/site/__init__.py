@@ -15,6 +15,7 @@ from watchkeep.site._rules import (
     identity_change,
     plan_failover,
     registration_blocker,
+    site_breaches,
     visible_servers,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "identity_change",
     "plan_failover",
     "registration_blocker",
+    "site_breaches",
     "visible_servers",
 ]

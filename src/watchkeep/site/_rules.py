@@ -14,6 +14,7 @@ __all__ = [
     "identity_change",
     "plan_failover",
     "registration_blocker",
+    "site_breaches",
     "visible_servers",
 ]
 
@@ -120,6 +121,72 @@ def encryption_blockers(
             )
         )
     return blockers
+
+
+def site_breaches(
+    servers: Sequence[Server],
+    *,
+    ca_fingerprint: str | None,
+    now: dt.datetime,
+    warn_days: Sequence[int],
+) -> list[RuleBreach]:
+    """The rules the running site breaks now, as an administrator must hear of them.
+
+    site.ms_requires_all_rs: the management server encrypted while a recording or failover
+    server is not. site.failover_prepared: a failover server that could not take over an
+    encrypted recording server's cameras. cert.validity / cert.expiry_warning: a server's
+    certificate expired, or inside the first (largest) warning threshold.
+    """
+    found: list[RuleBreach] = []
+    management = next((s for s in servers if s.role is ServerRole.MANAGEMENT), None)
+    recorders = [s for s in servers if s.role.records]
+    if management is not None and management.encryption:
+        found += [
+            RuleBreach(
+                code="site.ms_requires_all_rs",
+                server=rs.name,
+                message=f"the management server is encrypted but this {rs.role.value} "
+                "server is not: the link between them is refused",
+                fix=f"watchkeep encryption enable --server {rs.name}",
+            )
+            for rs in recorders
+            if not rs.encryption
+        ]
+    if any(s.encryption for s in recorders if s.role is ServerRole.RECORDING):
+        for fo in (s for s in servers if s.role is ServerRole.FAILOVER):
+            found += [
+                b
+                for b in _readiness_blockers(fo, ca_fingerprint)
+                if b.code == "site.failover_prepared" and b not in found
+            ]
+    warn_from = dt.timedelta(days=max(warn_days, default=0))
+    for server in servers:
+        cert = server.readiness.certificate if server.readiness else None
+        if cert is None:
+            continue
+        left = cert.not_after - now
+        if left <= dt.timedelta(0):
+            found.append(
+                RuleBreach(
+                    code="cert.validity",
+                    server=server.name,
+                    message=f"its certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC: "
+                    "every peer refuses it",
+                    fix=f"watchkeep cert renew {server.role.value}-{server.host}",
+                )
+            )
+        elif left <= warn_from:
+            found.append(
+                RuleBreach(
+                    code="cert.expiry_warning",
+                    server=server.name,
+                    message=f"its certificate expires in {left / dt.timedelta(days=1):.0f} "
+                    f"day(s), on "
+                    f"{cert.not_after:%Y-%m-%d} UTC",
+                    fix=f"watchkeep cert renew {server.role.value}-{server.host}",
+                )
+            )
+    return found
 
 
 def registration_blocker(server: Server, management: Server) -> RuleBreach | None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["cameras", "certificates", "metadata", "servers", "settings", "site_metadata", "users"]
+__all__ = [
+    "cameras",
+    "certificates",
+    "enrollments",
+    "metadata",
+    "servers",
+    "settings",
+    "site_metadata",
+    "users",
+]
 
 metadata = sa.MetaData()
 
@@ -78,4 +87,23 @@ settings = sa.Table(
     site_metadata,
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.JSON, nullable=False),
+)
+
+# Enrollment tokens the management server issued: what each binds, a hash of its secret
+# (never the secret), and whether it is pending, used (the server joined) or withdrawn.
+enrollments = sa.Table(
+    "enrollments",
+    site_metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, index=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("host", sa.String(253), nullable=False),
+    sa.Column("ips", sa.JSON, nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | used | withdrawn
+    sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("serial", sa.String(64), nullable=True),  # the certificate signed at the join
 )

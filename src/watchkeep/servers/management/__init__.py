@@ -8,6 +8,8 @@ server registration (mutual TLS when encrypted) and failover. One module per job
 - ``_users``: the site's users
 - ``_cameras``: cameras, their stream tokens and snapshots
 - ``_registration``: heartbeats, and each server bound to what it registered as
+- ``_enrollment``: one-time tokens, servers joining with them (their CSRs signed), and the
+  certificate that proves a joined server's heartbeats
 - ``_pushes``: each server's configuration, in heartbeat answers and pushed
 - ``_failover``: failover servers standing in for recording servers
 - ``_encryption``: encryption switched per server, within the site's rules

@@ -9,6 +9,8 @@ import hmac
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +32,13 @@ from watchkeep.site import (
     registration_blocker,
 )
 
-__all__ = ["Registration"]
+__all__ = ["JoinedCheck", "Registration"]
+
+# Whether a server joined with a token, and the refusal of its heartbeat if unproven
+# (servers/management/_enrollment.py).
+JoinedCheck = Callable[
+    [web.Request, str, dict[str, Any], ServerRole, str, str], tuple[bool, web.Response | None]
+]
 
 log = logging.getLogger("watchkeep.management")
 
@@ -58,8 +66,10 @@ class Registration:
         sessions: Sessions,
         pushes: ConfigPushes,
         failover: Failover,
+        joined: JoinedCheck | None = None,
     ) -> None:
         self.config = config
+        self.joined = joined
         self.site = site
         self.sessions = sessions
         self.pushes = pushes
@@ -87,8 +97,19 @@ class Registration:
         if role is ServerRole.MANAGEMENT:
             return problem(400, "bad heartbeat", "a management server does not register")
         camera_problems = _camera_problems(body.get("camera_problems"))
+        # A server that joined with a token proves itself with its certificate instead of
+        # the shared registration key.
+        joined, refused_join = (
+            self.joined(request, name, body, role, host, address) if self.joined else (False, None)
+        )
+        if refused_join is not None:
+            return refused_join
         key = self.config.registration_key
-        if key and not hmac.compare_digest(str(body.get("registration_key", "")), key):
+        if (
+            key
+            and not joined
+            and not hmac.compare_digest(str(body.get("registration_key", "")), key)
+        ):
             return problem(
                 401,
                 "registration refused",

@@ -19,8 +19,12 @@ from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
 from watchkeep.servers._renewal import Renewer
+from watchkeep.servers.management._camera_moves import CameraMoves
 from watchkeep.servers.management._cameras import Cameras
+from watchkeep.servers.management._certificates import Certificates
+from watchkeep.servers.management._doctor_api import Doctor
 from watchkeep.servers.management._encryption import Encryption
+from watchkeep.servers.management._enrollment import Enrollments
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
@@ -28,8 +32,10 @@ from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
+from watchkeep.servers.management._site_rules import SiteRules
 from watchkeep.servers.management._status import Status
 from watchkeep.servers.management._users import Users
+from watchkeep.servers.management._webclient import WebClient, refuse_cross_origin
 from watchkeep.site import Server, ServerRole
 from watchkeep.store import SiteStore
 from watchkeep.tls import ClientAuth
@@ -72,14 +78,23 @@ class ManagementServer(ServerProcess):
             lambda: self.client_ssl_context(present_certificate=True),
         )
         self.failover = Failover(config, self.site, self.pushes.push)
+        self.enrollments = Enrollments(
+            config, self.site, self.sessions, self.trust, self.pushes.trust_payload
+        )
         self.registration = Registration(
-            config, self.site, self.sessions, self.pushes, self.failover
+            config,
+            self.site,
+            self.sessions,
+            self.pushes,
+            self.failover,
+            joined=self.enrollments.check_heartbeat,
         )
         self.users = Users(config, self.store, self.sessions)
         jobs: list[Job] = [
             Login(config, self.site, self.sessions),
             self.users,
             self.registration,
+            self.enrollments,
             Cameras(
                 config,
                 self.site,
@@ -96,7 +111,7 @@ class ManagementServer(ServerProcess):
                 switch_own_listener=self._switch_listener_soon,
                 spawn_push=self._spawn_push,
             ),
-            Status(
+            status := Status(
                 config,
                 self.site,
                 self.sessions,
@@ -104,8 +119,24 @@ class ManagementServer(ServerProcess):
                 camera_problems=self.registration.camera_problems,
                 site_ca_fingerprint=self._site_ca_fingerprint,
             ),
+            # the management web client, and the API only it needed
+            WebClient(self.site),
+            SiteRules(
+                config, self.site, self.sessions, site_ca_fingerprint=self._site_ca_fingerprint
+            ),
+            Certificates(
+                config, self.site, self.sessions, self.renewer, spawn_push=self._spawn_push
+            ),
+            Doctor(
+                config,
+                self.sessions,
+                site_status=lambda: status.status_json({"role": "administrator"}),
+            ),
+            CameraMoves(self.site, self.sessions, self.failover, spawn_push=self._spawn_push),
         ]
-        self.app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+        self.app = web.Application(
+            middlewares=[errors, refuse_cross_origin], client_max_size=1 << 20
+        )
         for job in jobs:
             job.add_routes(self.app.router)
         self.app.router.add_get("/metrics", self.metrics)

@@ -84,32 +84,33 @@ class Status:
         )
 
     async def site_status(self, request: web.Request) -> web.Response:
-        claims = self.sessions.claims(request)
+        return web.json_response(self.status_json(self.sessions.claims(request)))
+
+    def status_json(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """The site status as the user of ``claims`` may see it (`site status --json`)."""
         # An operator sees the cameras it may view, and not where they come from.
         administrator = claims.get("role") == "administrator"
         now = utcnow()
-        return web.json_response(
-            {
-                "servers": [self.server_json(s, now) for s in self._visible(claims)],
-                "cameras": [
-                    {
-                        "name": c.name,
-                        "recording_server": c.served_by,
-                        "assigned_server": c.recording_server,
-                        **({"source": redacted_source(c.source)} if administrator else {}),
-                        # Why the camera sends its recording server no pictures, if it
-                        # does not (from that server's last heartbeat).
-                        "problem": self._camera_problems.get(c.served_by or "", {}).get(c.name),
-                    }
-                    for c in self.site.cameras()
-                    if may_view(claims, c.name)
-                ],
-                "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
-                "renewals": [
-                    r.as_json() for r in (self.renewer.states.values() if self.renewer else [])
-                ],
-            }
-        )
+        return {
+            "servers": [self.server_json(s, now) for s in self._visible(claims)],
+            "cameras": [
+                {
+                    "name": c.name,
+                    "recording_server": c.served_by,
+                    "assigned_server": c.recording_server,
+                    **({"source": redacted_source(c.source)} if administrator else {}),
+                    # Why the camera sends its recording server no pictures, if it
+                    # does not (from that server's last heartbeat).
+                    "problem": self._camera_problems.get(c.served_by or "", {}).get(c.name),
+                }
+                for c in self.site.cameras()
+                if may_view(claims, c.name)
+            ],
+            "site_ca_sha256_fingerprint": self._site_ca_fingerprint(),
+            "renewals": [
+                r.as_json() for r in (self.renewer.states.values() if self.renewer else [])
+            ],
+        }
 
     async def list_servers(self, request: web.Request) -> web.Response:
         claims = self.sessions.claims(request)

@@ -1,22 +1,29 @@
-"""Real browsers for the stream tests: headless Chromium (Debian's, through Playwright)
-with a HOME of its own whose NSS database trusts the site CA, or nothing (see
-test_streams_webclient.py for why NSS and not an SPKI allow-list)."""
+"""Real Chromium for the tests (Debian's /usr/bin/chromium, driven by Playwright), reaching
+a site by its host names and trusting its CA the way a user's browser would.
+
+How Chromium comes to trust the site CA: on Linux it takes user-added trust anchors from
+the NSS database in ``$HOME/.pki/nssdb``. Each browser here runs with a HOME of its own
+whose database holds the site CA (added with NSS's certutil, from libnss3-tools) or
+nothing. So the browser verifies a server exactly as a user's would: chain to an
+installed CA, host name in the SAN, validity. The alternative, an SPKI allow-list
+(--ignore-certificate-errors-spki-list), would only silence errors for one key and could
+not show that a browser without the CA refuses the server.
+
+The site's host names are in no DNS: ``--host-resolver-rules`` maps each to its loopback
+address, and every other name to nowhere.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, sync_playwright
-from stream_support import DEADLINE
-
-from watchkeep.testing import LocalServer
+from playwright.sync_api import Browser, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = DEADLINE * 1000
 
 
 def nss_home(root: Path, ca: Path | None) -> Path:
@@ -36,7 +43,10 @@ def nss_home(root: Path, ca: Path | None) -> Path:
 
 
 @contextmanager
-def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
+def chromium(home: Path, hosts: Mapping[str, str]) -> Iterator[Browser]:
+    """Headless Chromium with HOME ``home``, resolving each of ``hosts`` (name ->
+    address)."""
+    rules = ", ".join(f"MAP {name} {address}" for name, address in hosts.items())
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -48,18 +58,10 @@ def chromium(home: Path, mobile: LocalServer) -> Iterator[Browser]:
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
-                # The site's host names are in no DNS: map the mobile server's to its address.
-                f"--host-resolver-rules=MAP {mobile.host} {mobile.address}",
+                f"--host-resolver-rules={rules}",
             ],
         )
         try:
             yield browser
         finally:
             browser.close()
-
-
-def new_page(browser: Browser) -> Page:
-    # ignore_https_errors=False: a certificate the browser cannot verify stops the page.
-    page = browser.new_context(ignore_https_errors=False).new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    return page

@@ -1,0 +1,188 @@
+// Cameras: administrators add (MJPEG or RTSP URL; the password goes to the API once and
+// is never shown again: the API answers with the URL redacted), move and remove them;
+// everyone sees a live grid of the cameras they may view, and one camera alone with
+// playback of a chosen time range.
+
+import {call, get, isAdministrator, post, remove, patch} from "./api.js";
+import {clear, h, problemBlock} from "./dom.js";
+
+const SNAPSHOT_INTERVAL = 1000;
+let timers = [];
+let objectUrls = [];
+
+export function leave() {
+  for (const timer of timers) clearInterval(timer);
+  timers = [];
+  for (const url of objectUrls) URL.revokeObjectURL(url);
+  objectUrls = [];
+}
+
+// Live video straight from the recording server (MJPEG, with a stream token) where the
+// browser may load it: over TLS, or from a plain page. Else (a plaintext recording server
+// seen from an HTTPS page, which a browser blocks as mixed content) the latest picture
+// through the management server, once a second.
+async function showLive(img, camera) {
+  const grant = await post(`/api/v1/cameras/${encodeURIComponent(camera)}/stream-token`);
+  if (!img.isConnected) return grant;  // the view changed meanwhile
+  if (grant.encryption || location.protocol === "http:") {
+    const scheme = grant.encryption ? "https" : "http";
+    img.src = `${scheme}://${grant.host}:${grant.port}/api/v1/cameras/${encodeURIComponent(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`;
+    img.dataset.source = "live";
+    return grant;
+  }
+  img.dataset.source = "snapshot";
+  const refresh = async () => {
+    try {
+      const picture = await call("GET", `/api/v1/cameras/${encodeURIComponent(camera)}/snapshot.jpg`);
+      const url = URL.createObjectURL(picture);
+      objectUrls.push(url);
+      const old = img.src;
+      img.src = url;
+      if (old.startsWith("blob:")) {
+        URL.revokeObjectURL(old);
+        objectUrls = objectUrls.filter((u) => u !== old);
+      }
+    } catch (error) {
+      img.alt = `no picture from ${camera}: ${error.message}`;
+    }
+  };
+  await refresh();
+  timers.push(setInterval(refresh, SNAPSHOT_INTERVAL));
+  return grant;
+}
+
+function addForm(servers, context) {
+  const result = h("div", {id: "camera-add-result"});
+  const field = (id, label, input) => h("p", {}, h("label", {for: id}, label), input);
+  const form = h("form", {id: "camera-add", "aria-labelledby": "camera-add-title"},
+    h("h3", {id: "camera-add-title"}, "Add a camera"),
+    field("camera-name", "Name", h("input", {id: "camera-name", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]*"})),
+    field("camera-kind", "Kind", h("select", {id: "camera-kind"},
+      h("option", {value: "rtsp"}, "RTSP (rtsp:// or rtsps://)"),
+      h("option", {value: "mjpeg"}, "MJPEG over HTTP(S)"))),
+    field("camera-url", "URL (without user and password)", h("input", {id: "camera-url", type: "url", required: true, placeholder: "rtsp://camera.example:554/stream"})),
+    field("camera-user", "Camera user (optional)", h("input", {id: "camera-user", autocomplete: "off"})),
+    field("camera-password", "Camera password (optional; never shown again)", h("input", {id: "camera-password", type: "password", autocomplete: "new-password"})),
+    field("camera-server", "Recording server", h("select", {id: "camera-server"},
+      servers.map((s) => h("option", {value: s.name}, s.name)))),
+    h("p", {}, h("button", {type: "submit"}, "Add camera")),
+    result);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const value = (id) => form.querySelector(`#${id}`).value;
+    const password = value("camera-password");
+    form.querySelector("#camera-password").value = "";
+    let url;
+    try {
+      url = new URL(value("camera-url"));
+    } catch {
+      result.replaceChildren(h("p", {class: "problem", role: "alert"}, "The URL is not a URL."));
+      return;
+    }
+    if (value("camera-user")) url.username = encodeURIComponent(value("camera-user"));
+    if (password) url.password = encodeURIComponent(password);
+    try {
+      await post("/api/v1/cameras", {
+        name: value("camera-name"),
+        recording_server: value("camera-server"),
+        source: {kind: value("camera-kind"), url: url.href},
+      });
+    } catch (error) {
+      result.replaceChildren(problemBlock(error));
+      return;
+    }
+    await context.show("cameras");
+  });
+  return form;
+}
+
+function cameraControls(camera, servers, context) {
+  const select = h("select", {id: `move-${camera.name}`, "aria-label": `Recording server of ${camera.name}`},
+    servers.map((s) => h("option", {value: s.name, selected: s.name === camera.assigned_server}, s.name)));
+  const result = h("span", {});
+  return h("p", {class: "controls"},
+    select, " ",
+    h("button", {type: "button", onclick: async () => {
+      try {
+        await patch(`/api/v1/cameras/${encodeURIComponent(camera.name)}`, {recording_server: select.value});
+      } catch (error) {
+        result.replaceChildren(problemBlock(error));
+        return;
+      }
+      await context.show("cameras");
+    }}, `Assign ${camera.name}`), " ",
+    h("button", {type: "button", class: "danger", "data-remove": camera.name, onclick: async () => {
+      if (!window.confirm(`Remove camera ${camera.name}? Its recordings stay on its recording server.`)) return;
+      try {
+        await remove(`/api/v1/cameras/${encodeURIComponent(camera.name)}`);
+      } catch (error) {
+        result.replaceChildren(problemBlock(error));
+        return;
+      }
+      await context.show("cameras");
+    }}, `Remove ${camera.name}`),
+    result);
+}
+
+function single(container, camera, context) {
+  leave();
+  clear(container);
+  const img = h("img", {alt: `live view of ${camera.name}`, "data-camera": camera.name, class: "single"});
+  const now = new Date();
+  const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  const from = h("input", {id: "playback-from", type: "datetime-local", step: 1, value: local(new Date(now - 60000))});
+  const to = h("input", {id: "playback-to", type: "datetime-local", step: 1, value: local(now)});
+  const playback = h("img", {alt: `playback of ${camera.name}`, id: "playback", hidden: true});
+  const result = h("div", {});
+  const form = h("form", {id: "playback-form", "aria-labelledby": "playback-title"},
+    h("h3", {id: "playback-title"}, "Playback"),
+    h("p", {}, h("label", {for: "playback-from"}, "From (local time)"), from),
+    h("p", {}, h("label", {for: "playback-to"}, "To (local time)"), to),
+    h("p", {}, h("button", {type: "submit"}, "Play")),
+    result, playback);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    result.replaceChildren();
+    const start = Date.parse(from.value) / 1000;
+    const end = Date.parse(to.value) / 1000;
+    try {
+      const grant = await post(`/api/v1/cameras/${encodeURIComponent(camera.name)}/stream-token`);
+      const scheme = grant.encryption ? "https" : "http";
+      playback.src = `${scheme}://${grant.host}:${grant.port}/api/v1/cameras/${encodeURIComponent(camera.name)}/playback.mjpeg?from=${start}&to=${end}&token=${encodeURIComponent(grant.token)}`;
+      playback.hidden = false;
+    } catch (error) {
+      result.replaceChildren(problemBlock(error));
+    }
+  });
+  const heading = h("h2", {tabindex: "-1", id: "view-title"}, `Camera ${camera.name}`);
+  container.append(...[heading,
+    h("p", {}, h("button", {type: "button", id: "back", onclick: () => context.show("cameras")}, "Back to all cameras")),
+    h("figure", {}, img, h("figcaption", {}, `${camera.name} (${camera.recording_server})`)),
+    camera.problem ? h("p", {class: "problem", role: "alert"}, `${camera.name} sends no pictures: ${camera.problem}`) : null,
+    form,
+  ].filter((part) => part !== null));
+  heading.focus();
+  showLive(img, camera.name).catch((error) => container.append(problemBlock(error)));
+}
+
+export async function render(container, context) {
+  const status = await get("/api/v1/site/status");
+  const admin = isAdministrator();
+  const recorders = status.servers.filter((s) => s.role === "recording");
+  const grid = h("ul", {class: "grid", id: "camera-grid"});
+  for (const camera of status.cameras) {
+    const img = h("img", {alt: `live view of ${camera.name}`, "data-camera": camera.name});
+    grid.append(h("li", {"data-camera": camera.name},
+      h("figure", {}, img,
+        h("figcaption", {},
+          h("a", {href: `#cameras/${camera.name}`, onclick: (event) => { event.preventDefault(); single(container, camera, context); }},
+            camera.name),
+          ` (${camera.recording_server})`,
+          admin && camera.source ? h("span", {class: "source"}, ` ${camera.source.url || camera.source.kind}`) : null)),
+      camera.problem ? h("p", {class: "problem", role: "alert"}, `Sends no pictures: ${camera.problem}`) : null,
+      admin ? cameraControls(camera, recorders, context) : null));
+    showLive(img, camera.name).catch((error) => { img.alt = `${camera.name}: ${error.message}`; });
+  }
+  container.append(status.cameras.length ? grid : h("p", {}, "No camera you may view."));
+  if (admin) container.append(addForm(recorders, context));
+}
