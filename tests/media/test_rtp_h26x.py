@@ -200,8 +200,14 @@ def test_a_missing_parameter_set_is_waited_for(
         for i, unit in enumerate(clips["H264"])
     ]
     receiver = Receiver("H264")
+    packets = packetize("H264", units)
+    first_keyframe_interval = packets[: len(packetize("H264", units[:10]))]
     with caplog.at_level(logging.INFO, "watchkeep.media"):
-        frames = receiver.feed(packetize("H264", units))
+        assert receiver.feed(first_keyframe_interval) == []
+        # What the camera's problem says (in the site status) meanwhile
+        assert "without its SPS" in (receiver.framer.problem or "")
+        frames = receiver.feed(packets[len(first_keyframe_interval) :])
+    assert receiver.framer.problem is None
     assert len(frames) == 20
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1

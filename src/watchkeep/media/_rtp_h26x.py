@@ -278,6 +278,11 @@ class H26xFramer:
         self._duration = TIMESCALE // 25
         self._fragments = 0
 
+    @property
+    def problem(self) -> str | None:
+        """Why pictures are being dropped now (logged once), or None."""
+        return self._problem
+
     def sender_report(self, rtp: int, wall: float) -> None:
         """An RTCP sender report: the camera's wall-clock time at RTP time ``rtp``."""
         if self._origin is None:

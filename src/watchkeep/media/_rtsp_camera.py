@@ -446,11 +446,17 @@ class _Session(CameraStream):
         # When the picture came (its last packet): the wall-clock time of a camera that
         # sends no RTCP sender report.
         arrival = time.time()
-        stats = self._rtsp.stats
+        camera = self._rtsp
+        stats = camera.stats
         for unit in units:
             dropped = framer.dropped
             frame = framer.push(unit, arrival)
-            stats.bad_parts += framer.dropped - dropped
+            if framer.dropped != dropped:
+                stats.bad_parts += framer.dropped - dropped
+                if framer.problem is not None and stats.last_error != framer.problem:
+                    # Shown as the camera's problem (site status) until a picture comes.
+                    stats.last_error = framer.problem
+                    camera._frames_at_failure = stats.frames
             if frame is not None:
                 stats.frames += 1
                 self.frames += 1
