@@ -32,6 +32,26 @@ def jpeg_files(pattern: str, width: int, height: int, fps: int = 25) -> str:
     )
 
 
+def h264_bars(width: int = 320, height: int = 240, fps: int = 25, bframes: int = 0) -> str:
+    """A live colour-bar pipeline, H.264-encoded by x264 (a keyframe a second), sent by
+    GStreamer's RTP/H.264 payloader (RFC 6184: single NAL units and FU-A)."""
+    profile = "main" if bframes else "constrained-baseline"
+    return (
+        f"videotestsrc is-live=true ! video/x-raw,format=I420,width={width},height={height},"
+        f"framerate={fps}/1 ! x264enc key-int-max={fps} bframes={bframes} speed-preset=ultrafast"
+        f" ! video/x-h264,profile={profile} ! rtph264pay name=pay0 pt=96"
+    )
+
+
+def h265_bars(width: int = 320, height: int = 240, fps: int = 25) -> str:
+    """The same, H.265-encoded by x265, sent by the RTP/H.265 payloader (RFC 7798)."""
+    return (
+        f"videotestsrc is-live=true ! video/x-raw,format=I420,width={width},height={height},"
+        f"framerate={fps}/1 ! x265enc key-int-max={fps} speed-preset=ultrafast "
+        "tune=zerolatency ! rtph265pay name=pay0 pt=96"
+    )
+
+
 @contextlib.contextmanager
 def gst_rtsp_camera(
     address: str,

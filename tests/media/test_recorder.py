@@ -228,7 +228,8 @@ async def test_frames_waiting_to_be_written_are_not_walked_by_the_garbage_collec
 
 def as_frames(records: list[tuple[Any, ...]]) -> list[Frame]:
     return [
-        Frame(camera, sequence, timestamp, jpeg) for camera, sequence, timestamp, jpeg, _ in records
+        Frame(camera, sequence, timestamp, jpeg)
+        for camera, sequence, timestamp, jpeg, _header, _start in records
     ]
 
 

@@ -1,8 +1,9 @@
 """Failover: a viewer of a camera follows it to the failover server when its recording
-server dies, and keeps getting verified, encrypted video.
+server dies, and keeps getting verified, encrypted video, Motion JPEG and H.264 alike.
 
 Given a site of its own (this module kills servers): a management server, rs1 recording
-cam1, and fo1 standing by as its failover server, all encrypted through the CLI.
+cam1 (synthetic, Motion JPEG) and door (H.264, GStreamer's RTSP server), and fo1 standing
+by as its failover server, all encrypted through the CLI.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_support import DEADLINE, add_camera, assert_frame_from, build_site, parse_mjpeg_file
+from stream_support import (
+    DEADLINE,
+    add_camera,
+    assert_frame_from,
+    build_site,
+    cli_ok,
+    parse_mjpeg_file,
+)
 
+from rtsp_support import gst_rtsp_camera, h264_bars
 from watchkeep.client import SiteClient
 from watchkeep.client._video import view_camera
 from watchkeep.media import DEFAULT_BOUNDARY, MultipartParser
@@ -29,8 +38,18 @@ FRAMES_BEFORE = 10
 FRAMES_AFTER = 30
 
 
+CAMERA_ADDRESS = "127.0.63.9"
+
+
 @pytest.fixture(scope="module")
-def failover_site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
+def h264_camera(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("rtsp") / "gst.log"
+    with gst_rtsp_camera(CAMERA_ADDRESS, {"/h264": h264_bars()}, log=log) as port:
+        yield f"rtsp://{CAMERA_ADDRESS}:{port}/h264"
+
+
+@pytest.fixture(scope="module")
+def failover_site(site_factory: Callable[[str], LocalSite], h264_camera: str) -> LocalSite:
     site = site_factory("failover")
     build_site(
         site,
@@ -41,6 +60,7 @@ def failover_site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
         ],
     )
     add_camera(site, "cam1", "rs1")
+    cli_ok(site, "camera", "add", "door", "--recording-server", "rs1", "--rtsp-url", h264_camera)
     site.encrypt("rs1", "fo1", "ms")
     return site
 
@@ -56,6 +76,7 @@ def site(failover_site: LocalSite) -> Iterator[LocalSite]:
     def back_on_rs1() -> bool:
         status = failover_site.status()
         assert cameras_by_name(status)["cam1"]["recording_server"] == "rs1"
+        assert cameras_by_name(status)["door"]["recording_server"] == "rs1"
         assert servers_by_name(status)["fo1"]["covering"] is None
         return True
 
@@ -157,3 +178,47 @@ def test_watchkeep_view_follows_the_camera_to_the_failover_server(
     assert report["servers"] == ["rs1", "fo1"], report
     assert report["encrypted"] is True, report
     assert len(parse_mjpeg_file(out)) == FRAMES_BEFORE + FRAMES_AFTER
+
+
+def test_an_h264_viewer_follows_its_camera_to_the_failover_server_encrypted(
+    site: LocalSite, tmp_path: Path
+) -> None:
+    # Given `watchkeep view` writing door (H.264) from rs1 into an MP4 file
+    eventually(lambda: cameras_by_name(site.status())["door"]["problem"] is None, what="door up")
+    out = tmp_path / "door.mp4"
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "watchkeep", "--home", str(site.home.root), "view", "door",
+         "--frames", "60", "--out", str(out), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        eventually(
+            lambda: out.exists() and out.read_bytes().count(b"moof") >= 10,
+            what="the viewer has written pictures",
+        )
+        # When rs1 is killed
+        site.kill("rs1")
+        stdout, stderr = viewer.communicate(timeout=DEADLINE * 3)
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.communicate()
+
+    # Then the file goes on with fo1's pictures, over verified TLS, and all of it decodes
+    assert viewer.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["servers"] == ["rs1", "fo1"], report
+    assert report["encrypted"] is True, report
+    assert report["frames"] == 60, report
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+         "stream=codec_name,nb_read_frames", "-of", "csv=p=0", str(out)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "h264,60"
+    decoding = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(out), "-f", "null", "-"], capture_output=True, text=True
+    )
+    assert decoding.stderr == ""
+    fo1_recordings = site.servers["fo1"].directory / "data" / "recordings" / "door"
+    assert list(fo1_recordings.glob("*.mp4")), "fo1 recorded no H.264 file of door"

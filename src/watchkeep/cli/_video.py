@@ -22,7 +22,11 @@ def register(groups: Any) -> None:
     view.add_argument("camera", metavar="CAMERA")
     view.add_argument("--frames", type=int, default=None, help="stop after N frames")
     view.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
-    view.add_argument("--out", type=Path, help="write the frames as an MJPEG file")
+    view.add_argument(
+        "--out",
+        type=Path,
+        help="write the frames as an MJPEG file, or as FILE.mp4 (H.264/H.265 cameras: only so)",
+    )
     add_json(view)
     view.set_defaults(handler=_view)
 
@@ -32,7 +36,11 @@ def register(groups: Any) -> None:
         "--from", dest="start", required=True, help="ISO 8601 time or UTC seconds"
     )
     playback.add_argument("--to", dest="end", required=True, help="ISO 8601 time or UTC seconds")
-    playback.add_argument("--out", type=Path, help="write the frames as an MJPEG file")
+    playback.add_argument(
+        "--out",
+        type=Path,
+        help="write the frames as an MJPEG file, or as FILE.mp4 (H.264/H.265 cameras: only so)",
+    )
     add_json(playback)
     playback.set_defaults(handler=_playback)
 
@@ -47,8 +55,8 @@ def register(groups: Any) -> None:
     )
     kind.add_argument(
         "--rtsp-url",
-        help="an IP camera's RTSP URL streaming Motion JPEG (rtsp:// or rtsps://;"
-        " USER:PASSWORD@ in it)",
+        help="an IP camera's RTSP URL streaming H.264, H.265 or Motion JPEG (rtsp:// or"
+        " rtsps://; USER:PASSWORD@ in it)",
     )
     kind.add_argument(
         "--synthetic", default="640x360@10", metavar="WxH@FPS", help="a generated camera"
@@ -68,7 +76,8 @@ def register(groups: Any) -> None:
     remove.set_defaults(handler=_camera_remove)
 
 
-def _parse_time(text: str) -> float:
+def parse_time(text: str) -> float:
+    """UTC seconds of an ISO 8601 time (UTC when it names no zone) or of a number."""
     from watchkeep.errors import UsageError
 
     with contextlib.suppress(ValueError):
@@ -86,11 +95,13 @@ def _parse_time(text: str) -> float:
 
 def _view(args: argparse.Namespace) -> int:
     from watchkeep.client import SiteClient
-    from watchkeep.client._video import view_camera
+    from watchkeep.client._video import view_camera, view_camera_mp4
     from watchkeep.errors import UsageError
 
     if args.frames is None and args.seconds is None:
         raise UsageError("say when to stop", fix="pass --frames N or --seconds S")
+
+    mp4 = args.out is not None and args.out.suffix.lower() == ".mp4"
 
     async def run(out: IO[bytes] | None) -> Any:
         # SIGINT or SIGTERM ends the view early; the report covers what arrived.
@@ -98,6 +109,11 @@ def _view(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         async with SiteClient(home_of(args)) as client:
+            if mp4:
+                assert out is not None
+                return await view_camera_mp4(
+                    client, args.camera, out, frames=args.frames, duration=args.seconds
+                )
             return await view_camera(
                 client,
                 args.camera,
@@ -117,7 +133,13 @@ def _playback(args: argparse.Namespace) -> int:
     from watchkeep.client import SiteClient
     from watchkeep.client._video import playback_camera
 
-    start, end = _parse_time(args.start), _parse_time(args.end)
+    start, end = parse_time(args.start), parse_time(args.end)
+    if args.out is not None and args.out.suffix.lower() == ".mp4":
+        from watchkeep.cli._export import export_to, summarize
+
+        exported = export_to(args, args.camera, start, end, args.out, show_progress=not args.json)
+        summarize(exported, args.json)
+        return 0
 
     async def run(out: IO[bytes] | None) -> Any:
         async with SiteClient(home_of(args)) as client:

@@ -30,6 +30,7 @@ __all__ = [
     "playback_camera",
     "stream_frames",
     "view_camera",
+    "view_camera_mp4",
 ]
 
 
@@ -216,3 +217,131 @@ async def playback_camera(
                 out.write(MJPEG_PART_END)
     report.seconds = time.monotonic() - began
     return report
+
+
+async def view_camera_mp4(
+    client: SiteClient,
+    camera: str,
+    out: ByteSink,
+    *,
+    frames: int | None,
+    duration: float | None = None,
+    reconnect_for: float = 30.0,
+) -> ViewReport:
+    """Write the live pictures of an H.264/H.265 camera to ``out`` as a fragmented MP4 (the
+    init segment, then the fragments as the recording server sends them over its live
+    WebSocket), from the last keyframe, until ``frames`` pictures or ``duration`` seconds,
+    following the camera to whichever recording server records it (a server that takes
+    over starts again at a keyframe). It stops early if the stream changes (a new picture
+    size: another init segment than the file's)."""
+    report = ViewReport(camera)
+    began = time.monotonic()
+    view = _Mp4View(out, report, frames)
+    failures: list[WatchkeepError] = []
+    try:
+        async with asyncio.timeout(duration):
+            async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=client.resolver()),
+                timeout=aiohttp.ClientTimeout(connect=5, sock_read=5),
+            ) as session:
+                while not view.done:
+                    try:
+                        await _pull_mp4(client, camera, session, view)
+                    except (ConnectionFailed, ApiError, TimeoutError, aiohttp.ClientError) as exc:
+                        failure = (
+                            exc
+                            if isinstance(exc, WatchkeepError)
+                            else PeerTimedOut(camera, f"the live stream broke off: {exc!r}")
+                        )
+                        failures.append(failure)
+                    if view.done:
+                        break
+                    if time.monotonic() - view.last_picture > reconnect_for:
+                        raise failures[-1] if failures else PeerTimedOut(camera, "no picture")
+                    report.reconnects += 1
+                    await asyncio.sleep(0.5)
+    except TimeoutError:
+        if duration is None or time.monotonic() - began < duration:
+            raise
+        if report.frames == 0 and failures:
+            raise failures[-1] from None
+    report.seconds = time.monotonic() - began
+    return report
+
+
+class _Mp4View:
+    """What a live MP4 view has written: the file's init segment, the pictures."""
+
+    def __init__(self, out: ByteSink, report: ViewReport, frames: int | None) -> None:
+        self.out = out
+        self.report = report
+        self.frames = frames
+        self.init: bytes | None = None
+        self.expect_init = False
+        self.done = False
+        self.last_picture = time.monotonic()
+
+    def take(self, data: bytes) -> None:
+        report = self.report
+        if self.expect_init:
+            self.expect_init = False
+            if self.init is None:
+                self.init = data
+            elif data != self.init:
+                self.done = True  # another stream: not in this file
+                return
+            else:
+                return  # the same stream, from another server: the file goes on
+        elif data[4:8] == b"moof":
+            if self.init is None:
+                return
+            report.frames += 1
+            self.last_picture = time.monotonic()
+        else:
+            return
+        self.out.write(data)
+        report.bytes += len(data)
+        if self.frames is not None and report.frames >= self.frames:
+            self.done = True
+
+
+async def _pull_mp4(
+    client: SiteClient, camera: str, session: aiohttp.ClientSession, view: _Mp4View
+) -> None:
+    access = await client.stream_access(camera)
+    endpoint = access.endpoint
+    report = view.report
+    if not report.servers or report.servers[-1] != endpoint.server:
+        report.servers.append(endpoint.server)
+    report.encrypted = endpoint.tls
+    url = f"{'wss' if endpoint.tls else 'ws'}://{endpoint.host}:{endpoint.port}"
+    url += f"/api/v1/cameras/{camera}/live.ws"
+    try:
+        socket = await session.ws_connect(
+            url,
+            headers={"Authorization": f"Bearer {access.token}"},
+            ssl=client_context(client.trust) if endpoint.tls else False,
+            max_msg_size=64 * 1024 * 1024,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise ApiError(exc.status, {"detail": exc.message}, endpoint) from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise await explain_connection_failure(
+            exc, endpoint, trust_dir=client.connection.trust_store
+        ) from exc
+    async with socket:
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                view.expect_init = True
+                continue
+            if message.type != aiohttp.WSMsgType.BINARY:
+                break
+            data: bytes = message.data
+            if data[:2] == b"WK":
+                raise WatchkeepError(
+                    f"camera {camera} sends Motion JPEG",
+                    fix="write it as an MJPEG file: --out FILE.mjpeg",
+                )
+            view.take(data)
+            if view.done:
+                return

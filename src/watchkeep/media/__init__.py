@@ -5,12 +5,16 @@ The stream path, end to end::
     camera (SyntheticCamera / MjpegCamera / RtspCamera) --Frame--> FrameHub --> live subscribers
                                                \\--> Recorder --> segments + index --> playback
 
-A :class:`Frame` is immutable and shared: no stage copies the JPEG bytes. MJPEG and
-WebSocket output helpers build only the small headers around them.
+A :class:`Frame` is immutable and shared: no stage copies the picture's bytes. MJPEG and
+WebSocket output helpers build only the small headers around them. H.264 and H.265 frames
+come with their fragmented MP4 header and init segment, made once as they arrive: the same
+bytes are recorded, sent live and served as HLS byte ranges.
 """
 
 from watchkeep.media._errors import InvalidPlaybackRange, RecordingDiskFull, UnknownCamera
+from watchkeep.media._fmp4 import InitSegment
 from watchkeep.media._frame import Frame, validate_camera_name
+from watchkeep.media._hls import HlsSegment, hls_playlist, hls_segments
 from watchkeep.media._hub import FrameHub, Subscription
 from watchkeep.media._mjpeg_camera import MjpegCamera, MjpegCameraStats
 from watchkeep.media._mjpeg_output import (
@@ -33,6 +37,7 @@ from watchkeep.media._source_config import (
 )
 from watchkeep.media._store_protocol import RepairReport, SegmentInfo
 from watchkeep.media._synthetic import SyntheticCamera
+from watchkeep.media._video_segment import VideoFile, read_video_file
 from watchkeep.media._wire import (
     WS_HEADER_SIZE,
     WsFrameHeader,
@@ -50,6 +55,8 @@ __all__ = [
     "CameraSource",
     "Frame",
     "FrameHub",
+    "HlsSegment",
+    "InitSegment",
     "InvalidPlaybackRange",
     "MjpegCamera",
     "MjpegCameraStats",
@@ -66,13 +73,17 @@ __all__ = [
     "Subscription",
     "SyntheticCamera",
     "UnknownCamera",
+    "VideoFile",
     "WsFrameHeader",
     "boundary_from_content_type",
     "frame_from_ws_message",
+    "hls_playlist",
+    "hls_segments",
     "mjpeg_content_type",
     "mjpeg_part",
     "mjpeg_part_head",
     "pack_ws_header",
+    "read_video_file",
     "redact_url",
     "redacted_source",
     "source_for",

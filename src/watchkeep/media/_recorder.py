@@ -25,6 +25,12 @@ from watchkeep.media._index import index_error, open_index, segments
 from watchkeep.media._segment import SegmentFormatError, SegmentReader, encode_record_header
 from watchkeep.media._segment_store import SegmentStore
 from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult, Store
+from watchkeep.media._video_segment import (
+    VIDEO_SUFFIX,
+    VideoFile,
+    VideoSegmentReader,
+    read_video_file,
+)
 from watchkeep.media._writer import WriterProcess
 
 __all__ = ["Recorder", "RecorderStats"]
@@ -259,9 +265,14 @@ class Recorder:
         # With a writer thread the record's CRC is computed here, on the event loop's thread
         # (a few microseconds a frame), so that the writer never lets the GIL go per frame;
         # a writer process makes it itself.
-        header = b"" if self.writer == "process" else encode_record_header(frame)
+        if frame.init is not None:  # H.264/H.265: the fragment header was made with it
+            header = frame.fragment
+            start: bytes | None = frame.init.data if frame.keyframe else None
+        else:
+            header = b"" if self.writer == "process" else encode_record_header(frame)
+            start = b""
         # A Record, a plain tuple: see its definition for why.
-        pending.append((frame.camera, frame.sequence, frame.timestamp, frame.jpeg, header))
+        pending.append((frame.camera, frame.sequence, frame.timestamp, frame.jpeg, header, start))
         self._pending_bytes += len(frame.jpeg)
         if self._pending_bytes > self.max_pending_bytes:
             self._drop_oldest()
@@ -363,6 +374,7 @@ class Recorder:
         stats.frames_written += result.frames_written
         stats.bytes_written += result.bytes_written
         stats.segments_removed += result.removed
+        stats.frames_dropped += result.skipped
         if result.flushed:
             stats.flushes += 1
         if result.unwritten:
@@ -407,7 +419,8 @@ class Recorder:
         return store.total_bytes
 
     def playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
-        """The recorded frames of ``camera`` with ``start <= timestamp < end``, in order.
+        """The recorded frames of ``camera`` with ``start <= timestamp < end``, in order
+        (H.264/H.265: from the keyframe at or before ``start``, in decode order).
 
         An absurd range (not finite, end before start, longer than ``max_playback_span``)
         raises :class:`InvalidPlaybackRange` at once; a camera never recorded here raises
@@ -419,6 +432,41 @@ class Recorder:
 
         Frames not flushed yet are included once the writer has put them in their segment.
         """
+        self._check_range(camera, start, end)
+        self._require_open()
+        return self._playback(camera, start, end)
+
+    async def video_files(
+        self, camera: str, start: float, end: float
+    ) -> list[tuple[SegmentInfo, VideoFile]]:
+        """The H.264/H.265 recording files of ``camera`` that hold pictures of ``[start,
+        end)``, each read (its init segment and fragments) up to what the writer completed.
+
+        Raises what :meth:`playback` raises for a bad range or an unknown camera.
+        """
+        self._check_range(camera, start, end)
+        plan = await self._plan(camera, start, end)
+        if not plan and not await self._known(camera):
+            raise UnknownCamera(camera)
+        found: list[tuple[SegmentInfo, VideoFile]] = []
+        for info in plan:
+            if info.path.suffix != VIDEO_SUFFIX:
+                continue
+            try:
+                video = await asyncio.to_thread(read_video_file, str(info.path), info.bytes)
+            except FileNotFoundError:
+                continue  # removed by retention since the plan was made
+            except (OSError, SegmentFormatError) as exc:
+                raise RecordingError(
+                    info.camera,
+                    f"cannot read a recording file: {exc}",
+                    path=str(info.path),
+                    fix="restart the recording server: opening the recordings repairs them",
+                ) from exc
+            found.append((info, video))
+        return found
+
+    def _check_range(self, camera: str, start: float, end: float) -> None:
         if not (math.isfinite(start) and math.isfinite(end)):
             raise InvalidPlaybackRange(camera, start, end, "start and end must be finite")
         if end < start:
@@ -430,8 +478,6 @@ class Recorder:
                 end,
                 f"it spans {end - start:.0f} s, over the maximum of {self.max_playback_span:.0f} s",
             )
-        self._require_open()
-        return self._playback(camera, start, end)
 
     async def _playback(self, camera: str, start: float, end: float) -> AsyncIterator[Frame]:
         plan = await self._plan(camera, start, end)
@@ -491,8 +537,9 @@ class Recorder:
     ) -> AsyncIterator[Frame]:
         for info in plan:
             try:
-                reader = await asyncio.to_thread(
-                    SegmentReader, str(info.path), info.bytes, start, end
+                kind = VideoSegmentReader if info.path.suffix == VIDEO_SUFFIX else SegmentReader
+                reader: SegmentReader | VideoSegmentReader = await asyncio.to_thread(
+                    kind, str(info.path), info.bytes, start, end
                 )
             except FileNotFoundError:
                 continue  # removed by retention since the plan was made

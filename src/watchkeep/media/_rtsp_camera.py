@@ -1,17 +1,22 @@
-"""RTSP cameras: Motion JPEG over RTP (RFC 2435), pulled over RTSP 1.0 (RFC 2326) with the
-media interleaved on the RTSP connection (``rtsp://``, or ``rtsps://`` over TLS).
+"""RTSP cameras: Motion JPEG over RTP (RFC 2435), H.264 (RFC 6184) or H.265 (RFC 7798),
+pulled over RTSP 1.0 (RFC 2326) with the media interleaved on the RTSP connection
+(``rtsp://``, or ``rtsps://`` over TLS).
 
 One TCP connection carries everything: OPTIONS, DESCRIBE (the SDP names the video and
 its codec), SETUP (``RTP/AVP/TCP;interleaved``, which crosses firewalls and NAT and loses
 nothing to UDP drops), PLAY, keep-alives, and the RTP packets framed by ``$``. Basic and
 Digest authentication (MD5 or SHA-256, RFC 7616) take the user name and password from
-the URL. A camera that offers no Motion JPEG (H.264 only, say) is refused with a line
-that says so and how to change it.
+the URL. A camera that offers none of these (raw video, MPEG-4 Part 2, say) is refused
+with a line that says what it offers and how to change it. H.264 and H.265 are recorded as
+the camera sends them: nothing is decoded (see :mod:`._rtp_h26x`); the camera's RTCP
+sender reports (channel 1) give the wall-clock time of its pictures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
@@ -24,12 +29,14 @@ from typing import ClassVar
 from urllib.parse import SplitResult, unquote
 
 from watchkeep.media._frame import Frame
+from watchkeep.media._h26x import CODECS, ParameterSets
 from watchkeep.media._network_camera import (
     CameraStream,
     NetworkCamera,
     StreamEnded,
     basic_authorization,
 )
+from watchkeep.media._rtp_h26x import H26xFramer, RtpH26xDepacketizer, sender_report
 from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
 
 __all__ = ["RtspCamera", "SdpVideo", "parse_sdp"]
@@ -37,20 +44,46 @@ __all__ = ["RtspCamera", "SdpVideo", "parse_sdp"]
 _MAX_MESSAGE = 64 * 1024  # an RTSP response head and body (an SDP is a few hundred bytes)
 _DEFAULT_SESSION_TIMEOUT = 60.0
 _STATIC_VIDEO = {26: "JPEG", 31: "H261", 32: "MPV", 33: "MP2T", 34: "H263"}
-_MJPEG_FIX = "set the camera's stream to Motion JPEG (MJPEG) in its settings, or pick its MJPEG stream's path"
+_RECORDED = ("JPEG", *CODECS)
+_CODEC_FIX = (
+    "set the camera's stream to H.264, H.265 or Motion JPEG in its settings, or pick the "
+    "path of such a stream"
+)
 
 
 @dataclass(frozen=True)
 class SdpVideo:
     """What watchkeep needs of a session description (RFC 4566): the video streams'
-    codecs, the first Motion JPEG stream's control URL and payload type, its size when
-    given (``a=x-dimensions``), and the session's own control URL."""
+    codecs, the first stream watchkeep records (Motion JPEG, H.264 or H.265): its codec,
+    control URL, payload type, clock rate, format parameters (``a=fmtp``: the parameter
+    sets of H.264 and H.265), its size when given (``a=x-dimensions``), and the session's
+    own control URL."""
 
     codecs: tuple[str, ...]
     control: str | None
     payload_type: int | None
     dimensions: tuple[int, int] | None
     session_control: str | None
+    codec: str | None = None
+    clock_rate: int = 90_000
+    fmtp: tuple[tuple[str, str], ...] = ()
+
+    def parameter_sets(self) -> ParameterSets:
+        """The H.264/H.265 parameter sets the SDP gives (``sprop-parameter-sets``,
+        ``sprop-vps/sps/pps``); those missing or unreadable are None."""
+        params = dict(self.fmtp)
+        codec = self.codec or "H264"
+        found: dict[str, bytes | None] = {"vps": None, "sps": None, "pps": None}
+        if codec == "H264":
+            for text in params.get("sprop-parameter-sets", "").split(","):
+                nal = _base64(text)
+                if nal:
+                    kind = nal[0] & 0x1F
+                    found[{7: "sps", 8: "pps"}.get(kind, "other")] = nal
+        else:
+            for which in ("vps", "sps", "pps"):
+                found[which] = _base64(params.get(f"sprop-{which}", "").split(",")[0])
+        return ParameterSets(codec, found["vps"], found["sps"], found["pps"])
 
 
 @dataclass
@@ -58,6 +91,8 @@ class _Media:
     kind: str
     formats: list[int]
     rtpmap: dict[int, str] = field(default_factory=dict)
+    clock: dict[int, int] = field(default_factory=dict)
+    fmtp: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     control: str | None = None
     dimensions: tuple[int, int] | None = None
 
@@ -82,7 +117,18 @@ def parse_sdp(text: str) -> SdpVideo:
             if name == "rtpmap":
                 payload_type, _, encoding = value.partition(" ")
                 if payload_type.strip().isdigit():
-                    current.rtpmap[int(payload_type)] = encoding.split("/")[0].strip().upper()
+                    name, _, rate = encoding.strip().partition("/")
+                    current.rtpmap[int(payload_type)] = name.strip().upper()
+                    rate = rate.partition("/")[0]
+                    if rate.isdigit():
+                        current.clock[int(payload_type)] = int(rate)
+            elif name == "fmtp":
+                payload_type, _, text = value.strip().partition(" ")
+                if payload_type.isdigit():
+                    pairs = (p.strip().partition("=") for p in text.split(";") if p.strip())
+                    current.fmtp[int(payload_type)] = tuple(
+                        (key.strip().lower(), val.strip()) for key, _, val in pairs
+                    )
             elif name == "control":
                 current.control = value.strip()
             elif name == "x-dimensions":
@@ -98,21 +144,32 @@ def parse_sdp(text: str) -> SdpVideo:
             codec = entry.rtpmap.get(number) or _STATIC_VIDEO.get(number, f"payload type {number}")
             if codec not in codecs:
                 codecs.append(codec)
-            if chosen is None and codec == "JPEG":
-                chosen = SdpVideo((), entry.control, number, entry.dimensions, session_control)
+            if chosen is None and codec in _RECORDED:
+                chosen = SdpVideo(
+                    (),
+                    entry.control,
+                    number,
+                    entry.dimensions,
+                    session_control,
+                    codec,
+                    entry.clock.get(number, 90_000),
+                    entry.fmtp.get(number, ()),
+                )
     if chosen is None:
         return SdpVideo(tuple(codecs), None, None, None, session_control)
     return dataclasses.replace(chosen, codecs=tuple(codecs))
 
 
 class RtspCamera(NetworkCamera):
-    """A camera streaming Motion JPEG over RTSP at ``url`` (``rtsp://`` port 554, or
-    ``rtsps://`` port 322 over TLS, verified with ``ssl_context``).
+    """A camera streaming Motion JPEG, H.264 or H.265 over RTSP at ``url`` (``rtsp://``
+    port 554, or ``rtsps://`` port 322 over TLS, verified with ``ssl_context``).
 
-    Frames are numbered by a local counter and stamped with the arrival time of their
-    first packet (a camera's own clock is often wrong; the recording server's is the one
-    the site keeps). A picture with a lost packet is dropped and counted in
-    ``stats.bad_parts``. Every other failure (refused, wrong password, no MJPEG, no data
+    Frames are numbered by a local counter. Motion JPEG pictures are stamped with the
+    arrival time of their first packet (a camera's own clock is often wrong; the recording
+    server's is the one the site keeps); H.264/H.265 pictures with their RTP time, mapped to
+    wall-clock time as :class:`~watchkeep.media._rtp_h26x.H26xFramer` says. A picture with a
+    lost packet is dropped and counted in ``stats.bad_parts`` (H.264/H.265: up to the next
+    keyframe). Every other failure (refused, wrong password, no MJPEG, no data
     within ``read_timeout``) ends the connection with a reason in ``stats.last_error``,
     logged, and the camera is tried again with back-off.
     """
@@ -158,6 +215,8 @@ class _Session(CameraStream):
         self._sdp: SdpVideo | None = None
         self._channel = 0
         self._depacketizer: RtpJpegDepacketizer | None = None
+        self._h26x: RtpH26xDepacketizer | None = None
+        self._framer: H26xFramer | None = None
         self._picture_timestamp: int | None = None
         self._picture_arrival = 0.0
         self._playing = False
@@ -222,8 +281,13 @@ class _Session(CameraStream):
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
                 if end - pos < 4 + length:
                     break
-                if data[pos + 1] == self._channel and self._depacketizer is not None:
+                channel = data[pos + 1]
+                if channel == self._channel and self._playing:
                     self._packet(bytes(data[pos + 4 : pos + 4 + length]))
+                elif channel == self._channel + 1 and self._framer is not None:
+                    report = sender_report(bytes(data[pos + 4 : pos + 4 + length]))
+                    if report is not None:
+                        self._framer.sender_report(*report)
                 pos += 4 + length
                 continue
             head_end = data.find(b"\r\n\r\n", pos, pos + _MAX_MESSAGE)
@@ -283,8 +347,8 @@ class _Session(CameraStream):
         if sdp.payload_type is None:
             offered = ", ".join(sdp.codecs) if sdp.codecs else "no video"
             raise StreamEnded(
-                f"the camera's RTSP stream offers {offered}, and watchkeep records Motion JPEG "
-                f"(RTP/JPEG, RFC 2435); fix: {_MJPEG_FIX}"
+                f"the camera's RTSP stream offers {offered}, and watchkeep records H.264, "
+                f"H.265 and Motion JPEG (RTP/JPEG); fix: {_CODEC_FIX}"
             )
         self._sdp = sdp
         self._send(
@@ -322,7 +386,15 @@ class _Session(CameraStream):
     def _after_play(self, _response: _Response) -> None:
         sdp = self._sdp
         assert sdp is not None
-        self._depacketizer = RtpJpegDepacketizer(sdp.dimensions)
+        if sdp.codec == "JPEG":
+            self._depacketizer = RtpJpegDepacketizer(sdp.dimensions)
+        else:
+            assert sdp.codec is not None
+            camera = self._rtsp
+            self._h26x = RtpH26xDepacketizer(sdp.codec)
+            self._framer = H26xFramer(
+                camera.name, sdp.codec, sdp.parameter_sets(), camera._next_sequence, sdp.clock_rate
+            )
         self._playing = True
         self._rtsp.stats.connections += 1
         self._keepalive = self._loop.call_later(self._session_timeout / 2, self._keep_alive)
@@ -338,12 +410,15 @@ class _Session(CameraStream):
     # Media.
 
     def _packet(self, data: bytes) -> None:
+        if self._h26x is not None:
+            self._video_packet(data)
+            return
         packet = parse_rtp(data)
-        depacketizer = self._depacketizer
-        assert depacketizer is not None
         assert self._sdp is not None
         if packet is None or packet.payload_type != self._sdp.payload_type:
             return
+        depacketizer = self._depacketizer
+        assert depacketizer is not None
         if packet.timestamp != self._picture_timestamp:
             self._picture_timestamp = packet.timestamp
             self._picture_arrival = time.time()
@@ -358,6 +433,34 @@ class _Session(CameraStream):
         stats.frames += 1
         self.frames += 1
         self._sink(Frame(camera.name, camera._next_sequence(), self._picture_arrival, jpeg))
+
+    def _video_packet(self, data: bytes) -> None:
+        video, framer = self._h26x, self._framer
+        assert video is not None
+        assert framer is not None
+        assert self._sdp is not None
+        assert self._sdp.payload_type is not None
+        units = video.feed(data, self._sdp.payload_type)
+        if not units:
+            return
+        # When the picture came (its last packet): the wall-clock time of a camera that
+        # sends no RTCP sender report.
+        arrival = time.time()
+        camera = self._rtsp
+        stats = camera.stats
+        for unit in units:
+            dropped = framer.dropped
+            frame = framer.push(unit, arrival)
+            if framer.dropped != dropped:
+                stats.bad_parts += framer.dropped - dropped
+                if framer.problem is not None and stats.last_error != framer.problem:
+                    # Shown as the camera's problem (site status) until a picture comes.
+                    stats.last_error = framer.problem
+                    camera._frames_at_failure = stats.frames
+            if frame is not None:
+                stats.frames += 1
+                self.frames += 1
+                self._sink(frame)
 
 
 @dataclass
@@ -403,6 +506,13 @@ class _Response:
     def content_length(self) -> int:
         value = self.header("content-length")
         return int(value) if value.isdigit() else 0
+
+
+def _base64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.strip(), validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _resolve(base: str, control: str | None) -> str:

@@ -46,10 +46,10 @@ from watchkeep.media._segment import (
     SegmentTooShort,
     encode_segment_header,
     record_header,
-    scan_segment,
 )
 from watchkeep.media._store_protocol import Record, RepairReport, SegmentInfo, StepResult
 from watchkeep.media._uring import AdviceJob, WriteJob, WriteRing
+from watchkeep.media._video_segment import VIDEO_SUFFIX, scan_any_segment
 
 __all__ = ["SegmentStore"]
 
@@ -83,6 +83,8 @@ class _Segment:
         "first",
         "frames",
         "indexed_size",
+        "init",
+        "last_sequence",
         "last_write",
         "path",
         "rel",
@@ -92,8 +94,18 @@ class _Segment:
         "start",
     )
 
-    def __init__(self, camera: str, rel: str, path: Path, fd: int, size: int, first: float):
+    def __init__(
+        self,
+        camera: str,
+        rel: str,
+        path: Path,
+        fd: int,
+        size: int,
+        first: float,
+        init: bytes | None = None,
+    ):
         self.camera = camera
+        self.init = init  # a fragmented MP4's init segment; None: the watchkeep format
         self.rel = rel
         self.path = path
         self.fd = fd
@@ -109,6 +121,7 @@ class _Segment:
         self.dirty = True
         self.closing = False
         self.last_write = time.monotonic()
+        self.last_sequence = -1  # of the last picture written
 
     def info(self) -> SegmentInfo:
         return SegmentInfo(self.camera, self.path, self.start, self.end, self.frames, self.size)
@@ -207,7 +220,9 @@ class SegmentStore:
             if not directory.is_dir(follow_symlinks=False):
                 continue
             for entry in os.scandir(directory.path):
-                if entry.name.endswith(SEGMENT_SUFFIX) and entry.is_file(follow_symlinks=False):
+                if entry.name.endswith((SEGMENT_SUFFIX, VIDEO_SUFFIX)) and entry.is_file(
+                    follow_symlinks=False
+                ):
                     found.add(f"{directory.name}/{entry.name}")
         return found
 
@@ -217,7 +232,7 @@ class SegmentStore:
         path = self.root / rel
         report.scanned += 1
         try:
-            scan = scan_segment(str(path))
+            scan = scan_any_segment(str(path))
             validate_camera_name(scan.camera)
         except SegmentTooShort:
             scan = None  # created a moment before a crash: it holds nothing
@@ -304,6 +319,12 @@ class SegmentStore:
         while todo:
             wave: list[tuple[_Segment, list[Record], int, int]] = []
             for batch, done in todo:
+                # An H.264/H.265 picture that is not a keyframe cannot start a file.
+                while done < len(batch) and not self._fits(batch[done]):
+                    done += 1
+                    result.skipped += 1
+                if done == len(batch):
+                    continue
                 try:
                     segment = self._segment_for(batch[done])
                 except OSError as exc:
@@ -313,7 +334,11 @@ class SegmentStore:
                     )
                     continue
                 end = done + 1
-                while end < len(batch) and not self._must_rotate(segment, batch[end][2]):
+                while (
+                    end < len(batch)
+                    and not self._must_rotate(segment, batch[end])
+                    and _follows(batch[end - 1], batch[end])
+                ):
                     end += 1
                 wave.append((segment, batch, done, end))
             outcomes = self._write_wave(
@@ -332,17 +357,35 @@ class SegmentStore:
                 if end < len(batch):
                     todo.append((batch, end))
 
-    def _must_rotate(self, segment: _Segment, timestamp: float) -> bool:
-        return abs(timestamp - segment.first) >= self._segment_seconds
+    def _fits(self, record: Record) -> bool:
+        """Whether ``record`` can be written: it starts a segment, or is the H.264/H.265
+        picture right after the last one written in its camera's file (after a picture lost
+        on the way, those up to the next keyframe could not be decoded)."""
+        if record[5] is not None:
+            return True
+        segment = self._open.get(record[0])
+        return (
+            segment is not None
+            and segment.init is not None
+            and record[1] == segment.last_sequence + 1
+        )
+
+    def _must_rotate(self, segment: _Segment, record: Record) -> bool:
+        start = record[5]
+        if start is None:
+            return False  # an H.264/H.265 picture stays with its keyframe
+        if (start or None) != segment.init:
+            return True  # another codec, picture size or parameter sets: another file
+        return abs(record[2] - segment.first) >= self._segment_seconds
 
     def _segment_for(self, record: Record) -> _Segment:
         camera, timestamp = record[0], record[2]
         segment = self._open.get(camera)
-        if segment is not None and not self._must_rotate(segment, timestamp):
+        if segment is not None and not self._must_rotate(segment, record):
             return segment
         if segment is not None:
             self._retire(segment)
-        segment = self._create(camera, timestamp)
+        segment = self._create(camera, timestamp, record[5] or None)
         with self._lock:
             self._open[camera] = segment
         return segment
@@ -354,7 +397,7 @@ class SegmentStore:
             segment.closing = True
             self._closing.append(segment)
 
-    def _create(self, camera: str, timestamp: float) -> _Segment:
+    def _create(self, camera: str, timestamp: float, init: bytes | None) -> _Segment:
         camera = validate_camera_name(camera)
         directory = self.root / camera
         if not directory.is_dir():
@@ -362,7 +405,8 @@ class SegmentStore:
             self._dirs_to_sync.add(self.root)
         stem = f"{max(0, round(timestamp * 1_000_000)):017d}"
         for attempt in range(1000):
-            name = f"{stem}{f'-{attempt}' if attempt else ''}{SEGMENT_SUFFIX}"
+            suffix = SEGMENT_SUFFIX if init is None else VIDEO_SUFFIX
+            name = f"{stem}{f'-{attempt}' if attempt else ''}{suffix}"
             try:
                 fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                 break
@@ -371,7 +415,7 @@ class SegmentStore:
         else:  # pragma: no cover - a thousand segments starting in the same microsecond
             raise FileExistsError(errno.EEXIST, "no free segment name", str(directory / stem))
         path = directory / name
-        header = encode_segment_header(camera)
+        header = encode_segment_header(camera) if init is None else init
         try:
             write_all(fd, [header], 0)
         except OSError:
@@ -379,7 +423,7 @@ class SegmentStore:
             path.unlink(missing_ok=True)
             raise
         self._dirs_to_sync.add(directory)
-        return _Segment(camera, f"{camera}/{name}", path, fd, len(header), timestamp)
+        return _Segment(camera, f"{camera}/{name}", path, fd, len(header), timestamp, init)
 
     def _write_wave(self, writes: list[tuple[_Segment, list[Record]]]) -> list[int | OSError]:
         """Append each segment's records; per segment, the bytes written or the error.
@@ -394,7 +438,7 @@ class SegmentStore:
         jobs = []
         for segment, records in writes:
             buffers: list[bytes] = []
-            for _camera, sequence, timestamp, jpeg, header in records:
+            for _camera, sequence, timestamp, jpeg, header, _start in records:
                 buffers.append(header or record_header(timestamp, sequence, jpeg))
                 buffers.append(jpeg)
             jobs.append((segment.fd, buffers, segment.size))
@@ -423,6 +467,7 @@ class SegmentStore:
                 segment.end = max(segment.end, max(r[2] for r in records))
                 segment.dirty = True
                 segment.last_write = time.monotonic()
+                segment.last_sequence = records[-1][1]
             outcomes.append(written)
         return outcomes
 
@@ -643,6 +688,12 @@ class SegmentStore:
                 log.warning("recordings: cannot delete %s: %s", self.root / rel, exc)
         log.info("recordings: retention removed %d segments", len(victims))
         return len(victims)
+
+
+def _follows(previous: Record, record: Record) -> bool:
+    """Whether ``record`` may follow ``previous`` in a file: a JPEG or a keyframe always; any
+    other H.264/H.265 picture only if it is the next one (none lost between)."""
+    return record[5] is not None or record[1] == previous[1] + 1
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -20,7 +20,12 @@ __all__ = ["Record", "RepairReport", "SegmentInfo", "StepResult", "Store"]
 # recorder as the frame arrives (the CRC is computed there, not in a writer thread, where
 # each CRC let the GIL go and then waited for the busy event loop to give it back), or
 # empty for the store to make (a writer process has a GIL of its own).
-Record = tuple[str, int, float, bytes, bytes]
+#
+# The last field says where a segment may start: b"" for a JPEG (any picture may start a
+# segment of the watchkeep format), the init segment (ftyp + moov) for an H.264/H.265
+# keyframe (a fragmented MP4 file starts there, the header being the picture's moof),
+# None for any other H.264/H.265 picture, which goes in the file of the keyframe before it.
+Record = tuple[str, int, float, bytes, bytes, bytes | None]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class StepResult:
     bytes_written: int = 0
     flushed: bool = False
     removed: int = 0
+    skipped: int = 0  # pictures that needed a keyframe before them in their file
 
 
 class Store(Protocol):

@@ -118,7 +118,7 @@ class WriterProcess:
                 self.repair()
             except (OSError, RecordingError) as exc:
                 return StepResult(unwritten=records, error=_as_recording_error(exc))
-        frames = [(r[0], r[1], r[2], len(r[3])) for r in records]
+        frames = [(r[0], r[1], r[2], len(r[3]), r[4], r[5]) for r in records]
         try:
             answer = self._call(
                 ("step", frames, flush, max_age, max_bytes), [r[3] for r in records]
@@ -293,15 +293,17 @@ def _serve(sock: socket.socket) -> None:
             engine.dispose()
 
 
-def _records(frames: list[tuple[str, int, float, int]], data: bytearray) -> list[Record]:
+def _records(
+    frames: list[tuple[str, int, float, int, bytes, bytes | None]], data: bytearray
+) -> list[Record]:
     view = memoryview(data)
     records: list[Record] = []
     offset = 0
-    for camera, sequence, timestamp, length in frames:
+    for camera, sequence, timestamp, length, header, start in frames:
         # The picture stays in the received buffer: pwritev takes the view as it is. The
-        # record header (its CRC) is made by the store.
+        # record header of a JPEG (its CRC) is made by the store.
         jpeg: Any = view[offset : offset + length]
-        records.append((camera, sequence, timestamp, jpeg, b""))
+        records.append((camera, sequence, timestamp, jpeg, header, start))
         offset += length
     return records
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import gc
+import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 from aiohttp.http_writer import StreamWriter
@@ -22,8 +26,11 @@ from watchkeep.media import (
     MJPEG_PART_END,
     Frame,
     FrameHub,
+    InitSegment,
     Recorder,
     UnknownCamera,
+    hls_playlist,
+    hls_segments,
     mjpeg_content_type,
     mjpeg_part,
     mjpeg_part_head,
@@ -38,6 +45,12 @@ __all__ = ["CameraService"]
 log = logging.getLogger("watchkeep.recording")
 
 MAX_PLAYBACK_SPAN = 24 * 3600.0
+# H.264/H.265 pictures kept for new viewers (from the last keyframe), at most: one keyframe
+# interval per camera (about 0.5 MB at 4 Mbit/s and a keyframe a second).
+_MAX_GOP = 600
+_MAX_GOP_BYTES = 8 * 1024 * 1024
+# More pictures than this waiting for one viewer: it skips to the latest keyframe among them.
+_LAG_FRAMES = 8
 GIL_SWITCH_INTERVAL = 0.0005
 
 
@@ -54,6 +67,19 @@ class _Camera:
         # The last frame as live viewers get it (an MJPEG part, with and without HTTP/1.1
         # chunk framing): made once per frame, however many viewers there are.
         self._part: tuple[Frame | None, bool, bytes] = (None, False, b"")
+        # H.264/H.265: the pictures since the last keyframe (where a new viewer starts), and
+        # the last fragment as viewers get it (moof and mdat in one message), made once.
+        self.since_keyframe: list[Frame] = []
+        self._kept = 0  # bytes of those pictures
+        self._fragment: tuple[Frame | None, bytes] = (None, b"")
+
+    def live_fragment(self, frame: Frame) -> bytes:
+        """An H.264/H.265 ``frame`` as one fragmented MP4 fragment (moof + mdat)."""
+        last, data = self._fragment
+        if last is not frame:
+            data = frame.fragment + frame.jpeg
+            self._fragment = (frame, data)
+        return data
 
     def live_part(self, frame: Frame, chunked: bool) -> bytes:
         """``frame`` as the bytes of one MJPEG part (one chunk when ``chunked``)."""
@@ -81,11 +107,28 @@ class _Camera:
         # Called by the source as each frame arrives (for a network camera, from the code
         # that received its bytes): to live viewers first, then to the recorder.
         self.frames += 1
+        if frame.init is None:
+            self.since_keyframe.clear()
+        elif frame.keyframe:
+            self.since_keyframe = [frame]
+            self._kept = len(frame.jpeg)
+        elif self.since_keyframe:
+            self._kept += len(frame.jpeg)
+            self.since_keyframe.append(frame)
+            if len(self.since_keyframe) > _MAX_GOP or self._kept > _MAX_GOP_BYTES:
+                # A camera with keyframes far apart: new viewers wait for the next one.
+                self.since_keyframe = []
         self.hub.publish(frame)
         try:
             self.recorder.write(frame)
         except RecordingError as exc:
             log.error("camera %s: %s", self.name, exc)
+
+    @property
+    def video_codec(self) -> str | None:
+        """ "H264" or "H265" while the camera sends that; None for Motion JPEG."""
+        latest = self.hub.latest
+        return latest.codec if latest is not None and latest.init is not None else None
 
     def fps(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -193,6 +236,8 @@ class CameraService:
         r.add_get("/api/v1/cameras/{name}/live.ws", self.live_ws)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.snapshot)
         r.add_get("/api/v1/cameras/{name}/playback.mjpeg", self.playback)
+        r.add_get("/api/v1/cameras/{name}/playback.m3u8", self.playback_hls)
+        r.add_get("/api/v1/cameras/{name}/recordings/{file}", self.recording_file)
 
     def _camera(self, request: web.Request) -> _Camera | web.Response:
         name = request.match_info["name"]
@@ -213,6 +258,12 @@ class CameraService:
         camera = self._camera(request)
         if isinstance(camera, web.Response):
             return camera
+        if camera.video_codec is not None:
+            return _not_jpeg(
+                camera.name,
+                camera.video_codec,
+                "live.ws (the web client), or: watchkeep view CAMERA --out FILE.mp4",
+            )
         response = web.StreamResponse(
             headers={"Content-Type": mjpeg_content_type(), "Cache-Control": "no-store"}
         )
@@ -229,6 +280,8 @@ class CameraService:
         def direct(frame: Frame) -> bool:
             # Called by the hub as the frame is published: while the viewer's socket has
             # room, the frame is written at once, with no task switch per viewer.
+            if frame.init is not None:  # the camera went over to H.264/H.265
+                return True
             if protocol.writing_paused or transport.is_closing():
                 return False
             transport.write(camera.live_part(frame, chunked))
@@ -241,7 +294,8 @@ class CameraService:
             while frames := await subscription.get_many():
                 if transport.is_closing():
                     break
-                transport.write(b"".join([camera.live_part(f, chunked) for f in frames]))
+                parts = [camera.live_part(f, chunked) for f in frames if f.init is None]
+                transport.write(b"".join(parts))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -250,12 +304,20 @@ class CameraService:
         return response
 
     async def live_ws(self, request: web.Request) -> web.StreamResponse:
+        """Live video over a WebSocket. Motion JPEG: one binary message per picture (see
+        :mod:`watchkeep.media._wire`). H.264/H.265, for Media Source Extensions: a text
+        message ``{"type": "stream", "codec", "mime", "width", "height"}``, a binary message
+        with the init segment, then one per picture (a fragment: moof and mdat), made once
+        per camera; a new viewer starts at the last keyframe, and a viewer that falls
+        behind (the hub dropped pictures for it, or many wait) skips to a keyframe."""
         camera = self._camera(request)
         if isinstance(camera, web.Response):
             return camera
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
         await ws.prepare(request)
         subscription = camera.hub.subscribe()
+        # Taken with no await since subscribing: the queue holds what comes after these.
+        backlog = list(camera.since_keyframe)
 
         async def drain_incoming() -> None:
             async for message in ws:
@@ -264,9 +326,15 @@ class CameraService:
             subscription.close()
 
         reader = asyncio.create_task(drain_incoming())
+        sender = _LiveSender(ws, camera)
         try:
-            async for frame in subscription:
-                await ws.send_bytes(ws_message(frame))
+            await sender.send(backlog)
+            dropped = subscription.dropped
+            while frames := await subscription.get_many():
+                if subscription.dropped != dropped:
+                    dropped = subscription.dropped
+                    sender.skipping = True  # pictures lost: the next ones need a keyframe
+                await sender.send(frames)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -282,6 +350,8 @@ class CameraService:
         frame = camera.hub.latest
         if frame is None:
             return problem(503, "no frame yet", f"camera {camera.name} has sent no frame yet")
+        if frame.init is not None:
+            return _not_jpeg(camera.name, frame.codec, "live.ws, or playback.m3u8")
         return web.Response(
             body=frame.jpeg,
             content_type="image/jpeg",
@@ -311,6 +381,10 @@ class CameraService:
         prepared = False
         try:
             async for frame in self.recorder.playback(name, start, end):
+                if frame.init is not None:
+                    if prepared:
+                        break  # the camera went over to H.264/H.265 within the range
+                    return _not_jpeg(name, frame.codec, "playback.m3u8 (HLS), or export it")
                 if not prepared:
                     await response.prepare(request)
                     prepared = True
@@ -336,3 +410,132 @@ class CameraService:
             # for its socket to drain): stop reading the recording for it.
             pass
         return response
+
+    async def playback_hls(self, request: web.Request) -> web.StreamResponse:
+        """An HLS playlist of the H.264/H.265 recordings of ``[from, to)`` (ISO 8601 or UTC
+        seconds): byte ranges of the recording files, served by :meth:`recording_file`."""
+        name = request.match_info["name"]
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
+        try:
+            start = parse_moment(request.query["from"])
+            end = parse_moment(request.query["to"])
+        except (KeyError, ValueError):
+            return problem(
+                400,
+                "bad range",
+                "from and to must be ISO 8601 times (2026-12-02T08:00:00Z) or UTC seconds",
+            )
+        try:
+            files = await self.recorder.video_files(name, start, end)
+        except RecordingError as exc:
+            return problem(
+                404 if isinstance(exc, UnknownCamera) else 400,
+                "playback refused",
+                exc.describe(),
+                fix=exc.fix,
+            )
+        # A token given in the URL (a player that sends no header) goes on to the segments.
+        token = request.query.get("token")
+        suffix = f"?token={quote(token, safe='')}" if token else ""
+        entries = [(f"recordings/{info.path.name}{suffix}", video) for info, video in files]
+        listed = [(uri, video, hls_segments(uri, video, start, end)) for uri, video in entries]
+        if not any(segments for _, _, segments in listed):
+            return problem(
+                404,
+                "no recording",
+                f"camera {name} has no H.264/H.265 recording on {self.server} between "
+                f"{request.query['from']} and {request.query['to']}",
+                fix="choose a time the camera recorded (Motion JPEG plays as playback.mjpeg)",
+            )
+        return web.Response(
+            text=hls_playlist(listed),
+            content_type="application/vnd.apple.mpegurl",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def recording_file(self, request: web.Request) -> web.StreamResponse:
+        """A recording file of an H.264/H.265 camera, whole or by byte ranges (HLS)."""
+        name, file = request.match_info["name"], request.match_info["file"]
+        if not may_view(request["claims"], name):
+            return camera_not_allowed(name)
+        path = self.recorder.root / name / file
+        if not _RECORDING_FILE.fullmatch(file) or not path.is_file():
+            return problem(
+                404,
+                "no recording",
+                f"camera {name} has no recording file {file!r} on {self.server}",
+                fix="ask for the playlist again: playback.m3u8",
+            )
+        return web.FileResponse(
+            path, headers={"Content-Type": "video/mp4", "Cache-Control": "private, max-age=3600"}
+        )
+
+
+class _LiveSender:
+    """What one WebSocket viewer has been sent: the init segment its pictures follow, and
+    whether it waits for a keyframe."""
+
+    def __init__(self, ws: web.WebSocketResponse, camera: _Camera) -> None:
+        self.ws = ws
+        self.camera = camera
+        self.init: InitSegment | None = None
+        self.skipping = False
+
+    async def send(self, frames: list[Frame]) -> None:
+        if len(frames) > _LAG_FRAMES:
+            # Behind: start again at the latest keyframe waiting, rather than send them all.
+            keys = [i for i, f in enumerate(frames) if f.keyframe and f.init is not None]
+            if keys:
+                frames = frames[keys[-1] :]
+        for frame in frames:
+            init = frame.init
+            if init is None:
+                await self.ws.send_bytes(ws_message(frame))
+                continue
+            if init is not self.init or self.skipping:
+                if not frame.keyframe:
+                    continue
+                self.skipping = False
+                if init is not self.init:
+                    self.init = init
+                    info = init.info
+                    await self.ws.send_str(
+                        json.dumps(
+                            {
+                                "type": "stream",
+                                "codec": info.codec,
+                                "mime": init.mime_type,
+                                "width": info.width,
+                                "height": info.height,
+                            }
+                        )
+                    )
+                    await self.ws.send_bytes(init.data)
+            await self.ws.send_bytes(self.camera.live_fragment(frame))
+
+
+def _not_jpeg(camera: str, codec: str, instead: str) -> web.Response:
+    return problem(
+        415,
+        "not Motion JPEG",
+        f"camera {camera} sends {codec.replace('H26', 'H.26')}, which is not served as JPEG",
+        fix=f"watch it as {instead}",
+    )
+
+
+_RECORDING_FILE = re.compile(r"[0-9]{17}(-[0-9]{1,3})?\.mp4")
+
+
+def parse_moment(text: str) -> float:
+    """UTC seconds of ``text``: ISO 8601 (a time without a zone is UTC) or seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        moment = dt.datetime.fromisoformat(text.strip())
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        value = moment.timestamp()
+    if not math.isfinite(value):
+        raise ValueError(f"not a time: {text!r}")
+    return value

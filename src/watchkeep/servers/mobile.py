@@ -15,7 +15,7 @@ import logging
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -34,10 +34,13 @@ __all__ = ["MobileServer"]
 
 log = logging.getLogger("watchkeep.mobile")
 MAX_CACHED_STREAM_TOKENS = 10_000
+_HLS_JS = "hls.light.min.js"
 
 
 class MobileServer(LinkedServer):
-    public_paths = frozenset({"/", "/index.html", "/api/v1/login", "/healthz", "/metrics"})
+    public_paths = frozenset(
+        {"/", "/index.html", "/api/v1/login", "/healthz", "/metrics", f"/vendor/{_HLS_JS}"}
+    )
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -46,12 +49,16 @@ class MobileServer(LinkedServer):
         r.add_get("/", self.index)
         r.add_get("/index.html", self.index)
         r.add_get("/healthz", self.health)
+        r.add_get(f"/vendor/{_HLS_JS}", self.hls_js)
         r.add_get("/metrics", self.metrics)
         r.add_post("/api/v1/login", self.login)
         r.add_post("/api/v1/logout", self.logout)
         r.add_get("/api/v1/cameras", self.cameras)
         r.add_get("/api/v1/cameras/{name}/live.mjpeg", self.relay)
         r.add_get("/api/v1/cameras/{name}/snapshot.jpg", self.relay)
+        r.add_get("/api/v1/cameras/{name}/live.ws", self.relay_ws)
+        r.add_get("/api/v1/cameras/{name}/playback.m3u8", self.relay)
+        r.add_get("/api/v1/cameras/{name}/recordings/{file}", self.relay)
         self.runner = config.listener_limits.runner(self.app)
         self.redirect_app = web.Application()
         self.redirect_app.router.add_route("*", "/{tail:.*}", self.redirect)
@@ -97,9 +104,19 @@ class MobileServer(LinkedServer):
             content_type="text/html",
             headers={
                 "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
-                "style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+                "media-src 'self' blob:; style-src 'unsafe-inline'; "
+                "script-src 'self' 'unsafe-inline'",
                 "Cache-Control": "no-store",
             },
+        )
+
+    async def hls_js(self, _request: web.Request) -> web.Response:
+        """hls.js, vendored (servers/vendor/README.md): recorded video in the web client."""
+        script = resources.files("watchkeep.servers").joinpath("vendor", _HLS_JS).read_bytes()
+        return web.Response(
+            body=script,
+            content_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=86400"},
         )
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -221,27 +238,41 @@ class MobileServer(LinkedServer):
         self._stream_tokens[key] = (found, str(reply["token"]), now + min(life, 60.0))
         return found, str(reply["token"])
 
-    async def relay(self, request: web.Request) -> web.StreamResponse:
-        """Fetch the stream from the camera's recording server, verifying its certificate,
-        and pass the bytes on as they come."""
-        name = request.match_info["name"]
+    async def _access_or_problem(
+        self, request: web.Request, name: str
+    ) -> tuple[Endpoint, str] | web.Response:
+        """:meth:`_stream_access` for a camera the user may view, or the problem to answer."""
         if not may_view(request["claims"], name):
             return camera_not_allowed(name)
         try:
-            endpoint, token = await self._stream_access(request, name)
+            return await self._stream_access(request, name)
         except ApiError as exc:
             return problem(exc.status, "camera refused", exc.describe(), code=exc.code or None)
         except ConnectionFailed as exc:
             return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        """Fetch the stream from the camera's recording server, verifying its certificate,
+        and pass the bytes on as they come."""
+        name = request.match_info["name"]
+        access = await self._access_or_problem(request, name)
+        if isinstance(access, web.Response):
+            return access
+        endpoint, token = access
         assert self.session is not None
         while True:
             scheme = "https" if endpoint.tls else "http"
+            # The query (a playback's range) and a byte range (HLS segments) go on as asked;
+            # the user's own token, if it came in the query, stays here.
+            query = urlencode([(k, v) for k, v in request.query.items() if k != "token"])
             url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
+            url += f"?{query}" if query else ""
             context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
+            headers = {"Authorization": f"Bearer {token}"}
+            if "Range" in request.headers:
+                headers["Range"] = request.headers["Range"]
             try:
-                upstream = await self.session.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, ssl=context
-                )
+                upstream = await self.session.get(url, headers=headers, ssl=context)
                 break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 error = await explain_connection_failure(
@@ -261,19 +292,26 @@ class MobileServer(LinkedServer):
                 fix=error.fix,
             )
         async with upstream:
-            if upstream.status != 200:
+            if upstream.status not in (200, 206):
                 return web.Response(
                     status=upstream.status,
                     body=await upstream.read(),
                     content_type=upstream.content_type,
                 )
+            passed = {
+                name: upstream.headers[name]
+                for name in ("Content-Range", "Content-Length", "Accept-Ranges")
+                if name in upstream.headers
+            }
             response = web.StreamResponse(
+                status=upstream.status,
                 headers={
                     "Content-Type": upstream.headers.get(
                         "Content-Type", "application/octet-stream"
                     ),
                     "Cache-Control": "no-store",
-                }
+                    **passed,
+                },
             )
             await response.prepare(request)
             try:
@@ -282,6 +320,60 @@ class MobileServer(LinkedServer):
             except (ConnectionError, aiohttp.ClientError, asyncio.CancelledError):
                 pass
         return response
+
+    async def relay_ws(self, request: web.Request) -> web.StreamResponse:
+        """Relay a camera's live WebSocket from its recording server (verified as for
+        :meth:`relay`): every message passed on as it comes, nothing parsed or kept."""
+        name = request.match_info["name"]
+        access = await self._access_or_problem(request, name)
+        if isinstance(access, web.Response):
+            return access
+        endpoint, token = access
+        assert self.session is not None
+        scheme = "wss" if endpoint.tls else "ws"
+        url = f"{scheme}://{endpoint.host}:{endpoint.port}{request.path}"
+        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else False
+        try:
+            upstream = await self.session.ws_connect(
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                ssl=context,
+                heartbeat=20,
+                max_msg_size=64 * 1024 * 1024,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = await explain_connection_failure(
+                exc, endpoint, trust_dir=str(self.config.trust_store)
+            )
+            log.error("%s: camera %s: %s", self.config.name, name, error)
+            return problem(
+                502, "recording server refused", str(error), server=endpoint.server, fix=error.fix
+            )
+        viewer = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
+        await viewer.prepare(request)
+
+        async def from_viewer() -> None:
+            async for message in viewer:
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR):
+                    break
+            await upstream.close()
+
+        reader = asyncio.create_task(from_viewer())
+        try:
+            async for message in upstream:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    await viewer.send_bytes(message.data)
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    await viewer.send_str(message.data)
+                else:
+                    break
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            reader.cancel()
+            await upstream.close()
+            await viewer.close()
+        return viewer
 
     # -- life cycle ----------------------------------------------------------------------
 

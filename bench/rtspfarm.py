@@ -1,0 +1,217 @@
+"""A farm of H.264 RTSP cameras in one process, replaying one clip encoded once: a camera
+at every ``rtsp://ADDRESS:PORT/PATH``, RTP (RFC 6184: single NAL units and FU-A) over the
+RTSP connection, as IP cameras send it to a recording server asking for TCP.
+
+    python -m bench.rtspfarm --address 127.1.2.3 [--port 8554 --fps 25 --mbps 4]
+
+The clip (four seconds of noise, x264 at ``--mbps`` constant bit rate, a keyframe a
+second) is encoded once by FFmpeg at start and cut into RTP packets once; a camera only
+stamps each packet's sequence number and timestamp as it sends it. Prints ``ready PORT``
+once it listens. Cameras are not synchronised: each sends its pictures at its own phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import cast
+
+from bench._common import new_event_loop
+
+_MTU = 1400
+_SECONDS = 4
+_MAX_BUFFERED = 512 * 1024  # a camera skips pictures its viewer has not taken
+
+
+def encode_clip(fps: int, mbps: float) -> list[list[bytes]]:
+    """The clip's access units (NAL units without start codes), encoded once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "clip.h264"
+        rate = f"{mbps}M"
+        subprocess.run(
+            [
+                "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                f"nullsrc=s=640x360:r={fps},geq=random(1)*255:128:128", "-t", str(_SECONDS),
+                "-c:v", "libx264", "-preset", "ultrafast", "-b:v", rate, "-minrate", rate,
+                "-maxrate", rate, "-bufsize", rate, "-g", str(fps), "-bf", "0",
+                "-pix_fmt", "yuv420p", "-bsf:v", "h264_metadata=aud=insert", "-f", "h264", str(out),
+            ],
+            check=True,
+        )  # fmt: skip
+        data = out.read_bytes()
+    units: list[list[bytes]] = []
+    for part in data.split(b"\x00\x00\x01")[1:]:
+        nal = part.rstrip(b"\x00")
+        if nal[0] & 0x1F == 9:
+            units.append([])
+        elif units:
+            units[-1].append(nal)
+    return units
+
+
+def packetize(unit: list[bytes]) -> list[bytes]:
+    """RTP payloads of one access unit (the RTP header is added as it is sent)."""
+    payloads: list[bytes] = []
+    for nal in unit:
+        if len(nal) <= _MTU:
+            payloads.append(nal)
+            continue
+        indicator, kind, body = bytes(((nal[0] & 0xE0) | 28,)), nal[0] & 0x1F, nal[1:]
+        pieces = [body[i : i + _MTU] for i in range(0, len(body), _MTU)]
+        for index, piece in enumerate(pieces):
+            flags = (0x80 if index == 0 else 0) | (0x40 if index == len(pieces) - 1 else 0)
+            payloads.append(indicator + bytes((flags | kind,)) + piece)
+    return payloads
+
+
+class Clip:
+    def __init__(self, units: list[list[bytes]], fps: int) -> None:
+        self.fps = fps
+        sps = next(n for n in units[0] if n[0] & 0x1F == 7)
+        pps = next(n for n in units[0] if n[0] & 0x1F == 8)
+        self.sprop = f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}"
+        self.profile = sps[1:4].hex()
+        self.pictures = [packetize(unit) for unit in units]
+
+
+class Session(asyncio.Protocol):
+    """One RTSP connection: answers the requests, then sends the clip in a loop."""
+
+    def __init__(self, farm: Farm) -> None:
+        self.farm = farm
+        self.transport: asyncio.Transport | None = None
+        self.data = b""
+        self.sequence = random.randrange(1 << 16)  # noqa: S311 - not a secret
+        self.timestamp = random.randrange(1 << 32)  # noqa: S311
+        self.picture = 0
+        self.playing = False
+        self.skipped = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        while b"\r\n\r\n" in self.data:
+            head, self.data = self.data.split(b"\r\n\r\n", 1)
+            self.request(head.decode("latin-1"))
+
+    def request(self, head: str) -> None:
+        lines = head.split("\r\n")
+        method, url, _ = lines[0].split(" ", 2)
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
+        cseq = headers.get("cseq", "0")
+        extra = ""
+        body = ""
+        if method == "OPTIONS":
+            extra = "Public: OPTIONS, DESCRIBE, SETUP, PLAY, GET_PARAMETER, TEARDOWN\r\n"
+        elif method == "DESCRIBE":
+            clip = self.farm.clip
+            body = (
+                "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=watchkeep bench camera\r\nt=0 0\r\n"
+                "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+                f"a=fmtp:96 packetization-mode=1;profile-level-id={clip.profile};"
+                f"sprop-parameter-sets={clip.sprop}\r\na=control:{url}/track1\r\n"
+            )
+            extra = f"Content-Base: {url}/\r\nContent-Type: application/sdp\r\n"
+        elif method == "SETUP":
+            extra = "Session: 1;timeout=60\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+        elif method == "PLAY":
+            extra = "Session: 1\r\n"
+            self.playing = True
+            self.farm.start(self)
+        elif method == "TEARDOWN":
+            self.farm.stop(self)
+        reply = (
+            f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+        )
+        assert self.transport is not None
+        self.transport.write(reply.encode("latin-1"))
+
+    def send_picture(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        payloads = self.farm.clip.pictures[self.picture % len(self.farm.clip.pictures)]
+        self.picture += 1
+        self.timestamp = (self.timestamp + 90_000 // self.farm.clip.fps) & 0xFFFFFFFF
+        if transport.get_write_buffer_size() > _MAX_BUFFERED:
+            self.skipped += 1
+            self.sequence += len(payloads)  # shows as lost packets downstream
+            return
+        out: list[bytes] = []
+        last = len(payloads) - 1
+        for index, payload in enumerate(payloads):
+            header = struct.pack(
+                "!cBHBBHII", b"$", 0, 12 + len(payload), 0x80, (0x80 if index == last else 0) | 96,
+                self.sequence & 0xFFFF, self.timestamp, 0x57B00C,
+            )  # fmt: skip
+            out += (header, payload)
+            self.sequence += 1
+        transport.writelines(out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.farm.stop(self)
+
+
+class Farm:
+    def __init__(self, clip: Clip) -> None:
+        self.clip = clip
+        self.sessions: set[Session] = set()
+
+    def start(self, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        interval = 1 / self.clip.fps
+        phase = random.uniform(0, interval)  # noqa: S311
+
+        def tick(due: float) -> None:
+            if session not in self.sessions:
+                return
+            session.send_picture()
+            loop.call_at(due + interval, tick, due + interval)
+
+        self.sessions.add(session)
+        loop.call_at(loop.time() + phase, tick, loop.time() + phase)
+
+    def stop(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    clip = Clip(encode_clip(args.fps, args.mbps), args.fps)
+    farm = Farm(clip)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Session(farm), args.address, args.port, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    print(f"ready {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument("--mbps", type=float, default=4.0)
+    args = parser.parse_args(argv)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        try:
+            runner.run(serve(args))
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
