@@ -28,19 +28,17 @@ from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import camera_not_allowed, problem
 from watchkeep.servers._tokens import may_view
+from watchkeep.servers._webshared import SHARED_PATHS, add_shared_routes
 from watchkeep.tls import Endpoint, explain_connection_failure
 
 __all__ = ["MobileServer"]
 
 log = logging.getLogger("watchkeep.mobile")
 MAX_CACHED_STREAM_TOKENS = 10_000
-_HLS_JS = "hls.light.min.js"
 
 
 class MobileServer(LinkedServer):
-    public_paths = frozenset(
-        {"/", "/index.html", "/api/v1/login", "/healthz", "/metrics", f"/vendor/{_HLS_JS}"}
-    )
+    public_paths = SHARED_PATHS | {"/", "/index.html", "/api/v1/login", "/healthz", "/metrics"}
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -49,7 +47,7 @@ class MobileServer(LinkedServer):
         r.add_get("/", self.index)
         r.add_get("/index.html", self.index)
         r.add_get("/healthz", self.health)
-        r.add_get(f"/vendor/{_HLS_JS}", self.hls_js)
+        add_shared_routes(r)
         r.add_get("/metrics", self.metrics)
         r.add_post("/api/v1/login", self.login)
         r.add_post("/api/v1/logout", self.logout)
@@ -108,15 +106,6 @@ class MobileServer(LinkedServer):
                 "script-src 'self' 'unsafe-inline'",
                 "Cache-Control": "no-store",
             },
-        )
-
-    async def hls_js(self, _request: web.Request) -> web.Response:
-        """hls.js, vendored (servers/vendor/README.md): recorded video in the web client."""
-        script = resources.files("watchkeep.servers").joinpath("vendor", _HLS_JS).read_bytes()
-        return web.Response(
-            body=script,
-            content_type="text/javascript",
-            headers={"Cache-Control": "public, max-age=86400"},
         )
 
     async def health(self, _request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from watchkeep.errors import WatchkeepError
 from watchkeep.servers._config import ServerConfig
+from watchkeep.servers._cors import CrossOrigin
 from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
@@ -32,6 +33,9 @@ class RecordingServer(LinkedServer):
         # Users reach the data listener with stream tokens the management server made for
         # this server and the cameras they may view.
         self.data_app = web.Application(middlewares=[self.token_middleware("stream")])
+        # The management client's page plays recordings from here (HLS, with hls.js).
+        assert config.management is not None
+        CrossOrigin(config.management).install(self.data_app)
         self.data_app.router.add_get("/api/v1/status", self.status)
         self.data_app.router.add_get("/metrics", self.metrics)
         recording = config.recording

@@ -4,9 +4,9 @@ that does everything through the same API as the CLI, with the caller's token.
 What guards it in a browser:
 
 * the page's Content-Security-Policy allows scripts and styles from this server only (no
-  inline code, no ``eval``), calls to this server only, pictures from this server and
-  from the site's recording servers (live video and playback come from them, with a
-  stream token), and no framing;
+  inline code, no ``eval``), calls to this server and to the site's recording servers,
+  pictures from this server and from them, video from ``blob:`` (live video and
+  playback come from the recording servers, with a stream token), and no framing;
 * the token lives in the page's memory: no cookie is ever set, so a request forged by
   another site carries no credentials; and `refuse_cross_origin` refuses every state
   change whose ``Origin`` (or ``Sec-Fetch-Site``) says it comes from another origin all
@@ -25,6 +25,7 @@ from importlib.resources.abc import Traversable
 from aiohttp import web
 
 from watchkeep.servers._problems import problem
+from watchkeep.servers._webshared import add_shared_routes
 from watchkeep.servers.management._http import Handler
 from watchkeep.servers.management._site import SiteView
 
@@ -57,26 +58,32 @@ class WebClient:
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/", self.page)
+        add_shared_routes(router)  # /web/video.js and hls.js, as the mobile server serves them
         router.add_get("/web/{name}", self.asset)
 
     def content_security_policy(self) -> str:
-        """Scripts, styles and calls: this server only. Pictures: this server (snapshots
-        as blobs) and the data listener of each recording server (live MJPEG and
-        playback, each with a stream token), by either scheme: its encryption may be
-        switched while the page is open."""
-        media = sorted(
-            f"{scheme}://{s.host}:{s.ports['data']}"
+        """Scripts, styles and calls: this server only, but for the data listener of each
+        recording server, by either scheme (its encryption may be switched while the page
+        is open), where video comes from with a stream token: pictures (live MJPEG and
+        playback), live H.264/H.265 over its WebSocket, recordings over HLS (hls.js, with
+        no worker). Video plays from ``blob:`` URLs (Media Source Extensions)."""
+        listeners = [
+            f"{s.host}:{s.ports['data']}"
             for s in self.site.servers()
             if s.role.records and "data" in s.ports
-            for scheme in ("http", "https")
+        ]
+        pictures = sorted(f"{scheme}://{x}" for x in listeners for scheme in ("http", "https"))
+        calls = sorted(
+            f"{scheme}://{x}" for x in listeners for scheme in ("http", "https", "ws", "wss")
         )
         return "; ".join(
             [
                 "default-src 'none'",
                 "script-src 'self'",
                 "style-src 'self'",
-                "connect-src 'self'",
-                " ".join(["img-src 'self' blob:", *media]),
+                " ".join(["connect-src 'self'", *calls]),
+                " ".join(["img-src 'self' blob:", *pictures]),
+                "media-src blob:",
                 "base-uri 'none'",
                 "form-action 'self'",
                 "frame-ancestors 'none'",

@@ -5,35 +5,60 @@
 
 import {call, get, isAdministrator, post, remove, patch} from "./api.js";
 import {clear, h, problemBlock} from "./dom.js";
+import {playLive, playRecorded, words} from "./video.js";
 
 const SNAPSHOT_INTERVAL = 1000;
 let timers = [];
 let objectUrls = [];
+let sockets = [];  // live video (live.ws) of the cameras shown
+let players = [];  // hls.js players of recordings shown
 
 export function leave() {
   for (const timer of timers) clearInterval(timer);
   timers = [];
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls = [];
+  for (const socket of sockets) socket.close();
+  sockets = [];
+  for (const player of players) player.destroy();
+  players = [];
 }
 
-// Live video straight from the recording server (MJPEG, with a stream token) where the
-// browser may load it: over TLS, or from a plain page. Else (a plaintext recording server
-// seen from an HTTPS page, which a browser blocks as mixed content) the latest picture
-// through the management server, once a second.
-async function showLive(img, camera) {
-  const grant = await post(`/api/v1/cameras/${encodeURIComponent(camera)}/stream-token`);
-  if (!img.isConnected) return grant;  // the view changed meanwhile
-  if (grant.encryption || location.protocol === "http:") {
-    const scheme = grant.encryption ? "https" : "http";
-    img.src = `${scheme}://${grant.host}:${grant.port}/api/v1/cameras/${encodeURIComponent(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`;
-    img.dataset.source = "live";
+const cameraPath = (camera) => `/api/v1/cameras/${encodeURIComponent(camera)}`;
+
+// Whether the page may load from the recording server of `grant` (a stream token's
+// answer): over TLS, or from a plain page. A plaintext recording server seen from an HTTPS
+// page is mixed content, which a browser blocks.
+function reachable(grant) {
+  return grant.encryption || location.protocol === "http:";
+}
+
+function dataUrl(grant, scheme, path) {
+  return `${scheme}://${grant.host}:${grant.port}${path}`;
+}
+
+// Live video straight from the recording server, with a stream token, in `view` (which
+// holds `img`): over its WebSocket, H.264/H.265 through Media Source Extensions
+// (video.js), a Motion JPEG camera as its MJPEG stream in `img`. Where the page may not
+// load from it, the latest picture through the management server, once a second.
+async function showLive(view, img, camera) {
+  const grant = await post(`${cameraPath(camera)}/stream-token`);
+  if (!view.isConnected) return grant;  // the view changed meanwhile
+  if (reachable(grant)) {
+    const scheme = grant.encryption ? "wss" : "ws";
+    const url = dataUrl(grant, scheme, `${cameraPath(camera)}/live.ws?token=${encodeURIComponent(grant.token)}`);
+    sockets.push(playLive(view, url, camera, () => {
+      const http = grant.encryption ? "https" : "http";
+      img.src = dataUrl(grant, http, `${cameraPath(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`);
+      img.dataset.source = "live";
+      view.replaceChildren(img);
+    }));
     return grant;
   }
   img.dataset.source = "snapshot";
   const refresh = async () => {
     try {
-      const picture = await call("GET", `/api/v1/cameras/${encodeURIComponent(camera)}/snapshot.jpg`);
+      const picture = await call("GET", `${cameraPath(camera)}/snapshot.jpg`);
       const url = URL.createObjectURL(picture);
       objectUrls.push(url);
       const old = img.src;
@@ -43,11 +68,18 @@ async function showLive(img, camera) {
         objectUrls = objectUrls.filter((u) => u !== old);
       }
     } catch (error) {
+      if (error.status === 415) {  // H.264/H.265: no pictures to fetch one by one
+        clearInterval(timer);
+        view.replaceChildren(words(`${camera} sends H.264/H.265 video, which this encrypted page can ` +
+          `play only from an encrypted recording server: turn on the encryption of ${grant.recording_server}.`));
+        return;
+      }
       img.alt = `no picture from ${camera}: ${error.message}`;
     }
   };
+  const timer = setInterval(refresh, SNAPSHOT_INTERVAL);
+  timers.push(timer);
   await refresh();
-  timers.push(setInterval(refresh, SNAPSHOT_INTERVAL));
   return grant;
 }
 
@@ -128,27 +160,44 @@ function single(container, camera, context) {
   leave();
   clear(container);
   const img = h("img", {alt: `live view of ${camera.name}`, "data-camera": camera.name, class: "single"});
+  const live = h("div", {class: "live single", id: "live"}, img);
   const now = new Date();
   const local = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
   const from = h("input", {id: "playback-from", type: "datetime-local", step: 1, value: local(new Date(now - 60000))});
   const to = h("input", {id: "playback-to", type: "datetime-local", step: 1, value: local(now)});
   const playback = h("img", {alt: `playback of ${camera.name}`, id: "playback", hidden: true});
+  const recorded = h("div", {id: "playback-video", class: "live single"});
   const result = h("div", {});
   const form = h("form", {id: "playback-form", "aria-labelledby": "playback-title"},
     h("h3", {id: "playback-title"}, "Playback"),
     h("p", {}, h("label", {for: "playback-from"}, "From (local time)"), from),
     h("p", {}, h("label", {for: "playback-to"}, "To (local time)"), to),
     h("p", {}, h("button", {type: "submit"}, "Play")),
-    result, playback);
+    result, playback, recorded);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     result.replaceChildren();
-    const start = Date.parse(from.value) / 1000;
-    const end = Date.parse(to.value) / 1000;
+    for (const player of players) player.destroy();
+    players = [];
+    recorded.replaceChildren();
+    playback.hidden = true;
+    const start = new Date(from.value), end = new Date(to.value);
     try {
-      const grant = await post(`/api/v1/cameras/${encodeURIComponent(camera.name)}/stream-token`);
+      const grant = await post(`${cameraPath(camera.name)}/stream-token`);
       const scheme = grant.encryption ? "https" : "http";
-      playback.src = `${scheme}://${grant.host}:${grant.port}/api/v1/cameras/${encodeURIComponent(camera.name)}/playback.mjpeg?from=${start}&to=${end}&token=${encodeURIComponent(grant.token)}`;
+      if (["H264", "H265"].includes(live.dataset.codec)) {
+        // Recorded H.264/H.265 over HLS, the stream token in each request's header.
+        if (!reachable(grant)) {
+          recorded.replaceChildren(words(`Recordings of ${camera.name} play here only from an encrypted ` +
+            `recording server: turn on the encryption of ${grant.recording_server}.`));
+          return;
+        }
+        const range = `from=${encodeURIComponent(start.toISOString())}&to=${encodeURIComponent(end.toISOString())}`;
+        const player = await playRecorded(recorded, dataUrl(grant, scheme, `${cameraPath(camera.name)}/playback.m3u8?${range}`), camera.name, grant.token);
+        if (player !== null) players.push(player);
+        return;
+      }
+      playback.src = dataUrl(grant, scheme, `${cameraPath(camera.name)}/playback.mjpeg?from=${start / 1000}&to=${end / 1000}&token=${encodeURIComponent(grant.token)}`);
       playback.hidden = false;
     } catch (error) {
       result.replaceChildren(problemBlock(error));
@@ -157,12 +206,12 @@ function single(container, camera, context) {
   const heading = h("h2", {tabindex: "-1", id: "view-title"}, `Camera ${camera.name}`);
   container.append(...[heading,
     h("p", {}, h("button", {type: "button", id: "back", onclick: () => context.show("cameras")}, "Back to all cameras")),
-    h("figure", {}, img, h("figcaption", {}, `${camera.name} (${camera.recording_server})`)),
+    h("figure", {}, live, h("figcaption", {}, `${camera.name} (${camera.recording_server})`)),
     camera.problem ? h("p", {class: "problem", role: "alert"}, `${camera.name} sends no pictures: ${camera.problem}`) : null,
     form,
   ].filter((part) => part !== null));
   heading.focus();
-  showLive(img, camera.name).catch((error) => container.append(problemBlock(error)));
+  showLive(live, img, camera.name).catch((error) => container.append(problemBlock(error)));
 }
 
 export async function render(container, context) {
@@ -172,8 +221,9 @@ export async function render(container, context) {
   const grid = h("ul", {class: "grid", id: "camera-grid"});
   for (const camera of status.cameras) {
     const img = h("img", {alt: `live view of ${camera.name}`, "data-camera": camera.name});
+    const live = h("div", {class: "live"}, img);
     grid.append(h("li", {"data-camera": camera.name},
-      h("figure", {}, img,
+      h("figure", {}, live,
         h("figcaption", {},
           h("a", {href: `#cameras/${camera.name}`, onclick: (event) => { event.preventDefault(); single(container, camera, context); }},
             camera.name),
@@ -181,7 +231,7 @@ export async function render(container, context) {
           admin && camera.source ? h("span", {class: "source"}, ` ${camera.source.url || camera.source.kind}`) : null)),
       camera.problem ? h("p", {class: "problem", role: "alert"}, `Sends no pictures: ${camera.problem}`) : null,
       admin ? cameraControls(camera, recorders, context) : null));
-    showLive(img, camera.name).catch((error) => { img.alt = `${camera.name}: ${error.message}`; });
+    showLive(live, img, camera.name).catch((error) => { img.alt = `${camera.name}: ${error.message}`; });
   }
   container.append(status.cameras.length ? grid : h("p", {}, "No camera you may view."));
   if (admin) container.append(addForm(recorders, context));
