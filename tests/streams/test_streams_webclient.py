@@ -121,7 +121,11 @@ def test_logging_out_of_the_web_client_stops_the_video_and_revokes_its_token(
             " return i !== null && i.naturalWidth > 0; }",
             arg=_camera_image(page, "cam1"),
         )
-        token = page.evaluate("() => session")
+        # (the page's script is a module: its token is no global; the live picture's URL has it)
+        token = page.evaluate(
+            "(s) => new URL(document.querySelector(s).src).searchParams.get('token')",
+            _camera_image(page, "cam1"),
+        )
 
         # When the operator logs out
         page.click("#logout")
