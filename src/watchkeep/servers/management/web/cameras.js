@@ -7,11 +7,12 @@ import {call, get, isAdministrator, post, remove, patch} from "./api.js";
 import {clear, h, problemBlock} from "./dom.js";
 
 const SNAPSHOT_INTERVAL = 1000;
+const LIVE_RETRY = 2000;
 let timers = [];
 let objectUrls = [];
 
 export function leave() {
-  for (const timer of timers) clearInterval(timer);
+  for (const timer of timers) clearInterval(timer);  // clears timeouts too
   timers = [];
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls = [];
@@ -26,6 +27,17 @@ async function showLive(img, camera) {
   if (!img.isConnected) return grant;  // the view changed meanwhile
   if (grant.encryption || location.protocol === "http:") {
     const scheme = grant.encryption ? "https" : "http";
+    // A stream that ends or fails (a camera its recording server does not have yet, a
+    // server restarting or failing over, an expired token) is asked for again, with a new
+    // token, for as long as the picture is on the page.
+    img.onerror = () => {
+      img.onerror = null;
+      const timer = setTimeout(() => {
+        timers = timers.filter((t) => t !== timer);
+        if (img.isConnected) showLive(img, camera).catch((error) => { img.alt = `${camera}: ${error.message}`; });
+      }, LIVE_RETRY);
+      timers.push(timer);
+    };
     img.src = `${scheme}://${grant.host}:${grant.port}/api/v1/cameras/${encodeURIComponent(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`;
     img.dataset.source = "live";
     return grant;
