@@ -78,6 +78,8 @@ class ExpectedRefusals:
     def allowed(self, message: str) -> bool:
         return any(
             f"Failed to load resource: the server responded with a status of {s} (" in message
+            # the same refusal of a WebSocket (live video)
+            or f"Error during WebSocket handshake: Unexpected response code: {s}" in message
             for s in self.statuses
         ) or any(f"Failed to load resource: net::{e}" in message for e in self.network_errors)
 

@@ -27,10 +27,13 @@ function join(parts) {
 // the place of what `view` holds. A Motion JPEG camera (its messages begin "WK") is not
 // for Media Source Extensions: the socket is closed and `onMotionJpeg()` shows it the
 // caller's way. A codec this browser cannot play is said in words. The codec goes to
-// `view.dataset.codec` ("H264", "H265", or "JPEG"). Returns the socket.
-export function playLive(view, url, camera, onMotionJpeg) {
+// `view.dataset.codec` ("H264", "H265", or "JPEG"). `onEnd()`, if given, is called when
+// the stream ends otherwise (refused, cut, closed by the caller). Returns the socket.
+export function playLive(view, url, camera, {onMotionJpeg, onEnd = () => {}}) {
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
+  let handedOver = false;  // closed here: the camera is for the caller, or not for this browser
+  socket.addEventListener("close", () => { if (!handedOver) onEnd(); });
   let video = null, buffer = null, queue = [];
 
   function pump() {
@@ -61,6 +64,7 @@ export function playLive(view, url, camera, onMotionJpeg) {
       if (stream.type !== "stream") return;
       view.dataset.codec = stream.codec;
       if (!("MediaSource" in window) || !MediaSource.isTypeSupported(stream.mime)) {
+        handedOver = true;
         socket.close();
         view.replaceChildren(words(`This browser cannot play ${CODEC_NAMES[stream.codec] || stream.codec} ` +
           `video (${stream.mime}), which this camera sends. Watch it in a browser that can, or export ` +
@@ -90,6 +94,7 @@ export function playLive(view, url, camera, onMotionJpeg) {
     }
     const data = new Uint8Array(event.data);
     if (data[0] === 0x57 && data[1] === 0x4b) {  // "WK": a Motion JPEG camera
+      handedOver = true;
       socket.close();
       view.dataset.codec = "JPEG";
       onMotionJpeg();

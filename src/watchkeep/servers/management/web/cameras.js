@@ -8,13 +8,14 @@ import {clear, h, problemBlock} from "./dom.js";
 import {playLive, playRecorded, words} from "./video.js";
 
 const SNAPSHOT_INTERVAL = 1000;
+const LIVE_RETRY = 2000;
 let timers = [];
 let objectUrls = [];
 let sockets = [];  // live video (live.ws) of the cameras shown
 let players = [];  // hls.js players of recordings shown
 
 export function leave() {
-  for (const timer of timers) clearInterval(timer);
+  for (const timer of timers) clearInterval(timer);  // clears timeouts too
   timers = [];
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls = [];
@@ -37,6 +38,17 @@ function dataUrl(grant, scheme, path) {
   return `${scheme}://${grant.host}:${grant.port}${path}`;
 }
 
+// A stream that ends or fails (a camera its recording server does not have yet, a server
+// restarting or failing over, an expired token) is asked for again, with a new token, for
+// as long as its view is on the page.
+function liveAgain(view, img, camera) {
+  const timer = setTimeout(() => {
+    timers = timers.filter((t) => t !== timer);
+    if (view.isConnected) showLive(view, img, camera).catch((error) => { img.alt = `${camera}: ${error.message}`; });
+  }, LIVE_RETRY);
+  timers.push(timer);
+}
+
 // Live video straight from the recording server, with a stream token, in `view` (which
 // holds `img`): over its WebSocket, H.264/H.265 through Media Source Extensions
 // (video.js), a Motion JPEG camera as its MJPEG stream in `img`. Where the page may not
@@ -47,11 +59,19 @@ async function showLive(view, img, camera) {
   if (reachable(grant)) {
     const scheme = grant.encryption ? "wss" : "ws";
     const url = dataUrl(grant, scheme, `${cameraPath(camera)}/live.ws?token=${encodeURIComponent(grant.token)}`);
-    sockets.push(playLive(view, url, camera, () => {
-      const http = grant.encryption ? "https" : "http";
-      img.src = dataUrl(grant, http, `${cameraPath(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`);
-      img.dataset.source = "live";
-      view.replaceChildren(img);
+    sockets = sockets.filter((socket) => socket.readyState !== WebSocket.CLOSED);
+    sockets.push(playLive(view, url, camera, {
+      onMotionJpeg: () => {
+        const http = grant.encryption ? "https" : "http";
+        img.onerror = () => {
+          img.onerror = null;
+          liveAgain(view, img, camera);
+        };
+        img.src = dataUrl(grant, http, `${cameraPath(camera)}/live.mjpeg?token=${encodeURIComponent(grant.token)}`);
+        img.dataset.source = "live";
+        view.replaceChildren(img);
+      },
+      onEnd: () => liveAgain(view, img, camera),
     }));
     return grant;
   }
