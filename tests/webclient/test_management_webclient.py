@@ -453,6 +453,8 @@ def test_a_camera_is_removed(web: WebSite, console: ExpectedRefusals) -> None:
     console.network_errors.add("ERR_INCOMPLETE_CHUNKED_ENCODING")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click(f"button[data-remove={CAMERA}]")
+    # (the view drawn before the removal is ready too: wait for the camera to leave it)
+    page.wait_for_selector(f"#camera-grid li[data-camera={CAMERA}]", state="detached")
     page.wait_for_selector("#view[data-ready=true] #camera-add")
     assert page.locator(f"#camera-grid li[data-camera={CAMERA}]").count() == 0
     assert [c["name"] for c in off_the_loop(web.site.api, "GET", "/api/v1/cameras")] == [
