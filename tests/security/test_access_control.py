@@ -74,6 +74,9 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     # call they make presents the user's token), the API it added is not.
     ("ms", "api", "GET", "/"): 200,
     ("ms", "api", "GET", "/web/{name}"): 404,  # no file "cam1"
+    # public: the video module and hls.js both web clients load (servers/_webshared.py)
+    ("ms", "api", "GET", "/web/video.js"): 200,
+    ("ms", "api", "GET", "/vendor/hls.light.min.js"): 200,
     ("ms", "api", "GET", "/api/v1/site/breaches"): 401,
     ("ms", "api", "GET", "/api/v1/certificates"): 401,
     ("ms", "api", "POST", "/api/v1/certificates/{name}/revoke"): 401,
@@ -88,6 +91,8 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("rs1", "data", "GET", "/api/v1/cameras/{name}/live.ws"): 401,
     ("rs1", "data", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,
     ("rs1", "data", "GET", "/api/v1/cameras/{name}/playback.mjpeg"): 401,
+    ("rs1", "data", "GET", "/api/v1/cameras/{name}/playback.m3u8"): 401,
+    ("rs1", "data", "GET", "/api/v1/cameras/{name}/recordings/{file}"): 401,
     # The recording server's control link (mutual TLS, then a control token).
     ("rs1", "control", "POST", "/control/v1/config"): 401,
     ("rs1", "control", "GET", "/control/v1/status"): 401,
@@ -101,6 +106,12 @@ ROUTES: dict[tuple[str, str, str, str], int] = {
     ("mobile1", "https", "GET", "/api/v1/cameras"): 401,
     ("mobile1", "https", "GET", "/api/v1/cameras/{name}/live.mjpeg"): 401,
     ("mobile1", "https", "GET", "/api/v1/cameras/{name}/snapshot.jpg"): 401,
+    ("mobile1", "https", "GET", "/api/v1/cameras/{name}/live.ws"): 401,
+    ("mobile1", "https", "GET", "/api/v1/cameras/{name}/playback.m3u8"): 401,
+    ("mobile1", "https", "GET", "/api/v1/cameras/{name}/recordings/{file}"): 401,
+    # public: the video module and hls.js, as the management server serves them
+    ("mobile1", "https", "GET", "/web/video.js"): 200,
+    ("mobile1", "https", "GET", "/vendor/hls.light.min.js"): 200,
 }
 # State-changing management routes: administrators only.
 ADMIN_ONLY = [
