@@ -29,6 +29,7 @@ _COMMANDS = {
     "user": ("watchkeep.cli._user", "the site's users"),
     "view": ("watchkeep.cli._video", "watch a camera live (the Smart Client of this site)"),
     "playback": ("watchkeep.cli._video", "fetch recorded video of a time range"),
+    "db": ("watchkeep.cli._db", "the databases: schema upgrades"),
     "demo": ("watchkeep.cli._demo", "run a complete encrypted site on this machine"),
     "doctor": ("watchkeep.cli._doctor", "check every requirement of the site"),
 }

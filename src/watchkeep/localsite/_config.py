@@ -61,6 +61,7 @@ def server_document(site: LocalSite, server: LocalServer) -> Document:
             # The site's home is the CA home: the management server renews with it.
             **({"ca_home": site.home.root} if site.auto_renew else {}),
             "renew_check_interval": site.renew_check_interval,
+            **({"database_url": site.database_url} if site.database_url else {}),
         }
     else:
         ms = site.management

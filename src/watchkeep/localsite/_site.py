@@ -60,7 +60,10 @@ class LocalSite:
         heartbeat_interval: float = 0.5,
         renew_check_interval: float = 1.0,
         auto_renew: bool = True,
+        database_url: str | None = None,
     ) -> None:
+        """``database_url``: the management server's site database (default: SQLite in
+        its data directory)."""
         self.root = root
         self.network = network or free_loopback_network()
         self.domain = domain
@@ -69,6 +72,7 @@ class LocalSite:
         self.heartbeat_interval = heartbeat_interval
         self.renew_check_interval = renew_check_interval
         self.auto_renew = auto_renew
+        self.database_url = database_url
         # The administrator's home (CA, inventory, CLI connection) is the root itself, so
         # that `watchkeep --home ROOT ...` describes the site; each server lives below it.
         self.home = Home(root)

@@ -70,7 +70,8 @@ class ServerConfig:
     failover_after: float = 5.0
     admin_password: str | None = None
     registration_key: str | None = None
-    database_url: str | None = None
+    database_url: str | None = None  # None: SQLite in data_dir
+    database_password_file: Path | None = None
     token_ttl: float = 900.0
     # Log-in rate limiting: failures allowed in a row before back-off, per account and per
     # client address, and the longest back-off.
@@ -323,7 +324,13 @@ def load_config(path: Path) -> ServerConfig:
         failover_after=_number(path, "site", site, "failover_after", 5.0),
         admin_password=_secret(base, site, "admin_password_file", path),
         registration_key=_secret(base, site, "registration_key_file", path),
-        database_url=site.get("database"),
+        # `database` is the name releases before 0.2 read
+        database_url=site.get("database_url") or site.get("database"),
+        database_password_file=(
+            (base / str(site["database_password_file"])).resolve()
+            if site.get("database_password_file")
+            else None
+        ),
         token_ttl=_number(path, "site", site, "token_ttl", 900.0),
         login_failures_per_account=_number(
             path, "site", site, "login_failures_per_account", 5, whole=True

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from watchkeep.site import Camera, Readiness, Server, ServerRole
-from watchkeep.store._engine import open_database
+from watchkeep.store._engine import open_database, upsert
 from watchkeep.store._schema import cameras, servers, settings, site_metadata, users
 
 __all__ = ["SiteStore", "User"]
@@ -32,8 +33,8 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 class SiteStore:
-    def __init__(self, url: str) -> None:
-        self.db = open_database(url, site_metadata)
+    def __init__(self, url: str, *, password_file: Path | None = None) -> None:
+        self.db = open_database(url, site_metadata, password_file=password_file)
 
     def dispose(self) -> None:
         self.db.dispose()
@@ -47,10 +48,7 @@ class SiteStore:
 
     def set_setting(self, key: str, value: Any) -> None:
         with self.db.begin() as conn:
-            if conn.execute(sa.select(settings.c.key).where(settings.c.key == key)).first():
-                conn.execute(sa.update(settings).where(settings.c.key == key).values(value=value))
-            else:
-                conn.execute(sa.insert(settings).values(key=key, value=value))
+            upsert(conn, settings, {"key": key}, {"value": value})
 
     # -- servers -------------------------------------------------------------------------
 
@@ -139,11 +137,11 @@ class SiteStore:
     def put_camera(self, name: str, recording_server: str, source: dict[str, Any]) -> None:
         """Add camera ``name``, or replace the one of that name."""
         with self.db.begin() as conn:
-            conn.execute(sa.delete(cameras).where(cameras.c.name == name))
-            conn.execute(
-                sa.insert(cameras).values(
-                    name=name, recording_server=recording_server, source=source
-                )
+            upsert(
+                conn,
+                cameras,
+                {"name": name},
+                {"recording_server": recording_server, "current_server": None, "source": source},
             )
 
     def delete_camera(self, name: str) -> bool:
@@ -171,14 +169,11 @@ class SiteStore:
         """Add ``user``, or replace the one of that name; whether it existed."""
         with self.db.begin() as conn:
             existed = conn.execute(sa.select(users.c.name).where(users.c.name == user.name)).first()
-            conn.execute(sa.delete(users).where(users.c.name == user.name))
-            conn.execute(
-                sa.insert(users).values(
-                    name=user.name,
-                    role=user.role,
-                    password_hash=user.password_hash,
-                    cameras=user.cameras,
-                )
+            upsert(
+                conn,
+                users,
+                {"name": user.name},
+                {"role": user.role, "password_hash": user.password_hash, "cameras": user.cameras},
             )
         return existed is not None
 

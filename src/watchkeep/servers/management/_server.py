@@ -49,7 +49,10 @@ log = logging.getLogger("watchkeep.management")
 class ManagementServer(ServerProcess):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.store = SiteStore(config.database_url or f"sqlite:///{config.data_dir / 'site.db'}")
+        self.store = SiteStore(
+            config.database_url or f"sqlite:///{config.data_dir / 'site.db'}",
+            password_file=config.database_password_file,
+        )
         self.site = SiteView(config, self.store, self._me)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
