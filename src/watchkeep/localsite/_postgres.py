@@ -108,7 +108,7 @@ class LocalPostgres:
         if self.tls is not None:
             chain, key = (self._owned_copy(p) for p in self.tls)
             settings += ["ssl = on", f"ssl_cert_file = '{chain}'", f"ssl_key_file = '{key}'"]
-            hba.append(f"hostssl all all {self.address}/32 scram-sha-256")
+            hba.append("hostssl all all 127.0.0.0/8 scram-sha-256")  # TLS only, password only
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write("\n".join(settings) + "\n")
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")

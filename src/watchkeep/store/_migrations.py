@@ -84,8 +84,8 @@ INVENTORY = Schema("inventory", inventory_metadata, "certificates", 0x77_6B_49_4
 SCHEMAS = {s.name: s for s in (SITE, INVENTORY)}
 
 
-_REVISION = re.compile(r'^revision = "([^"]+)"$', re.M)
-_DOWN = re.compile(r'^down_revision = (?:"([^"]+)"|None)$', re.M)
+_REVISION = re.compile(r"^revision = [\"']([^\"']+)[\"']$", re.M)
+_DOWN = re.compile(r"^down_revision = (?:[\"']([^\"']+)[\"']|None)$", re.M)
 
 
 @cache
