@@ -142,7 +142,12 @@ class LocalSite:
 
     @property
     def management(self) -> LocalServer:
-        return next(s for s in self.servers.values() if s.role is ServerRole.MANAGEMENT)
+        return self.managements[0]
+
+    @property
+    def managements(self) -> list[LocalServer]:
+        """The site's management servers (several share a PostgreSQL database)."""
+        return [s for s in self.servers.values() if s.role is ServerRole.MANAGEMENT]
 
     def write_config(self, server: LocalServer) -> None:
         """Write the server's config file from the site's settings and ``server.extra``."""
@@ -232,6 +237,10 @@ class LocalSite:
             user="admin",
             password_file=str(self.password_file),
             trust_store=str(self.home.trust_dir),
+            others=[
+                {"name": m.name, "host": m.host, "address": m.address, "port": m.ports["api"]}
+                for m in self.managements[1:]
+            ],
         ).save(self.home)
 
     def cli(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from watchkeep._names import validate_host_name
-from watchkeep.errors import HomeError
+from watchkeep.errors import HomeError, WatchkeepError
 from watchkeep.pki import profile_for
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
 from watchkeep.servers._listener import (
@@ -34,6 +35,13 @@ class ManagementLink:
     address: str
     port: int
     registration_key: str | None
+    # The site's other management servers (one PostgreSQL database): tried in turn when
+    # the one spoken to does not answer. (host, address, port) each.
+    others: tuple[tuple[str, str, int], ...] = ()
+
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """Every management server of the site this server may speak to, first the first."""
+        return [(self.host, self.address, self.port), *self.others]
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,22 @@ def _fraction(path: Path, value: float) -> float:
     return value
 
 
+def _other_management(path: Path, entry: Any) -> tuple[str, str, int]:
+    """One of ``[management] others = [{host = ..., address = ..., port = 9000}, ...]``."""
+    try:
+        return (
+            validate_host_name(str(entry["host"])),
+            str(ipaddress.ip_address(str(entry["address"]))),
+            int(entry.get("port", DEFAULT_PORTS[ServerRole.MANAGEMENT]["api"])),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, WatchkeepError):
+        raise _fail(
+            path,
+            f"[management] others: {entry!r} is not a management server",
+            'write others = [{host = "ms2.site.example", address = "10.0.0.11", port = 9000}]',
+        ) from None
+
+
 def load_config(path: Path) -> ServerConfig:
     try:
         raw = tomllib.loads(path.read_text())
@@ -300,6 +324,7 @@ def load_config(path: Path) -> ServerConfig:
                 whole=True,
             ),
             registration_key=_secret(base, ms, "registration_key_file", path),
+            others=tuple(_other_management(path, m) for m in ms.get("others", [])),
         )
     recording = _recording(path, raw.get("recording", {}))
     data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()

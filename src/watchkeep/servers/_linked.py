@@ -64,6 +64,7 @@ class LinkedServer(ServerProcess):
         self._user_requests: dict[int, tuple[dict[str, Any], asyncio.BaseTransport | None]] = {}
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
+        self._ms = 0  # which of link.addresses() the heartbeats go to now
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -130,6 +131,38 @@ class LinkedServer(ServerProcess):
             if info.get("role") == "management":
                 return str(name)
         return ""
+
+    def management_names(self) -> set[str]:
+        """Every management server of the site, by the site map (they may be several)."""
+        return {str(n) for n, info in self.site.items() if info.get("role") == "management"}
+
+    def _management_endpoint(self, tls: bool) -> Endpoint:
+        """The management server the heartbeats go to now."""
+        host, address, port = self.link.addresses()[self._ms % len(self.link.addresses())]
+        name = next(
+            (
+                str(n)
+                for n, i in self.site.items()
+                if i.get("role") == "management" and i.get("host") == host
+            ),
+            host,
+        )
+        return Endpoint(name, host, address, port, tls)
+
+    def _next_management(self, why: str) -> bool:
+        """Turn to the site's next management server, when it has another one."""
+        if len(self.link.addresses()) < 2:
+            return False
+        gone = self._management_endpoint(False).host
+        self._ms = (self._ms + 1) % len(self.link.addresses())
+        log.warning(
+            "%s: management server %s does not answer (%s); turning to %s",
+            self.config.name,
+            gone,
+            why,
+            self._management_endpoint(False).host,
+        )
+        return True
 
     # -- configuration from the management server ----------------------------------------
 
@@ -217,13 +250,7 @@ class LinkedServer(ServerProcess):
 
     async def heartbeat_once(self, session: Any) -> None:
         tls = self.ms_encryption
-        endpoint = Endpoint(
-            self.management_name() or self.link.host,
-            self.link.host,
-            self.link.address,
-            self.link.port,
-            tls,
-        )
+        endpoint = self._management_endpoint(tls)
         # Every server proves who it is on the encrypted management link.
         context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
         try:
@@ -258,7 +285,11 @@ class LinkedServer(ServerProcess):
                 "unless the management server announced it over TLS)"
             )
             return
-        except (ConnectionFailed, ApiError) as exc:
+        except ConnectionFailed as exc:
+            if not self._next_management(str(exc)):
+                self._refused(str(exc))
+            return
+        except ApiError as exc:
             self._refused(str(exc))
             return
         if self.last_refusal is not None:
@@ -289,7 +320,8 @@ class LinkedServer(ServerProcess):
         self.last_refusal = message
 
     async def heartbeat_loop(self) -> None:
-        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
+        hosts = {host: address for host, address, _ in self.link.addresses()}
+        async with open_session(hosts, timeout=5) as session:
             while not self.stopping.is_set():
                 try:
                     await self.heartbeat_once(session)

@@ -22,7 +22,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from watchkeep.errors import StoreError
 from watchkeep.store._schema import metadata as inventory_metadata
 
-__all__ = ["create_engine", "open_database", "shown", "unreachable", "upsert"]
+__all__ = [
+    "create_engine",
+    "insert_absent",
+    "open_database",
+    "shown",
+    "try_session_lock",
+    "unreachable",
+    "upsert",
+]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -127,3 +135,21 @@ def upsert(
             index_elements=list(key), set_={k: statement.excluded[k] for k in values}
         )
     )
+
+
+def insert_absent(conn: sa.Connection, table: sa.Table, row: Mapping[str, Any]) -> None:
+    """Insert ``row`` unless a row of its primary key is there (then nothing): the first of
+    two writers wins, neither fails."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(insert(table).values(**row).on_conflict_do_nothing())
+
+
+def try_session_lock(conn: sa.Connection, lock_id: int) -> bool:
+    """Take the lock ``lock_id`` for as long as ``conn`` lives, unless another connection
+    holds it. PostgreSQL's session advisory lock: the database releases it when the
+    holder's connection ends, a killed process included. SQLite has one management server
+    per site (the database is a file of its machine): it always holds the lock."""
+    if conn.dialect.name != "postgresql":
+        return True
+    taken = conn.execute(sa.text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id})
+    return bool(taken.scalar_one())

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["cameras", "certificates", "metadata", "servers", "settings", "site_metadata", "users"]
+__all__ = [
+    "cameras",
+    "certificates",
+    "management_servers",
+    "metadata",
+    "servers",
+    "settings",
+    "site_metadata",
+    "users",
+]
 
 metadata = sa.MetaData()
 
@@ -78,4 +87,18 @@ settings = sa.Table(
     site_metadata,
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.JSON, nullable=False),
+)
+
+# The management servers of the site (one, or more on one PostgreSQL database): each keeps
+# its row fresh while it runs, so that every one of them knows the others (the site map a
+# recording server is given, the audience of a log-in token).
+management_servers = sa.Table(
+    "management_servers",
+    site_metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("host", sa.String(253), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("ports", sa.JSON, nullable=False),
+    sa.Column("encryption", sa.Boolean, nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
 )

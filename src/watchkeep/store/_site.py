@@ -12,8 +12,15 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from watchkeep.site import Camera, Readiness, Server, ServerRole
-from watchkeep.store._engine import open_database, upsert
-from watchkeep.store._schema import cameras, servers, settings, site_metadata, users
+from watchkeep.store._engine import insert_absent, open_database, try_session_lock, upsert
+from watchkeep.store._schema import (
+    cameras,
+    management_servers,
+    servers,
+    settings,
+    site_metadata,
+    users,
+)
 
 __all__ = ["SiteStore", "User"]
 
@@ -49,6 +56,65 @@ class SiteStore:
     def set_setting(self, key: str, value: Any) -> None:
         with self.db.begin() as conn:
             upsert(conn, settings, {"key": key}, {"value": value})
+
+    def adopt_setting(self, key: str, value: Any) -> Any:
+        """The setting ``key``, set to ``value`` first if it has none: what every management
+        server of the site then uses (the first to write it decides)."""
+        with self.db.begin() as conn:
+            insert_absent(conn, settings, {"key": key, "value": value})
+            return conn.execute(
+                sa.select(settings.c.value).where(settings.c.key == key)
+            ).scalar_one()
+
+    # -- the management servers ------------------------------------------------------------
+
+    def announce_management(self, server: Server, *, now: dt.datetime) -> None:
+        """``server`` (a management server) runs now, at its host and address."""
+        with self.db.begin() as conn:
+            upsert(
+                conn,
+                management_servers,
+                {"name": server.name},
+                {
+                    "host": server.host,
+                    "address": server.address,
+                    "ports": server.ports,
+                    "encryption": server.encryption,
+                    "last_seen": now,
+                },
+            )
+
+    def management_servers(self, *, now: dt.datetime, offline_after: dt.timedelta) -> list[Server]:
+        """Every management server that ever ran on this database, by name."""
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(management_servers).order_by(management_servers.c.name))
+            return [
+                Server(
+                    name=r.name,
+                    role=ServerRole.MANAGEMENT,
+                    host=r.host,
+                    address=r.address,
+                    ports=dict(r.ports),
+                    encryption=bool(r.encryption),
+                    online=now - _utc(r.last_seen) <= offline_after,  # type: ignore[operator]
+                    last_seen=_utc(r.last_seen),
+                )
+                for r in rows
+            ]
+
+    def leadership(self, lock_id: int) -> sa.Connection | None:
+        """A connection that holds the site-wide lock ``lock_id`` (close it to let go), or
+        None while another management server holds it."""
+        conn = self.db.connect()
+        try:
+            if try_session_lock(conn, lock_id):
+                conn.commit()  # the lock outlives the transaction that took it
+                return conn
+        except BaseException:
+            conn.close()
+            raise
+        conn.close()
+        return None
 
     # -- servers -------------------------------------------------------------------------
 

@@ -20,14 +20,23 @@ log = logging.getLogger("watchkeep.management")
 
 class Failover:
     def __init__(
-        self, config: ServerConfig, site: SiteView, push: Callable[[], Awaitable[None]]
+        self,
+        config: ServerConfig,
+        site: SiteView,
+        push: Callable[[], Awaitable[None]],
+        *,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.site = site
         self._push = push
+        self._leads = leads
 
     def rebalance(self) -> list[str]:
-        """Apply the failover plan; returns the servers whose camera set changed."""
+        """Apply the failover plan; returns the servers whose camera set changed. Only the
+        management server that leads the site plans (see _peers): one decision, not two."""
+        if not self._leads():
+            return []
         all_servers = self.site.servers()
         moves, covering = plan_failover(
             all_servers,

@@ -24,6 +24,7 @@ from watchkeep.servers.management._encryption import Encryption
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
+from watchkeep.servers.management._peers import Peers
 from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
 from watchkeep.servers.management._sessions import Sessions
@@ -53,7 +54,8 @@ class ManagementServer(ServerProcess):
             config.database_url or f"sqlite:///{config.data_dir / 'site.db'}",
             password_file=config.database_password_file,
         )
-        self.site = SiteView(config, self.store, self._me)
+        self.peers = Peers(config, self.store, self._me)
+        self.site = SiteView(config, self.store, self._me, self.peers.others)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
         self.renewer = (
@@ -74,7 +76,9 @@ class ManagementServer(ServerProcess):
             self.renewer,
             lambda: self.client_ssl_context(present_certificate=True),
         )
-        self.failover = Failover(config, self.site, self.pushes.push)
+        self.failover = Failover(
+            config, self.site, self.pushes.push, leads=lambda: self.peers.leads
+        )
         self.registration = Registration(
             config, self.site, self.sessions, self.pushes, self.failover
         )
@@ -215,6 +219,7 @@ class ManagementServer(ServerProcess):
                 fix="set [tls] certificate, key and trust_store",
             )
         self.users.bootstrap_admin()
+        self.peers.start()
         await self.runner.setup()
         self.listener = Listener(
             self.config.name,
@@ -226,6 +231,7 @@ class ManagementServer(ServerProcess):
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.publisher = await start_publisher(self.config)
+        self.spawn(self.peers.run(self.stopping))
         self.spawn(self.failover.run(self.stopping))
         if self.renewer is not None:
             self.spawn(self._renewal_loop())
@@ -234,7 +240,8 @@ class ManagementServer(ServerProcess):
         assert self.renewer is not None
         while not self.stopping.is_set():
             try:
-                await self.renewer.run_once(utcnow())
+                if self.peers.leads:  # one management server renews for the site
+                    await self.renewer.run_once(utcnow())
             except (WatchkeepError, OSError) as exc:
                 log.warning("%s: renewal check failed: %s", self.config.name, exc)
             with contextlib.suppress(TimeoutError):
