@@ -5,6 +5,7 @@ site model's terms (watchkeep.site)."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,34 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _server(row: sa.Row[Any], now: dt.datetime, offline_after: dt.timedelta) -> Server:
+    m = row._mapping
+    last_seen = _utc(m["last_seen"])
+    return Server(
+        name=m["name"],
+        role=ServerRole(m["role"]),
+        host=m["host"],
+        address=m["address"],
+        ports=dict(m["ports"]),
+        encryption=bool(m["encryption"]),
+        online=last_seen is not None and now - last_seen <= offline_after,
+        last_seen=last_seen,
+        readiness=Readiness.from_json(m["readiness"]) if m["readiness"] else None,
+        encrypted_now=bool(m["encrypted_now"]),
+        covering=m["covering"],
+    )
+
+
+# settings key: a new random value whenever anything any server is told changes (servers
+# of the site, cameras, settings): a management server rebuilds what it tells servers only
+# when it differs from the value it last built with, and a heartbeat reads one row.
+VERSION_SETTING = "site_version"
+
+
+def _changed(conn: sa.Connection) -> None:
+    upsert(conn, settings, {"key": VERSION_SETTING}, {"value": uuid.uuid4().hex})
+
+
 class SiteStore:
     def __init__(self, url: str, *, password_file: Path | None = None) -> None:
         self.db = open_database(url, site_metadata, password_file=password_file)
@@ -56,12 +85,18 @@ class SiteStore:
     def set_setting(self, key: str, value: Any) -> None:
         with self.db.begin() as conn:
             upsert(conn, settings, {"key": key}, {"value": value})
+            _changed(conn)
+
+    def site_version(self) -> str:
+        """Changes (to a new random value) with every change of what servers are told."""
+        return str(self.setting(VERSION_SETTING, ""))
 
     def adopt_setting(self, key: str, value: Any) -> Any:
         """The setting ``key``, set to ``value`` first if it has none: what every management
         server of the site then uses (the first to write it decides)."""
         with self.db.begin() as conn:
             insert_absent(conn, settings, {"key": key, "value": value})
+            _changed(conn)
             return conn.execute(
                 sa.select(settings.c.value).where(settings.c.key == key)
             ).scalar_one()
@@ -71,6 +106,21 @@ class SiteStore:
     def announce_management(self, server: Server, *, now: dt.datetime) -> None:
         """``server`` (a management server) runs now, at its host and address."""
         with self.db.begin() as conn:
+            known = conn.execute(
+                sa.select(
+                    management_servers.c.host,
+                    management_servers.c.address,
+                    management_servers.c.ports,
+                    management_servers.c.encryption,
+                ).where(management_servers.c.name == server.name)
+            ).first()
+            if known is None or tuple(known) != (
+                server.host,
+                server.address,
+                server.ports,
+                server.encryption,
+            ):
+                _changed(conn)  # the site map every server is given
             upsert(
                 conn,
                 management_servers,
@@ -120,30 +170,21 @@ class SiteStore:
 
     def servers(self, *, now: dt.datetime, offline_after: dt.timedelta) -> list[Server]:
         """The registered servers, by name; online when heard from within ``offline_after``."""
-        found = []
         with self.db.connect() as conn:
-            for row in conn.execute(sa.select(servers).order_by(servers.c.name)):
-                m = row._mapping
-                last_seen = _utc(m["last_seen"])
-                found.append(
-                    Server(
-                        name=m["name"],
-                        role=ServerRole(m["role"]),
-                        host=m["host"],
-                        address=m["address"],
-                        ports=dict(m["ports"]),
-                        encryption=bool(m["encryption"]),
-                        online=last_seen is not None and now - last_seen <= offline_after,
-                        last_seen=last_seen,
-                        readiness=Readiness.from_json(m["readiness"]) if m["readiness"] else None,
-                        encrypted_now=bool(m["encrypted_now"]),
-                        covering=m["covering"],
-                    )
-                )
-        return found
+            rows = conn.execute(sa.select(servers).order_by(servers.c.name))
+            return [_server(row, now, offline_after) for row in rows]
 
-    def record_heartbeat(self, server: Server, *, now: dt.datetime, new: bool) -> None:
-        """Register ``server`` (``new``) or record what its heartbeat says of it now."""
+    def server(self, name: str, *, now: dt.datetime, offline_after: dt.timedelta) -> Server | None:
+        """The registered server ``name``, or None (one row: a heartbeat's read)."""
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(servers).where(servers.c.name == name)).first()
+        return _server(row, now, offline_after) if row is not None else None
+
+    def record_heartbeat(
+        self, server: Server, *, now: dt.datetime, new: bool, changed: bool = False
+    ) -> None:
+        """Register ``server`` (``new``) or record what its heartbeat says of it now;
+        ``changed``: what other servers are told of it changed (its ports, say)."""
         values = {
             "role": server.role.value,
             "host": server.host,
@@ -155,6 +196,8 @@ class SiteStore:
             "readiness": server.readiness.as_json(now) if server.readiness else None,
         }
         with self.db.begin() as conn:
+            if new or changed:
+                _changed(conn)
             if new:
                 conn.execute(sa.insert(servers).values(name=server.name, extra={}, **values))
             else:
@@ -167,6 +210,7 @@ class SiteStore:
             conn.execute(
                 sa.update(servers).where(servers.c.name == name).values(encryption=enabled)
             )
+            _changed(conn)
 
     def move_server(self, name: str, host: str, address: str) -> None:
         """A registered server's new host and address (offline until it is heard there)."""
@@ -176,12 +220,16 @@ class SiteStore:
                 .where(servers.c.name == name)
                 .values(host=host, address=address, last_seen=None)
             )
+            _changed(conn)
 
     def apply_failover(
         self, covering: dict[str, str | None], cameras_to: dict[str, str | None]
     ) -> None:
         """Failover servers' new charges, and the servers cameras record on now."""
+        if not covering and not cameras_to:
+            return
         with self.db.begin() as conn:
+            _changed(conn)
             for failover, target in covering.items():
                 conn.execute(
                     sa.update(servers).where(servers.c.name == failover).values(covering=target)
@@ -209,10 +257,12 @@ class SiteStore:
                 {"name": name},
                 {"recording_server": recording_server, "current_server": None, "source": source},
             )
+            _changed(conn)
 
     def delete_camera(self, name: str) -> bool:
         """Remove camera ``name``; whether there was one."""
         with self.db.begin() as conn:
+            _changed(conn)
             return bool(conn.execute(sa.delete(cameras).where(cameras.c.name == name)).rowcount)
 
     # -- users ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ server's configuration, or only its digest when the server already runs it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import ipaddress
 import logging
@@ -97,9 +98,17 @@ class Registration:
                 server=name,
                 fix="copy the site's registration key file into the server's [management] section",
             )
-        everyone = self.site.servers()
-        existing = next((s for s in everyone if s.name == name), None)
+        # One row for the server and the site snapshot (rebuilt only when the site
+        # changed): a heartbeat's work does not grow with the number of servers.
+        snapshot = self.pushes.snapshot()
+        existing = self.site.store.server(
+            name, now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+        )
         claimed = Server(name, role, host, address, ports, readiness=readiness)
+        # A newcomer's host must be nobody else's: only then is every server read.
+        everyone = self.site.servers() if existing is None else []
+        if existing is None:  # the name of a management server, say
+            existing = next((s for s in everyone if s.name == name), None)
         changed = identity_change(claimed, existing, everyone)
         if changed is not None:
             self._security_event(
@@ -119,7 +128,8 @@ class Registration:
         # site.ms_requires_all_rs before the certificate check: a recording server that
         # cannot be encrypted (no certificate yet, say) hears why, not only that it
         # presented no certificate.
-        blocker = registration_blocker(claimed, everyone[0])
+        me = self.site.me()
+        blocker = registration_blocker(claimed, me)
         if blocker is not None:
             return problem(
                 409,
@@ -135,7 +145,7 @@ class Registration:
         if refused is not None:
             return refused
         encryption = existing.encryption if existing else False
-        if self.site.encryption and role.records:
+        if snapshot.common["ms_encryption"] and role.records:
             encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
         heard = Server(
             name,
@@ -147,7 +157,12 @@ class Registration:
             readiness=readiness,
             encrypted_now=encrypted_now,
         )
-        self.site.store.record_heartbeat(heard, now=utcnow(), new=existing is None)
+        self.site.store.record_heartbeat(
+            heard,
+            now=utcnow(),
+            new=existing is None,
+            changed=existing is not None and existing.ports != ports,
+        )
         if existing is None:
             log.info(
                 "%s: %s server %s registered (%s, %s)",
@@ -160,16 +175,14 @@ class Registration:
         self.camera_problems[name] = camera_problems
         if existing is None or not existing.online:
             self.failover.rebalance()
-        everyone = self.site.servers()
-        me = next(s for s in everyone if s.name == name)
-        config = self.pushes.config_for(me, self.site.cameras(), everyone)
+        config = self.pushes.config_for(heard)
         if body.get("config_digest") == config["config_digest"]:
             # What the server already has: a few bytes instead of every camera of the site.
             return web.json_response(
                 {
                     "unchanged": True,
                     "config_digest": config["config_digest"],
-                    "ms_encryption": self.site.encryption,
+                    "ms_encryption": config["ms_encryption"],
                 }
             )
         return web.json_response(config)
