@@ -175,3 +175,12 @@ def test_the_inventory_of_a_release_0_1_home_is_upgraded_by_db_upgrade(tmp_path:
     assert version(f"sqlite:///{home / 'watchkeep.db'}", "inventory") == [
         SCHEMAS["inventory"].head()
     ]
+
+
+def test_the_demo_refuses_a_database_that_holds_a_site(tmp_path: Path, database_url: str) -> None:
+    made_by_release_0_1(database_url)  # a site with a registered server
+    refused = watchkeep("demo", "--home", str(tmp_path / "demo"), "--database-url", database_url)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "already holds a site" in line
+    assert not (tmp_path / "demo").exists()  # nothing was built

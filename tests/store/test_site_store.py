@@ -81,6 +81,43 @@ def test_servers_register_heartbeat_move_and_go_offline(store: SiteStore) -> Non
     assert (moved.host, moved.address, moved.online) == ("rs1-new.site.test", "127.0.0.9", False)
 
 
+def test_heartbeats_recorded_together_leave_what_an_administrator_set(store: SiteStore) -> None:
+    store.record_heartbeat(server("rs1"), now=NOW, new=True)
+    store.record_heartbeat(server("rs2"), now=NOW, new=True)
+    store.set_server_encryption("rs1", True)
+    readiness = Readiness.from_json({"certificate": None, "trusted_ca_fingerprints": ["ab"]})
+    store.record_seen({"rs1": (NOW + MINUTE, readiness, True), "rs2": (NOW + MINUTE, None, False)})
+    rs1, rs2 = store.servers(now=NOW + MINUTE, offline_after=MINUTE)
+    assert rs1.encryption  # not written back by the heartbeat
+    assert rs1.encrypted_now
+    assert rs1.last_seen == NOW + MINUTE
+    assert rs1.readiness == readiness
+    assert rs2.online
+    assert rs2.readiness is None
+
+
+def test_every_change_servers_are_told_of_renews_the_site_version(store: SiteStore) -> None:
+    seen = {store.site_version()}
+    changes = [
+        lambda: store.record_heartbeat(server("rs1"), now=NOW, new=True),
+        lambda: store.put_camera("cam1", "rs1", {}),
+        lambda: store.apply_failover({"fo1": "rs1"}, {"cam1": "fo1"}),
+        lambda: store.set_server_encryption("rs1", True),
+        lambda: store.move_server("rs1", "rs1b.site.test", "127.0.0.3"),
+        lambda: store.set_setting("ms_encryption", True),
+        lambda: store.delete_camera("cam1"),
+    ]
+    for change in changes:
+        change()
+        assert store.site_version() not in seen
+        seen.add(store.site_version())
+    # A heartbeat that changes nothing servers are told keeps it
+    version = store.site_version()
+    store.record_seen({"rs1": (NOW, None, True)})
+    store.apply_failover({}, {})
+    assert store.site_version() == version
+
+
 def test_cameras_are_added_replaced_moved_and_deleted(store: SiteStore) -> None:
     store.put_camera("cam1", "rs1", {"kind": "synthetic", "fps": 5})
     store.put_camera("cam2", "rs1", {"kind": "mjpeg", "url": "http://u:p@cam/"})

@@ -36,8 +36,16 @@ def postgres_bin() -> Path | None:
 
 
 class LocalPostgres:
-    def __init__(self, *, tls: tuple[Path, Path] | None = None, address: str | None = None):
-        """``tls``: (certificate chain, key) served on ``address`` (loopback), port 5432."""
+    def __init__(
+        self,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        address: str | None = None,
+        durable: bool = False,
+    ):
+        """``tls``: (certificate chain, key) served on ``address`` (loopback), port 5432;
+        ``durable``: every commit reaches the disk (fsync), as in production, for the
+        benchmarks (the tests' throw-away clusters skip it)."""
         binaries = postgres_bin()
         if binaries is None:
             raise LocalSiteError(
@@ -54,6 +62,7 @@ class LocalPostgres:
         self.tls = tls
         self.address = address
         self.password = secrets.token_urlsafe(18)
+        self.durable = durable
         self._databases = 0
         if self.account is not None:
             entry = pwd.getpwnam(self.account)
@@ -101,7 +110,7 @@ class LocalPostgres:
             f"unix_socket_directories = '{self.socket_dir}'",
             f"listen_addresses = '{self.address or ''}'",
             f"port = {_PORT}",
-            "fsync = off",  # a throw-away cluster: its durability is not under test
+            f"fsync = {'on' if self.durable else 'off'}",
             "max_connections = 200",
             "shared_buffers = 32MB",
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,21 @@ def _changed(conn: sa.Connection) -> None:
     upsert(conn, settings, {"key": VERSION_SETTING}, {"value": uuid.uuid4().hex})
 
 
+# Built once: a heartbeat reads a setting and a server, and building the statement cost as
+# much as running it.
+_SETTING = sa.select(settings.c.value).where(settings.c.key == sa.bindparam("key"))
+_SERVER = sa.select(servers).where(servers.c.name == sa.bindparam("name"))
+_SEEN = (
+    sa.update(servers)
+    .where(servers.c.name == sa.bindparam("b_name"))
+    .values(
+        last_seen=sa.bindparam("last_seen"),
+        readiness=sa.bindparam("readiness", type_=sa.JSON),
+        encrypted_now=sa.bindparam("encrypted_now"),
+    )
+)
+
+
 class SiteStore:
     def __init__(self, url: str, *, password_file: Path | None = None) -> None:
         self.db = open_database(url, site_metadata, password_file=password_file)
@@ -79,7 +95,7 @@ class SiteStore:
 
     def setting(self, key: str, default: Any) -> Any:
         with self.db.connect() as conn:
-            row = conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).first()
+            row = conn.execute(_SETTING, {"key": key}).first()
         return row[0] if row else default
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -174,10 +190,19 @@ class SiteStore:
             rows = conn.execute(sa.select(servers).order_by(servers.c.name))
             return [_server(row, now, offline_after) for row in rows]
 
+    def online(self, *, now: dt.datetime, offline_after: dt.timedelta) -> frozenset[str]:
+        """The names of the servers heard from within ``offline_after`` (names only: what
+        the failover plan watches every second)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                sa.select(servers.c.name).where(servers.c.last_seen >= now - offline_after)
+            )
+            return frozenset(r[0] for r in rows)
+
     def server(self, name: str, *, now: dt.datetime, offline_after: dt.timedelta) -> Server | None:
         """The registered server ``name``, or None (one row: a heartbeat's read)."""
         with self.db.connect() as conn:
-            row = conn.execute(sa.select(servers).where(servers.c.name == name)).first()
+            row = conn.execute(_SERVER, {"name": name}).first()
         return _server(row, now, offline_after) if row is not None else None
 
     def record_heartbeat(
@@ -204,6 +229,26 @@ class SiteStore:
                 conn.execute(
                     sa.update(servers).where(servers.c.name == server.name).values(**values)
                 )
+
+    def record_seen(self, seen: Mapping[str, tuple[dt.datetime, Readiness | None, bool]]) -> None:
+        """What the heartbeats of registered servers said (server -> when, readiness,
+        encrypted now), in one transaction: what an administrator sets (encryption, host)
+        is not written back."""
+        if not seen:
+            return
+        with self.db.begin() as conn:
+            conn.execute(
+                _SEEN,
+                [
+                    {
+                        "b_name": name,
+                        "last_seen": when,
+                        "readiness": readiness.as_json(when) if readiness else None,
+                        "encrypted_now": encrypted_now,
+                    }
+                    for name, (when, readiness, encrypted_now) in seen.items()
+                ],
+            )
 
     def set_server_encryption(self, name: str, enabled: bool) -> None:
         with self.db.begin() as conn:

@@ -52,7 +52,21 @@ class Failover:
         return sorted(set(new_covering) | {m.to_server for m in moves})
 
     async def run(self, stopping: asyncio.Event) -> None:
+        watched: tuple[bool, str, frozenset[str]] | None = None
         while not stopping.is_set():
             await asyncio.sleep(min(1.0, self.config.failover_after / 4))
+            # The plan changes only when a server goes on- or offline, the site changes or
+            # this server takes the lead: the names online and the site version are read
+            # every time, the whole site only then.
+            now = (
+                self._leads(),
+                self.site.store.site_version(),
+                self.site.store.online(
+                    now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+                ),
+            )
+            if now == watched:
+                continue
+            watched = now
             if self.rebalance():
                 await self._push()

@@ -28,6 +28,7 @@ __all__ = ["ConfigPushes", "SiteSnapshot"]
 log = logging.getLogger("watchkeep.management")
 
 TRUST_REFRESH = 60.0
+TRUST_CHECK = 1.0  # seconds between looks at the CA's files
 
 
 class ConfigPushes:
@@ -48,6 +49,7 @@ class ConfigPushes:
         self._asked = self._done = 0  # push() calls, and those served
         self.pushes = 0  # configuration pushes made (to every online recording server)
         self._trust_cache: tuple[object, dict[str, Any]] | None = None
+        self._trust_checked = 0.0
         self._snapshot: SiteSnapshot | None = None
         # What the last push found each server and every server had been told.
         self._told_own: dict[str, str] = {}
@@ -117,6 +119,10 @@ class ConfigPushes:
         once a minute so that CRLs are re-signed long before they expire."""
         if self.renewer is None:
             return {}
+        now = time.monotonic()
+        if self._trust_cache is not None and now - self._trust_checked < TRUST_CHECK:
+            return self._trust_cache[1]  # a heartbeat a second per server: look once a second
+        self._trust_checked = now
         ca_dir = self.renewer.ca_home / "ca"
         try:
             key = (

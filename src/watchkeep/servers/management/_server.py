@@ -248,6 +248,7 @@ class ManagementServer(ServerProcess):
                 await asyncio.wait_for(self.stopping.wait(), self.config.renew_check_interval)
 
     async def shutdown(self) -> None:
+        self.registration.flush()
         if self.publisher is not None:
             await self.publisher.stop()
         if self.listener is not None:
