@@ -12,6 +12,7 @@ only (the one holding the database's advisory lock).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -210,3 +211,15 @@ def test_the_failover_server_still_covers_a_dead_recording_server(site: LocalSit
         site.wait_online("rs1")
     finally:
         site.start("ms1")
+
+
+def test_site_connect_learns_every_management_server(site: LocalSite) -> None:
+    ms1 = site.servers["ms1"]
+    connected = site.cli("site", "connect", "--host", ms1.host, "--address", ms1.address,
+                         "--password-file", str(site.password_file), "--json")  # fmt: skip
+    assert connected.returncode == 0, connected.stderr
+    assert json.loads(connected.stdout)["other_management_servers"] == ["ms2"]
+    saved = SiteConnection.load(site.home)
+    assert [(o["host"], o["address"]) for o in saved.others] == [
+        (site.servers["ms2"].host, site.servers["ms2"].address)
+    ]

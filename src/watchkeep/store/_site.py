@@ -41,7 +41,9 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _server(row: sa.Row[Any], now: dt.datetime, offline_after: dt.timedelta) -> Server:
+def _server(
+    row: sa.Row[Any], now: dt.datetime, offline_after: dt.timedelta, readiness: bool = True
+) -> Server:
     m = row._mapping
     last_seen = _utc(m["last_seen"])
     return Server(
@@ -53,7 +55,7 @@ def _server(row: sa.Row[Any], now: dt.datetime, offline_after: dt.timedelta) -> 
         encryption=bool(m["encryption"]),
         online=last_seen is not None and now - last_seen <= offline_after,
         last_seen=last_seen,
-        readiness=Readiness.from_json(m["readiness"]) if m["readiness"] else None,
+        readiness=Readiness.from_json(m["readiness"]) if readiness and m["readiness"] else None,
         encrypted_now=bool(m["encrypted_now"]),
         covering=m["covering"],
     )
@@ -63,10 +65,6 @@ def _server(row: sa.Row[Any], now: dt.datetime, offline_after: dt.timedelta) -> 
 # of the site, cameras, settings): a management server rebuilds what it tells servers only
 # when it differs from the value it last built with, and a heartbeat reads one row.
 VERSION_SETTING = "site_version"
-
-
-def _changed(conn: sa.Connection) -> None:
-    upsert(conn, settings, {"key": VERSION_SETTING}, {"value": uuid.uuid4().hex})
 
 
 # Built once: a heartbeat reads a setting and a server, and building the statement cost as
@@ -87,6 +85,13 @@ _SEEN = (
 class SiteStore:
     def __init__(self, url: str, *, password_file: Path | None = None) -> None:
         self.db = open_database(url, site_metadata, password_file=password_file)
+        # Changes made through this store (this process): what it knows changed at once,
+        # before reading the site version would tell it.
+        self.changes = 0
+
+    def _changed(self, conn: sa.Connection) -> None:
+        upsert(conn, settings, {"key": VERSION_SETTING}, {"value": uuid.uuid4().hex})
+        self.changes += 1
 
     def dispose(self) -> None:
         self.db.dispose()
@@ -101,7 +106,7 @@ class SiteStore:
     def set_setting(self, key: str, value: Any) -> None:
         with self.db.begin() as conn:
             upsert(conn, settings, {"key": key}, {"value": value})
-            _changed(conn)
+            self._changed(conn)
 
     def site_version(self) -> str:
         """Changes (to a new random value) with every change of what servers are told."""
@@ -112,7 +117,7 @@ class SiteStore:
         server of the site then uses (the first to write it decides)."""
         with self.db.begin() as conn:
             insert_absent(conn, settings, {"key": key, "value": value})
-            _changed(conn)
+            self._changed(conn)
             return conn.execute(
                 sa.select(settings.c.value).where(settings.c.key == key)
             ).scalar_one()
@@ -136,7 +141,7 @@ class SiteStore:
                 server.ports,
                 server.encryption,
             ):
-                _changed(conn)  # the site map every server is given
+                self._changed(conn)  # the site map every server is given
             upsert(
                 conn,
                 management_servers,
@@ -184,11 +189,22 @@ class SiteStore:
 
     # -- servers -------------------------------------------------------------------------
 
-    def servers(self, *, now: dt.datetime, offline_after: dt.timedelta) -> list[Server]:
-        """The registered servers, by name; online when heard from within ``offline_after``."""
+    def servers(
+        self, *, now: dt.datetime, offline_after: dt.timedelta, readiness: bool = True
+    ) -> list[Server]:
+        """The registered servers, by name; online when heard from within ``offline_after``;
+        without their readiness unless asked (parsing it is most of the cost)."""
         with self.db.connect() as conn:
             rows = conn.execute(sa.select(servers).order_by(servers.c.name))
-            return [_server(row, now, offline_after) for row in rows]
+            return [_server(row, now, offline_after, readiness) for row in rows]
+
+    def server_with_host(
+        self, host: str, *, now: dt.datetime, offline_after: dt.timedelta
+    ) -> Server | None:
+        """The registered server whose host is ``host``, if any."""
+        with self.db.connect() as conn:
+            row = conn.execute(sa.select(servers).where(servers.c.host == host).limit(1)).first()
+        return _server(row, now, offline_after, readiness=False) if row is not None else None
 
     def online(self, *, now: dt.datetime, offline_after: dt.timedelta) -> frozenset[str]:
         """The names of the servers heard from within ``offline_after`` (names only: what
@@ -222,7 +238,7 @@ class SiteStore:
         }
         with self.db.begin() as conn:
             if new or changed:
-                _changed(conn)
+                self._changed(conn)
             if new:
                 conn.execute(sa.insert(servers).values(name=server.name, extra={}, **values))
             else:
@@ -255,7 +271,7 @@ class SiteStore:
             conn.execute(
                 sa.update(servers).where(servers.c.name == name).values(encryption=enabled)
             )
-            _changed(conn)
+            self._changed(conn)
 
     def move_server(self, name: str, host: str, address: str) -> None:
         """A registered server's new host and address (offline until it is heard there)."""
@@ -265,7 +281,7 @@ class SiteStore:
                 .where(servers.c.name == name)
                 .values(host=host, address=address, last_seen=None)
             )
-            _changed(conn)
+            self._changed(conn)
 
     def apply_failover(
         self, covering: dict[str, str | None], cameras_to: dict[str, str | None]
@@ -274,7 +290,7 @@ class SiteStore:
         if not covering and not cameras_to:
             return
         with self.db.begin() as conn:
-            _changed(conn)
+            self._changed(conn)
             for failover, target in covering.items():
                 conn.execute(
                     sa.update(servers).where(servers.c.name == failover).values(covering=target)
@@ -302,12 +318,12 @@ class SiteStore:
                 {"name": name},
                 {"recording_server": recording_server, "current_server": None, "source": source},
             )
-            _changed(conn)
+            self._changed(conn)
 
     def delete_camera(self, name: str) -> bool:
         """Remove camera ``name``; whether there was one."""
         with self.db.begin() as conn:
-            _changed(conn)
+            self._changed(conn)
             return bool(conn.execute(sa.delete(cameras).where(cameras.c.name == name)).rowcount)
 
     # -- users ---------------------------------------------------------------------------

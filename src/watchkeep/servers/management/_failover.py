@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,11 @@ class Failover:
         self.site = site
         self._push = push
         self._leads = leads
+        self._wake = asyncio.Event()
+
+    def soon(self) -> None:
+        """Look at the plan now rather than at the next turn (a server came online)."""
+        self._wake.set()
 
     def rebalance(self) -> list[str]:
         """Apply the failover plan; returns the servers whose camera set changed. Only the
@@ -54,7 +60,9 @@ class Failover:
     async def run(self, stopping: asyncio.Event) -> None:
         watched: tuple[bool, str, frozenset[str]] | None = None
         while not stopping.is_set():
-            await asyncio.sleep(min(1.0, self.config.failover_after / 4))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(1.0, self.config.failover_after / 4))
+            self._wake.clear()
             # The plan changes only when a server goes on- or offline, the site changes or
             # this server takes the lead: the names online and the site version are read
             # every time, the whole site only then.

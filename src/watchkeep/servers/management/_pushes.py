@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from watchkeep.client import ApiError, call_json, open_session
@@ -55,16 +55,27 @@ class ConfigPushes:
         self._told_own: dict[str, str] = {}
         self._told_security = ""
 
-    def snapshot(self) -> SiteSnapshot:
+    def snapshot(self, max_age: float = 0.0) -> SiteSnapshot:
         """What every server is told, built again only when the site changed (a new site
         version in the database, see SiteStore) or the CA's trust bundle did: a heartbeat
-        reads one row for it, not every server and camera of the site."""
+        reads one row for it, not every server and camera of the site. One younger than
+        ``max_age`` seconds is taken as it is (heartbeats: their servers hear of a change
+        a moment later, and a thousand of them a second read the version twice)."""
+        now = time.monotonic()
+        changes = self.site.store.changes
+        if (
+            self._snapshot is not None
+            and now - self._snapshot.built < max_age
+            and self._snapshot.changes == changes  # none made here meanwhile
+        ):
+            return self._snapshot
         version = self.site.store.site_version()  # first: what is read after is as new
         trust = self.trust_payload()
         key = (version, id(trust))
         if self._snapshot is not None and self._snapshot.key == key:
+            self._snapshot = replace(self._snapshot, built=now, changes=changes)
             return self._snapshot
-        everyone = self.site.servers()
+        everyone = self.site.servers(readiness=False)
         all_cameras = self.site.cameras()
         # Each server is told what its role needs: a mobile server relays video, so it
         # learns where cameras are, never where they come from (their URLs hold passwords).
@@ -95,23 +106,31 @@ class ConfigPushes:
                 for s in everyone
             },
         }
+        common_json = json.dumps(common, sort_keys=True, separators=(",", ":"))
         self._snapshot = SiteSnapshot(
-            key, {s.name: s for s in everyone}, common, _digest(common), _digest(security),
-            cameras_of,
+            key, now, changes, {s.name: s for s in everyone}, common, common_json,
+            hashlib.sha256(common_json.encode()).hexdigest(), _digest(security), cameras_of,
         )  # fmt: skip
         return self._snapshot
 
     def config_for(self, server: Server) -> dict[str, Any]:
         """Everything ``server`` is told, with the digest of it."""
-        snapshot = self.snapshot()
+        config: dict[str, Any] = json.loads(self.config_answer(server)[1])
+        return config
+
+    def config_answer(self, server: Server, max_age: float = 0.0) -> tuple[str, str]:
+        """The digest of what ``server`` is told, and all of it as JSON text: the part
+        every server is told is encoded once per snapshot, not once per answer."""
+        snapshot = self.snapshot(max_age)
         server = snapshot.servers.get(server.name, server)
         own = snapshot.own(server)
-        config = {**snapshot.common, **own}
+        own_json = json.dumps(own, sort_keys=True, separators=(",", ":"))
         # A server that sends this digest back has all of it (see Registration.heartbeat).
-        config["config_digest"] = hashlib.sha256(
-            (snapshot.common_digest + _digest(own)).encode()
+        digest = hashlib.sha256(
+            (snapshot.common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
         ).hexdigest()
-        return config
+        text = f'{snapshot.common_json[:-1]},{own_json[1:-1]},"config_digest":"{digest}"}}'
+        return digest, text
 
     def trust_payload(self) -> dict[str, Any]:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
@@ -238,8 +257,11 @@ class SiteSnapshot:
     """What the servers of the site are told, as of one site version."""
 
     key: tuple[str, int]
+    built: float  # time.monotonic() when it was built or last found current
+    changes: int  # SiteStore.changes then
     servers: dict[str, Server]  # by name, as of the version (their online state is not)
     common: dict[str, Any]  # what every server is told
+    common_json: str  # the same, encoded
     common_digest: str
     security_digest: str  # of what every server must hear at once
     cameras_of: dict[str, list[dict[str, Any]]]  # server -> the cameras it records

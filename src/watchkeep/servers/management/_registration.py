@@ -37,6 +37,7 @@ __all__ = ["Registration"]
 log = logging.getLogger("watchkeep.management")
 
 HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
+SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
 SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 _MAX_CAMERA_PROBLEMS = 10_000
 _MAX_PROBLEM_TEXT = 500
@@ -104,14 +105,19 @@ class Registration:
             )
         # One row for the server and the site snapshot (rebuilt only when the site
         # changed): a heartbeat's work does not grow with the number of servers.
-        snapshot = self.pushes.snapshot()
-        existing = self.site.store.server(
-            name, now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
-        )
+        snapshot = self.pushes.snapshot(SNAPSHOT_AGE)
+        offline_after = dt.timedelta(seconds=self.config.failover_after)
+        existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
         claimed = Server(name, role, host, address, ports, readiness=readiness)
-        # A newcomer's host must be nobody else's: only then is every server read.
-        everyone = self.site.servers() if existing is None else []
-        if existing is None:  # the name of a management server, say
+        # A newcomer's name and host must be nobody else's: the management servers and
+        # the server registered with that host, if any (not the whole site).
+        everyone: list[Server] = []
+        if existing is None:
+            everyone = self.site.managers()
+            holder = self.site.store.server_with_host(
+                host, now=utcnow(), offline_after=offline_after
+            )
+            everyone += [holder] if holder is not None else []
             existing = next((s for s in everyone if s.name == name), None)
         changed = identity_change(claimed, existing, everyone)
         if changed is not None:
@@ -177,18 +183,18 @@ class Registration:
             )
         self.camera_problems[name] = camera_problems
         if existing is None or not existing.online:
-            self.failover.rebalance()
-        config = self.pushes.config_for(heard)
-        if body.get("config_digest") == config["config_digest"]:
+            self.failover.soon()  # one plan for however many come now
+        digest, config = self.pushes.config_answer(heard, SNAPSHOT_AGE)
+        if body.get("config_digest") == digest:
             # What the server already has: a few bytes instead of every camera of the site.
             return web.json_response(
                 {
                     "unchanged": True,
-                    "config_digest": config["config_digest"],
-                    "ms_encryption": config["ms_encryption"],
+                    "config_digest": digest,
+                    "ms_encryption": snapshot.common["ms_encryption"],
                 }
             )
-        return web.json_response(config)
+        return web.Response(text=config, content_type="application/json")
 
     def _seen(self, name: str, readiness: Readiness, encrypted_now: bool) -> None:
         """Record a registered server's heartbeat with the others of the next moment: one

@@ -37,14 +37,21 @@ class SiteView:
     def me(self) -> Server:
         return self._me()
 
-    def servers(self) -> list[Server]:
+    def servers(self, *, readiness: bool = True) -> list[Server]:
         """The management server, the site's other management servers (on a shared
-        database), then every other server by name."""
+        database), then every other server by name (``readiness``: with what each last
+        said of its certificate)."""
         stored = self.store.servers(
-            now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+            now=utcnow(),
+            offline_after=dt.timedelta(seconds=self.config.failover_after),
+            readiness=readiness,
         )
         me = self._me()
         return [me, *self._other_managers()] + [s for s in stored if s.name != me.name]
+
+    def managers(self) -> list[Server]:
+        """The site's management servers, this one first."""
+        return [self._me(), *self._other_managers()]
 
     def management_names(self) -> list[str]:
         """The names of every management server of the site, this one first."""
