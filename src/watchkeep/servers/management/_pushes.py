@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import ConnectionFailed, WatchkeepError
@@ -115,10 +115,10 @@ class ConfigPushes:
 
     def config_for(self, server: Server) -> dict[str, Any]:
         """Everything ``server`` is told, with the digest of it."""
-        config: dict[str, Any] = json.loads(self.config_answer(server)[1])
+        config: dict[str, Any] = json.loads(self.config_answer(server).text)
         return config
 
-    def config_answer(self, server: Server, max_age: float = 0.0) -> tuple[str, str]:
+    def config_answer(self, server: Server, max_age: float = 0.0) -> Answer:
         """The digest of what ``server`` is told, and all of it as JSON text: the part
         every server is told is encoded once per snapshot, not once per answer."""
         snapshot = self.snapshot(max_age)
@@ -130,7 +130,8 @@ class ConfigPushes:
             (snapshot.common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
         ).hexdigest()
         text = f'{snapshot.common_json[:-1]},{own_json[1:-1]},"config_digest":"{digest}"}}'
-        return digest, text
+        return Answer(digest, text, hashlib.sha256(own_json.encode()).hexdigest(),
+                      snapshot.security_digest)  # fmt: skip
 
     def trust_payload(self) -> dict[str, Any]:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
@@ -244,6 +245,15 @@ class ConfigPushes:
                         "%s: config push to %s failed: %s", self.config.name, server.name, exc
                     )
         return True
+
+
+class Answer(NamedTuple):
+    """A server's configuration as a heartbeat's answer carries it."""
+
+    digest: str  # of all of it
+    text: str  # all of it, JSON
+    own_digest: str  # of what only this server is told
+    security_digest: str  # of what every server must hear at once
 
 
 def _digest(value: Any) -> str:

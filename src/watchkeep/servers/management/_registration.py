@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 import time
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -38,6 +39,7 @@ log = logging.getLogger("watchkeep.management")
 
 HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
 SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
+SITE_MAP_LAG = 10.0  # seconds a server may run an older site map (never its own part)
 SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 _MAX_CAMERA_PROBLEMS = 10_000
 _MAX_PROBLEM_TEXT = 500
@@ -52,6 +54,13 @@ def _camera_problems(value: object) -> dict[str, str]:
         for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
         if isinstance(name, str) and isinstance(text, str)
     }
+
+
+class _Told(NamedTuple):
+    digest: str
+    own_digest: str
+    security_digest: str
+    at: float
 
 
 class Registration:
@@ -72,6 +81,8 @@ class Registration:
         self.camera_problems: dict[str, dict[str, str]] = {}
         self._security_logged: dict[str, float] = {}
         self._pending: dict[str, tuple[dt.datetime, Readiness, bool]] = {}
+        self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
+        self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
         self._flush: asyncio.TimerHandle | None = None
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -107,7 +118,12 @@ class Registration:
         # changed): a heartbeat's work does not grow with the number of servers.
         snapshot = self.pushes.snapshot(SNAPSHOT_AGE)
         offline_after = dt.timedelta(seconds=self.config.failover_after)
-        existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
+        # A server heard lately is in the snapshot (as of the site version: its identity
+        # and encryption); only a newcomer, or one not heard for a while, is read.
+        heard_lately = time.monotonic() - self._heard.get(name, -1e9) < self.config.failover_after
+        existing = snapshot.servers.get(name) if heard_lately else None
+        if existing is None:
+            existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
         claimed = Server(name, role, host, address, ports, readiness=readiness)
         # A newcomer's name and host must be nobody else's: the management servers and
         # the server registered with that host, if any (not the whole site).
@@ -182,19 +198,35 @@ class Registration:
                 address,
             )
         self.camera_problems[name] = camera_problems
-        if existing is None or not existing.online:
+        if not heard_lately and (existing is None or not existing.online):
             self.failover.soon()  # one plan for however many come now
-        digest, config = self.pushes.config_answer(heard, SNAPSHOT_AGE)
-        if body.get("config_digest") == digest:
+        self._heard[name] = time.monotonic()
+        answer = self.pushes.config_answer(heard, SNAPSHOT_AGE)
+        told = self._told.get(name)
+        if body.get("config_digest") == answer.digest or (
+            # Its own part and what all must hear are what it has: the rest (the site map,
+            # cameras elsewhere) is sent at most every SITE_MAP_LAG seconds, or a storm of
+            # registrations would send every server the whole site with each of them.
+            told is not None
+            and role.records  # a mobile server's part is the site's cameras
+            and body.get("config_digest") == told.digest
+            and (told.own_digest, told.security_digest)
+            == (answer.own_digest, answer.security_digest)
+            and time.monotonic() - told.at < SITE_MAP_LAG
+        ):
             # What the server already has: a few bytes instead of every camera of the site.
             return web.json_response(
                 {
                     "unchanged": True,
-                    "config_digest": digest,
+                    "config_digest": body.get("config_digest"),
                     "ms_encryption": snapshot.common["ms_encryption"],
                 }
             )
-        return web.Response(text=config, content_type="application/json")
+        if len(self._told) >= 100_000:
+            self._told.clear()
+        self._told[name] = _Told(answer.digest, answer.own_digest, answer.security_digest,
+                                 time.monotonic())  # fmt: skip
+        return web.Response(text=answer.text, content_type="application/json")
 
     def _seen(self, name: str, readiness: Readiness, encrypted_now: bool) -> None:
         """Record a registered server's heartbeat with the others of the next moment: one
