@@ -131,6 +131,9 @@ def management_config(tmp_path: Path, database_url: str) -> Path:
     return site.add_server("ms", ServerRole.MANAGEMENT).config
 
 
+# The commands below run as processes (a second each): on one database each, the other
+# being covered in process above.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_db_upgrade_recognises_a_release_0_1_site_then_finds_it_current(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -150,6 +153,7 @@ def test_db_upgrade_recognises_a_release_0_1_site_then_finds_it_current(
     assert sa.make_url(database_url).password is None or "***" in done["database"]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_management_server_refuses_to_start_on_a_newer_schema(
     tmp_path: Path, database_url: str
 ) -> None:
@@ -177,6 +181,7 @@ def test_the_inventory_of_a_release_0_1_home_is_upgraded_by_db_upgrade(tmp_path:
     ]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_demo_refuses_a_database_that_holds_a_site(tmp_path: Path, database_url: str) -> None:
     made_by_release_0_1(database_url)  # a site with a registered server
     refused = watchkeep("demo", "--home", str(tmp_path / "demo"), "--database-url", database_url)
