@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -20,9 +19,9 @@ from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, servers_by_name
 
 
-def standard_site(make: Callable[..., LocalSite], name: str, **options: Any) -> LocalSite:
+def standard_site(make: Callable[..., LocalSite], name: str) -> LocalSite:
     """A management server, a recording server and a failover server, all registered."""
-    site = make(name, **options)
+    site = make(name)
     site.add_server("ms", ServerRole.MANAGEMENT)
     site.add_server("rs1", ServerRole.RECORDING)
     site.add_server("fo1", ServerRole.FAILOVER)
@@ -30,18 +29,11 @@ def standard_site(make: Callable[..., LocalSite], name: str, **options: Any) -> 
     return site
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def plain_site(
-    request: pytest.FixtureRequest,
-    open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
-) -> Iterator[LocalSite]:
-    """A plaintext site: encryption off everywhere; its management server keeps the site in
-    SQLite, then (every test again) in PostgreSQL."""
-    options = {}
-    if request.param == "postgresql":
-        options["database_url"] = request.getfixturevalue("postgres").create_database()
-    with open_sites() as make:
-        yield standard_site(make, "plain", **options)
+@pytest.fixture(scope="module")
+def plain_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
+    """A plaintext site: encryption off everywhere (its site in PostgreSQL with
+    `pytest --site-database=postgresql`)."""
+    return standard_site(site_factory, "plain")
 
 
 @pytest.fixture(scope="session")
