@@ -6,6 +6,10 @@ for any other scope): every server process of every site it made is stopped when
 closes, whatever happened. A suite that judges its servers' logs overrides `open_sites`
 with an ``after_stop`` check. When a test fails, the tail of every server's log of the
 sites still running is attached to its report.
+
+The management servers keep their sites in SQLite unless a test asks for PostgreSQL
+(`postgres`: one server for the whole run, started on first use, a database per site), or
+the run does: `pytest --site-database=postgresql` puts every site made by `open_sites` on it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,28 @@ from typing import Any
 
 import pytest
 
+from watchkeep.localsite import LocalPostgres
 from watchkeep.testing import LocalSite, can_mount
 
 _RUNNING: list[LocalSite] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--site-database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="where the management server of every site the tests make keeps it "
+        "(postgresql: a database of its own on a PostgreSQL server the run starts)",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of the run's own (Debian's postgresql-15, on a Unix socket in a
+    directory of its own): ``postgres.create_database()`` gives a new database's URL."""
+    with LocalPostgres() as server:
+        yield server
 
 
 @pytest.hookimpl(wrapper=True)
@@ -40,12 +63,15 @@ def pytest_runtest_makereport(
 @contextlib.contextmanager
 def _sites(
     tmp_path_factory: pytest.TempPathFactory,
+    database: Callable[[], str | None],
     *,
     after_stop: Callable[[list[LocalSite]], None] | None = None,
 ) -> Iterator[Callable[..., LocalSite]]:
     made: list[LocalSite] = []
 
     def make(name: str = "site", **kwargs: Any) -> LocalSite:
+        if "database_url" not in kwargs:
+            kwargs["database_url"] = database()
         site = LocalSite(tmp_path_factory.mktemp(name), **kwargs)
         made.append(site)
         _RUNNING.append(site)
@@ -65,11 +91,18 @@ def _sites(
 
 @pytest.fixture(scope="session")
 def open_sites(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]]:
     """``with open_sites(after_stop=check) as make:``: ``make(name, **LocalSite options)``
     gives a site with its CA; ``check`` sees every site made once all have stopped."""
-    return functools.partial(_sites, tmp_path_factory)
+
+    def database() -> str | None:
+        if request.config.getoption("--site-database") != "postgresql":
+            return None
+        server: LocalPostgres = request.getfixturevalue("postgres")
+        return server.create_database()
+
+    return functools.partial(_sites, tmp_path_factory, database)
 
 
 @pytest.fixture(scope="module")

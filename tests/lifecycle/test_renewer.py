@@ -157,7 +157,7 @@ def test_a_server_backs_off_while_the_ca_is_unreachable_then_renews(tmp_path: Pa
         sign=sign,
         on_renewed=lambda: None,
         state_file=tmp_path / "renewal.json",
-        audience="ms",
+        audience=lambda: "ms",
     )
     clock = NOW
     assert asyncio.run(renewal.tick(clock)) is False
@@ -239,7 +239,7 @@ def test_a_server_whose_certificate_cannot_vouch_says_how_to_rejoin(
         sign=sign,
         on_renewed=lambda: None,
         state_file=tmp_path / "renewal.json",
-        audience="ms",
+        audience=lambda: "ms",
     )
     for minutes in (0, 90, 180):  # it says so once, and does not keep asking
         asyncio.run(renewal.tick(NOW + dt.timedelta(minutes=minutes)))

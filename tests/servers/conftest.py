@@ -31,7 +31,8 @@ def standard_site(make: Callable[..., LocalSite], name: str) -> LocalSite:
 
 @pytest.fixture(scope="module")
 def plain_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
-    """A plaintext site: encryption off everywhere."""
+    """A plaintext site: encryption off everywhere (its site in PostgreSQL with
+    `pytest --site-database=postgresql`)."""
     return standard_site(site_factory, "plain")
 
 

@@ -35,6 +35,7 @@ _COMMANDS = {
         "watchkeep.cli._export",
         "write a camera's recording of a time range as an MP4 file",
     ),
+    "db": ("watchkeep.cli._db", "the databases: schema upgrades"),
     "demo": ("watchkeep.cli._demo", "run a complete encrypted site on this machine"),
     "doctor": ("watchkeep.cli._doctor", "check every requirement of the site"),
 }

@@ -26,6 +26,12 @@ def register(groups: Any) -> None:
     demo.add_argument(
         "--refresh", type=float, default=2.0, help="seconds between status tables (default 2)"
     )
+    demo.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="keep the site in this database (postgresql+psycopg://USER@HOST/DB; "
+        "default: SQLite in the management server's data directory)",
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -45,15 +51,43 @@ def _demo(args: argparse.Namespace) -> int:
             )
     else:
         root = Path(tempfile.mkdtemp(prefix="watchkeep-demo-"))
-    return asyncio.run(_run(root, args.duration, args.refresh))
+    if args.database_url is not None:
+        _refuse_a_used_database(args.database_url)
+    return asyncio.run(_run(root, args.duration, args.refresh, args.database_url))
 
 
-async def _run(root: Path, duration: float | None, refresh: float) -> int:
+def _refuse_a_used_database(url: str) -> None:
+    """The demo builds a new site: a database that holds one already is refused (its
+    servers were registered by another CA and would stand in the way)."""
+    import sqlalchemy as sa
+
+    from watchkeep.errors import UsageError
+    from watchkeep.store import create_engine, servers, shown
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            used = (
+                sa.inspect(conn).has_table("servers")
+                and conn.execute(sa.select(servers.c.name).limit(1)).first()
+            )
+    except sa.exc.SQLAlchemyError:
+        return  # opening the site reports why the database cannot be used
+    finally:
+        engine.dispose()
+    if used:
+        raise UsageError(
+            f"the database {shown(url)} already holds a site; the demo builds a new one",
+            fix="pass an empty database to --database-url (createdb NAME)",
+        )
+
+
+async def _run(root: Path, duration: float | None, refresh: float, database_url: str | None) -> int:
     from watchkeep.localsite import LocalSite
     from watchkeep.pki import KeyType
     from watchkeep.site import ServerRole
 
-    site = LocalSite(root, key_type=KeyType.RSA_2048)
+    site = LocalSite(root, key_type=KeyType.RSA_2048, database_url=database_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -73,9 +73,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     configure_logging(config.name)
     process = server_for(config)
-    if config.role.records:
+    if config.role.records or config.role is ServerRole.MANAGEMENT:
         # uvloop carries the recording server's stream path (hundreds of camera and viewer
-        # sockets) at a lower cost per frame than asyncio's own loop: bench/results/stream.md.
+        # sockets) at a lower cost per frame than asyncio's own loop (bench/results/stream.md),
+        # and the management server's heartbeats, a TLS request a second from every server
+        # of the site (bench/results/ms_scale.md).
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

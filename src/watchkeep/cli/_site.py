@@ -81,13 +81,26 @@ def _connect(args: argparse.Namespace) -> int:
     async def check() -> SiteConnection:
         client = SiteClient(home, connection)
         async with client:
-            pass
-        return replace(client.connection, name=client.management_name)
+            # The site's other management servers (one PostgreSQL database): the CLI turns
+            # to them when this one does not answer.
+            others = [
+                {"name": s["name"], "host": s["host"], "address": s["address"],
+                 "port": s["ports"]["api"]}
+                for s in (await client.status())["servers"]
+                if s["role"] == "management" and s["name"] != client.management_name
+            ]  # fmt: skip
+        return replace(client.connection, name=client.management_name, others=others)
 
     connection = asyncio.run(check())
     connection.save(home)
     if args.json:
-        emit_json({"management_server": connection.name, "encryption": connection.encryption})
+        emit_json(
+            {
+                "management_server": connection.name,
+                "encryption": connection.encryption,
+                "other_management_servers": [o["name"] for o in connection.others],
+            }
+        )
     else:
         print(
             f"connected to {connection.name} at {connection.host} ({connection.address}:{connection.port})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +15,7 @@ import aiohttp
 from watchkeep._files import atomic_write
 from watchkeep._home import Home
 from watchkeep.client._http import ApiError, SiteResolver, call_json, open_session
-from watchkeep.errors import HomeError, PlaintextToTlsPort
+from watchkeep.errors import ConnectionFailed, HomeError, PlaintextToTlsPort, TlsToPlaintextPort
 from watchkeep.tls import Endpoint, TrustMaterial, client_context, speaks_tls
 
 __all__ = ["SiteClient", "SiteConnection", "StreamAccess"]
@@ -35,6 +35,17 @@ class SiteConnection:
     user: str
     password_file: str
     trust_store: str
+    # The site's other management servers (sharing its database): {"name", "host",
+    # "address", "port"} each, turned to when the one spoken to does not answer.
+    others: list[dict[str, Any]] = field(default_factory=list)
+
+    def endpoints(self) -> list[Endpoint]:
+        first = Endpoint(self.name, self.host, self.address, self.port, self.encryption)
+        return [first] + [
+            Endpoint(str(o["name"]), str(o["host"]), str(o["address"]), int(o["port"]),
+                     self.encryption)
+            for o in self.others
+        ]  # fmt: skip
 
     @classmethod
     def path(cls, home: Home) -> Path:
@@ -90,7 +101,8 @@ class SiteClient:
         self.token: str | None = None
         self.role: str | None = None
         self.management_name: str = self.connection.name
-        self._hosts: dict[str, str] = {self.connection.host: self.connection.address}
+        self._hosts: dict[str, str] = {e.host: e.address for e in self.connection.endpoints()}
+        self._at = 0  # which of the connection's management servers is spoken to
         self._resolver = SiteResolver(self._hosts)
 
     @property
@@ -98,8 +110,8 @@ class SiteClient:
         return TrustMaterial.load(Path(self.connection.trust_store))
 
     def endpoint(self) -> Endpoint:
-        c = self.connection
-        return Endpoint(c.name, c.host, c.address, c.port, c.encryption)
+        endpoints = self.connection.endpoints()
+        return endpoints[self._at % len(endpoints)]
 
     def resolver(self) -> SiteResolver:
         """A resolver for the site's host names (shared: it learns as the client does)."""
@@ -144,6 +156,18 @@ class SiteClient:
             return await self._call(method, path, body, auth=auth)
 
     async def _call(self, method: str, path: str, body: Any, *, auth: bool) -> Any:
+        """One call, to the management server spoken to, or, when it does not answer, to
+        each of the site's others in turn (every one of them honours the token)."""
+        for _ in range(len(self.connection.endpoints()) - 1):
+            try:
+                return await self._call_one(method, path, body, auth=auth)
+            except (PlaintextToTlsPort, TlsToPlaintextPort):
+                raise  # it answers, in another scheme: see call()
+            except ConnectionFailed:
+                self._at += 1
+        return await self._call_one(method, path, body, auth=auth)
+
+    async def _call_one(self, method: str, path: str, body: Any, *, auth: bool) -> Any:
         assert self.session is not None
         endpoint = self.endpoint()
         context = client_context(self.trust) if endpoint.tls else None

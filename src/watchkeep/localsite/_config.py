@@ -3,7 +3,7 @@
 ``server_document`` says what a server's ``server.toml`` holds, as tables of values;
 ``dumps_toml`` writes such a document as TOML that ``watchkeep.servers.load_config``
 reads back. The writer knows the values a config holds: strings (paths as strings),
-booleans, whole and real numbers, and lists of those; anything else is a bug here,
+booleans, whole and real numbers, lists of those and inline tables; anything else is a bug here,
 refused with TypeError rather than written as something the server would misread.
 """
 
@@ -56,12 +56,17 @@ def server_document(site: LocalSite, server: LocalServer) -> Document:
         "tls": {"certificate": server.chain, "key": server.key, "trust_store": server.trust_dir},
     }
     if server.role is ServerRole.MANAGEMENT:
+        # The site's home is the CA home: the (first) management server renews with it; a
+        # second one, on a machine of its own, has no CA.
+        renews = site.auto_renew and server is site.management
         document["site"] = {
             "admin_password_file": site.password_file,
             "registration_key_file": site.registration_key_file,
             "failover_after": site.failover_after,
-            # The site's home is the CA home: the management server signs renewals with it.
-            **({"ca_home": site.home.root} if site.auto_renew else {}),
+            # The site's home is the CA home: the (first) management server signs renewals
+            # with it; a second one, on a machine of its own, has no CA.
+            **({"ca_home": site.home.root} if renews else {}),
+            **({"database_url": site.database_url} if site.database_url else {}),
         }
     else:
         ms = site.management
@@ -71,6 +76,12 @@ def server_document(site: LocalSite, server: LocalServer) -> Document:
             "port": ms.ports["api"],
             "registration_key_file": site.registration_key_file,
         }
+        others = [
+            {"host": m.host, "address": m.address, "port": m.ports["api"]}
+            for m in site.managements[1:]
+        ]
+        if others:
+            document["management"]["others"] = others
     for table, values in server.extra.items():
         document.setdefault(table, {}).update(values)
     return document
@@ -113,4 +124,6 @@ def _value(value: Any) -> str:
         return _string(str(value))
     if isinstance(value, Sequence):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"a config value must be a string, path, boolean, number or list: {value!r}")

@@ -60,7 +60,10 @@ class LocalSite:
         heartbeat_interval: float = 0.5,
         renew_check_interval: float = 1.0,
         auto_renew: bool = True,
+        database_url: str | None = None,
     ) -> None:
+        """``database_url``: the management server's site database (default: SQLite in
+        its data directory)."""
         self.root = root
         self.network = network or free_loopback_network()
         self.domain = domain
@@ -69,6 +72,7 @@ class LocalSite:
         self.heartbeat_interval = heartbeat_interval
         self.renew_check_interval = renew_check_interval
         self.auto_renew = auto_renew
+        self.database_url = database_url
         # The administrator's home (CA, inventory, CLI connection) is the root itself, so
         # that `watchkeep --home ROOT ...` describes the site; each server lives below it.
         self.home = Home(root)
@@ -172,7 +176,12 @@ class LocalSite:
 
     @property
     def management(self) -> LocalServer:
-        return next(s for s in self.servers.values() if s.role is ServerRole.MANAGEMENT)
+        return self.managements[0]
+
+    @property
+    def managements(self) -> list[LocalServer]:
+        """The site's management servers (several share a PostgreSQL database)."""
+        return [s for s in self.servers.values() if s.role is ServerRole.MANAGEMENT]
 
     def write_config(self, server: LocalServer) -> None:
         """Write the server's config file from the site's settings and ``server.extra``."""
@@ -262,6 +271,10 @@ class LocalSite:
             user="admin",
             password_file=str(self.password_file),
             trust_store=str(self.home.trust_dir),
+            others=[
+                {"name": m.name, "host": m.host, "address": m.address, "port": m.ports["api"]}
+                for m in self.managements[1:]
+            ],
         ).save(self.home)
 
     def cli(

@@ -150,7 +150,7 @@ class ServerProcess(abc.ABC):
             sign=self.sign_renewal,
             on_renewed=self.on_renewed,
             state_file=self.config.data_dir / "renewal.json",
-            audience=self.renewal_audience(),
+            audience=self.renewal_audience,
             renew_at=self.config.renew_at,
             jitter=self.config.renew_jitter,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from watchkeep._names import validate_host_name
-from watchkeep.errors import HomeError
+from watchkeep.errors import HomeError, WatchkeepError
 from watchkeep.pki import profile_for
 from watchkeep.pki._lifecycle import DEFAULT_RENEW_AT, DEFAULT_WARN_DAYS, parse_warn_days
 from watchkeep.servers._listener import (
@@ -34,6 +35,13 @@ class ManagementLink:
     address: str
     port: int
     registration_key: str | None
+    # The site's other management servers (one PostgreSQL database): tried in turn when
+    # the one spoken to does not answer. (host, address, port) each.
+    others: tuple[tuple[str, str, int], ...] = ()
+
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """Every management server of the site this server may speak to, first the first."""
+        return [(self.host, self.address, self.port), *self.others]
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,8 @@ class ServerConfig:
     failover_after: float = 5.0
     admin_password: str | None = None
     registration_key: str | None = None
-    database_url: str | None = None
+    database_url: str | None = None  # None: SQLite in data_dir
+    database_password_file: Path | None = None
     token_ttl: float = 900.0
     # Log-in rate limiting: failures allowed in a row before back-off, per account and per
     # client address, and the longest back-off.
@@ -226,6 +235,22 @@ def _fraction(path: Path, value: float) -> float:
     return value
 
 
+def _other_management(path: Path, entry: Any) -> tuple[str, str, int]:
+    """One of ``[management] others = [{host = ..., address = ..., port = 9000}, ...]``."""
+    try:
+        return (
+            validate_host_name(str(entry["host"])),
+            str(ipaddress.ip_address(str(entry["address"]))),
+            int(entry.get("port", DEFAULT_PORTS[ServerRole.MANAGEMENT]["api"])),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, WatchkeepError):
+        raise _fail(
+            path,
+            f"[management] others: {entry!r} is not a management server",
+            'write others = [{host = "ms2.site.example", address = "10.0.0.11", port = 9000}]',
+        ) from None
+
+
 def load_config(path: Path) -> ServerConfig:
     try:
         raw = tomllib.loads(path.read_text())
@@ -305,6 +330,7 @@ def load_config(path: Path) -> ServerConfig:
                 whole=True,
             ),
             registration_key=_secret(base, ms, "registration_key_file", path),
+            others=tuple(_other_management(path, m) for m in ms.get("others", [])),
         )
     recording = _recording(path, raw.get("recording", {}))
     data_dir = (base / str(server.get("data_dir", f"{server['name']}-data"))).resolve()
@@ -329,7 +355,13 @@ def load_config(path: Path) -> ServerConfig:
         failover_after=_number(path, "site", site, "failover_after", 5.0),
         admin_password=_secret(base, site, "admin_password_file", path),
         registration_key=_secret(base, site, "registration_key_file", path),
-        database_url=site.get("database"),
+        # `database` is the name releases before 0.2 read
+        database_url=site.get("database_url") or site.get("database"),
+        database_password_file=(
+            (base / str(site["database_password_file"])).resolve()
+            if site.get("database_password_file")
+            else None
+        ),
         token_ttl=_number(path, "site", site, "token_ttl", 900.0),
         login_failures_per_account=_number(
             path, "site", site, "login_failures_per_account", 5, whole=True

@@ -72,6 +72,7 @@ class LinkedServer(ServerProcess):
         self.last_refusal: str | None = None
         self._plaintext_announced = False  # told over TLS that the management link goes plain
         self._signer: tuple[tuple[int, int], Any, Any] | None = None  # (files' stamp, key, cert)
+        self._ms = 0  # which of link.addresses() the heartbeats go to now
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -139,6 +140,38 @@ class LinkedServer(ServerProcess):
                 return str(name)
         return ""
 
+    def management_names(self) -> set[str]:
+        """Every management server of the site, by the site map (they may be several)."""
+        return {str(n) for n, info in self.site.items() if info.get("role") == "management"}
+
+    def _management_endpoint(self, tls: bool) -> Endpoint:
+        """The management server the heartbeats go to now."""
+        host, address, port = self.link.addresses()[self._ms % len(self.link.addresses())]
+        name = next(
+            (
+                str(n)
+                for n, i in self.site.items()
+                if i.get("role") == "management" and i.get("host") == host
+            ),
+            host,
+        )
+        return Endpoint(name, host, address, port, tls)
+
+    def _next_management(self, why: str) -> bool:
+        """Turn to the site's next management server, when it has another one."""
+        if len(self.link.addresses()) < 2:
+            return False
+        gone = self._management_endpoint(False).host
+        self._ms = (self._ms + 1) % len(self.link.addresses())
+        log.warning(
+            "%s: management server %s does not answer (%s); turning to %s",
+            self.config.name,
+            gone,
+            why,
+            self._management_endpoint(False).host,
+        )
+        return True
+
     # -- configuration from the management server ----------------------------------------
 
     async def apply_config(self, config: dict[str, Any], *, authenticated: bool = False) -> None:
@@ -204,25 +237,16 @@ class LinkedServer(ServerProcess):
 
     # -- its own certificate (servers._renewal) ------------------------------------------
 
-    def _management_endpoint(self) -> Endpoint:
-        return Endpoint(
-            self.management_name() or self.link.host,
-            self.link.host,
-            self.link.address,
-            self.link.port,
-            self.ms_encryption,
-        )
-
     def renewal_audience(self) -> str:
-        assert self.config.management is not None
-        return self.config.management.host
+        # the management server the renewal goes to (of several, the one heartbeats reach)
+        return self._management_endpoint(False).host
 
     async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
         """Over the management link, proving who asks with the current certificate
         (mutual TLS when the link is encrypted, the request's signature in any case)."""
-        endpoint = self._management_endpoint()
+        endpoint = self._management_endpoint(self.ms_encryption)
         context = self.client_ssl_context(present_certificate=True) if endpoint.tls else None
-        async with open_session({self.link.host: self.link.address}, timeout=10) as session:
+        async with open_session({endpoint.host: endpoint.address}, timeout=10) as session:
             try:
                 answer = await call_json(
                     session,
@@ -260,13 +284,13 @@ class LinkedServer(ServerProcess):
         failing = self.renewal is not None and self.renewal.state.failures > 0
         if not material.crl_files or not (failing or crls_stale(material, utcnow())):
             return
-        endpoint = self._management_endpoint()
+        endpoint = self._management_endpoint(self.ms_encryption)
         context = (
             client_context(TrustMaterial(trust_dir, material.ca_files, ()), self.config.policy)
             if endpoint.tls
             else None
         )
-        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
+        async with open_session({endpoint.host: endpoint.address}, timeout=5) as session:
             try:
                 url = f"{'https' if endpoint.tls else 'http'}://{endpoint.host}:{endpoint.port}"
                 async with session.get(
@@ -314,13 +338,7 @@ class LinkedServer(ServerProcess):
 
     async def heartbeat_once(self, session: Any) -> None:
         tls = self.ms_encryption
-        endpoint = Endpoint(
-            self.management_name() or self.link.host,
-            self.link.host,
-            self.link.address,
-            self.link.port,
-            tls,
-        )
+        endpoint = self._management_endpoint(tls)
         # Every server proves who it is on the encrypted management link.
         context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
         path = f"/api/v1/servers/{self.config.name}/heartbeat"
@@ -358,7 +376,11 @@ class LinkedServer(ServerProcess):
                 "unless the management server announced it over TLS)"
             )
             return
-        except (ConnectionFailed, ApiError) as exc:
+        except ConnectionFailed as exc:
+            if not self._next_management(str(exc)):
+                self._refused(str(exc))
+            return
+        except ApiError as exc:
             self._refused(str(exc))
             return
         if self.last_refusal is not None:
@@ -409,7 +431,8 @@ class LinkedServer(ServerProcess):
         self.last_refusal = message
 
     async def heartbeat_loop(self) -> None:
-        async with open_session({self.link.host: self.link.address}, timeout=5) as session:
+        hosts = {host: address for host, address, _ in self.link.addresses()}
+        async with open_session(hosts, timeout=5) as session:
             while not self.stopping.is_set():
                 try:
                     await self.heartbeat_once(session)

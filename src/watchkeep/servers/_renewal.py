@@ -266,7 +266,9 @@ class SelfRenewal:
     sign: Signer  # sends a renewal request to the CA, returns its answer
     on_renewed: Callable[[], None]
     state_file: Path
-    audience: str  # the management server's host name, which the proof names
+    # the host name of the management server the request goes to, which the proof names
+    # (of several management servers, the one this server speaks to now)
+    audience: Callable[[], str]
     renew_at: float = 2 / 3
     jitter: float = 0.05
     # The CA the management server asks every server to move to (after a rotation).
@@ -365,7 +367,7 @@ class SelfRenewal:
         current_key = load_private_key(self.identity.key)
         new_key = generate_key(key_type_of(leaf.public_key()))
         answer = await self.sign(
-            renewal_request(leaf, current_key, new_key, audience=self.audience, now=now)
+            renewal_request(leaf, current_key, new_key, audience=self.audience(), now=now)
         )
         chain = _checked_chain(answer, new_key, leaf, self.trust())
         chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)

@@ -99,21 +99,26 @@ class TokenSigner:
     @classmethod
     def load_or_create(cls, path: Path) -> TokenSigner:
         if path.exists():
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            if not isinstance(key, ed25519.Ed25519PrivateKey):
-                raise WatchkeepError(f"{path} is not an Ed25519 token key", fix=f"remove {path}")
-            return cls(key)
-        key = ed25519.Ed25519PrivateKey.generate()
-        atomic_write(
-            path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            mode=0o600,
-        )
+            return cls.from_pem(path.read_bytes(), source=str(path))
+        signer = cls(ed25519.Ed25519PrivateKey.generate())
+        atomic_write(path, signer.private_pem().encode(), mode=0o600)
+        return signer
+
+    @classmethod
+    def from_pem(cls, pem: bytes, *, source: str = "the site database") -> TokenSigner:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise WatchkeepError(
+                f"{source} holds no Ed25519 token key", fix=f"remove it from {source}"
+            )
         return cls(key)
+
+    def private_pem(self) -> str:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
 
     def public_key_b64(self) -> str:
         return _b64(

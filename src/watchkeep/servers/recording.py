@@ -68,7 +68,7 @@ class RecordingServer(LinkedServer):
             return None
         cert = transport.get_extra_info("peercert") or {}
         names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
-        if self.link.host not in names:
+        if not {host for host, _, _ in self.link.addresses()} & set(names):
             return problem(
                 403,
                 "not the management server",
@@ -110,7 +110,7 @@ class RecordingServer(LinkedServer):
         }
 
     async def receive_config(self, request: web.Request) -> web.Response:
-        if request["claims"].get("sub") != self.management_name():
+        if request["claims"].get("sub") not in self.management_names():
             return problem(
                 403,
                 "not the management server",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +51,16 @@ DEFAULT_PORTS: dict[ServerRole, dict[str, int]] = {
 }
 
 
+_UTC_SECOND = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
 def _parse_time(value: object) -> dt.datetime:
-    return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    # strptime's exact format, checked by the pattern; parsed by fromisoformat, a tenth of
+    # the cost (every heartbeat's readiness carries two of these).
+    text = str(value)
+    if not _UTC_SECOND.fullmatch(text):
+        raise ValueError(f"time data {text!r} does not match format '%Y-%m-%dT%H:%M:%SZ'")
+    return dt.datetime.fromisoformat(text)
 
 
 @dataclass(frozen=True)

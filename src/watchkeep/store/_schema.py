@@ -8,6 +8,7 @@ __all__ = [
     "cameras",
     "certificates",
     "enrollments",
+    "management_servers",
     "metadata",
     "servers",
     "settings",
@@ -106,4 +107,18 @@ enrollments = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),  # pending | used | withdrawn
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("serial", sa.String(64), nullable=True),  # the certificate signed at the join
+)
+
+# The management servers of the site (one, or more on one PostgreSQL database): each keeps
+# its row fresh while it runs, so that every one of them knows the others (the site map a
+# recording server is given, the audience of a log-in token).
+management_servers = sa.Table(
+    "management_servers",
+    site_metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("host", sa.String(253), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("ports", sa.JSON, nullable=False),
+    sa.Column("encryption", sa.Boolean, nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
 )

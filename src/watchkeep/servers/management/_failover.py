@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,14 +21,28 @@ log = logging.getLogger("watchkeep.management")
 
 class Failover:
     def __init__(
-        self, config: ServerConfig, site: SiteView, push: Callable[[], Awaitable[None]]
+        self,
+        config: ServerConfig,
+        site: SiteView,
+        push: Callable[[], Awaitable[None]],
+        *,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
         self.site = site
         self._push = push
+        self._leads = leads
+        self._wake = asyncio.Event()
+
+    def soon(self) -> None:
+        """Look at the plan now rather than at the next turn (a server came online)."""
+        self._wake.set()
 
     def rebalance(self) -> list[str]:
-        """Apply the failover plan; returns the servers whose camera set changed."""
+        """Apply the failover plan; returns the servers whose camera set changed. Only the
+        management server that leads the site plans (see _peers): one decision, not two."""
+        if not self._leads():
+            return []
         all_servers = self.site.servers()
         moves, covering = plan_failover(
             all_servers,
@@ -43,7 +58,23 @@ class Failover:
         return sorted(set(new_covering) | {m.to_server for m in moves})
 
     async def run(self, stopping: asyncio.Event) -> None:
+        watched: tuple[bool, str, frozenset[str]] | None = None
         while not stopping.is_set():
-            await asyncio.sleep(min(1.0, self.config.failover_after / 4))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(1.0, self.config.failover_after / 4))
+            self._wake.clear()
+            # The plan changes only when a server goes on- or offline, the site changes or
+            # this server takes the lead: the names online and the site version are read
+            # every time, the whole site only then.
+            now = (
+                self._leads(),
+                self.site.store.site_version(),
+                self.site.store.online(
+                    now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+                ),
+            )
+            if now == watched:
+                continue
+            watched = now
             if self.rebalance():
                 await self._push()

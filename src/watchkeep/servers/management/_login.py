@@ -62,9 +62,9 @@ class Login:
         if not isinstance(user, str) or not isinstance(password, str):
             self._address_throttle.failed(address, time.monotonic())
             return problem(400, "bad login", "user and password must be strings")
-        # The token is for this server, and for the mobile server that relays the log-in
-        # (which has seen the password): nobody else accepts it.
-        audience = [self.config.name]
+        # The token is for the site's management servers, and for the mobile server that
+        # relays the log-in (which has seen the password): nobody else accepts it.
+        audience = self.site.management_names()
         via = body.get("audience")
         if via is not None:
             if not isinstance(via, str) or not any(

@@ -11,7 +11,8 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from watchkeep._clock import utcnow
 from watchkeep.client import ApiError, call_json, open_session
@@ -21,14 +22,15 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._renewal import install_trust_payload, trust_payload
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
-from watchkeep.site import Camera, Server
+from watchkeep.site import Server
 from watchkeep.tls import Endpoint
 
-__all__ = ["ConfigPushes"]
+__all__ = ["ConfigPushes", "SiteSnapshot"]
 
 log = logging.getLogger("watchkeep.management")
 
 TRUST_REFRESH = 60.0
+TRUST_CHECK = 1.0  # seconds between looks at the CA's files
 
 
 class ConfigPushes:
@@ -49,25 +51,52 @@ class ConfigPushes:
         self._asked = self._done = 0  # push() calls, and those served
         self.pushes = 0  # configuration pushes made (to every online recording server)
         self._trust_cache: tuple[object, dict[str, Any]] | None = None
+        self._trust_checked = 0.0
+        self._snapshot: SiteSnapshot | None = None
+        # What the last push found each server and every server had been told.
+        self._told_own: dict[str, str] = {}
+        self._told_security = ""
 
-    def config_for(
-        self, server: Server, all_cameras: list[Camera], all_servers: list[Server]
-    ) -> dict[str, Any]:
-        """Everything ``server`` is told, with the digest of it."""
+    def snapshot(self, max_age: float = 0.0) -> SiteSnapshot:
+        """What every server is told, built again only when the site changed (a new site
+        version in the database, see SiteStore) or the CA's trust bundle did: a heartbeat
+        reads one row for it, not every server and camera of the site. One younger than
+        ``max_age`` seconds is taken as it is (heartbeats: their servers hear of a change
+        a moment later, and a thousand of them a second read the version twice)."""
+        now = time.monotonic()
+        changes = self.site.store.changes
+        if (
+            self._snapshot is not None
+            and now - self._snapshot.built < max_age
+            and self._snapshot.changes == changes  # none made here meanwhile
+        ):
+            return self._snapshot
+        version = self.site.store.site_version()  # first: what is read after is as new
+        trust = self.trust_payload()
+        key = (version, id(trust))
+        if self._snapshot is not None and self._snapshot.key == key:
+            self._snapshot = replace(self._snapshot, built=now, changes=changes)
+            return self._snapshot
+        everyone = self.site.servers(readiness=False)
+        all_cameras = self.site.cameras()
         # Each server is told what its role needs: a mobile server relays video, so it
         # learns where cameras are, never where they come from (their URLs hold passwords).
-        mine = [c for c in all_cameras if c.served_by == server.name and server.role.records]
-        config = {
+        cameras_of: dict[str, list[dict[str, Any]]] = {}
+        for camera in all_cameras:
+            cameras_of.setdefault(camera.served_by, []).append(
+                {"name": camera.name, "source": camera.source}
+            )
+        security = {
             "ms_encryption": self.site.encryption,
-            "encryption": server.encryption,
             "token_public_key": self.sessions.public_key_b64(),
             "token_revocations": self.sessions.revocations().as_json(),
-            "cameras": [{"name": c.name, "source": c.source} for c in mine],
+            "trust": trust,
+        }
+        common = {
+            **security,
             "site_cameras": [
                 {"name": c.name, "recording_server": c.served_by} for c in all_cameras
             ],
-            "covering": server.covering,
-            "trust": self.trust_payload(),
             "site": {
                 s.name: {
                     "role": s.role.value,
@@ -76,13 +105,35 @@ class ConfigPushes:
                     "ports": s.ports,
                     "encryption": s.encryption,
                 }
-                for s in all_servers
+                for s in everyone
             },
         }
-        # A server that sends this digest back has all of it (see Registration.heartbeat).
-        canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config["config_digest"] = hashlib.sha256(canonical).hexdigest()
+        common_json = json.dumps(common, sort_keys=True, separators=(",", ":"))
+        self._snapshot = SiteSnapshot(
+            key, now, changes, {s.name: s for s in everyone}, common, common_json,
+            hashlib.sha256(common_json.encode()).hexdigest(), _digest(security), cameras_of,
+        )  # fmt: skip
+        return self._snapshot
+
+    def config_for(self, server: Server) -> dict[str, Any]:
+        """Everything ``server`` is told, with the digest of it."""
+        config: dict[str, Any] = json.loads(self.config_answer(server).text)
         return config
+
+    def config_answer(self, server: Server, max_age: float = 0.0) -> Answer:
+        """The digest of what ``server`` is told, and all of it as JSON text: the part
+        every server is told is encoded once per snapshot, not once per answer."""
+        snapshot = self.snapshot(max_age)
+        server = snapshot.servers.get(server.name, server)
+        own = snapshot.own(server)
+        own_json = json.dumps(own, sort_keys=True, separators=(",", ":"))
+        # A server that sends this digest back has all of it (see Registration.heartbeat).
+        digest = hashlib.sha256(
+            (snapshot.common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
+        ).hexdigest()
+        text = f'{snapshot.common_json[:-1]},{own_json[1:-1]},"config_digest":"{digest}"}}'
+        return Answer(digest, text, hashlib.sha256(own_json.encode()).hexdigest(),
+                      snapshot.security_digest)  # fmt: skip
 
     def trust_payload(self) -> dict[str, Any]:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
@@ -90,6 +141,10 @@ class ConfigPushes:
         once a minute so that CRLs are re-signed long before they expire."""
         if self.pki is None:
             return {}
+        now = time.monotonic()
+        if self._trust_cache is not None and now - self._trust_checked < TRUST_CHECK:
+            return self._trust_cache[1]  # a heartbeat a second per server: look once a second
+        self._trust_checked = now
         pki = self.pki()
         ca_dir = pki.home.ca_dir
         try:
@@ -152,13 +207,27 @@ class ConfigPushes:
             self._done = covering
 
     async def _push_now(self) -> bool:
-        """One push to every online recording server; False when there is none."""
-        all_cameras = self.site.cameras()
-        everyone = self.site.servers()
-        targets = [s for s in everyone if s.role.records and s.online]
+        """One push to every online recording server whose own part of the configuration
+        changed (its cameras, encryption, covering), or to every one when what all must
+        hear at once changed (revoked tokens, the token key, encryption, trust); False
+        when there is nobody to tell. The others learn the rest (the site map, cameras
+        elsewhere) from the answer to their next heartbeat: one camera added to a site of
+        a thousand recording servers is pushed to one."""
+        snapshot = self.snapshot()
+        everyone = self.site.servers()  # who is online now
+        security_changed = snapshot.security_digest != self._told_security
+        targets = [
+            s
+            for s in everyone
+            if s.role.records
+            and s.online
+            and (security_changed or _digest(snapshot.own(s)) != self._told_own.get(s.name))
+        ]
+        self._told_security = snapshot.security_digest
+        self._told_own = {s.name: _digest(snapshot.own(s)) for s in everyone}
         if not targets:
             return False
-        tls = self.site.encryption
+        tls = bool(snapshot.common["ms_encryption"])
         context = self._client_context() if tls else None
         hosts = {s.host: s.address for s in targets}
         async with open_session(hosts, timeout=3) as session:
@@ -173,7 +242,7 @@ class ConfigPushes:
                         "POST",
                         "/control/v1/config",
                         ssl_context=context,
-                        body=self.config_for(server, all_cameras, everyone),
+                        body=self.config_for(server),
                         token=self.sessions.control_token(server.name),
                     )
                 except (ConnectionFailed, ApiError) as exc:
@@ -181,3 +250,41 @@ class ConfigPushes:
                         "%s: config push to %s failed: %s", self.config.name, server.name, exc
                     )
         return True
+
+
+class Answer(NamedTuple):
+    """A server's configuration as a heartbeat's answer carries it."""
+
+    digest: str  # of all of it
+    text: str  # all of it, JSON
+    own_digest: str  # of what only this server is told
+    security_digest: str  # of what every server must hear at once
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+@dataclass(frozen=True)
+class SiteSnapshot:
+    """What the servers of the site are told, as of one site version."""
+
+    key: tuple[str, int]
+    built: float  # time.monotonic() when it was built or last found current
+    changes: int  # SiteStore.changes then
+    servers: dict[str, Server]  # by name, as of the version (their online state is not)
+    common: dict[str, Any]  # what every server is told
+    common_json: str  # the same, encoded
+    common_digest: str
+    security_digest: str  # of what every server must hear at once
+    cameras_of: dict[str, list[dict[str, Any]]]  # server -> the cameras it records
+
+    def own(self, server: Server) -> dict[str, Any]:
+        """What only ``server`` is told."""
+        return {
+            "encryption": server.encryption,
+            "covering": server.covering,
+            "cameras": self.cameras_of.get(server.name, []) if server.role.records else [],
+        }

@@ -5,17 +5,19 @@ server's configuration, or only its digest when the server already runs it."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import hmac
 import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from watchkeep._names import validate_host_name
-from watchkeep.errors import WatchkeepError
+from watchkeep.errors import StoreError, WatchkeepError
 from watchkeep.servers._base import utcnow
 from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
@@ -43,6 +45,9 @@ JoinedCheck = Callable[
 
 log = logging.getLogger("watchkeep.management")
 
+HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
+SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
+SITE_MAP_LAG = 10.0  # seconds a server may run an older site map (never its own part)
 SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 _MAX_CAMERA_PROBLEMS = 10_000
 _MAX_PROBLEM_TEXT = 500
@@ -57,6 +62,13 @@ def _camera_problems(value: object) -> dict[str, str]:
         for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
         if isinstance(name, str) and isinstance(text, str)
     }
+
+
+class _Told(NamedTuple):
+    digest: str
+    own_digest: str
+    security_digest: str
+    at: float
 
 
 class Registration:
@@ -80,6 +92,10 @@ class Registration:
         # Per recording server, its cameras that send it no pictures, and why.
         self.camera_problems: dict[str, dict[str, str]] = {}
         self._security_logged: dict[str, float] = {}
+        self._pending: dict[str, tuple[dt.datetime, Readiness, bool]] = {}
+        self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
+        self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
+        self._flush: asyncio.TimerHandle | None = None
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
@@ -121,9 +137,27 @@ class Registration:
                 server=name,
                 fix="copy the site's registration key file into the server's [management] section",
             )
-        everyone = self.site.servers()
-        existing = next((s for s in everyone if s.name == name), None)
+        # One row for the server and the site snapshot (rebuilt only when the site
+        # changed): a heartbeat's work does not grow with the number of servers.
+        snapshot = self.pushes.snapshot(SNAPSHOT_AGE)
+        offline_after = dt.timedelta(seconds=self.config.failover_after)
+        # A server heard lately is in the snapshot (as of the site version: its identity
+        # and encryption); only a newcomer, or one not heard for a while, is read.
+        heard_lately = time.monotonic() - self._heard.get(name, -1e9) < self.config.failover_after
+        existing = snapshot.servers.get(name) if heard_lately else None
+        if existing is None:
+            existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
         claimed = Server(name, role, host, address, ports, readiness=readiness)
+        # A newcomer's name and host must be nobody else's: the management servers and
+        # the server registered with that host, if any (not the whole site).
+        everyone: list[Server] = []
+        if existing is None:
+            everyone = self.site.managers()
+            holder = self.site.store.server_with_host(
+                host, now=utcnow(), offline_after=offline_after
+            )
+            everyone += [holder] if holder is not None else []
+            existing = next((s for s in everyone if s.name == name), None)
         changed = identity_change(claimed, existing, everyone)
         if changed is not None:
             self._security_event(
@@ -143,7 +177,7 @@ class Registration:
         # site.ms_requires_all_rs before the certificate check: a recording server that
         # cannot be encrypted (no certificate yet, say) hears why, not only that it
         # presented no certificate.
-        blocker = registration_blocker(claimed, everyone[0])
+        blocker = registration_blocker(claimed, snapshot.servers[self.config.name])
         if blocker is not None:
             return problem(
                 409,
@@ -159,7 +193,7 @@ class Registration:
         if refused is not None:
             return refused
         encryption = existing.encryption if existing else False
-        if self.site.encryption and role.records:
+        if snapshot.common["ms_encryption"] and role.records:
             encryption = True  # site.ms_requires_all_rs: an encrypted site encrypts newcomers
         heard = Server(
             name,
@@ -171,7 +205,12 @@ class Registration:
             readiness=readiness,
             encrypted_now=encrypted_now,
         )
-        self.site.store.record_heartbeat(heard, now=utcnow(), new=existing is None)
+        if existing is None or existing.ports != ports:
+            self.site.store.record_heartbeat(
+                heard, now=utcnow(), new=existing is None, changed=existing is not None
+            )
+        else:
+            self._seen(name, readiness, encrypted_now)
         if existing is None:
             log.info(
                 "%s: %s server %s registered (%s, %s)",
@@ -183,21 +222,51 @@ class Registration:
             )
         self.camera_problems[name] = camera_problems
         self.renewals.heard(name, body.get("renewal"))
-        if existing is None or not existing.online:
-            self.failover.rebalance()
-        everyone = self.site.servers()
-        me = next(s for s in everyone if s.name == name)
-        config = self.pushes.config_for(me, self.site.cameras(), everyone)
-        if body.get("config_digest") == config["config_digest"]:
+        if not heard_lately and (existing is None or not existing.online):
+            self.failover.soon()  # one plan for however many come now
+        self._heard[name] = time.monotonic()
+        answer = self.pushes.config_answer(heard, SNAPSHOT_AGE)
+        told = self._told.get(name)
+        if body.get("config_digest") == answer.digest or (
+            # Its own part and what all must hear are what it has: the rest (the site map,
+            # cameras elsewhere) is sent at most every SITE_MAP_LAG seconds, or a storm of
+            # registrations would send every server the whole site with each of them.
+            told is not None
+            and role.records  # a mobile server's part is the site's cameras
+            and body.get("config_digest") == told.digest
+            and (told.own_digest, told.security_digest)
+            == (answer.own_digest, answer.security_digest)
+            and time.monotonic() - told.at < SITE_MAP_LAG
+        ):
             # What the server already has: a few bytes instead of every camera of the site.
             return web.json_response(
                 {
                     "unchanged": True,
-                    "config_digest": config["config_digest"],
-                    "ms_encryption": self.site.encryption,
+                    "config_digest": body.get("config_digest"),
+                    "ms_encryption": snapshot.common["ms_encryption"],
                 }
             )
-        return web.json_response(config)
+        if len(self._told) >= 100_000:
+            self._told.clear()
+        self._told[name] = _Told(answer.digest, answer.own_digest, answer.security_digest,
+                                 time.monotonic())  # fmt: skip
+        return web.Response(text=answer.text, content_type="application/json")
+
+    def _seen(self, name: str, readiness: Readiness, encrypted_now: bool) -> None:
+        """Record a registered server's heartbeat with the others of the next moment: one
+        transaction for many heartbeats (a thousand servers make a thousand a second)."""
+        self._pending[name] = (utcnow(), readiness, encrypted_now)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(HEARTBEAT_BATCH, self.flush)
+
+    def flush(self) -> None:
+        """Write the heartbeats heard since the last flush (and at shutdown)."""
+        self._flush = None
+        pending, self._pending = self._pending, {}
+        try:
+            self.site.store.record_seen(pending)
+        except StoreError as exc:
+            log.warning("%s: cannot record %d heartbeats: %s", self.config.name, len(pending), exc)
 
     def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
         """On an encrypted management link, the caller must prove it is ``host``, the host

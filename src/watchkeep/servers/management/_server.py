@@ -26,6 +26,7 @@ from watchkeep.servers.management._enrollment import Enrollments
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
+from watchkeep.servers.management._peers import Peers
 from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
 from watchkeep.servers.management._renewals import Renewals
@@ -54,8 +55,12 @@ log = logging.getLogger("watchkeep.management")
 class ManagementServer(ServerProcess):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.store = SiteStore(config.database_url or f"sqlite:///{config.data_dir / 'site.db'}")
-        self.site = SiteView(config, self.store, self._me)
+        self.store = SiteStore(
+            config.database_url or f"sqlite:///{config.data_dir / 'site.db'}",
+            password_file=config.database_password_file,
+        )
+        self.peers = Peers(config, self.store, self._me)
+        self.site = SiteView(config, self.store, self._me, self.peers.others)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
         self.sessions = Sessions(config, self.store, on_revoked=self._spawn_push)
@@ -68,7 +73,9 @@ class ManagementServer(ServerProcess):
             self.renewals.pki if config.ca_home is not None else None,
             lambda: self.client_ssl_context(present_certificate=True),
         )
-        self.failover = Failover(config, self.site, self.pushes.push)
+        self.failover = Failover(
+            config, self.site, self.pushes.push, leads=lambda: self.peers.leads
+        )
         self.enrollments = Enrollments(
             config, self.site, self.sessions, self.trust, self.pushes.trust_payload
         )
@@ -268,6 +275,7 @@ class ManagementServer(ServerProcess):
                 fix="set [tls] certificate, key and trust_store",
             )
         self.users.bootstrap_admin()
+        self.peers.start()
         await self.runner.setup()
         self.listener = Listener(
             self.config.name,
@@ -279,9 +287,11 @@ class ManagementServer(ServerProcess):
         )
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.publisher = await start_publisher(self.config)
+        self.spawn(self.peers.run(self.stopping))
         self.spawn(self.failover.run(self.stopping))
 
     async def shutdown(self) -> None:
+        self.registration.flush()
         if self.publisher is not None:
             await self.publisher.stop()
         if self.listener is not None:

@@ -24,6 +24,9 @@ log = logging.getLogger("watchkeep.management")
 
 # settings key: the revoked user tokens (Revocations.as_json(): users' cuts, sessions' jti)
 REVOCATIONS_SETTING = "token_revocations"
+# settings key: the key every management server of the site signs tokens with (PEM); who
+# can write the site database can make an administrator anyway
+TOKEN_KEY_SETTING = "token_signing_key"  # noqa: S105 (the name of a settings row)
 # A revocation is kept this long past the token lifetime: for verifiers whose clocks run a
 # little behind the management server's (a token's expiry is checked on their clock).
 TOKEN_CLOCK_SLACK = 300.0
@@ -39,7 +42,12 @@ class Sessions:
     ) -> None:
         self.config = config
         self.store = store
-        self.signer = TokenSigner.load_or_create(config.data_dir / "token.key")
+        # One key for every management server of the site: the first to start on the
+        # database puts its key there (a site that had one server keeps its key).
+        own = TokenSigner.load_or_create(config.data_dir / "token.key")
+        self.signer = TokenSigner.from_pem(
+            str(store.adopt_setting(TOKEN_KEY_SETTING, own.private_pem())).encode()
+        )
         self.verifier = TokenVerifier(self.signer.key.public_key())
         self._on_revoked = on_revoked
 

@@ -1,5 +1,5 @@
-"""The site as the management server sees it: itself first, then every server registered
-in its database (online while heard from within ``failover_after``), and the cameras."""
+"""The site as the management server sees it: itself first, then the site's other
+management servers, then every server registered in its database (online while heard from within ``failover_after``), and the cameras."""
 
 from __future__ import annotations
 
@@ -17,10 +17,17 @@ MS_ENCRYPTION_SETTING = "ms_encryption"
 
 
 class SiteView:
-    def __init__(self, config: ServerConfig, store: SiteStore, me: Callable[[], Server]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: SiteStore,
+        me: Callable[[], Server],
+        other_managers: Callable[[], list[Server]] = list,
+    ) -> None:
         self.config = config
         self.store = store
         self._me = me
+        self._other_managers = other_managers
 
     @property
     def encryption(self) -> bool:
@@ -30,13 +37,25 @@ class SiteView:
     def me(self) -> Server:
         return self._me()
 
-    def servers(self) -> list[Server]:
-        """The management server, then every other server by name."""
+    def servers(self, *, readiness: bool = True) -> list[Server]:
+        """The management server, the site's other management servers (on a shared
+        database), then every other server by name (``readiness``: with what each last
+        said of its certificate)."""
         stored = self.store.servers(
-            now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+            now=utcnow(),
+            offline_after=dt.timedelta(seconds=self.config.failover_after),
+            readiness=readiness,
         )
         me = self._me()
-        return [me] + [s for s in stored if s.name != me.name]
+        return [me, *self._other_managers()] + [s for s in stored if s.name != me.name]
+
+    def managers(self) -> list[Server]:
+        """The site's management servers, this one first."""
+        return [self._me(), *self._other_managers()]
+
+    def management_names(self) -> list[str]:
+        """The names of every management server of the site, this one first."""
+        return [self.config.name] + [s.name for s in self._other_managers()]
 
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers() if s.name == name), None)
