@@ -225,10 +225,12 @@ def run_viewers(
     repeat: bool = False,
     watch: dict[str, int] | None = None,
     during: Callable[[], None] | None = None,
+    protocol: str = "mjpeg",
 ) -> ViewerRun:
     """Open ``targets`` from ``processes`` viewer processes, let them warm up, count for
     ``duration`` seconds; CPU of the ``watch`` processes (label -> pid) is measured over
-    exactly the counted window. ``during`` runs at the start of the counted window."""
+    exactly the counted window. ``during`` runs at the start of the counted window.
+    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4)."""
     processes = max(1, min(processes, len(targets)))
     spawned = [
         python_module("bench.viewers", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -242,6 +244,7 @@ def run_viewers(
                 "token": token,
                 "duration": duration,
                 "repeat": repeat,
+                "protocol": protocol,
             }
             assert process.stdin is not None
             process.stdin.write(json.dumps(spec) + "\n")
