@@ -88,10 +88,11 @@ class RtpH26xDepacketizer:
         """
         return self._push(packet.payload, packet.sequence, packet.timestamp, packet.marker)
 
-    def feed(self, data: bytes, payload_type: int) -> list[AccessUnit] | None:
+    def feed(self, data: bytes | memoryview, payload_type: int) -> list[AccessUnit] | None:
         """:meth:`push` for the bytes of an RTP packet, parsed here (None: not an RTP packet
         of ``payload_type``). What a camera connection calls per packet: without the
-        packet object of :func:`parse_rtp`, whose making was a third of the work."""
+        packet object of :func:`parse_rtp`, whose making was a third of the work. As for
+        :meth:`push`, the bytes behind ``data`` must not change afterwards."""
         end = len(data)
         if end < 12:
             return None
@@ -401,7 +402,10 @@ class H26xFramer:
         elif last is not None:
             self._duration = min(decode - last, TIMESCALE * 10)
         self._last_decode = decode
-        sample = b"".join(len(nal).to_bytes(4, "big") + nal for nal in nals)
+        parts: list[bytes] = []
+        for nal in nals:
+            parts += (len(nal).to_bytes(4, "big"), nal)
+        sample = b"".join(parts)  # one copy of the picture
         header = fragment_header(
             self._fragments, decode, self._duration, len(sample), keyframe, presentation - decode
         )

@@ -202,7 +202,7 @@ class _Session(CameraStream):
     ) -> None:
         super().__init__(camera, sink, loop)
         self._rtsp = camera
-        self._data = bytearray()
+        self._data = b""
         self._cseq = 0
         # The request awaiting its answer: CSeq, method, URL, extra headers, what comes next.
         self._waiting: _Pending | None = None
@@ -271,21 +271,23 @@ class _Session(CameraStream):
         self._waiting = (self._cseq, method, url, headers, then)
 
     def _received(self, view: memoryview) -> None:
-        data = self._data
-        data += view
+        # The read, after what the last one left (a packet or message cut by its end), as
+        # one bytes object: made once per read, each packet in it is a view of it.
+        data = b"".join((self._data, view)) if self._data else bytes(view)
+        packets = memoryview(data)
         pos, end = 0, len(data)
         while pos < end and not self._done:
             if data[pos] == 0x24:  # "$": an interleaved packet
                 if end - pos < 4:
                     break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                length = (data[pos + 2] << 8) | data[pos + 3]
                 if end - pos < 4 + length:
                     break
                 channel = data[pos + 1]
                 if channel == self._channel and self._playing:
-                    self._packet(bytes(data[pos + 4 : pos + 4 + length]))
+                    self._packet(packets[pos + 4 : pos + 4 + length])
                 elif channel == self._channel + 1 and self._framer is not None:
-                    report = sender_report(bytes(data[pos + 4 : pos + 4 + length]))
+                    report = sender_report(packets[pos + 4 : pos + 4 + length])
                     if report is not None:
                         self._framer.sender_report(*report)
                 pos += 4 + length
@@ -302,10 +304,10 @@ class _Session(CameraStream):
                 raise StreamEnded("an RTSP message body over 64 KiB")
             if end < body_end:
                 break
-            message.body = bytes(data[head_end + 4 : body_end])
+            message.body = data[head_end + 4 : body_end]
             pos = body_end
             self._message(message)
-        del data[:pos]
+        self._data = data[pos:] if pos < end else b""
 
     def _message(self, message: _Response) -> None:
         if message.request_method is not None:
@@ -409,11 +411,11 @@ class _Session(CameraStream):
 
     # Media.
 
-    def _packet(self, data: bytes) -> None:
+    def _packet(self, data: memoryview) -> None:
         if self._h26x is not None:
             self._video_packet(data)
             return
-        packet = parse_rtp(data)
+        packet = parse_rtp(bytes(data))
         assert self._sdp is not None
         if packet is None or packet.payload_type != self._sdp.payload_type:
             return
@@ -434,7 +436,7 @@ class _Session(CameraStream):
         self.frames += 1
         self._sink(Frame(camera.name, camera._next_sequence(), self._picture_arrival, jpeg))
 
-    def _video_packet(self, data: bytes) -> None:
+    def _video_packet(self, data: memoryview) -> None:
         video, framer = self._h26x, self._framer
         assert video is not None
         assert framer is not None
