@@ -36,7 +36,12 @@ from watchkeep.media._network_camera import (
     StreamEnded,
     basic_authorization,
 )
-from watchkeep.media._rtp_h26x import H26xFramer, RtpH26xDepacketizer, sender_report
+from watchkeep.media._rtp_h26x import (
+    AccessUnit,
+    H26xFramer,
+    RtpH26xDepacketizer,
+    sender_report,
+)
 from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
 
 __all__ = ["RtspCamera", "SdpVideo", "parse_sdp"]
@@ -280,6 +285,20 @@ class _Session(CameraStream):
             if data[pos] == 0x24:  # "$": an interleaved packet
                 if end - pos < 4:
                     break
+                video = self._h26x
+                if video is not None and self._playing and data[pos + 1] == self._channel:
+                    # Every whole video packet from here, in one call.
+                    assert self._sdp is not None
+                    assert self._sdp.payload_type is not None
+                    units, after = video.feed_interleaved(
+                        data, pos, end, self._channel, self._sdp.payload_type
+                    )
+                    if units:
+                        self._units(units)
+                    if after == pos:
+                        break  # the packet goes on in the next read
+                    pos = after
+                    continue
                 length = (data[pos + 2] << 8) | data[pos + 3]
                 if end - pos < 4 + length:
                     break
@@ -443,8 +462,12 @@ class _Session(CameraStream):
         assert self._sdp is not None
         assert self._sdp.payload_type is not None
         units = video.feed(data, self._sdp.payload_type)
-        if not units:
-            return
+        if units:
+            self._units(units)
+
+    def _units(self, units: list[AccessUnit]) -> None:
+        framer = self._framer
+        assert framer is not None
         # When the picture came (its last packet): the wall-clock time of a camera that
         # sends no RTCP sender report.
         arrival = time.time()
