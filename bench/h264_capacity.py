@@ -224,7 +224,9 @@ def measure(
     )
     load = os.getloadavg()[0]
     farms_after = [farm_stats(p) for _, p in farms]
-    recorder_after = bench.rs_status()["recorder"]
+    status = bench.rs_status()
+    recorder_after = status["recorder"]
+    stalled = [c["name"] for c in status["cameras"] if c["fps"] < 0.9 * FPS]
     if spy:
         spy[0].wait(60)
         raw = out_dir / f"profile-{cameras}.raw"
@@ -267,6 +269,9 @@ def measure(
         "viewers_connected": result.connected,
         "viewer_errors": result.error_count,
         "viewer_error_samples": result.errors[:3],
+        "viewers_without_pictures": result.silent,
+        "cameras_below_rate": stalled[:10],
+        "viewers_ended_early": result.ended_early,
         "megabytes_per_second_to_viewers": round(result.megabytes_per_second, 1),
         "server_cores": round(cores, 3),
         # rs1's CPU (all its threads) per picture served to its viewer (and recorded): the

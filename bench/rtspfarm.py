@@ -6,9 +6,13 @@ RTSP connection, as IP cameras send it to a recording server asking for TCP.
 
 The clip (four seconds of noise, x264 at ``--mbps`` constant bit rate, a keyframe a
 second) is encoded once by FFmpeg (at start, or into ``--clip`` by :func:`write_clip`, which
-several farm processes then share) and cut into RTP packets once; a camera only stamps each
-packet's sequence number and timestamp as it sends it. Prints ``ready PORT`` once it
-listens. Cameras are not synchronised: each sends its pictures at its own phase.
+several farm processes then share) and cut into RTP packets once. Every camera of a farm
+numbers its pictures on one timeline (picture n is due n/fps seconds after the farm's first
+camera began, plus the camera's own phase within the picture's interval), so picture n's
+packets, headers included, are the same bytes for every camera: made once per picture by
+the farm, each camera sends them in one write. A camera's first picture is the one due when
+it starts (a recording server waits for the next keyframe, as with any camera). Prints
+``ready PORT`` once it listens.
 
 Each camera sends an RTCP sender report (channel 1) with its first picture: the recording
 server then takes the pictures' times from the camera's clock (this process's
@@ -44,6 +48,7 @@ _MAX_BUFFERED = 512 * 1024  # a camera skips pictures its viewer has not taken
 
 
 _NTP_TO_UNIX = 2_208_988_800
+_RTP_HEAD = struct.Struct("!cBHBBHII")  # the interleaved frame's head, then the RTP header
 
 
 def encode_clip(fps: int, mbps: float) -> list[list[bytes]]:
@@ -105,6 +110,36 @@ class Clip:
         self.sprop = f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}"
         self.profile = sps[1:4].hex()
         self.pictures = [packetize(unit) for unit in units]
+        # The sequence number of each picture's first packet, within one pass of the clip.
+        self.first_packet = [0]
+        for payloads in self.pictures:
+            self.first_packet.append(self.first_packet[-1] + len(payloads))
+        self.packets = self.first_packet.pop()
+        self._made: dict[int, bytes] = {}
+
+    def picture(self, n: int) -> bytes:
+        """Picture ``n`` of the farm's timeline as sent: its RTP packets, interleaved."""
+        made = self._made.get(n)
+        if made is not None:
+            return made
+        count = len(self.pictures)
+        payloads = self.pictures[n % count]
+        sequence = self.first_packet[n % count] + (n // count) * self.packets
+        timestamp = (n * (90_000 // self.fps)) & 0xFFFFFFFF
+        out: list[bytes] = []
+        last = len(payloads) - 1
+        for index, payload in enumerate(payloads):
+            marker = 0x80 if index == last else 0
+            head = _RTP_HEAD.pack(
+                b"$", 0, 12 + len(payload), 0x80, marker | 96, (sequence + index) & 0xFFFF,
+                timestamp, 0x57B00C,
+            )  # fmt: skip
+            out += (head, payload)
+        made = b"".join(out)
+        for old in [k for k in self._made if k < n - 8]:
+            del self._made[old]
+        self._made[n] = made
+        return made
 
 
 class Session(asyncio.Protocol):
@@ -114,9 +149,7 @@ class Session(asyncio.Protocol):
         self.farm = farm
         self.transport: asyncio.Transport | None = None
         self.data = b""
-        self.sequence = random.randrange(1 << 16)  # noqa: S311 - not a secret
-        self.timestamp = random.randrange(1 << 32)  # noqa: S311
-        self.picture = 0
+        self.reported = False
         self.playing = False
         self.skipped = 0
 
@@ -164,39 +197,30 @@ class Session(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(reply.encode("latin-1"))
 
-    def send_picture(self) -> None:
+    def send_picture(self, n: int, wall: float) -> None:
+        """Picture ``n`` of the farm's timeline, due at ``wall`` (UTC seconds)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        payloads = self.farm.clip.pictures[self.picture % len(self.farm.clip.pictures)]
-        self.picture += 1
-        self.timestamp = (self.timestamp + 90_000 // self.farm.clip.fps) & 0xFFFFFFFF
         if transport.get_write_buffer_size() > _MAX_BUFFERED:
+            # Skipped: its sequence numbers are missing downstream, as lost packets.
             self.skipped += 1
             self.farm.skipped += 1
-            self.sequence += len(payloads)  # shows as lost packets downstream
             return
-        out: list[bytes] = []
-        if self.picture == 1:
-            out.append(self.sender_report())
-        last = len(payloads) - 1
-        for index, payload in enumerate(payloads):
-            header = struct.pack(
-                "!cBHBBHII", b"$", 0, 12 + len(payload), 0x80, (0x80 if index == last else 0) | 96,
-                self.sequence & 0xFFFF, self.timestamp, 0x57B00C,
-            )  # fmt: skip
-            out += (header, payload)
-            self.sequence += 1
-        transport.writelines(out)
+        if not self.reported:
+            transport.write(self.sender_report(n, wall))
+            self.reported = True
+        transport.write(self.farm.clip.picture(n))
 
-    def sender_report(self) -> bytes:
-        """An RTCP sender report (RFC 3550 6.4.1), interleaved on channel 1: this picture's
-        RTP time is now on the camera's clock."""
-        now = time.time() + _NTP_TO_UNIX
+    def sender_report(self, n: int, wall: float) -> bytes:
+        """An RTCP sender report (RFC 3550 6.4.1), interleaved on channel 1: picture ``n``'s
+        RTP time is ``wall`` on the camera's clock (when the picture is due)."""
+        now = wall + _NTP_TO_UNIX
         seconds = int(now)
         fraction = int((now - seconds) * 2**32) & 0xFFFFFFFF
+        timestamp = (n * (90_000 // self.farm.clip.fps)) & 0xFFFFFFFF
         report = struct.pack(
-            "!BBHIIIIII", 0x80, 200, 6, 0x57B00C, seconds, fraction, self.timestamp, 0, 0
+            "!BBHIIIIII", 0x80, 200, 6, 0x57B00C, seconds, fraction, timestamp, 0, 0
         )
         return b"$\x01" + len(report).to_bytes(2, "big") + report
 
@@ -211,23 +235,29 @@ class Farm:
         self.sessions: set[Session] = set()
         self.skipped = 0
         self.max_lag = 0.0
+        self.origin: tuple[float, float] | None = None  # (loop time, UTC) of picture 0
 
     def start(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
+        if self.origin is None:
+            self.origin = (loop.time(), time.time())
+        origin, origin_wall = self.origin
         interval = 1 / self.clip.fps
-        phase = random.uniform(0, interval)  # noqa: S311
+        phase = random.uniform(0, interval)  # noqa: S311 - not a secret
 
-        def tick(due: float) -> None:
+        def tick(n: int) -> None:
             if session not in self.sessions:
                 return
+            due = origin + n * interval + phase
             lag = loop.time() - due
             if lag > self.max_lag:
                 self.max_lag = lag
-            session.send_picture()
-            loop.call_at(due + interval, tick, due + interval)
+            session.send_picture(n, origin_wall + (due - origin))
+            loop.call_at(due + interval, tick, n + 1)
 
         self.sessions.add(session)
-        loop.call_at(loop.time() + phase, tick, loop.time() + phase)
+        first = int((loop.time() - origin) / interval) + 1
+        loop.call_at(origin + first * interval + phase, tick, first)
 
     def stop(self, session: Session) -> None:
         self.sessions.discard(session)

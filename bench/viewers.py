@@ -340,6 +340,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("ca"):
         context = ssl.create_default_context(cafile=spec["ca"])
     viewers: list[Viewer | WsViewer] = []
+    opened: list[dict[str, Any]] = []  # their targets
     give_up = time.monotonic() + CONNECT_SECONDS
     kind, make_request = (
         (WsViewer, ws_request) if spec.get("protocol") == "ws" else (Viewer, _request)
@@ -365,6 +366,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             totals.errors.append(f"connect {target['address']}:{target['port']}: {exc}")
             return
         viewers.append(viewer)
+        opened.append(target)
 
     # A few at a time: a burst of hundreds of handshakes would be a test of its own.
     batch = 25
@@ -384,6 +386,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     totals.counting = False
     seconds = time.monotonic() - began
     per_viewer = [v.frames for v in viewers]
+    silent = [t["path"] for t, v in zip(opened, viewers, strict=True) if not v.frames]
     ended = totals.ended
     for viewer in viewers:
         if viewer.transport is not None:
@@ -398,6 +401,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "gaps": totals.gaps,
         "frames_per_viewer_min": min(per_viewer, default=0),
         "frames_per_viewer_max": max(per_viewer, default=0),
+        "silent": silent[:10],  # what the viewers that got no frame asked for
+        "silent_count": len(silent),
         "delays": totals.delays.compact(),
         "errors": totals.errors[:20],
         "error_count": len(totals.errors),
