@@ -62,6 +62,7 @@ class Sizes:
     warmup: float
     duration: float
     budget: float  # seconds for each mode's search
+    settle: float  # seconds after the cameras run, for the last configuration pushes
 
 
 FULL = Sizes(
@@ -69,8 +70,9 @@ FULL = Sizes(
     warmup=4.0,
     duration=10.0,
     budget=420.0,
+    settle=2.0,
 )
-QUICK = Sizes(steps=(2,), warmup=1.0, duration=1.5, budget=60.0)
+QUICK = Sizes(steps=(2,), warmup=0.5, duration=1.0, budget=60.0, settle=0.2)
 
 
 def camera_name(index: int) -> str:
@@ -155,7 +157,7 @@ def search(
                 return len(cams) >= n and all(c["frames"] > 0 for c in cams)
 
             eventually(all_running, f"{step} H.264 cameras running on rs1", timeout=180)
-            time.sleep(2.0 + 0.01 * len(calls))  # the last configuration pushes land
+            time.sleep(sizes.settle + 0.01 * len(calls))  # the last configuration pushes land
             for attempt in (1, 2):
                 row = measure(bench, sizes, step, farms, encrypted, profile, out_dir)
                 row["attempt"] = attempt
