@@ -81,9 +81,10 @@ class BenchSite:
         # Recordings are kept on disk (the real cost), within a bound so that a long run
         # cannot fill it.
         rs1.extra["recording"] = {"max_bytes": 4 * 1024**3}
-        # Room for a viewer per camera past the default limit of connections per listener
-        # (512), so that the capacity search is not capped by a setting.
-        rs1.extra["server"] = {"max_connections": 4096}
+        # Room for a viewer per camera past the default limits of connections per listener
+        # (512) and per client address (128: every viewer here comes from 127.0.0.1, on a
+        # site they come from many), so that the capacity search is not capped by a setting.
+        rs1.extra["server"] = {"max_connections": 4096, "max_connections_per_address": 4096}
         site.write_config(rs1)
         site.start("ms", wait=False)
         site.start("rs1", wait=False)
@@ -196,6 +197,7 @@ class ViewerRun:
     ended_early: int
     frames_per_viewer_min: int
     delays: Histogram
+    silent: list[str] = field(default_factory=list)  # targets of viewers that got no frame
     cpu: dict[str, float] = field(default_factory=dict)  # process label -> cores used
     system: dict[str, float] = field(default_factory=dict)  # ... of which in the kernel
     main_thread: dict[str, float] = field(default_factory=dict)  # ... in its first thread
@@ -225,10 +227,12 @@ def run_viewers(
     repeat: bool = False,
     watch: dict[str, int] | None = None,
     during: Callable[[], None] | None = None,
+    protocol: str = "mjpeg",
 ) -> ViewerRun:
     """Open ``targets`` from ``processes`` viewer processes, let them warm up, count for
     ``duration`` seconds; CPU of the ``watch`` processes (label -> pid) is measured over
-    exactly the counted window. ``during`` runs at the start of the counted window."""
+    exactly the counted window. ``during`` runs at the start of the counted window.
+    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4)."""
     processes = max(1, min(processes, len(targets)))
     spawned = [
         python_module("bench.viewers", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -242,6 +246,7 @@ def run_viewers(
                 "token": token,
                 "duration": duration,
                 "repeat": repeat,
+                "protocol": protocol,
             }
             assert process.stdin is not None
             process.stdin.write(json.dumps(spec) + "\n")
@@ -291,6 +296,7 @@ def run_viewers(
         error_count=sum(r["error_count"] for r in results),
         ended_early=sum(r["ended_early"] for r in results),
         frames_per_viewer_min=min(r["frames_per_viewer_min"] for r in results),
+        silent=[s for r in results for s in r["silent"]][:10],
         delays=delays,
         cpu={k: _cores(before[k], after[k], elapsed) for k in before},
         system={k: (after[k].system_seconds - before[k].system_seconds) / elapsed for k in before},

@@ -2,12 +2,27 @@
 at every ``rtsp://ADDRESS:PORT/PATH``, RTP (RFC 6184: single NAL units and FU-A) over the
 RTSP connection, as IP cameras send it to a recording server asking for TCP.
 
-    python -m bench.rtspfarm --address 127.1.2.3 [--port 8554 --fps 25 --mbps 4]
+    python -m bench.rtspfarm --address 127.1.2.3 [--port 8554 --fps 25 --mbps 4 --clip F]
 
 The clip (four seconds of noise, x264 at ``--mbps`` constant bit rate, a keyframe a
-second) is encoded once by FFmpeg at start and cut into RTP packets once; a camera only
-stamps each packet's sequence number and timestamp as it sends it. Prints ``ready PORT``
-once it listens. Cameras are not synchronised: each sends its pictures at its own phase.
+second) is encoded once by FFmpeg (at start, or into ``--clip`` by :func:`write_clip`, which
+several farm processes then share) and cut into RTP packets once. Every camera of a farm
+numbers its pictures on one timeline (picture n is due n/fps seconds after the farm's first
+camera began, plus the camera's own phase within the picture's interval), so picture n's
+packets, headers included, are the same bytes for every camera: made once per picture by
+the farm, each camera sends them in one write. A camera's first picture is the one due when
+it starts (a recording server waits for the next keyframe, as with any camera). Prints
+``ready PORT`` once it listens.
+
+Each camera sends an RTCP sender report (channel 1) with its first picture: the recording
+server then takes the pictures' times from the camera's clock (this process's
+``time.time()`` when the picture is due), so a viewer's delay, measured from the time in
+the fragment, runs from the camera, as the MJPEG cameras' ``X-Timestamp`` does.
+
+A line ``stats`` on standard input is answered with one line of JSON on standard output:
+the pictures skipped so far (``skipped``: a camera skips a picture its connection has not
+taken) and the longest lateness of a picture's send since the last ``stats``
+(``max_tick_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -15,11 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import random
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import cast
 
@@ -30,22 +47,36 @@ _SECONDS = 4
 _MAX_BUFFERED = 512 * 1024  # a camera skips pictures its viewer has not taken
 
 
+_NTP_TO_UNIX = 2_208_988_800
+_RTP_HEAD = struct.Struct("!cBHBBHII")  # the interleaved frame's head, then the RTP header
+
+
 def encode_clip(fps: int, mbps: float) -> list[list[bytes]]:
     """The clip's access units (NAL units without start codes), encoded once."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "clip.h264"
-        rate = f"{mbps}M"
-        subprocess.run(
-            [
-                "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                f"nullsrc=s=640x360:r={fps},geq=random(1)*255:128:128", "-t", str(_SECONDS),
-                "-c:v", "libx264", "-preset", "ultrafast", "-b:v", rate, "-minrate", rate,
-                "-maxrate", rate, "-bufsize", rate, "-g", str(fps), "-bf", "0",
-                "-pix_fmt", "yuv420p", "-bsf:v", "h264_metadata=aud=insert", "-f", "h264", str(out),
-            ],
-            check=True,
-        )  # fmt: skip
-        data = out.read_bytes()
+        write_clip(out, fps, mbps)
+        return read_clip(out)
+
+
+def write_clip(out: Path, fps: int, mbps: float) -> None:
+    """The clip as an H.264 Annex B file (an access unit delimiter before each picture)."""
+    rate = f"{mbps}M"
+    subprocess.run(
+        [
+            "ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+            f"nullsrc=s=640x360:r={fps},geq=random(1)*255:128:128", "-t", str(_SECONDS),
+            "-c:v", "libx264", "-preset", "ultrafast", "-b:v", rate, "-minrate", rate,
+            "-maxrate", rate, "-bufsize", rate, "-g", str(fps), "-bf", "0",
+            "-pix_fmt", "yuv420p", "-bsf:v", "h264_metadata=aud=insert", "-f", "h264", str(out),
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def read_clip(path: Path) -> list[list[bytes]]:
+    """The access units of a clip :func:`write_clip` wrote."""
+    data = path.read_bytes()
     units: list[list[bytes]] = []
     for part in data.split(b"\x00\x00\x01")[1:]:
         nal = part.rstrip(b"\x00")
@@ -79,6 +110,36 @@ class Clip:
         self.sprop = f"{base64.b64encode(sps).decode()},{base64.b64encode(pps).decode()}"
         self.profile = sps[1:4].hex()
         self.pictures = [packetize(unit) for unit in units]
+        # The sequence number of each picture's first packet, within one pass of the clip.
+        self.first_packet = [0]
+        for payloads in self.pictures:
+            self.first_packet.append(self.first_packet[-1] + len(payloads))
+        self.packets = self.first_packet.pop()
+        self._made: dict[int, bytes] = {}
+
+    def picture(self, n: int) -> bytes:
+        """Picture ``n`` of the farm's timeline as sent: its RTP packets, interleaved."""
+        made = self._made.get(n)
+        if made is not None:
+            return made
+        count = len(self.pictures)
+        payloads = self.pictures[n % count]
+        sequence = self.first_packet[n % count] + (n // count) * self.packets
+        timestamp = (n * (90_000 // self.fps)) & 0xFFFFFFFF
+        out: list[bytes] = []
+        last = len(payloads) - 1
+        for index, payload in enumerate(payloads):
+            marker = 0x80 if index == last else 0
+            head = _RTP_HEAD.pack(
+                b"$", 0, 12 + len(payload), 0x80, marker | 96, (sequence + index) & 0xFFFF,
+                timestamp, 0x57B00C,
+            )  # fmt: skip
+            out += (head, payload)
+        made = b"".join(out)
+        for old in [k for k in self._made if k < n - 8]:
+            del self._made[old]
+        self._made[n] = made
+        return made
 
 
 class Session(asyncio.Protocol):
@@ -88,9 +149,7 @@ class Session(asyncio.Protocol):
         self.farm = farm
         self.transport: asyncio.Transport | None = None
         self.data = b""
-        self.sequence = random.randrange(1 << 16)  # noqa: S311 - not a secret
-        self.timestamp = random.randrange(1 << 32)  # noqa: S311
-        self.picture = 0
+        self.reported = False
         self.playing = False
         self.skipped = 0
 
@@ -138,27 +197,32 @@ class Session(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(reply.encode("latin-1"))
 
-    def send_picture(self) -> None:
+    def send_picture(self, n: int, wall: float) -> None:
+        """Picture ``n`` of the farm's timeline, due at ``wall`` (UTC seconds)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        payloads = self.farm.clip.pictures[self.picture % len(self.farm.clip.pictures)]
-        self.picture += 1
-        self.timestamp = (self.timestamp + 90_000 // self.farm.clip.fps) & 0xFFFFFFFF
         if transport.get_write_buffer_size() > _MAX_BUFFERED:
+            # Skipped: its sequence numbers are missing downstream, as lost packets.
             self.skipped += 1
-            self.sequence += len(payloads)  # shows as lost packets downstream
+            self.farm.skipped += 1
             return
-        out: list[bytes] = []
-        last = len(payloads) - 1
-        for index, payload in enumerate(payloads):
-            header = struct.pack(
-                "!cBHBBHII", b"$", 0, 12 + len(payload), 0x80, (0x80 if index == last else 0) | 96,
-                self.sequence & 0xFFFF, self.timestamp, 0x57B00C,
-            )  # fmt: skip
-            out += (header, payload)
-            self.sequence += 1
-        transport.writelines(out)
+        if not self.reported:
+            transport.write(self.sender_report(n, wall))
+            self.reported = True
+        transport.write(self.farm.clip.picture(n))
+
+    def sender_report(self, n: int, wall: float) -> bytes:
+        """An RTCP sender report (RFC 3550 6.4.1), interleaved on channel 1: picture ``n``'s
+        RTP time is ``wall`` on the camera's clock (when the picture is due)."""
+        now = wall + _NTP_TO_UNIX
+        seconds = int(now)
+        fraction = int((now - seconds) * 2**32) & 0xFFFFFFFF
+        timestamp = (n * (90_000 // self.farm.clip.fps)) & 0xFFFFFFFF
+        report = struct.pack(
+            "!BBHIIIIII", 0x80, 200, 6, 0x57B00C, seconds, fraction, timestamp, 0, 0
+        )
+        return b"$\x01" + len(report).to_bytes(2, "big") + report
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -169,29 +233,52 @@ class Farm:
     def __init__(self, clip: Clip) -> None:
         self.clip = clip
         self.sessions: set[Session] = set()
+        self.skipped = 0
+        self.max_lag = 0.0
+        self.origin: tuple[float, float] | None = None  # (loop time, UTC) of picture 0
 
     def start(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
+        if self.origin is None:
+            self.origin = (loop.time(), time.time())
+        origin, origin_wall = self.origin
         interval = 1 / self.clip.fps
-        phase = random.uniform(0, interval)  # noqa: S311
+        phase = random.uniform(0, interval)  # noqa: S311 - not a secret
 
-        def tick(due: float) -> None:
+        def tick(n: int) -> None:
             if session not in self.sessions:
                 return
-            session.send_picture()
-            loop.call_at(due + interval, tick, due + interval)
+            due = origin + n * interval + phase
+            lag = loop.time() - due
+            if lag > self.max_lag:
+                self.max_lag = lag
+            session.send_picture(n, origin_wall + (due - origin))
+            loop.call_at(due + interval, tick, n + 1)
 
         self.sessions.add(session)
-        loop.call_at(loop.time() + phase, tick, loop.time() + phase)
+        first = int((loop.time() - origin) / interval) + 1
+        loop.call_at(origin + first * interval + phase, tick, first)
 
     def stop(self, session: Session) -> None:
         self.sessions.discard(session)
 
+    def stats(self) -> None:
+        """Answers a ``stats`` line on standard input (see the module's docstring)."""
+        line = sys.stdin.readline()
+        if not line:
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            return
+        answer = {"skipped": self.skipped, "max_tick_lag_seconds": round(self.max_lag, 4)}
+        self.max_lag = 0.0
+        print(json.dumps(answer), flush=True)
+
 
 async def serve(args: argparse.Namespace) -> None:
-    clip = Clip(encode_clip(args.fps, args.mbps), args.fps)
-    farm = Farm(clip)
+    units = read_clip(args.clip) if args.clip else encode_clip(args.fps, args.mbps)
+    farm = Farm(Clip(units, args.fps))
     loop = asyncio.get_running_loop()
+    if args.stats:
+        loop.add_reader(sys.stdin.fileno(), farm.stats)
     server = await loop.create_server(lambda: Session(farm), args.address, args.port, backlog=4096)
     port = server.sockets[0].getsockname()[1]
     print(f"ready {port}", flush=True)
@@ -204,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--mbps", type=float, default=4.0)
+    parser.add_argument("--clip", type=Path, help="an H.264 file of write_clip (else: encode)")
+    parser.add_argument("--stats", action="store_true", help="answer 'stats' lines on stdin")
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:

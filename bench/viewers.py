@@ -15,7 +15,8 @@ The spec (JSON, one line)::
      "token": "..." | null,                # sent as Authorization: Bearer (targets
                                            # without a token of their own)
      "duration": 10.0,                     # seconds counted after "go"
-     "repeat": false}                      # request again when a response ends (nginx file)
+     "repeat": false,                      # request again when a response ends (nginx file)
+     "protocol": "mjpeg" | "ws"}           # ws: live.ws's fMP4 (bench._ws_viewer)
 
 A viewer decodes HTTP/1.1 (chunked, Content-Length or close-delimited bodies) and the
 multipart parts by their Content-Length: it must cost far less than the server it
@@ -39,6 +40,7 @@ import time
 from typing import Any, cast
 
 from bench._common import Histogram, new_event_loop
+from bench._ws_viewer import WsViewer, ws_request
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 16384
@@ -337,18 +339,22 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     context: ssl.SSLContext | None = None
     if spec.get("ca"):
         context = ssl.create_default_context(cafile=spec["ca"])
-    viewers: list[Viewer] = []
+    viewers: list[Viewer | WsViewer] = []
+    opened: list[dict[str, Any]] = []  # their targets
     give_up = time.monotonic() + CONNECT_SECONDS
+    kind, make_request = (
+        (WsViewer, ws_request) if spec.get("protocol") == "ws" else (Viewer, _request)
+    )
 
     async def open_one(target: dict[str, Any]) -> None:
-        request = _request(target, target.get("token", spec.get("token")))
+        request = make_request(target, target.get("token", spec.get("token")))
         if time.monotonic() > give_up:
             totals.errors.append(f"not connected within {CONNECT_SECONDS} s")
             return
         try:
             _, viewer = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: Viewer(request, totals, repeat=bool(spec.get("repeat"))),
+                    lambda: kind(request, totals, repeat=bool(spec.get("repeat"))),
                     target["address"],
                     target["port"],
                     ssl=context,
@@ -360,6 +366,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             totals.errors.append(f"connect {target['address']}:{target['port']}: {exc}")
             return
         viewers.append(viewer)
+        opened.append(target)
 
     # A few at a time: a burst of hundreds of handshakes would be a test of its own.
     batch = 25
@@ -379,6 +386,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     totals.counting = False
     seconds = time.monotonic() - began
     per_viewer = [v.frames for v in viewers]
+    silent = [t["path"] for t, v in zip(opened, viewers, strict=True) if not v.frames]
     ended = totals.ended
     for viewer in viewers:
         if viewer.transport is not None:
@@ -393,6 +401,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "gaps": totals.gaps,
         "frames_per_viewer_min": min(per_viewer, default=0),
         "frames_per_viewer_max": max(per_viewer, default=0),
+        "silent": silent[:10],  # what the viewers that got no frame asked for
+        "silent_count": len(silent),
         "delays": totals.delays.compact(),
         "errors": totals.errors[:20],
         "error_count": len(totals.errors),

@@ -410,3 +410,40 @@ def test_a_sender_report_puts_the_pictures_on_the_cameras_clock(clips: dict[str,
     assert arriving.feed(packetize("H264", clips["H264"]))[0].timestamp == pytest.approx(
         1_800_000_000.0
     )
+
+
+@pytest.mark.parametrize("codec", ["H264", "H265"])
+def test_packets_interleaved_in_reads_of_any_size_give_the_same_pictures(
+    clips: dict[str, Clip], codec: str
+) -> None:
+    # Given a stream's packets interleaved as on an RTSP connection (channel 0), an RTCP
+    # packet on channel 1 every 7 packets, one packet lost, and the bytes cut into reads
+    packets = packetize(codec, clips[codec])
+    del packets[40]
+    one_by_one = RtpH26xDepacketizer(codec)
+    expected = [u for p in packets for u in one_by_one.feed(p, 96) or []]
+    stream = b"".join(
+        b"$\x00" + len(p).to_bytes(2, "big") + p + (b"$\x01\x00\x04\x81\xc9\x00\x00" * (i % 7 == 0))
+        for i, p in enumerate(packets)
+    )
+    for read_size in (1, 97, 1500, 65536):
+        depacketizer = RtpH26xDepacketizer(codec)
+        got: list[AccessUnit] = []
+        left = b""
+        for at in range(0, len(stream), read_size):
+            data = left + stream[at : at + read_size]
+            pos = 0
+            while True:
+                units, pos = depacketizer.feed_interleaved(data, pos, len(data), 0, 96)
+                got += units
+                if len(data) - pos >= 8 and data[pos + 1] == 1:
+                    pos += 8  # the RTCP packet: not for the depacketizer
+                    continue
+                break
+            left = data[pos:]
+        # Then the access units are those of feeding the packets one by one
+        assert left == b""
+        assert [(u.timestamp, [bytes(n) for n in u.nals], u.damaged) for u in got] == [
+            (u.timestamp, [bytes(n) for n in u.nals], u.damaged) for u in expected
+        ]
+        assert depacketizer.damaged == one_by_one.damaged == 1

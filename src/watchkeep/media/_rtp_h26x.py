@@ -88,10 +88,11 @@ class RtpH26xDepacketizer:
         """
         return self._push(packet.payload, packet.sequence, packet.timestamp, packet.marker)
 
-    def feed(self, data: bytes, payload_type: int) -> list[AccessUnit] | None:
+    def feed(self, data: bytes | memoryview, payload_type: int) -> list[AccessUnit] | None:
         """:meth:`push` for the bytes of an RTP packet, parsed here (None: not an RTP packet
         of ``payload_type``). What a camera connection calls per packet: without the
-        packet object of :func:`parse_rtp`, whose making was a third of the work."""
+        packet object of :func:`parse_rtp`, whose making was a third of the work. As for
+        :meth:`push`, the bytes behind ``data`` must not change afterwards."""
         end = len(data)
         if end < 12:
             return None
@@ -108,6 +109,53 @@ class RtpH26xDepacketizer:
         if start > end:
             return None
         return self._push(memoryview(data)[start:end], sequence, timestamp, second & 0x80)
+
+    def feed_interleaved(
+        self, data: bytes, pos: int, end: int, channel: int, payload_type: int
+    ) -> tuple[list[AccessUnit], int]:
+        """:meth:`feed` for the RTP packets interleaved in an RTSP connection's bytes
+        (RFC 2326 10.12: ``$``, the channel, a 16-bit length, the packet) from ``pos``, as
+        long as they are whole and on ``channel``: the access units they complete, and
+        where the first that is not (or ``end``) begins. ``data`` must not change
+        afterwards.
+
+        The common packet, a middle fragment of a NAL unit in sequence (most of a picture's
+        packets), is taken here, with no call per packet; any other goes through
+        :meth:`feed`."""
+        done: list[AccessUnit] = []
+        view = memoryview(data)
+        head = _RTP_HEAD
+        fu_kind, header_size = (28, 1) if self._h264 else (49, 2)
+        h264 = self._h264
+        while end - pos >= 4 and data[pos] == 0x24 and data[pos + 1] == channel:
+            stop = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+            if stop > end:
+                break
+            start = pos + 4
+            pos = stop
+            fragment, unit = self._fragment, self._unit
+            payload = start + 12
+            if fragment is not None and unit is not None and stop - payload > header_size + 1:
+                first, second, sequence, timestamp = head.unpack_from(data, start)
+                kind = data[payload] & 0x1F if h264 else (data[payload] >> 1) & 0x3F
+                size = stop - payload
+                if (
+                    first == 0x80  # version 2; no padding, extension or CSRC
+                    and second == payload_type  # and no marker
+                    and sequence == self._next_sequence
+                    and timestamp == unit.timestamp
+                    and kind == fu_kind
+                    and not data[payload + header_size] & 0xC0  # neither start nor end
+                    and self._size + size <= _MAX_ACCESS_UNIT
+                ):
+                    fragment.append(view[payload + header_size + 1 : stop])
+                    self._size += size
+                    self._next_sequence = (sequence + 1) & 0xFFFF
+                    continue
+            units = self.feed(view[start:stop], payload_type)
+            if units:
+                done += units
+        return done, pos
 
     def _push(
         self, payload: memoryview, sequence: int, timestamp: int, marker: int | bool
@@ -401,7 +449,10 @@ class H26xFramer:
         elif last is not None:
             self._duration = min(decode - last, TIMESCALE * 10)
         self._last_decode = decode
-        sample = b"".join(len(nal).to_bytes(4, "big") + nal for nal in nals)
+        parts: list[bytes] = []
+        for nal in nals:
+            parts += (len(nal).to_bytes(4, "big"), nal)
+        sample = b"".join(parts)  # one copy of the picture
         header = fragment_header(
             self._fragments, decode, self._duration, len(sample), keyframe, presentation - decode
         )

@@ -36,7 +36,12 @@ from watchkeep.media._network_camera import (
     StreamEnded,
     basic_authorization,
 )
-from watchkeep.media._rtp_h26x import H26xFramer, RtpH26xDepacketizer, sender_report
+from watchkeep.media._rtp_h26x import (
+    AccessUnit,
+    H26xFramer,
+    RtpH26xDepacketizer,
+    sender_report,
+)
 from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
 
 __all__ = ["RtspCamera", "SdpVideo", "parse_sdp"]
@@ -202,7 +207,7 @@ class _Session(CameraStream):
     ) -> None:
         super().__init__(camera, sink, loop)
         self._rtsp = camera
-        self._data = bytearray()
+        self._data = b""
         self._cseq = 0
         # The request awaiting its answer: CSeq, method, URL, extra headers, what comes next.
         self._waiting: _Pending | None = None
@@ -271,21 +276,37 @@ class _Session(CameraStream):
         self._waiting = (self._cseq, method, url, headers, then)
 
     def _received(self, view: memoryview) -> None:
-        data = self._data
-        data += view
+        # The read, after what the last one left (a packet or message cut by its end), as
+        # one bytes object: made once per read, each packet in it is a view of it.
+        data = b"".join((self._data, view)) if self._data else bytes(view)
+        packets = memoryview(data)
         pos, end = 0, len(data)
         while pos < end and not self._done:
             if data[pos] == 0x24:  # "$": an interleaved packet
                 if end - pos < 4:
                     break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                video = self._h26x
+                if video is not None and self._playing and data[pos + 1] == self._channel:
+                    # Every whole video packet from here, in one call.
+                    assert self._sdp is not None
+                    assert self._sdp.payload_type is not None
+                    units, after = video.feed_interleaved(
+                        data, pos, end, self._channel, self._sdp.payload_type
+                    )
+                    if units:
+                        self._units(units)
+                    if after == pos:
+                        break  # the packet goes on in the next read
+                    pos = after
+                    continue
+                length = (data[pos + 2] << 8) | data[pos + 3]
                 if end - pos < 4 + length:
                     break
                 channel = data[pos + 1]
                 if channel == self._channel and self._playing:
-                    self._packet(bytes(data[pos + 4 : pos + 4 + length]))
+                    self._packet(packets[pos + 4 : pos + 4 + length])
                 elif channel == self._channel + 1 and self._framer is not None:
-                    report = sender_report(bytes(data[pos + 4 : pos + 4 + length]))
+                    report = sender_report(packets[pos + 4 : pos + 4 + length])
                     if report is not None:
                         self._framer.sender_report(*report)
                 pos += 4 + length
@@ -302,10 +323,10 @@ class _Session(CameraStream):
                 raise StreamEnded("an RTSP message body over 64 KiB")
             if end < body_end:
                 break
-            message.body = bytes(data[head_end + 4 : body_end])
+            message.body = data[head_end + 4 : body_end]
             pos = body_end
             self._message(message)
-        del data[:pos]
+        self._data = data[pos:] if pos < end else b""
 
     def _message(self, message: _Response) -> None:
         if message.request_method is not None:
@@ -409,11 +430,11 @@ class _Session(CameraStream):
 
     # Media.
 
-    def _packet(self, data: bytes) -> None:
+    def _packet(self, data: memoryview) -> None:
         if self._h26x is not None:
             self._video_packet(data)
             return
-        packet = parse_rtp(data)
+        packet = parse_rtp(bytes(data))
         assert self._sdp is not None
         if packet is None or packet.payload_type != self._sdp.payload_type:
             return
@@ -434,15 +455,19 @@ class _Session(CameraStream):
         self.frames += 1
         self._sink(Frame(camera.name, camera._next_sequence(), self._picture_arrival, jpeg))
 
-    def _video_packet(self, data: bytes) -> None:
+    def _video_packet(self, data: memoryview) -> None:
         video, framer = self._h26x, self._framer
         assert video is not None
         assert framer is not None
         assert self._sdp is not None
         assert self._sdp.payload_type is not None
         units = video.feed(data, self._sdp.payload_type)
-        if not units:
-            return
+        if units:
+            self._units(units)
+
+    def _units(self, units: list[AccessUnit]) -> None:
+        framer = self._framer
+        assert framer is not None
         # When the picture came (its last packet): the wall-clock time of a camera that
         # sends no RTCP sender report.
         arrival = time.time()

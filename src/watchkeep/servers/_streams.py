@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import struct
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,8 @@ _MAX_GOP = 600
 _MAX_GOP_BYTES = 8 * 1024 * 1024
 # More pictures than this waiting for one viewer: it skips to the latest keyframe among them.
 _LAG_FRAMES = 8
+_WS_HEAD16 = struct.Struct(">BBH")
+_WS_HEAD64 = struct.Struct(">BBQ")
 GIL_SWITCH_INTERVAL = 0.0005
 
 
@@ -72,6 +75,7 @@ class _Camera:
         self.since_keyframe: list[Frame] = []
         self._kept = 0  # bytes of those pictures
         self._fragment: tuple[Frame | None, bytes] = (None, b"")
+        self._message: tuple[Frame | None, bytes] = (None, b"")
 
     def live_fragment(self, frame: Frame) -> bytes:
         """An H.264/H.265 ``frame`` as one fragmented MP4 fragment (moof + mdat)."""
@@ -79,6 +83,23 @@ class _Camera:
         if last is not frame:
             data = frame.fragment + frame.jpeg
             self._fragment = (frame, data)
+        return data
+
+    def live_message(self, frame: Frame) -> bytes:
+        """An H.264/H.265 ``frame`` as one binary WebSocket message of its fragment, framed
+        (RFC 6455, from the server: not masked): what a viewer that keeps up is sent,
+        written to its connection as it is, in one write, made once per picture."""
+        last, data = self._message
+        if last is not frame:
+            size = len(frame.fragment) + len(frame.jpeg)
+            if size < 126:
+                head = bytes((0x82, size))
+            elif size < 1 << 16:
+                head = _WS_HEAD16.pack(0x82, 126, size)
+            else:
+                head = _WS_HEAD64.pack(0x82, 127, size)
+            data = b"".join((head, frame.fragment, frame.jpeg))
+            self._message = (frame, data)
         return data
 
     def live_part(self, frame: Frame, chunked: bool) -> bytes:
@@ -315,7 +336,29 @@ class CameraService:
             return camera
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
         await ws.prepare(request)
-        subscription = camera.hub.subscribe()
+        transport, protocol = request.transport, request.protocol
+        sender = _LiveSender(ws, camera)
+
+        def direct(frame: Frame) -> bool:
+            # Called by the hub as the picture is published: a viewer that keeps up (its
+            # stream announced, no keyframe awaited, nothing being sent by its task, room in
+            # its socket) is written the picture at once, with no task switch per viewer and
+            # no second write for the WebSocket frame's head. Anything else is queued for
+            # the sender.
+            if (
+                sender.busy
+                or sender.skipping
+                or frame.init is None
+                or frame.init is not sender.init
+                or transport is None
+                or protocol.writing_paused
+                or transport.is_closing()
+            ):
+                return False
+            transport.write(camera.live_message(frame))
+            return True
+
+        subscription = camera.hub.subscribe(direct=direct)
         # Taken with no await since subscribing: the queue holds what comes after these.
         backlog = list(camera.since_keyframe)
 
@@ -326,7 +369,6 @@ class CameraService:
             subscription.close()
 
         reader = asyncio.create_task(drain_incoming())
-        sender = _LiveSender(ws, camera)
         try:
             await sender.send(backlog)
             dropped = subscription.dropped
@@ -481,8 +523,16 @@ class _LiveSender:
         self.camera = camera
         self.init: InitSegment | None = None
         self.skipping = False
+        self.busy = False  # sending: nothing may be written past it meanwhile
 
     async def send(self, frames: list[Frame]) -> None:
+        self.busy = True
+        try:
+            await self._send(frames)
+        finally:
+            self.busy = False
+
+    async def _send(self, frames: list[Frame]) -> None:
         if len(frames) > _LAG_FRAMES:
             # Behind: start again at the latest keyframe waiting, rather than send them all.
             keys = [i for i, f in enumerate(frames) if f.keyframe and f.init is not None]

@@ -1,0 +1,447 @@
+"""H.264 camera capacity (issue 15): the most H.264 cameras one recording server (rs1)
+records and serves live, encrypted and in plaintext, measured as the MJPEG capacity of
+:mod:`bench.run` is.
+
+    .venv/bin/python -m bench.h264_capacity [--quick] [--steps 100,200] [--modes encrypted]
+                                            [--out-dir DIR] [--profile N]
+
+The load: cameras of :mod:`bench.rtspfarm` (RTP over RTSP/TCP, 4 Mbit/s, 25 pictures a
+second, 640x360, a keyframe a second; one clip encoded once by FFmpeg, replayed by farm
+processes of up to 250 cameras each, every camera at its own phase, its pictures' times
+from its own clock by an RTCP sender report), each recorded by rs1 and watched live by one
+viewer on ``live.ws`` (fMP4 fragments over a WebSocket, TLS when rs1 encrypts; viewer
+processes of :mod:`bench.viewers` with :mod:`bench._ws_viewer`, up to 150 connections
+each). A step passes when the p99 delay (arrival of a picture's last byte at its viewer
+minus the picture's time at the camera) is under 200 ms and nothing is lost: no camera
+skipped a picture, the recorder dropped none, no viewer missed one (the fragments'
+sequence numbers), every viewer got at least 90% of what its camera sent. The search goes
+up the steps until one fails twice, once encrypted and once in plaintext, on the same
+site.
+
+Results: ``h264.json`` and ``h264.md`` in ``--out-dir`` (bench/results/), with the command,
+the load average at each step and rs1's CPU (its whole process tree, from /proc) per
+picture recorded and served. ``--profile N`` records rs1 with py-spy at N cameras
+(encrypted) and writes the hottest functions to ``profile-h264-N.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench._site import BenchSite, eventually, python_module, run_viewers, stop_process
+from bench.rtspfarm import write_clip
+from bench.run import DELAY_P99_LIMIT, log, machine, start_py_spy, summarize_profile
+
+HERE = Path(__file__).resolve().parent
+FPS = 25
+MBIT_S = 4.0
+CAMERA = {"codec": "H264", "width": 640, "height": 360, "fps": FPS, "mbit_s": MBIT_S}
+CAPACITY_TARGET = 500
+RATIO_TARGET = 0.9
+US_PER_FRAME_BUDGET = 50.0
+PER_FARM = 250
+PER_VIEWER_PROCESS = 150
+MODES = ("encrypted", "plaintext")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steps: tuple[int, ...]
+    warmup: float
+    duration: float
+    budget: float  # seconds for each mode's search
+    settle: float  # seconds after the cameras run, for the last configuration pushes
+
+
+FULL = Sizes(
+    steps=(50, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 800),
+    warmup=4.0,
+    duration=10.0,
+    budget=420.0,
+    settle=2.0,
+)
+QUICK = Sizes(steps=(2,), warmup=0.5, duration=1.0, budget=60.0, settle=0.2)
+
+
+def camera_name(index: int) -> str:
+    return f"h{index:04d}"
+
+
+@contextlib.contextmanager
+def rtsp_farms(network: str, cameras: int, clip: Path) -> Iterator[list[tuple[str, Any]]]:
+    """Farm processes for ``cameras`` cameras, farm k at ``NETWORK.(200+k)`` port 8554."""
+    farms: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        for k in range(-(-cameras // PER_FARM)):
+            address = f"{network}.{200 + k}"
+            process = python_module(
+                "bench.rtspfarm", "--address", address, "--port", "8554", "--clip", str(clip),
+                "--stats", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            farms.append((address, process))
+        for _address, process in farms:
+            assert process.stdout is not None
+            if not process.stdout.readline().startswith("ready "):
+                raise RuntimeError("an RTSP camera farm failed to start")
+        yield farms
+    finally:
+        for _address, process in farms:
+            stop_process(process)
+
+
+def farm_stats(process: subprocess.Popen[str]) -> dict[str, Any]:
+    assert process.stdin is not None
+    assert process.stdout is not None
+    process.stdin.write("stats\n")
+    process.stdin.flush()
+    stats: dict[str, Any] = json.loads(process.stdout.readline())
+    return stats
+
+
+def search(
+    bench: BenchSite,
+    sizes: Sizes,
+    mode: str,
+    farms: list[tuple[str, Any]],
+    steps: tuple[int, ...],
+    *,
+    fixed: bool,
+    profile: int | None,
+    out_dir: Path,
+) -> dict[str, Any]:
+    encrypted = mode == "encrypted"
+    if bool(bench.server("rs1")["encrypted_now"]) != encrypted:
+        bench.set_encryption("rs1", encrypted)
+    rows: list[dict[str, Any]] = []
+    began = time.monotonic()
+    best = 0
+    failed = False
+    added = 0
+    try:
+        for step in steps:
+            if rows and time.monotonic() - began > sizes.budget:
+                log(f"h264 {mode}: time budget spent before {step} cameras")
+                break
+            calls = [
+                (
+                    "POST",
+                    "/api/v1/cameras",
+                    {
+                        "name": camera_name(i),
+                        "recording_server": "rs1",
+                        "source": {
+                            "kind": "rtsp",
+                            "url": f"rtsp://{farms[i // PER_FARM][0]}:8554/{camera_name(i)}",
+                        },
+                    },
+                )
+                for i in range(added, step)
+            ]
+            bench.api_many(calls)
+            added = step
+
+            def all_running(n: int = step) -> bool:
+                cams = bench.rs_status()["cameras"]
+                return len(cams) >= n and all(c["frames"] > 0 for c in cams)
+
+            eventually(all_running, f"{step} H.264 cameras running on rs1", timeout=180)
+            time.sleep(sizes.settle + 0.01 * len(calls))  # the last configuration pushes land
+            for attempt in (1, 2):
+                row = measure(bench, sizes, step, farms, encrypted, profile, out_dir)
+                row["attempt"] = attempt
+                rows.append(row)
+                log(
+                    f"h264 {mode} {step:>4} cameras: p99 {row['delay_p99_ms']} ms, lost"
+                    f" {row['frames_lost']}, rs1 {row['server_cores']:.2f} cores"
+                    f" ({row['server_us_per_frame']} µs/picture), load {row['load_average_1m']},"
+                    f" {'ok' if row['ok'] else 'FAILS'}"
+                )
+                if row["ok"] or profile or fixed:
+                    break
+            if row["ok"] and not failed:
+                best = step
+            failed = failed or not row["ok"]
+            if failed and not fixed:
+                break
+    finally:
+        bench.api_many(
+            [("DELETE", f"/api/v1/cameras/{camera_name(i)}", None) for i in range(added)]
+        )
+        eventually(lambda: not bench.rs_status()["cameras"], "cameras removed from rs1", 120)
+    return {"mode": mode, "max_cameras": best, "rows": rows}
+
+
+def measure(
+    bench: BenchSite,
+    sizes: Sizes,
+    cameras: int,
+    farms: list[tuple[str, Any]],
+    encrypted: bool,
+    profile: int | None,
+    out_dir: Path,
+) -> dict[str, Any]:
+    rs1 = bench.site.servers["rs1"]
+    names = [camera_name(i) for i in range(cameras)]
+    tokens = bench.stream_tokens(names)
+    targets = [
+        {
+            "address": rs1.address,
+            "port": rs1.ports["data"],
+            "host": rs1.host,
+            "path": f"/api/v1/cameras/{name}/live.ws",
+            "token": tokens[name],
+        }
+        for name in names
+    ]
+    farms_before = [farm_stats(p) for _, p in farms]
+    recorder_before = bench.rs_status()["recorder"]
+    spy: list[subprocess.Popen[str]] = []
+
+    def start_profile() -> None:
+        if profile:
+            spy.append(start_py_spy(bench.pid("rs1"), sizes.duration, out_dir, cameras))
+
+    result = run_viewers(
+        targets,
+        ca=bench.site.home.ca_cert if encrypted else None,
+        token=None,
+        warmup=sizes.warmup,
+        duration=sizes.duration,
+        processes=-(-cameras // PER_VIEWER_PROCESS),
+        watch={"server": bench.pid("rs1"), **{f"farm{i}": p.pid for i, (_, p) in enumerate(farms)}},
+        during=start_profile,
+        protocol="ws",
+    )
+    load = os.getloadavg()[0]
+    farms_after = [farm_stats(p) for _, p in farms]
+    status = bench.rs_status()
+    recorder_after = status["recorder"]
+    stalled = [c["name"] for c in status["cameras"] if c["fps"] < 0.9 * FPS]
+    if spy:
+        spy[0].wait(60)
+        raw = out_dir / f"profile-{cameras}.raw"
+        summarize_profile(raw, out_dir / f"profile-h264-{cameras}.txt")
+        raw.unlink()
+    skipped = sum(
+        a["skipped"] - b["skipped"] for a, b in zip(farms_after, farms_before, strict=True)
+    )
+    dropped = recorder_after["frames_dropped"] - recorder_before["frames_dropped"]
+    written = recorder_after["frames_written"] - recorder_before["frames_written"]
+    expected = FPS * result.seconds
+    p99 = result.delay(0.99)
+    lost = result.gaps + skipped + dropped
+    ok = (
+        p99 is not None
+        and p99 < DELAY_P99_LIMIT
+        and lost == 0
+        and result.connected == cameras
+        and result.error_count == 0
+        and result.ended_early == 0
+        and result.frames_per_viewer_min >= 0.9 * expected
+    )
+    cores = result.cpu["server"]
+    recorded_per_second = written / result.seconds if result.seconds else 0.0
+    return {
+        "cameras": cameras,
+        "encrypted": encrypted,
+        "ok": ok,
+        "delay_p50_ms": _ms(result.delay(0.5)),
+        "delay_p99_ms": _ms(p99),
+        "delay_max_ms": _ms(result.delay(1.0)),
+        "frames_lost": lost,
+        "viewer_gaps": result.gaps,
+        "camera_skips": skipped,
+        "recorder_drops": dropped,
+        "frames_per_viewer_min": result.frames_per_viewer_min,
+        "frames_expected_per_viewer": round(expected),
+        "frames_viewed_per_second": round(result.frames_per_second, 1),
+        "frames_recorded_per_second": round(recorded_per_second, 1),
+        "viewers_connected": result.connected,
+        "viewer_errors": result.error_count,
+        "viewer_error_samples": result.errors[:3],
+        "viewers_without_pictures": result.silent,
+        "cameras_below_rate": stalled[:10],
+        "viewers_ended_early": result.ended_early,
+        "megabytes_per_second_to_viewers": round(result.megabytes_per_second, 1),
+        "server_cores": round(cores, 3),
+        # rs1's CPU (all its threads) per picture served to its viewer (and recorded): the
+        # viewers count exactly the measured window, the recorder's counter moves by batches.
+        "server_us_per_frame": round(cores * 1e6 / result.frames_per_second, 1)
+        if result.frames
+        else None,
+        "server_kernel_cores": round(result.system["server"], 3),
+        "server_loop_thread_cores": round(result.main_thread["server"], 3),
+        "farm_cores": round(sum(v for k, v in result.cpu.items() if k.startswith("farm")), 3),
+        "viewer_cores": round(sum(v for k, v in result.cpu.items() if k.startswith("viewers")), 3),
+        "viewer_processes": -(-cameras // PER_VIEWER_PROCESS),
+        "machine_idle_cores": round(result.machine_idle, 3),
+        "farm_max_tick_lag_ms": max(
+            round(f["max_tick_lag_seconds"] * 1000, 1) for f in farms_after
+        ),
+        "load_average_1m": round(load, 2),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def assemble(
+    searches: dict[str, dict[str, Any]], info: dict[str, Any], *, quick: bool, command: str
+) -> dict[str, Any]:
+    encrypted = searches.get("encrypted", {}).get("max_cameras")
+    plaintext = searches.get("plaintext", {}).get("max_cameras")
+    ratio = round(encrypted / plaintext, 3) if encrypted is not None and plaintext else None
+    at_best = [
+        r
+        for r in searches.get("encrypted", {}).get("rows", [])
+        if r["ok"] and r["cameras"] == encrypted
+    ]
+    return {
+        "benchmark": "h264_capacity",
+        "quick": quick,
+        "command": command,
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "camera": CAMERA,
+        "criteria": f"p99 delay < {DELAY_P99_LIMIT * 1000:.0f} ms (camera to viewer), no picture "
+        "lost (camera skips, recorder drops, viewer gaps), every viewer >= 90% of the pictures",
+        "max_h264_cameras_encrypted": encrypted,
+        "max_cameras_encrypted": encrypted,
+        "max_cameras_plaintext": plaintext,
+        "capacity_tls_vs_plain_ratio": ratio,
+        "rs1_us_per_frame_encrypted": at_best[0]["server_us_per_frame"] if at_best else None,
+        "targets": {
+            "max_h264_cameras_encrypted": f">= {CAPACITY_TARGET}",
+            "capacity_tls_vs_plain_ratio": f">= {RATIO_TARGET}",
+            "rs1_us_per_frame_encrypted": f"<= {US_PER_FRAME_BUDGET}",
+        },
+        "machine": info,
+        "searches": searches,
+    }
+
+
+_COLUMNS = (
+    ("cameras", "cameras"),
+    ("attempt", "try"),
+    ("ok", "ok"),
+    ("delay_p50_ms", "p50 ms"),
+    ("delay_p99_ms", "p99 ms"),
+    ("frames_lost", "lost"),
+    ("server_cores", "rs1 cores"),
+    ("server_loop_thread_cores", "rs1 loop thread"),
+    ("server_us_per_frame", "rs1 µs/picture"),
+    ("viewer_cores", "viewers cores"),
+    ("farm_cores", "farms cores"),
+    ("machine_idle_cores", "idle cores"),
+    ("load_average_1m", "load avg"),
+)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# H.264 camera capacity (issue 15)",
+        "",
+        f"Run {result['when']}{' (quick)' if result['quick'] else ''}: `{result['command']}`",
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, load average "
+        f"{result['machine']['load_average_1m_at_start']} at start, "
+        f"{result['machine'].get('load_average_1m_at_end')} at end (shared with other work).",
+        "",
+        f"Camera: H.264 {CAMERA['width']}x{CAMERA['height']}, {CAMERA['fps']} pictures/s, "
+        f"{CAMERA['mbit_s']} Mbit/s, RTP over RTSP/TCP; one live viewer each on live.ws.",
+        f"Criteria: {result['criteria']}.",
+        "",
+        "| figure | value | target |",
+        "| --- | --- | --- |",
+    ]
+    for key in (
+        "max_h264_cameras_encrypted",
+        "max_cameras_plaintext",
+        "capacity_tls_vs_plain_ratio",
+        "rs1_us_per_frame_encrypted",
+    ):
+        lines.append(f"| {key} | {result[key]} | {result['targets'].get(key, '')} |")
+    for mode, found in result["searches"].items():
+        lines += [
+            "",
+            f"## {mode}",
+            "",
+            "| " + " | ".join(title for _, title in _COLUMNS) + " |",
+            "|" + " --- |" * len(_COLUMNS),
+        ]
+        for row in found["rows"]:
+            lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in _COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="the smallest size (smoke test)")
+    parser.add_argument("--steps", help="exactly these camera counts (comma-separated), no search")
+    parser.add_argument("--modes", default=",".join(MODES), help="encrypted, plaintext or both")
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--profile", type=int, metavar="CAMERAS", help="py-spy rs1 at CAMERAS")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    modes = ("encrypted",) if args.profile else tuple(args.modes.split(","))
+    if set(modes) - set(MODES):
+        parser.error(f"--modes takes {', '.join(MODES)}")
+    fixed = bool(args.steps or args.profile)
+    steps = (
+        (args.profile,)
+        if args.profile
+        else tuple(int(n) for n in args.steps.split(","))
+        if args.steps
+        else sizes.steps
+    )
+    command = "python -m bench.h264_capacity " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    searches: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(
+        prefix="watchkeep-h264-bench-", dir=os.environ.get("WATCHKEEP_BENCH_DIR")
+    ) as tmp:
+        work = Path(tmp)
+        clip = work / "clip.h264"
+        write_clip(clip, FPS, MBIT_S)
+        bench = BenchSite(work / "site", failover_after=3600.0, heartbeat=1.0)
+        try:
+            bench.start()
+            log(f"site up on {bench.site.network}.x")
+            with rtsp_farms(bench.site.network, max(steps), clip) as farms:
+                for mode in modes:
+                    searches[mode] = search(
+                        bench, sizes, mode, farms, steps,
+                        fixed=fixed, profile=args.profile, out_dir=args.out_dir,
+                    )  # fmt: skip
+        finally:
+            bench.stop()
+    if args.profile:
+        return 0
+    info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    result = assemble(searches, info, quick=args.quick, command=command)
+    (args.out_dir / "h264.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out_dir / "h264.md").write_text(markdown(result))
+    for key in ("max_h264_cameras_encrypted", "max_cameras_plaintext", "capacity_tls_vs_plain_ratio",
+                "rs1_us_per_frame_encrypted"):  # fmt: skip
+        print(f"{key}: {result[key]}")
+    print(f"written to {args.out_dir}/h264.json, h264.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
