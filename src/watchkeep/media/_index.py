@@ -19,7 +19,7 @@ from sqlalchemy import event
 from watchkeep.errors import RecordingError
 from watchkeep.media._errors import RecordingDiskFull
 
-__all__ = ["index_error", "metadata", "open_index", "segments", "update_rows"]
+__all__ = ["delete_rows", "index_error", "metadata", "open_index", "segments", "update_rows"]
 
 metadata = sa.MetaData()
 
@@ -123,3 +123,10 @@ def _update_sql(rows: int) -> str:
         f'UPDATE {table} SET start = v.start, "end" = v."end", frames = v.frames, '
         f"bytes = v.bytes, open = v.open FROM v WHERE {table}.id = v.id"
     )
+
+
+def delete_rows(conn: sa.Connection, ids: list[int]) -> None:
+    """Delete these segments' rows, a few hundred at a time (SQLite bounds the number of
+    parameters of one statement)."""
+    for start in range(0, len(ids), 500):
+        conn.execute(segments.delete().where(segments.c.id.in_(ids[start : start + 500])))

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -39,7 +39,7 @@ from watchkeep.media._disk import (
     write_all,
 )
 from watchkeep.media._frame import validate_camera_name
-from watchkeep.media._index import index_error, segments, update_rows
+from watchkeep.media._index import delete_rows, index_error, segments, update_rows
 from watchkeep.media._segment import (
     SEGMENT_SUFFIX,
     SegmentFormatError,
@@ -197,8 +197,7 @@ class SegmentStore:
                 }
                 on_disk = self._list_segment_files()
                 gone = [row.id for path, row in indexed.items() if path not in on_disk]
-                for chunk in _chunks(gone, 500):
-                    conn.execute(segments.delete().where(segments.c.id.in_(chunk)))
+                delete_rows(conn, gone)
                 report.rows_removed = len(gone)
                 for rel in sorted(on_disk):
                     row = indexed.get(rel)
@@ -675,8 +674,7 @@ class SegmentStore:
             if not victims:
                 return 0
             with self._engine.begin() as conn:
-                for chunk in _chunks(list(victims), 500):
-                    conn.execute(segments.delete().where(segments.c.id.in_(chunk)))
+                delete_rows(conn, list(victims))
         except sa.exc.SQLAlchemyError as exc:
             raise index_error(exc, self._index_path) from exc
         for rel, size in victims.values():
@@ -694,8 +692,3 @@ def _follows(previous: Record, record: Record) -> bool:
     """Whether ``record`` may follow ``previous`` in a file: a JPEG or a keyframe always; any
     other H.264/H.265 picture only if it is the next one (none lost between)."""
     return record[5] is not None or record[1] == previous[1] + 1
-
-
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for index in range(0, len(items), size):
-        yield items[index : index + size]
