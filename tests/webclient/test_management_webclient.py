@@ -321,7 +321,9 @@ def test_an_rtsp_camera_is_added_and_shown_live(web: WebSite, console: ExpectedR
     console.statuses.add(404)
     # Then it shows live, straight from rs1 over verified TLS
     picture = f"#camera-grid img[data-camera={CAMERA}]"
-    wait_for_picture(page, picture)
+    # (the first picture waits for the configuration push, rs1's RTSP session with the
+    # camera and, should that first session fail, its reconnection back-off)
+    wait_for_picture(page, picture, timeout=120_000)
     assert page.locator(picture).get_attribute("data-source") == "live"
     assert page.locator(picture).evaluate("i => [i.naturalWidth, i.naturalHeight]") == [320, 240]
     src = page.locator(picture).get_attribute("src") or ""

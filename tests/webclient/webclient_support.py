@@ -96,11 +96,12 @@ def open_view(page: Page, view: str) -> None:
     page.wait_for_selector(f"#view[data-view={view}][data-ready=true]")
 
 
-def wait_for_picture(page: Page, selector: str) -> None:
+def wait_for_picture(page: Page, selector: str, timeout: float = 30_000) -> None:
     """Until the image ``selector`` shows a decoded picture."""
     page.wait_for_function(
         "(s) => { const i = document.querySelector(s); return i !== null && i.naturalWidth > 0; }",
         arg=selector,
+        timeout=timeout,
     )
 
 
