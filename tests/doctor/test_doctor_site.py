@@ -196,9 +196,9 @@ def test_a_certificate_inside_the_expiry_thresholds(site: LocalSite) -> None:
     try:
         # Then the doctor warns (the 14-day threshold), and exits 0: a warning is no error
         findings = wait_for_codes(site, {"cert.expiry_warning"})
-        assert [f.severity for f in findings if f.code == "cert.expiry_warning"] == [
-            Severity.WARNING
-        ]
+        # (once the server has tried to renew, its failed attempts are a second warning)
+        severities = {f.severity for f in findings if f.code == "cert.expiry_warning"}
+        assert severities == {Severity.WARNING}
         assert "(the 14-day warning)" in describe(findings)
         status, document = doctor_cli(site)
         assert status == 0
