@@ -1,7 +1,7 @@
 """Two management servers for one site, on one PostgreSQL database (issue 17).
 
-Given ms1 and ms2 on one database, a recording server and a failover server that know both,
-and an administrator whose CLI knows both: while a client keeps changing the configuration
+Given ms1 and ms2 on one database, a recording server, a failover server and a mobile
+server that know both, and an administrator whose CLI knows both: while a client keeps changing the configuration
 and logging in, and the recording server heartbeats, each management server in turn is
 killed with SIGKILL (no orderly stop) and started again. Every change a management server
 accepted is kept and reaches the recording server, the camera it records never stops, the
@@ -42,6 +42,7 @@ def site(site_factory: Callable[..., LocalSite], postgres: LocalPostgres) -> Loc
     made.add_server("ms2", ServerRole.MANAGEMENT)
     made.add_server("rs1", ServerRole.RECORDING)
     made.add_server("fo1", ServerRole.FAILOVER)
+    made.add_server("mobile1", ServerRole.MOBILE)
     made.start_all()
     return made
 
@@ -211,6 +212,27 @@ def test_the_failover_server_still_covers_a_dead_recording_server(site: LocalSit
         site.wait_online("rs1")
     finally:
         site.start("ms1")
+
+
+def test_the_mobile_server_logs_users_in_at_the_other_management_server(
+    site: LocalSite,
+) -> None:
+    mobile = endpoint(site.servers["mobile1"], "http", tls=False)
+    login = {"user": "admin", "password": site.password_file.read_text().strip()}
+    # Given the mobile server logging users in (at whichever management server it speaks to)
+    assert call(mobile, "POST", "/api/v1/login", body=login)["role"] == "administrator"
+    for victim in ("ms1", "ms2"):
+        # When that management server or the other is killed
+        site.kill(victim)
+        try:
+            # Then a user still logs in through the mobile server, at the one alive, and
+            # the token it gives is honoured for the user's cameras and log-out
+            token = call(mobile, "POST", "/api/v1/login", body=login)["token"]
+            assert isinstance(call(mobile, "GET", "/api/v1/cameras", token=token), list)
+            call(mobile, "POST", "/api/v1/logout", token=token)
+        finally:
+            site.start(victim)
+    assert "turning to" in site.log_text("mobile1")
 
 
 def test_site_connect_learns_every_management_server(site: LocalSite) -> None:

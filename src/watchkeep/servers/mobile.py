@@ -111,14 +111,22 @@ class MobileServer(LinkedServer):
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"server": self.config.name, "encryption": self.encrypted_now()})
 
-    def _ms_endpoint(self) -> Endpoint:
-        return Endpoint(
-            self.management_name() or self.link.host,
-            self.link.host,
-            self.link.address,
-            self.link.port,
-            self.ms_encryption,
-        )
+    async def _call_management(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``call_json`` to the site's management server, the one the heartbeats go to;
+        one that does not answer is passed over for the site's next (every one of them
+        honours the others' tokens), each tried once."""
+        assert self.session is not None
+        for attempt in range(len(self.link.addresses())):
+            endpoint = self._management_endpoint(self.ms_encryption)
+            context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
+            try:
+                return await call_json(
+                    self.session, endpoint, method, path, ssl_context=context, **kwargs
+                )
+            except ConnectionFailed as exc:
+                if attempt + 1 == len(self.link.addresses()) or not self._next_management(str(exc)):
+                    raise
+        raise AssertionError("unreachable: the last attempt raises")
 
     async def login(self, request: web.Request) -> web.Response:
         try:
@@ -129,16 +137,10 @@ class MobileServer(LinkedServer):
             return problem(400, "bad login", "the login is a JSON object: user and password")
         # The token the management server returns is for it and for this server alone.
         body = {**body, "audience": self.config.name}
-        assert self.session is not None
-        endpoint = self._ms_endpoint()
-        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
         try:
-            reply = await call_json(
-                self.session,
-                endpoint,
+            reply = await self._call_management(
                 "POST",
                 "/api/v1/login",
-                ssl_context=context,
                 body=body,
                 # The management server limits failed log-ins per client address: it must
                 # see this client's, not this server's (see _forwarded.py).
@@ -161,16 +163,10 @@ class MobileServer(LinkedServer):
     async def logout(self, request: web.Request) -> web.Response:
         """End the caller's session at the management server (its token, checked here
         already, goes with the call and is refused from then on)."""
-        assert self.session is not None
-        endpoint = self._ms_endpoint()
-        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
         try:
-            await call_json(
-                self.session,
-                endpoint,
+            await self._call_management(
                 "POST",
                 "/api/v1/logout",
-                ssl_context=context,
                 token=request["token"],
             )
         except ApiError as exc:
@@ -199,15 +195,9 @@ class MobileServer(LinkedServer):
         cached = self._stream_tokens.get(key)
         if cached is not None and cached[2] > now:
             return cached[0], cached[1]
-        endpoint = self._ms_endpoint()
-        context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
-        assert self.session is not None
-        reply = await call_json(
-            self.session,
-            endpoint,
+        reply = await self._call_management(
             "POST",
             f"/api/v1/cameras/{quote(camera, safe='')}/stream-token",
-            ssl_context=context,
             token=request["token"],
         )
         self._hosts[str(reply["host"])] = str(reply["address"])
@@ -368,7 +358,7 @@ class MobileServer(LinkedServer):
 
     async def start(self) -> None:
         self.check_certificate_at_start()
-        self._hosts[self.link.host] = self.link.address
+        self._hosts.update({host: address for host, address, _ in self.link.addresses()})
         self._learn_hosts()
         self.session = open_session(self._hosts, timeout=10)
         await self.runner.setup()
