@@ -179,13 +179,23 @@ class PKIError(WatchkeepError):
 class RenewalRefused(PKIError):
     """A server asked to renew its certificate with one that cannot vouch for it (expired,
     revoked, not of this site) or with a request the CA will not sign; ``rejoin`` when only
-    a new enrollment brings the server back."""
+    a new enrollment brings the server back; ``elsewhere`` when the management server asked
+    holds no CA and another of the site's may be asked at once."""
 
-    def __init__(self, subject: str, reason: str, *, fix: str, rejoin: bool = False) -> None:
+    def __init__(
+        self,
+        subject: str,
+        reason: str,
+        *,
+        fix: str,
+        rejoin: bool = False,
+        elsewhere: bool = False,
+    ) -> None:
         super().__init__(fix=fix)
         self.subject = subject
         self.reason = reason
         self.rejoin = rejoin
+        self.elsewhere = elsewhere
 
     def describe(self) -> str:
         return f"{self.subject}: renewal refused: {self.reason}"

@@ -22,6 +22,7 @@ from watchkeep.pki._keys import load_private_key
 from watchkeep.pki._profiles import generate_key
 from watchkeep.pki._renewal import renew_from_csr
 from watchkeep.servers._renewal import (
+    MAX_SIGNERS_ASKED,
     MIN_BACKOFF,
     SelfRenewal,
     renewal_request,
@@ -253,3 +254,78 @@ def test_a_server_whose_certificate_cannot_vouch_says_how_to_rejoin(
     assert 'watchkeep_certificate_renewal_ready_status{server="rs1",role="recording"} 0' in (
         renewal.metrics()
     )
+
+
+def test_a_renewal_refused_for_want_of_a_ca_is_asked_of_the_next_management_server(
+    tmp_path: Path,
+) -> None:
+    # Given a site of two management servers of which only ms1 holds the CA, and rs1
+    # speaking to ms2
+    pki = make_home(tmp_path)
+    out = tmp_path / "rs1"
+    cert, _ = issued(pki, out, days_ago=70)
+    trust = tmp_path / "trust"
+    DirectoryTrustStore(trust).install(pki.ca_certificate())
+    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    asked: list[str] = []
+    at = ["ms2"]
+
+    async def sign(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(at[0])
+        if at[0] == "ms2":
+            at[0] = "ms1"  # what the link does on a CA-less answer: turn to the next
+            raise RenewalRefused("rs1", "ms2 holds no CA", fix="", elsewhere=True)
+        # ms1 verifies that the request was signed for it, not for ms2
+        presented, csr = verify_renewal_request(body, audience="ms1", now=NOW, peer=None)
+        record = renew_from_csr(pki, presented, csr, rejoin=REJOIN, now=NOW)
+        return {"chain": Path(record.chain_path).read_bytes().decode()}
+
+    renewal = SelfRenewal(
+        server="rs1",
+        role="recording",
+        host="rs1.site.test",
+        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
+        trust=lambda: TrustMaterial.load(trust),
+        sign=sign,
+        on_renewed=lambda: None,
+        state_file=tmp_path / "renewal.json",
+        audience=lambda: at[0],
+    )
+    # When the renewal comes due, Then it is signed at once by ms1, with no failure counted
+    assert asyncio.run(renewal.tick(NOW)) is True
+    assert asked == ["ms2", "ms1"]
+    assert renewal.state.failures == 0
+    assert (
+        x509.load_pem_x509_certificates(chain.read_bytes())[0].serial_number != cert.serial_number
+    )
+
+
+def test_a_renewal_nobody_can_sign_is_a_failure_not_a_loop(tmp_path: Path) -> None:
+    pki = make_home(tmp_path)
+    out = tmp_path / "rs1"
+    issued(pki, out, days_ago=70)
+    trust = tmp_path / "trust"
+    DirectoryTrustStore(trust).install(pki.ca_certificate())
+    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    asked = 0
+
+    async def sign(body: dict[str, Any]) -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        raise RenewalRefused("rs1", "holds no CA", fix="", elsewhere=True)
+
+    renewal = SelfRenewal(
+        server="rs1",
+        role="recording",
+        host="rs1.site.test",
+        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
+        trust=lambda: TrustMaterial.load(trust),
+        sign=sign,
+        on_renewed=lambda: None,
+        state_file=tmp_path / "renewal.json",
+        audience=lambda: "ms",
+    )
+    assert asyncio.run(renewal.tick(NOW)) is False
+    assert asked == MAX_SIGNERS_ASKED
+    assert renewal.state.failures == 1
+    assert "holds no CA" in str(renewal.state.last_error)

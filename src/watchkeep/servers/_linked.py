@@ -73,6 +73,9 @@ class LinkedServer(ServerProcess):
         self._plaintext_announced = False  # told over TLS that the management link goes plain
         self._signer: tuple[tuple[int, int], Any, Any] | None = None  # (files' stamp, key, cert)
         self._ms = 0  # which of link.addresses() the heartbeats go to now
+        # Which of them renewals go to, once the one the heartbeats reach said it holds no
+        # CA (of a site's management servers, only those with a CA home sign).
+        self._renewal_ms: int | None = None
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -237,14 +240,24 @@ class LinkedServer(ServerProcess):
 
     # -- its own certificate (servers._renewal) ------------------------------------------
 
+    def _renewal_endpoint(self, tls: bool) -> Endpoint:
+        if self._renewal_ms is None:
+            return self._management_endpoint(tls)
+        heartbeats, self._ms = self._ms, self._renewal_ms
+        try:
+            return self._management_endpoint(tls)
+        finally:
+            self._ms = heartbeats
+
     def renewal_audience(self) -> str:
-        # the management server the renewal goes to (of several, the one heartbeats reach)
-        return self._management_endpoint(False).host
+        # the management server the renewal goes to (of several, the one heartbeats reach,
+        # unless it holds no CA)
+        return self._renewal_endpoint(False).host
 
     async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
         """Over the management link, proving who asks with the current certificate
         (mutual TLS when the link is encrypted, the request's signature in any case)."""
-        endpoint = self._management_endpoint(self.ms_encryption)
+        endpoint = self._renewal_endpoint(self.ms_encryption)
         context = self.client_ssl_context(present_certificate=True) if endpoint.tls else None
         async with open_session({endpoint.host: endpoint.address}, timeout=10) as session:
             try:
@@ -261,6 +274,16 @@ class LinkedServer(ServerProcess):
                 if exc.document.get("rejoin") is True:
                     raise RenewalRefused(
                         self.config.name, str(exc.document.get("detail")), fix="", rejoin=True
+                    ) from exc
+                count = len(self.link.addresses())
+                if exc.document.get("ca_offline") is True and count > 1:
+                    asked = self._ms if self._renewal_ms is None else self._renewal_ms
+                    self._renewal_ms = (asked + 1) % count
+                    raise RenewalRefused(
+                        self.config.name,
+                        str(exc.document.get("detail")),
+                        fix=str(exc.document.get("fix") or ""),
+                        elsewhere=True,
                     ) from exc
                 raise
         if not isinstance(answer, dict):

@@ -69,6 +69,7 @@ __all__ = [
 
 log = logging.getLogger("watchkeep.renewal")
 MIN_BACKOFF = 60.0
+MAX_SIGNERS_ASKED = 4  # management servers asked in turn for one renewal, when one has no CA
 MAX_BACKOFF = 3600.0
 PROOF_WINDOW = dt.timedelta(minutes=5)  # how far the signed time may be from the signer's
 _PROOF_CONTEXT = b"watchkeep certificate renewal v1\n"
@@ -366,9 +367,17 @@ class SelfRenewal:
     async def _renew(self, leaf: x509.Certificate, now: dt.datetime) -> None:
         current_key = load_private_key(self.identity.key)
         new_key = generate_key(key_type_of(leaf.public_key()))
-        answer = await self.sign(
-            renewal_request(leaf, current_key, new_key, audience=self.audience(), now=now)
-        )
+        for attempt in range(MAX_SIGNERS_ASKED):
+            try:
+                answer = await self.sign(
+                    renewal_request(leaf, current_key, new_key, audience=self.audience(), now=now)
+                )
+                break
+            except RenewalRefused as exc:
+                # Asked a management server without the CA: the next one, signed for it.
+                if not exc.elsewhere or attempt + 1 == MAX_SIGNERS_ASKED:
+                    raise
+                log.info("%s: %s; asking %s", self.server, exc.reason, self.audience())
         chain = _checked_chain(answer, new_key, leaf, self.trust())
         chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
         # The key first: a server that reloads when its chain changes finds its key there.

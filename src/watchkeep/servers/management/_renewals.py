@@ -99,6 +99,8 @@ class Renewals:
                 server=self.config.name,
                 fix="on the CA's machine: watchkeep cert sign-csr CSR --role ROLE --replace, "
                 "then install the files on the server (or set [site] ca_home)",
+                # A site's other management server may hold the CA: the server asks it.
+                ca_offline=True,
             )
         body = await json_object(request)
         peer = _peer_certificate(request)
