@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,38 @@ def csr_for(names: list[str], key: Any) -> x509.CertificateSigningRequest:
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
         .sign(key, hashes.SHA256())
+    )
+
+
+def aged_rs1(tmp_path: Path, pki: SitePKI) -> tuple[x509.Certificate, Path, Path, Path]:
+    """rs1's certificate issued 70 days ago (due for renewal), its chain and key files, and
+    a trust store holding the CA."""
+    out = tmp_path / "rs1"
+    cert, _ = issued(pki, out, days_ago=70)
+    trust = tmp_path / "trust"
+    DirectoryTrustStore(trust).install(pki.ca_certificate())
+    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    return cert, chain, key_file, trust
+
+
+def rs1_renewal(
+    tmp_path: Path,
+    chain: Path,
+    key_file: Path,
+    trust: Path,
+    sign: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+    audience: Callable[[], str] = lambda: "ms",
+) -> SelfRenewal:
+    return SelfRenewal(
+        server="rs1",
+        role="recording",
+        host="rs1.site.test",
+        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
+        trust=lambda: TrustMaterial.load(trust),
+        sign=sign,
+        on_renewed=lambda: None,
+        state_file=tmp_path / "renewal.json",
+        audience=audience,
     )
 
 
@@ -133,11 +166,7 @@ def test_a_request_is_proven_by_the_key_of_the_certificate(tmp_path: Path) -> No
 
 def test_a_server_backs_off_while_the_ca_is_unreachable_then_renews(tmp_path: Path) -> None:
     pki = make_home(tmp_path)
-    out = tmp_path / "rs1"
-    cert, _ = issued(pki, out, days_ago=70)
-    trust = tmp_path / "trust"
-    DirectoryTrustStore(trust).install(pki.ca_certificate())
-    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    cert, chain, key_file, trust = aged_rs1(tmp_path, pki)
     files = {p: p.read_bytes() for p in (chain, key_file)}
     reachable = False
 
@@ -149,17 +178,7 @@ def test_a_server_backs_off_while_the_ca_is_unreachable_then_renews(tmp_path: Pa
         pem = Path(record.chain_path).read_bytes()
         return {"chain": pem.decode()}
 
-    renewal = SelfRenewal(
-        server="rs1",
-        role="recording",
-        host="rs1.site.test",
-        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
-        trust=lambda: TrustMaterial.load(trust),
-        sign=sign,
-        on_renewed=lambda: None,
-        state_file=tmp_path / "renewal.json",
-        audience=lambda: "ms",
-    )
+    renewal = rs1_renewal(tmp_path, chain, key_file, trust, sign)
     clock = NOW
     assert asyncio.run(renewal.tick(clock)) is False
     assert renewal.state.failures == 1
@@ -262,11 +281,7 @@ def test_a_renewal_refused_for_want_of_a_ca_is_asked_of_the_next_management_serv
     # Given a site of two management servers of which only ms1 holds the CA, and rs1
     # speaking to ms2
     pki = make_home(tmp_path)
-    out = tmp_path / "rs1"
-    cert, _ = issued(pki, out, days_ago=70)
-    trust = tmp_path / "trust"
-    DirectoryTrustStore(trust).install(pki.ca_certificate())
-    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    cert, chain, key_file, trust = aged_rs1(tmp_path, pki)
     asked: list[str] = []
     at = ["ms2"]
 
@@ -280,17 +295,7 @@ def test_a_renewal_refused_for_want_of_a_ca_is_asked_of_the_next_management_serv
         record = renew_from_csr(pki, presented, csr, rejoin=REJOIN, now=NOW)
         return {"chain": Path(record.chain_path).read_bytes().decode()}
 
-    renewal = SelfRenewal(
-        server="rs1",
-        role="recording",
-        host="rs1.site.test",
-        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
-        trust=lambda: TrustMaterial.load(trust),
-        sign=sign,
-        on_renewed=lambda: None,
-        state_file=tmp_path / "renewal.json",
-        audience=lambda: at[0],
-    )
+    renewal = rs1_renewal(tmp_path, chain, key_file, trust, sign, audience=lambda: at[0])
     # When the renewal comes due, Then it is signed at once by ms1, with no failure counted
     assert asyncio.run(renewal.tick(NOW)) is True
     assert asked == ["ms2", "ms1"]
@@ -302,11 +307,7 @@ def test_a_renewal_refused_for_want_of_a_ca_is_asked_of_the_next_management_serv
 
 def test_a_renewal_nobody_can_sign_is_a_failure_not_a_loop(tmp_path: Path) -> None:
     pki = make_home(tmp_path)
-    out = tmp_path / "rs1"
-    issued(pki, out, days_ago=70)
-    trust = tmp_path / "trust"
-    DirectoryTrustStore(trust).install(pki.ca_certificate())
-    chain, key_file = out / "recording-rs1.site.test.chain.pem", out / "recording-rs1.site.test.key"
+    _, chain, key_file, trust = aged_rs1(tmp_path, pki)
     asked = 0
 
     async def sign(body: dict[str, Any]) -> dict[str, Any]:
@@ -314,17 +315,7 @@ def test_a_renewal_nobody_can_sign_is_a_failure_not_a_loop(tmp_path: Path) -> No
         asked += 1
         raise RenewalRefused("rs1", "holds no CA", fix="", elsewhere=True)
 
-    renewal = SelfRenewal(
-        server="rs1",
-        role="recording",
-        host="rs1.site.test",
-        identity=ServerIdentity("rs1", "rs1.site.test", chain, key_file),
-        trust=lambda: TrustMaterial.load(trust),
-        sign=sign,
-        on_renewed=lambda: None,
-        state_file=tmp_path / "renewal.json",
-        audience=lambda: "ms",
-    )
+    renewal = rs1_renewal(tmp_path, chain, key_file, trust, sign)
     assert asyncio.run(renewal.tick(NOW)) is False
     assert asked == MAX_SIGNERS_ASKED
     assert renewal.state.failures == 1
