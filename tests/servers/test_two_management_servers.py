@@ -12,16 +12,21 @@ only (the one holding the database's advisory lock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from site_support import call, endpoint
 
+from watchkeep._clock import TEST_CLOCK_ENV, set_test_clock
 from watchkeep.client import SiteClient, SiteConnection
 from watchkeep.errors import ConnectionFailed
 from watchkeep.localsite import LocalPostgres
@@ -36,7 +41,17 @@ LOAD_DEADLINE = 120.0  # seconds the load may take at most, whatever happens
 
 
 @pytest.fixture(scope="module")
-def site(site_factory: Callable[..., LocalSite], postgres: LocalPostgres) -> LocalSite:
+def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The site's test clock (``WATCHKEEP_TEST_CLOCK``), at the real time until moved."""
+    path = tmp_path_factory.mktemp("clock") / "clock"
+    set_test_clock(path, dt.timedelta(0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TEST_CLOCK_ENV, str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def site(site_factory: Callable[..., LocalSite], postgres: LocalPostgres, clock: Path) -> LocalSite:
     made = site_factory("two-ms", database_url=postgres.create_database())
     made.add_server("ms1", ServerRole.MANAGEMENT)
     made.add_server("ms2", ServerRole.MANAGEMENT)
@@ -245,3 +260,39 @@ def test_site_connect_learns_every_management_server(site: LocalSite) -> None:
     assert [(o["host"], o["address"]) for o in saved.others] == [
         (site.servers["ms2"].host, site.servers["ms2"].address)
     ]
+
+
+def test_both_management_servers_and_their_servers_renew_where_the_ca_is(
+    site: LocalSite, clock: Path
+) -> None:
+    # Given ms1 holding the site's CA and ms2 none, and rs1 speaking to ms2 since ms1 was
+    # killed (it stays there once ms1 is back)
+    site.kill("ms1")
+    eventually(lambda: "turning to ms2" in site.log_text("rs1"), what="rs1 turning to ms2")
+    site.start("ms1")
+    renewing = ("ms1", "ms2", "rs1")
+    before = {name: leaf_serial(site, name) for name in renewing}
+
+    # When 70 days pass (90-day certificates are renewed at about two thirds of their life);
+    # time goes on meanwhile, an hour every 2 s, past any back-off
+    offset = dt.timedelta(days=70)
+    for _ in range(30):
+        set_test_clock(clock, offset)
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: all(leaf_serial(site, n) != before[n] for n in renewing),
+                       what="renewals", timeout=2)  # fmt: skip
+            break
+        offset += dt.timedelta(hours=1)
+
+    # Then each renewed: ms2 and rs1 at ms1, the one that holds the CA, asked in turn
+    assert {n: leaf_serial(site, n) != before[n] for n in renewing} == dict.fromkeys(
+        renewing, True
+    ), site.log_tails()
+    signed = [line for line in site.log_text("ms1").splitlines() if ": renewed " in line]
+    for name in ("ms2", "rs1"):
+        assert any(f"serial {before[name]:x} ->" in line for line in signed), (name, signed)
+
+
+def leaf_serial(site: LocalSite, name: str) -> int:
+    chain = site.servers[name].chain.read_bytes()
+    return x509.load_pem_x509_certificates(chain)[0].serial_number

@@ -23,14 +23,13 @@ from watchkeep.client import ApiError, call_json, open_session
 from watchkeep.errors import (
     ConnectionFailed,
     PlaintextToTlsPort,
-    RenewalRefused,
     TlsToPlaintextPort,
     WatchkeepError,
 )
 from watchkeep.servers._base import ServerProcess
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
-from watchkeep.servers._renewal import crls_stale, install_trust_payload
+from watchkeep.servers._renewal import ask_to_sign, crls_stale, install_trust_payload
 from watchkeep.servers._tokens import InvalidToken, Revocations, Scope, TokenVerifier
 from watchkeep.tls import Endpoint, TrustMaterial, client_context
 
@@ -259,35 +258,21 @@ class LinkedServer(ServerProcess):
         (mutual TLS when the link is encrypted, the request's signature in any case)."""
         endpoint = self._renewal_endpoint(self.ms_encryption)
         context = self.client_ssl_context(present_certificate=True) if endpoint.tls else None
-        async with open_session({endpoint.host: endpoint.address}, timeout=10) as session:
-            try:
-                answer = await call_json(
-                    session,
-                    endpoint,
-                    "POST",
-                    "/api/v1/renewals",
-                    ssl_context=context,
-                    body=request,
-                    trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
-                )
-            except ApiError as exc:
-                if exc.document.get("rejoin") is True:
-                    raise RenewalRefused(
-                        self.config.name, str(exc.document.get("detail")), fix="", rejoin=True
-                    ) from exc
-                count = len(self.link.addresses())
-                if exc.document.get("ca_offline") is True and count > 1:
-                    asked = self._ms if self._renewal_ms is None else self._renewal_ms
-                    self._renewal_ms = (asked + 1) % count
-                    raise RenewalRefused(
-                        self.config.name,
-                        str(exc.document.get("detail")),
-                        fix=str(exc.document.get("fix") or ""),
-                        elsewhere=True,
-                    ) from exc
-                raise
-        if not isinstance(answer, dict):
-            raise ConnectionFailed(endpoint.server, "the renewal answer is not a JSON object")
+
+        def another() -> bool:
+            count = len(self.link.addresses())
+            asked = self._ms if self._renewal_ms is None else self._renewal_ms
+            self._renewal_ms = (asked + 1) % count
+            return count > 1
+
+        answer = await ask_to_sign(
+            self.config.name,
+            endpoint,
+            request,
+            ssl_context=context,
+            trust_dir=str(self.config.trust_store) if self.config.trust_store else None,
+            another=another,
+        )
         trust = answer.get("trust")
         if isinstance(trust, dict) and self.config.trust_store is not None:
             self.install_trust(trust, authenticated=endpoint.tls)

@@ -34,6 +34,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +46,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from watchkeep._files import atomic_write, atomic_write_together
-from watchkeep.errors import RenewalRefused, WatchkeepError
+from watchkeep.client import ApiError, call_json, open_session
+from watchkeep.errors import ConnectionFailed, RenewalRefused, WatchkeepError
 from watchkeep.pki import SitePKI, fingerprint, san_dns_names, san_ip_addresses
 from watchkeep.pki._keys import load_private_key, private_key_pem
 from watchkeep.pki._lifecycle import renewal_time
 from watchkeep.pki._profiles import generate_key, key_type_of
 from watchkeep.servers._signed import sign_message, signature_valid
-from watchkeep.tls import ServerIdentity, TrustMaterial
+from watchkeep.tls import Endpoint, ServerIdentity, TrustMaterial
 
 __all__ = [
     "MAX_BACKOFF",
@@ -59,6 +61,7 @@ __all__ = [
     "PROOF_WINDOW",
     "RenewalState",
     "SelfRenewal",
+    "ask_to_sign",
     "crls_stale",
     "install_trust_payload",
     "rejoin_command",
@@ -501,6 +504,43 @@ def _checked_chain(
 
 
 CRL_FETCH_BEFORE = dt.timedelta(days=3)  # as the CA re-signs them (pki._rotation)
+
+
+async def ask_to_sign(
+    server: str,
+    endpoint: Endpoint,
+    request: dict[str, Any],
+    *,
+    ssl_context: ssl.SSLContext | None,
+    trust_dir: str | None = None,
+    another: Callable[[], bool],
+) -> dict[str, Any]:
+    """``server``'s renewal request signed by the management server at ``endpoint``
+    (``POST /api/v1/renewals``); its refusals as :class:`RenewalRefused`: ``rejoin`` when
+    only a new enrollment helps, ``elsewhere`` when it holds no CA and ``another()`` turned
+    to the next management server of the site."""
+    async with open_session({endpoint.host: endpoint.address}, timeout=10) as session:
+        try:
+            answer = await call_json(
+                session,
+                endpoint,
+                "POST",
+                "/api/v1/renewals",
+                ssl_context=ssl_context,
+                body=request,
+                trust_dir=trust_dir,
+            )
+        except ApiError as exc:
+            detail = str(exc.document.get("detail"))
+            if exc.document.get("rejoin") is True:
+                raise RenewalRefused(server, detail, fix="", rejoin=True) from exc
+            if exc.document.get("ca_offline") is True and another():
+                fix = str(exc.document.get("fix") or "")
+                raise RenewalRefused(server, detail, fix=fix, elsewhere=True) from exc
+            raise
+    if not isinstance(answer, dict):
+        raise ConnectionFailed(endpoint.server, "the renewal answer is not a JSON object")
+    return answer
 
 
 def crls_stale(trust: TrustMaterial, now: dt.datetime) -> bool:

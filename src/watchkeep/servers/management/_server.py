@@ -17,6 +17,7 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._expiry import WatchedCertificate
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._publish import Publisher, ca_bundle_route, start_publisher
+from watchkeep.servers._renewal import ask_to_sign
 from watchkeep.servers.management._camera_moves import CameraMoves
 from watchkeep.servers.management._cameras import Cameras
 from watchkeep.servers.management._certificates import Certificates
@@ -38,7 +39,7 @@ from watchkeep.servers.management._users import Users
 from watchkeep.servers.management._webclient import WebClient, refuse_cross_origin
 from watchkeep.site import Server, ServerRole
 from watchkeep.store import SiteStore
-from watchkeep.tls import ClientAuth
+from watchkeep.tls import ClientAuth, Endpoint
 
 __all__ = ["ManagementServer"]
 
@@ -60,6 +61,7 @@ class ManagementServer(ServerProcess):
             password_file=config.database_password_file,
         )
         self.peers = Peers(config, self.store, self._me)
+        self._signing_peer_turn = 0  # which other management server signs its renewals
         self.site = SiteView(config, self.store, self._me, self.peers.others)
         self.listener: Listener | None = None
         self.publisher: Publisher | None = None  # [ports] publish: the CA and CRLs over HTTP
@@ -207,19 +209,43 @@ class ManagementServer(ServerProcess):
 
     # -- its own certificate: renewed like every server's, signed here -------------------
 
+    def _signing_peer(self) -> Server | None:
+        """Without a CA of its own: the other management server of the site asked to sign
+        this one's renewals (the next, once one says it has no CA)."""
+        others = sorted(
+            (s for s in self.peers.others() if "api" in s.ports), key=lambda s: not s.online
+        )  # those heard from lately first
+        return others[self._signing_peer_turn % len(others)] if others else None
+
     def renewal_audience(self) -> str:
-        return self.config.host
+        peer = self._signing_peer() if self.config.ca_home is None else None
+        return peer.host if peer is not None else self.config.host
 
     async def sign_renewal(self, request: dict[str, Any]) -> dict[str, Any]:
-        if self.config.ca_home is None:
+        if self.config.ca_home is not None:
+            assert self.renewal is not None
+            return await asyncio.to_thread(self.renewals.sign, request, self.renewal.current())
+        peer = self._signing_peer()
+        if peer is None:
             raise WatchkeepError(
-                f"{self.config.name}: the CA is offline (no [site] ca_home): nothing here can "
-                "sign a renewal",
-                fix="on the CA's machine: watchkeep cert sign-csr CSR --role management "
-                "--replace, and install the files (or set [site] ca_home)",
+                f"{self.config.name}: the CA is offline (no [site] ca_home here, and the site "
+                "has no other management server): nothing can sign its renewal",
+                fix="start the management server that holds the CA, or on the CA's machine: "
+                "watchkeep cert sign-csr CSR --role management --replace, and install the "
+                "files (or set [site] ca_home)",
             )
-        assert self.renewal is not None
-        return await asyncio.to_thread(self.renewals.sign, request, self.renewal.current())
+        # Asked like any server asks it: proven by this certificate (mutual TLS when that
+        # management server is encrypted, the request's signature in any case).
+        endpoint = Endpoint(peer.name, peer.host, peer.address, peer.ports["api"], peer.encryption)
+        context = self.client_ssl_context(present_certificate=True) if endpoint.tls else None
+
+        def another() -> bool:
+            self._signing_peer_turn += 1
+            return True
+
+        return await ask_to_sign(
+            self.config.name, endpoint, request, ssl_context=context, another=another
+        )
 
     def _fresh_trust(self) -> dict[str, Any]:
         """The site's trust bundle, its own trust store kept in step with it (fresh CRLs:
