@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from site_support import call, endpoint
+from site_support import call, endpoint, served_fingerprint, set_encryption
 
 from watchkeep._clock import TEST_CLOCK_ENV, set_test_clock
 from watchkeep.client import SiteClient, SiteConnection
@@ -260,6 +261,36 @@ def test_site_connect_learns_every_management_server(site: LocalSite) -> None:
     assert [(o["host"], o["address"]) for o in saved.others] == [
         (site.servers["ms2"].host, site.servers["ms2"].address)
     ]
+
+
+def speaks_tls(site: LocalSite, name: str) -> bool:
+    try:
+        served_fingerprint(site.servers[name], "api")
+    except (ssl.SSLError, ConnectionError):
+        return False
+    return True
+
+
+def test_management_encryption_set_at_one_is_followed_by_the_other(site: LocalSite) -> None:
+    # Given every other server encrypted, ms1 and ms2 in plaintext
+    site.encrypt("rs1", "fo1", "mobile1")
+    assert not speaks_tls(site, "ms2")
+    try:
+        # When an administrator turns management-server encryption on at ms1
+        set_encryption(site, "ms1", True)
+        # Then ms2 speaks TLS too, within seconds, without a restart, and says why
+        eventually(lambda: speaks_tls(site, "ms1") and speaks_tls(site, "ms2"),
+                   what="ms1 and ms2 on TLS")  # fmt: skip
+        assert "turned on at another management server" in site.log_text("ms2")
+        site.wait_online("rs1", "fo1", "mobile1")
+        # ... and back, when it is turned off there
+        set_encryption(site, "ms1", False)
+        eventually(lambda: not speaks_tls(site, "ms1") and not speaks_tls(site, "ms2"),
+                   what="ms1 and ms2 back to plaintext")  # fmt: skip
+    finally:
+        site.cli("encryption", "disable", "--server", "ms1")  # off already, unless it failed
+        for name in ("rs1", "fo1", "mobile1"):
+            set_encryption(site, name, False)
 
 
 def test_both_management_servers_and_their_servers_renew_where_the_ca_is(

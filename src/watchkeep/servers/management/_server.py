@@ -4,13 +4,15 @@ this package), its API listener, and the background work (failover)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from typing import Any, Protocol
 
+import sqlalchemy as sa
 from aiohttp import web
 
-from watchkeep.errors import WatchkeepError
+from watchkeep.errors import StoreError, WatchkeepError
 from watchkeep.pki import fingerprint
 from watchkeep.servers._base import ServerProcess, utcnow
 from watchkeep.servers._config import ServerConfig
@@ -27,7 +29,7 @@ from watchkeep.servers.management._enrollment import Enrollments
 from watchkeep.servers.management._failover import Failover
 from watchkeep.servers.management._http import errors
 from watchkeep.servers.management._login import Login
-from watchkeep.servers.management._peers import Peers
+from watchkeep.servers.management._peers import ANNOUNCE_INTERVAL, Peers
 from watchkeep.servers.management._pushes import ConfigPushes
 from watchkeep.servers.management._registration import Registration
 from watchkeep.servers.management._renewals import Renewals
@@ -61,6 +63,7 @@ class ManagementServer(ServerProcess):
             password_file=config.database_password_file,
         )
         self.peers = Peers(config, self.store, self._me)
+        self._switching = asyncio.Lock()  # one switch of its own listener at a time
         self._signing_peer_turn = 0  # which other management server signs its renewals
         self.site = SiteView(config, self.store, self._me, self.peers.others)
         self.listener: Listener | None = None
@@ -270,7 +273,33 @@ class ManagementServer(ServerProcess):
             0.2, lambda: self.spawn(self._switch_listener(changed_at))
         )
 
+    async def _follow_encryption(self) -> None:
+        """The site's management-server encryption, changed at another management server
+        of the site (one database): followed here within a second."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), ANNOUNCE_INTERVAL)
+            try:
+                want_tls = await asyncio.to_thread(lambda: self.encryption)
+            except (StoreError, sa.exc.SQLAlchemyError):
+                continue  # the announcements say so, once a second
+            if self.listener is not None and want_tls != self.listener.tls:
+                log.info(
+                    "%s: management-server encryption turned %s at another management "
+                    "server; following",
+                    self.config.name,
+                    "on" if want_tls else "off",
+                )
+                await self._switch_listener(utcnow())
+
     async def _switch_listener(self, changed_at: dt.datetime) -> None:
+        assert self.listener is not None
+        if self._switching.locked():
+            return  # the switch under way reads the setting again when it is done
+        async with self._switching:
+            await self._switch_listener_now(changed_at)
+
+    async def _switch_listener_now(self, changed_at: dt.datetime) -> None:
         assert self.listener is not None
         want_tls = self.encryption
         if want_tls == self.listener.tls:
@@ -314,6 +343,7 @@ class ManagementServer(ServerProcess):
         await self.listener.start(self.server_ssl_context() if self.encryption else None)
         self.publisher = await start_publisher(self.config)
         self.spawn(self.peers.run(self.stopping))
+        self.spawn(self._follow_encryption())
         self.spawn(self.failover.run(self.stopping))
 
     async def shutdown(self) -> None:
