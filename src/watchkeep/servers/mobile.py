@@ -157,7 +157,7 @@ class MobileServer(LinkedServer):
             refused.headers["Retry-After"] = str(retry)
             return refused
         except ConnectionFailed as exc:
-            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+            return problem(502, "management server unreachable", exc.describe(), fix=exc.fix)
         return web.json_response({"token": reply["token"], "role": reply["role"]})
 
     async def logout(self, request: web.Request) -> web.Response:
@@ -172,7 +172,7 @@ class MobileServer(LinkedServer):
         except ApiError as exc:
             return problem(exc.status, "logout failed", exc.describe(), code=exc.code or None)
         except ConnectionFailed as exc:
-            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+            return problem(502, "management server unreachable", exc.describe(), fix=exc.fix)
         return web.Response(status=204)
 
     async def cameras(self, request: web.Request) -> web.Response:
@@ -228,7 +228,7 @@ class MobileServer(LinkedServer):
         except ApiError as exc:
             return problem(exc.status, "camera refused", exc.describe(), code=exc.code or None)
         except ConnectionFailed as exc:
-            return problem(502, "management server unreachable", str(exc), fix=exc.fix)
+            return problem(502, "management server unreachable", exc.describe(), fix=exc.fix)
 
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """Fetch the stream from the camera's recording server, verifying its certificate,
@@ -266,7 +266,7 @@ class MobileServer(LinkedServer):
             return problem(
                 502,
                 "recording server refused",
-                str(error),
+                error.describe(),
                 server=endpoint.server,
                 fix=error.fix,
             )
@@ -326,7 +326,11 @@ class MobileServer(LinkedServer):
             )
             log.error("%s: camera %s: %s", self.config.name, name, error)
             return problem(
-                502, "recording server refused", str(error), server=endpoint.server, fix=error.fix
+                502,
+                "recording server refused",
+                error.describe(),
+                server=endpoint.server,
+                fix=error.fix,
             )
         viewer = web.WebSocketResponse(heartbeat=20, max_msg_size=1 << 16)
         await viewer.prepare(request)

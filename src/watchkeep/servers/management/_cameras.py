@@ -167,5 +167,9 @@ class Cameras:
                     exc, endpoint, trust_dir=str(self.config.trust_store)
                 )
                 return problem(
-                    502, "recording server refused", str(error), server=server.name, fix=error.fix
+                    502,
+                    "recording server refused",
+                    error.describe(),
+                    server=server.name,
+                    fix=error.fix,
                 )
