@@ -28,6 +28,9 @@ import pytest
 from watchkeep.localsite import LocalPostgres
 from watchkeep.testing import LocalSite, can_mount
 
+# How the run is shared among workers, and their figures added up: see parallel_support.py.
+pytest_plugins = ["parallel_support"]
+
 _RUNNING: list[LocalSite] = []
 
 

@@ -25,7 +25,8 @@ KEYS = {
     "command",
 }
 
-pytestmark = pytest.mark.slow
+# Each saturates the machine on purpose: two of them side by side would only slow each other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bench")]
 
 
 def test_the_quick_h264_benchmark_runs_and_writes_every_figure(tmp_path: Path) -> None:

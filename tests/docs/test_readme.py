@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from docs_support import REPO, Administrator, commands, shell_blocks
 
 from watchkeep.testing import eventually
+
+pytestmark = pytest.mark.slow
 
 README = (REPO / "README.md").read_text()
 

@@ -41,6 +41,8 @@ from watchkeep.pki import SitePKI, fingerprint
 from watchkeep.site import ServerRole
 from watchkeep.testing import eventually
 
+pytestmark = pytest.mark.slow
+
 NETWORK = "192.0.2"  # TEST-NET-1 (RFC 5737): only ever inside the namespaces below
 MS_ADDRESS, RS_ADDRESS, CLIENT_ADDRESS = f"{NETWORK}.2", f"{NETWORK}.3", f"{NETWORK}.30"
 DOMAIN = "site.example"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,29 +30,32 @@ from security_support import (
     tracebacks,
 )
 
+from parallel_support import RunFigures, report_figures
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES_FILE = REPO / "bench" / "results" / "security.json"
 FIGURES = Figures()
+FIGURES_TITLE = "security figures (bench/results/security.json)"
 
 SiteFactory = Callable[..., LocalSite]
 OpenSites = Callable[..., contextlib.AbstractContextManager[SiteFactory]]
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not (FIGURES.endpoints_scanned or FIGURES.hostile_inputs or FIGURES.faults_injected):
-        return
-    terminalreporter.section("security figures (bench/results/security.json)")
-    terminalreporter.write_line(json.dumps(FIGURES.as_json(), indent=1))
+_FIGURES_TAKEN = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
-def figures() -> Iterator[Figures]:
-    yield FIGURES
-    FIGURES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES_FILE.write_text(json.dumps(FIGURES.as_json(), indent=1) + "\n")
+def figures(request: pytest.FixtureRequest) -> Figures:
+    request.config.stash[_FIGURES_TAKEN] = True
+    return FIGURES
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # (on a worker, the controller adds them to those of the other workers)
+    if session.config.stash.get(_FIGURES_TAKEN, False):
+        report_figures(session.config, RunFigures(FIGURES_FILE, FIGURES_TITLE, FIGURES.as_json()))
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,8 @@ from watchkeep.servers._base import _ClientFaultsInOneLine
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
 
+pytestmark = pytest.mark.slow
+
 MAX_CONNECTIONS = 20
 REQUEST_TIMEOUT = 4
 STALLED = 300  # stalled-body connections opened against the management API, at most

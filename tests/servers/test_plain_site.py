@@ -29,6 +29,8 @@ from watchkeep.errors import PeerRefused, TlsToPlaintextPort
 from watchkeep.testing import LocalSite, eventually, servers_by_name
 from watchkeep.tls import Endpoint, client_context
 
+pytestmark = pytest.mark.slow
+
 HEX64 = set("0123456789abcdef")
 
 

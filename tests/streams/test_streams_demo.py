@@ -18,7 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import pytest
 from stream_support import DEADLINE, proc_cmdlines
+
+pytestmark = pytest.mark.slow
 
 # Building the site (a CA, five certificates, five processes, four cameras, encryption on
 # everywhere) takes a while on a loaded 2-core machine.

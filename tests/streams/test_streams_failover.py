@@ -34,6 +34,8 @@ from watchkeep.media import DEFAULT_BOUNDARY, MultipartParser
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, cameras_by_name, eventually, servers_by_name
 
+pytestmark = pytest.mark.slow
+
 FRAMES_BEFORE = 10
 FRAMES_AFTER = 30
 

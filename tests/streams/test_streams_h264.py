@@ -28,6 +28,8 @@ from watchkeep.media import read_video_file
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually
 
+pytestmark = pytest.mark.slow
+
 CAMERA_ADDRESS = "127.0.63.1"
 
 

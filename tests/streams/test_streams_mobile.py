@@ -27,6 +27,8 @@ from stream_support import (
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite
 
+pytestmark = pytest.mark.slow
+
 LIVE = "/api/v1/cameras/cam1/live.mjpeg"
 
 

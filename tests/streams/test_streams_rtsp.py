@@ -24,6 +24,8 @@ from watchkeep.client import SiteClient
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, cameras_by_name, eventually
 
+pytestmark = pytest.mark.slow
+
 CAMERA_ADDRESS = "127.0.62.1"
 USER, PASSWORD = "vms", "s3cret-rtsp"
 

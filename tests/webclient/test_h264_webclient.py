@@ -33,6 +33,8 @@ from watchkeep.media import read_video_file
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalSite, eventually
 
+pytestmark = pytest.mark.slow
+
 PLAYING = """(selector) => {
   const video = document.querySelector(selector);
   return video !== null && video.error === null && video.readyState >= 2 && video.currentTime > 0;

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from webclient_support import (
     BROKEN_CAMERA,
     CAMERA,
@@ -45,6 +46,8 @@ from webclient_support import (
 from watchkeep.pki import SitePKI
 from watchkeep.pki._rotation import rotate_ca
 from watchkeep.testing import eventually
+
+pytestmark = pytest.mark.slow
 
 # -- the flows, in order --------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class ConfigPushes:
         self.pushes = 0  # configuration pushes made (to every online recording server)
         self._trust_cache: tuple[object, dict[str, Any]] | None = None
         self._trust_checked = 0.0
+        self._trust_hour = ""
         self._snapshot: SiteSnapshot | None = None
         # What the last push found each server and every server had been told.
         self._told_own: dict[str, str] = {}
@@ -142,16 +143,25 @@ class ConfigPushes:
         if self.pki is None:
             return {}
         now = time.monotonic()
-        if self._trust_cache is not None and now - self._trust_checked < TRUST_CHECK:
-            return self._trust_cache[1]  # a heartbeat a second per server: look once a second
+        # A heartbeat a second per server: look once a second, and whenever the site's
+        # clock entered another hour (a test clock moves by days at once: CRLs signed
+        # before the move have expired after it, and a server that fetched them would
+        # fail its renewal).
+        hour = utcnow().strftime("%Y%m%d%H")
+        if (
+            self._trust_cache is not None
+            and now - self._trust_checked < TRUST_CHECK
+            and hour == self._trust_hour
+        ):
+            return self._trust_cache[1]
         self._trust_checked = now
+        self._trust_hour = hour
         pki = self.pki()
         ca_dir = pki.home.ca_dir
         try:
             key = (
                 int(time.monotonic() // TRUST_REFRESH),
-                # and each hour of the site's clock (a test clock moves by days at once)
-                utcnow().strftime("%Y%m%d%H"),
+                hour,  # and each hour of the site's clock
                 tuple(
                     sorted((str(p), p.stat().st_mtime_ns) for p in ca_dir.rglob("*") if p.is_file())
                 ),
