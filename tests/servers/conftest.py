@@ -31,21 +31,34 @@ def standard_site(make: Callable[..., LocalSite], name: str) -> LocalSite:
 
 @pytest.fixture(scope="module")
 def plain_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
-    """A plaintext site: encryption off everywhere (its site in PostgreSQL with
-    `pytest --site-database=postgresql`)."""
+    """A plaintext site: encryption off everywhere."""
     return standard_site(site_factory, "plain")
 
 
 @pytest.fixture(scope="session")
-def encrypted_site(
+def encrypted_sites(
     open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
-) -> Iterator[LocalSite]:
-    """A site on which rs1, fo1 and then ms were encrypted through the CLI (shared by the
-    modules about encrypted links: each test leaves it encrypted, or `encrypted` repairs it)."""
-    with open_sites() as make:
-        site = standard_site(make, "encrypted")
-        site.encrypt_everything()
-        yield site
+) -> Iterator[Callable[[str], LocalSite]]:
+    """``encrypted_sites(database)``: a site on which rs1, fo1 and then ms were encrypted
+    through the CLI, one per site database, started on first use and kept for the run."""
+    made: dict[str, LocalSite] = {}
+    with contextlib.ExitStack() as stack:
+
+        def site_on(database: str) -> LocalSite:
+            if database not in made:
+                site = standard_site(stack.enter_context(open_sites(database)), "encrypted")
+                site.encrypt_everything()
+                made[database] = site
+            return made[database]
+
+        yield site_on
+
+
+@pytest.fixture(scope="module")
+def encrypted_site(encrypted_sites: Callable[[str], LocalSite], site_database: str) -> LocalSite:
+    """The encrypted site on the module's database (shared by the modules about encrypted
+    links: each test leaves it encrypted, or `encrypted` repairs it)."""
+    return encrypted_sites(site_database)
 
 
 @pytest.fixture

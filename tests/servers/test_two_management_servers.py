@@ -24,7 +24,6 @@ from site_support import call, endpoint
 
 from watchkeep.client import SiteClient, SiteConnection
 from watchkeep.errors import ConnectionFailed
-from watchkeep.localsite import LocalPostgres
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.servers.management._sessions import TOKEN_KEY_SETTING
 from watchkeep.site import ServerRole
@@ -34,10 +33,13 @@ from watchkeep.testing import LocalSite, cameras_by_name, eventually, servers_by
 CHANGES = 40  # configuration changes made under load, bounded
 LOAD_DEADLINE = 120.0  # seconds the load may take at most, whatever happens
 
+# Two management servers share a site only on PostgreSQL.
+pytestmark = pytest.mark.parametrize("site_database", ["postgresql"], indirect=True)
+
 
 @pytest.fixture(scope="module")
-def site(site_factory: Callable[..., LocalSite], postgres: LocalPostgres) -> LocalSite:
-    made = site_factory("two-ms", database_url=postgres.create_database())
+def site(site_factory: Callable[..., LocalSite]) -> LocalSite:
+    made = site_factory("two-ms")
     made.add_server("ms1", ServerRole.MANAGEMENT)
     made.add_server("ms2", ServerRole.MANAGEMENT)
     made.add_server("rs1", ServerRole.RECORDING)
