@@ -3,12 +3,14 @@ security_support.py, the hooks and fixtures shared with the other suites in
 tests/conftest.py, the threat model and the figures of the last run in SECURITY.md.
 
 A started site costs seconds on two cores, so the modules that only probe (TLS scans,
-hostile input, access control) share one encrypted site (session scope, `security_site`);
-the modules that kill servers or fill their disks build their own. Every server process is
-stopped in the fixtures' teardown, whatever happened; a traceback in any server log fails
-the teardown (hostile input must never cost a server one). The run's figures (endpoints
-scanned, hostile inputs tried, faults injected, crashes, bytes of recording lost) are
-written to bench/results/security.json and printed at the end of the run.
+hostile input, access control) share one encrypted site (`security_site`, one per site
+database, kept for the run); the modules that kill servers or fill their disks build their
+own. Every module runs with its sites on SQLite, then on PostgreSQL (tests/conftest.py).
+Every server process is stopped in the fixtures' teardown, whatever happened; a traceback
+in any server log fails the teardown (hostile input must never cost a server one). The
+run's figures (endpoints scanned, hostile inputs tried, faults injected, crashes, bytes of
+recording lost; those of both databases) are written to bench/results/security.json and
+printed at the end of the run.
 """
 
 from __future__ import annotations

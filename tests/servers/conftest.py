@@ -3,9 +3,10 @@ hooks and fixtures shared with the other suites in tests/conftest.py.
 
 A started site costs a few seconds, so each module shares one (module scope; the
 encrypted site is shared by every module about encrypted links) and every test leaves it
-as it found it. Every server process is stopped in the fixture's teardown, whatever
-happened; when a test fails, the tail of every server's log of the sites that are
-running is attached to the report.
+as it found it. Every module runs with its sites on SQLite, then on PostgreSQL (one
+encrypted site per database; see tests/conftest.py). Every server process is stopped in
+the fixture's teardown, whatever happened; when a test fails, the tail of every server's
+log of the sites that are running is attached to the report.
 """
 
 from __future__ import annotations
