@@ -7,9 +7,18 @@ closes, whatever happened. A suite that judges its servers' logs overrides `open
 with an ``after_stop`` check. When a test fails, the tail of every server's log of the
 sites still running is attached to its report.
 
-The management servers keep their sites in SQLite unless a test asks for PostgreSQL
-(`postgres`: one server for the whole run, started on first use, a database per site), or
-the run does: `pytest --site-database=postgresql` puts every site made by `open_sites` on it.
+The management-server suite (`ON_BOTH_DATABASES`: tests/servers, tests/security and the
+enrollment tests of tests/enroll/test_join.py; tests/store parametrizes its own databases)
+runs on SQLite and on PostgreSQL: each of its tests that makes a site (through
+`site_factory`, or `site_database`) runs twice, `test_x[sqlite]` and `test_x[postgresql]`.
+The parameter is module-scoped: a module runs its tests on SQLite, then on PostgreSQL, and
+starts its sites once per database; a site shared by several modules (`encrypted_site`,
+`security_site`) is started once per database and kept for the run. A module may pin its
+own database (``pytestmark = pytest.mark.parametrize("site_database", ["postgresql"],
+indirect=True)``). Every other suite keeps its sites in SQLite. PostgreSQL is `postgres`:
+one server per run (per xdist worker), started on first use, a database of its own per
+site. `pytest --site-database=sqlite` (or `postgresql`) puts every site of the run on that
+one database, the management-server suite's included.
 """
 
 from __future__ import annotations
@@ -33,15 +42,33 @@ pytest_plugins = ["parallel_support"]
 
 _RUNNING: list[LocalSite] = []
 
+DATABASES = ("sqlite", "postgresql")
+# The management-server suite, relative to tests/: its sites run on both databases.
+ON_BOTH_DATABASES = ("servers", "security", "enroll/test_join.py")
+TESTS = Path(__file__).parent
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--site-database",
-        choices=("sqlite", "postgresql"),
-        default="sqlite",
+        choices=DATABASES,
+        default=None,
         help="where the management server of every site the tests make keeps it "
-        "(postgresql: a database of its own on a PostgreSQL server the run starts)",
+        "(postgresql: a database of its own on a PostgreSQL server the run starts); "
+        "by default the management-server suite runs on both, every other suite on sqlite",
     )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "site_database" not in metafunc.fixturenames:
+        return
+    where = metafunc.definition.path.relative_to(TESTS)
+    if not any(where.is_relative_to(part) for part in ON_BOTH_DATABASES):
+        return
+    if any(m.args[0] == "site_database" for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the module pinned its own
+    chosen = metafunc.config.getoption("--site-database")
+    metafunc.parametrize("site_database", [chosen] if chosen else DATABASES, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -92,28 +119,43 @@ def _sites(
         after_stop(made)
 
 
+@pytest.fixture(scope="module")
+def site_database(request: pytest.FixtureRequest) -> str:
+    """The database the sites of the test keep their site in: ``sqlite`` or ``postgresql``
+    (each in turn in the management-server suite)."""
+    chosen: str | None = getattr(request, "param", None)
+    return chosen or request.config.getoption("--site-database") or "sqlite"
+
+
 @pytest.fixture(scope="session")
 def open_sites(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]]:
-    """``with open_sites(after_stop=check) as make:``: ``make(name, **LocalSite options)``
-    gives a site with its CA; ``check`` sees every site made once all have stopped."""
+    """``with open_sites(site_database, after_stop=check) as make:``: ``make(name, **LocalSite
+    options)`` gives a site with its CA, its site in ``site_database`` (by default SQLite,
+    or the run's `--site-database`); ``check`` sees every site made once all have stopped."""
 
-    def database() -> str | None:
-        if request.config.getoption("--site-database") != "postgresql":
+    def database(kind: str | None) -> str | None:
+        if (kind or request.config.getoption("--site-database")) != "postgresql":
             return None
         server: LocalPostgres = request.getfixturevalue("postgres")
         return server.create_database()
 
-    return functools.partial(_sites, tmp_path_factory, database)
+    def open_for(
+        kind: str | None = None, **kwargs: Any
+    ) -> contextlib.AbstractContextManager[Callable[..., LocalSite]]:
+        return _sites(tmp_path_factory, functools.partial(database, kind), **kwargs)
+
+    return open_for
 
 
 @pytest.fixture(scope="module")
 def site_factory(
     open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
+    site_database: str,
 ) -> Iterator[Callable[..., LocalSite]]:
     """Make sites whose processes are all stopped when the module is done."""
-    with open_sites() as make:
+    with open_sites(site_database) as make:
         yield make
 
 

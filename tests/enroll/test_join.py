@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,6 +40,7 @@ from watchkeep.pki._enrollment import EnrollmentToken
 from watchkeep.servers import load_config
 from watchkeep.servers._signed import sign_request
 from watchkeep.site import ServerRole
+from watchkeep.store import create_engine
 from watchkeep.testing import LocalSite, eventually, servers_by_name
 
 TTL = "10m"
@@ -52,6 +54,25 @@ def site(site_factory: Callable[..., LocalSite]) -> LocalSite:
     site.start("ms")
     site.connect_cli()
     return site
+
+
+def everything_stored(site: LocalSite) -> bytes:
+    """All the management server keeps of the site: its SQLite files (free pages and the
+    write-ahead log too), or every row of every table of its PostgreSQL database."""
+    if site.database_url is None:
+        return b"".join(p.read_bytes() for p in site.management.data_dir.glob("site.db*"))
+    engine = create_engine(site.database_url)
+    try:
+        tables = sa.MetaData()
+        tables.reflect(engine)
+        with engine.connect() as connection:
+            rows = [
+                repr(tuple(row)) for table in tables.sorted_tables
+                for row in connection.execute(sa.select(table))
+            ]  # fmt: skip
+    finally:
+        engine.dispose()
+    return "\n".join(rows).encode()
 
 
 _names = iter(range(1, 10_000))
@@ -156,8 +177,9 @@ def test_a_joined_server_has_its_own_key_certificate_and_config_and_registers(
     listed = site.cli("enroll", "list", "--json")
     assert "rs9" in listed.stdout
     assert secret not in listed.stdout
-    database = b"".join(p.read_bytes() for p in site.management.data_dir.glob("site.db*"))
-    assert secret.encode() not in database
+    stored = everything_stored(site)
+    assert b"rs9" in stored
+    assert secret.encode() not in stored
 
     # When the new machine joins with it
     home = tmp_path / "rs9-machine"

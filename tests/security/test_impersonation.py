@@ -37,8 +37,8 @@ SECRET = "S3cretCamPass"
 
 
 @pytest.fixture(scope="module")
-def site(open_sites: Any) -> Iterator[LocalSite]:
-    with open_sites() as make:
+def site(open_sites: Any, site_database: str) -> Iterator[LocalSite]:
+    with open_sites(site_database) as make:
         site = make("impersonation")
         for name, role in [
             ("ms", ServerRole.MANAGEMENT),

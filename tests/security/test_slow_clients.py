@@ -47,6 +47,7 @@ from security_support import (
     set_server_options,
 )
 
+from watchkeep.localsite import LocalPostgres
 from watchkeep.servers._base import _ClientFaultsInOneLine
 from watchkeep.site import ServerRole
 from watchkeep.testing import LocalServer, LocalSite, eventually, servers_by_name
@@ -66,8 +67,9 @@ SURROGATE_LOGIN = b'{"user": "\\ud800", "password": "x"}'
 @pytest.fixture(scope="module")
 def slow_site(
     open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
+    site_database: str,
 ) -> Iterator[LocalSite]:
-    with open_sites() as make:
+    with open_sites(site_database) as make:
         site = make("slow")
         for name, role in [
             ("ms", ServerRole.MANAGEMENT),
@@ -304,18 +306,24 @@ def processes_naming(text: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
-def test_the_demo_waits_out_a_management_server_that_stops_answering(tmp_path: Path) -> None:
+def test_the_demo_waits_out_a_management_server_that_stops_answering(
+    tmp_path: Path, site_database: str, request: pytest.FixtureRequest
+) -> None:
     # Given `watchkeep demo` running, when the management server stops answering for a
     # while (SIGSTOP: every call to it times out), then the demo says so in a line, keeps
     # the site running, and shows the status again once it answers; Ctrl-C still ends it
     # cleanly. (It used to stop every server at the first failed status call.)
     home = tmp_path / "demo"
+    command = [sys.executable, "-m", "watchkeep", "demo", "--refresh", "1", "--home", str(home)]
+    if site_database == "postgresql":  # the demo's site on the run's PostgreSQL server
+        postgres: LocalPostgres = request.getfixturevalue("postgres")
+        command += ["--database-url", postgres.create_database()]
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
     errors = tmp_path / "demo.stderr"
     with errors.open("w") as stderr:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "watchkeep", "demo", "--refresh", "1", "--home", str(home)],
+            command,
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

@@ -126,13 +126,13 @@ def modern_site(site_factory: Callable[[str], LocalSite]) -> LocalSite:
 
 @pytest.fixture(scope="module")
 def scans(
-    security_site: LocalSite, modern_site: LocalSite, figures: Figures
+    security_site: LocalSite, modern_site: LocalSite, figures: Figures, site_database: str
 ) -> dict[str, dict[str, Any]]:
     """One sslyze run over every endpoint of both sites (scanned concurrently)."""
     endpoints = [endpoint_of(security_site, "intermediate", spec) for spec in ENDPOINTS]
     endpoints += [endpoint_of(modern_site, "modern", spec) for spec in ENDPOINTS]
     found = sslyze(endpoints)
-    figures.endpoints_scanned += [e["name"] for e in endpoints]
+    figures.endpoints_scanned += [f"{e['name']} (site in {site_database})" for e in endpoints]
     return found
 
 

@@ -3,9 +3,10 @@ hooks and fixtures shared with the other suites in tests/conftest.py.
 
 A started site costs a few seconds, so each module shares one (module scope; the
 encrypted site is shared by every module about encrypted links) and every test leaves it
-as it found it. Every server process is stopped in the fixture's teardown, whatever
-happened; when a test fails, the tail of every server's log of the sites that are
-running is attached to the report.
+as it found it. Every module runs with its sites on SQLite, then on PostgreSQL (one
+encrypted site per database; see tests/conftest.py). Every server process is stopped in
+the fixture's teardown, whatever happened; when a test fails, the tail of every server's
+log of the sites that are running is attached to the report.
 """
 
 from __future__ import annotations
@@ -31,21 +32,34 @@ def standard_site(make: Callable[..., LocalSite], name: str) -> LocalSite:
 
 @pytest.fixture(scope="module")
 def plain_site(site_factory: Callable[..., LocalSite]) -> LocalSite:
-    """A plaintext site: encryption off everywhere (its site in PostgreSQL with
-    `pytest --site-database=postgresql`)."""
+    """A plaintext site: encryption off everywhere."""
     return standard_site(site_factory, "plain")
 
 
 @pytest.fixture(scope="session")
-def encrypted_site(
+def encrypted_sites(
     open_sites: Callable[..., contextlib.AbstractContextManager[Callable[..., LocalSite]]],
-) -> Iterator[LocalSite]:
-    """A site on which rs1, fo1 and then ms were encrypted through the CLI (shared by the
-    modules about encrypted links: each test leaves it encrypted, or `encrypted` repairs it)."""
-    with open_sites() as make:
-        site = standard_site(make, "encrypted")
-        site.encrypt_everything()
-        yield site
+) -> Iterator[Callable[[str], LocalSite]]:
+    """``encrypted_sites(database)``: a site on which rs1, fo1 and then ms were encrypted
+    through the CLI, one per site database, started on first use and kept for the run."""
+    made: dict[str, LocalSite] = {}
+    with contextlib.ExitStack() as stack:
+
+        def site_on(database: str) -> LocalSite:
+            if database not in made:
+                site = standard_site(stack.enter_context(open_sites(database)), "encrypted")
+                site.encrypt_everything()
+                made[database] = site
+            return made[database]
+
+        yield site_on
+
+
+@pytest.fixture(scope="module")
+def encrypted_site(encrypted_sites: Callable[[str], LocalSite], site_database: str) -> LocalSite:
+    """The encrypted site on the module's database (shared by the modules about encrypted
+    links: each test leaves it encrypted, or `encrypted` repairs it)."""
+    return encrypted_sites(site_database)
 
 
 @pytest.fixture

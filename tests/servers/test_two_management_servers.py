@@ -30,17 +30,21 @@ from site_support import call, endpoint, served_fingerprint, set_encryption
 from watchkeep._clock import TEST_CLOCK_ENV, set_test_clock
 from watchkeep.client import SiteClient, SiteConnection
 from watchkeep.errors import ConnectionFailed
-from watchkeep.localsite import LocalPostgres
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.servers.management._sessions import TOKEN_KEY_SETTING
 from watchkeep.site import ServerRole
 from watchkeep.store import SiteStore
 from watchkeep.testing import LocalSite, cameras_by_name, eventually, servers_by_name
 
-pytestmark = pytest.mark.slow
 
 CHANGES = 40  # configuration changes made under load, bounded
 LOAD_DEADLINE = 120.0  # seconds the load may take at most, whatever happens
+
+# Two management servers share a site only on PostgreSQL.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("site_database", ["postgresql"], indirect=True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +58,8 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def site(site_factory: Callable[..., LocalSite], postgres: LocalPostgres, clock: Path) -> LocalSite:
-    made = site_factory("two-ms", database_url=postgres.create_database())
+def site(site_factory: Callable[..., LocalSite], clock: Path) -> LocalSite:
+    made = site_factory("two-ms")
     made.add_server("ms1", ServerRole.MANAGEMENT)
     made.add_server("ms2", ServerRole.MANAGEMENT)
     made.add_server("rs1", ServerRole.RECORDING)
