@@ -36,7 +36,6 @@ from watchkeep.site import ServerRole
 from watchkeep.store import SiteStore
 from watchkeep.testing import LocalSite, cameras_by_name, eventually, servers_by_name
 
-
 CHANGES = 40  # configuration changes made under load, bounded
 LOAD_DEADLINE = 120.0  # seconds the load may take at most, whatever happens
 
