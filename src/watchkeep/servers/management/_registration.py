@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -48,6 +49,7 @@ log = logging.getLogger("watchkeep.management")
 HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
 SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
 SITE_MAP_LAG = 10.0  # seconds a server may run an older site map (never its own part)
+READINESS_REWRITE = 60.0  # seconds: a server's unchanged readiness is written again
 SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 _MAX_CAMERA_PROBLEMS = 10_000
 _MAX_PROBLEM_TEXT = 500
@@ -62,6 +64,20 @@ def _camera_problems(value: object) -> dict[str, str]:
         for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
         if isinstance(name, str) and isinstance(text, str)
     }
+
+
+_CLAIM_KEYS = ("role", "host", "address", "ports", "readiness", "encrypted_now")
+
+
+class _Claim(NamedTuple):
+    """What a heartbeat says of the server that sent it."""
+
+    role: ServerRole
+    host: str
+    address: str
+    ports: dict[str, int]
+    readiness: Readiness
+    encrypted_now: bool
 
 
 class _Told(NamedTuple):
@@ -96,6 +112,16 @@ class Registration:
         self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
         self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
         self._flush: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future[None] | None = None  # the write of the last flush
+        # Per TLS connection: whether it presented a certificate, and the host names in it.
+        self._peer_names: weakref.WeakKeyDictionary[object, tuple[bool, list[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._claims: dict[str, tuple[tuple[object, ...], _Claim]] = {}  # as sent, parsed
+        # When each server's readiness was last written (the one parsed then), and the
+        # servers whose pending heartbeat says the same.
+        self._readiness_written: dict[str, tuple[Readiness, float]] = {}
+        self._readiness_kept: set[str] = set()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
@@ -105,12 +131,7 @@ class Registration:
         name = request.match_info["name"]
         body = await json_object(request)
         try:
-            role = ServerRole(str(body.get("role")))
-            host = validate_host_name(str(body.get("host", "")))
-            address = str(ipaddress.ip_address(str(body["address"])))
-            ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
-            readiness = Readiness.from_json(dict(body.get("readiness") or {}))
-            encrypted_now = bool(body.get("encrypted_now", False))
+            role, host, address, ports, readiness, encrypted_now = self._claim(name, body)
         except (KeyError, TypeError, ValueError, OverflowError, WatchkeepError) as exc:
             return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
         if role is ServerRole.MANAGEMENT:
@@ -252,30 +273,91 @@ class Registration:
                                  time.monotonic())  # fmt: skip
         return web.Response(text=answer.text, content_type="application/json")
 
+    def _claim(self, name: str, body: dict[str, Any]) -> _Claim:
+        """What a heartbeat says of its server, checked; parsed again only when it differs
+        from what the last one said (a server says the same every second)."""
+        sent = tuple(body.get(key) for key in _CLAIM_KEYS)
+        last = self._claims.get(name)
+        if last is not None and last[0] == sent:
+            return last[1]
+        claim = _Claim(
+            ServerRole(str(body.get("role"))),
+            validate_host_name(str(body.get("host", ""))),
+            str(ipaddress.ip_address(str(body["address"]))),
+            {str(k): int(v) for k, v in dict(body["ports"]).items()},
+            Readiness.from_json(dict(body.get("readiness") or {})),
+            bool(body.get("encrypted_now", False)),
+        )
+        if len(self._claims) >= 100_000:  # names come from anyone's requests
+            self._claims.clear()
+        self._claims[name] = (sent, claim)
+        return claim
+
     def _seen(self, name: str, readiness: Readiness, encrypted_now: bool) -> None:
         """Record a registered server's heartbeat with the others of the next moment: one
-        transaction for many heartbeats (a thousand servers make a thousand a second)."""
+        transaction for many heartbeats (a thousand servers make a thousand a second). Its
+        readiness is written when it says something new, and at least every
+        READINESS_REWRITE seconds (its days left, to the hundredth of a day)."""
+        now = time.monotonic()
+        written = self._readiness_written.get(name)
+        if written is not None and written[0] is readiness and now - written[1] < READINESS_REWRITE:
+            self._readiness_kept.add(name)
+        else:
+            self._readiness_kept.discard(name)
+            self._readiness_written[name] = (readiness, now)
         self._pending[name] = (utcnow(), readiness, encrypted_now)
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(HEARTBEAT_BATCH, self.flush)
+            self._flush = asyncio.get_running_loop().call_later(HEARTBEAT_BATCH, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """Write the heartbeats heard meanwhile in a thread (the event loop goes on serving
+        heartbeats while the database works); one write at a time, in order."""
+        self._flush = None
+        loop = asyncio.get_running_loop()
+        if self._writing is not None and not self._writing.done():
+            self._flush = loop.call_later(HEARTBEAT_BATCH, self._flush_soon)
+            return
+        pending, kept = self._take()
+        if pending:
+            self._writing = loop.run_in_executor(None, self._write, pending, kept)
 
     def flush(self) -> None:
-        """Write the heartbeats heard since the last flush (and at shutdown)."""
-        self._flush = None
+        """Write the heartbeats heard since the last write, now (at shutdown)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._write(*self._take())
+
+    def _take(self) -> tuple[dict[str, tuple[dt.datetime, Readiness, bool]], set[str]]:
         pending, self._pending = self._pending, {}
+        kept, self._readiness_kept = self._readiness_kept & pending.keys(), set()
+        return pending, kept
+
+    def _write(
+        self, pending: dict[str, tuple[dt.datetime, Readiness, bool]], kept: set[str]
+    ) -> None:
         try:
-            self.site.store.record_seen(pending)
+            self.site.store.record_seen(pending, readiness_unchanged=kept)
         except StoreError as exc:
             log.warning("%s: cannot record %d heartbeats: %s", self.config.name, len(pending), exc)
+            for name in pending:  # their readiness is written with their next heartbeat
+                self._readiness_written.pop(name, None)
 
     def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
         """On an encrypted management link, the caller must prove it is ``host``, the host
         ``name`` is registered with: a certificate of the site CA for another server speaks
         for that server only."""
-        if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
+        tls = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if tls is None:
             return None
-        cert = request.transport.get_extra_info("peercert")
-        if not cert:
+        # The certificate a connection presented is decoded once, not with every heartbeat.
+        peer = self._peer_names.get(tls)
+        if peer is None:
+            cert = request.transport.get_extra_info("peercert") if request.transport else None
+            dns = [v.lower() for k, v in (cert or {}).get("subjectAltName", ()) if k == "DNS"]
+            self._peer_names[tls] = peer = (bool(cert), dns)
+        presented, names = peer
+        if not presented:
             return problem(
                 401,
                 "client certificate required",
@@ -285,7 +367,6 @@ class Registration:
                 server=name,
                 fix="set [tls] certificate and key in the server's config",
             )
-        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
         if host not in names:
             self._security_event(
                 f"cert:{name}:{','.join(names)}",
