@@ -24,7 +24,7 @@ from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers.management._failover import Failover
-from watchkeep.servers.management._pushes import ConfigPushes
+from watchkeep.servers.management._pushes import ConfigPushes, SiteSnapshot
 from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
@@ -112,6 +112,7 @@ class Registration:
         self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
         self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
         self._flush: asyncio.TimerHandle | None = None
+        self._registering = asyncio.Lock()  # servers not heard lately, one at a time
         self._writing: asyncio.Future[None] | None = None  # the write of the last flush
         # Per TLS connection: whether it presented a certificate, and the host names in it.
         self._peer_names: weakref.WeakKeyDictionary[object, tuple[bool, list[str]]] = (
@@ -131,12 +132,12 @@ class Registration:
         name = request.match_info["name"]
         body = await json_object(request)
         try:
-            role, host, address, ports, readiness, encrypted_now = self._claim(name, body)
+            claim = self._claim(name, body)
+            role, host, address = claim.role, claim.host, claim.address
         except (KeyError, TypeError, ValueError, OverflowError, WatchkeepError) as exc:
             return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
         if role is ServerRole.MANAGEMENT:
             return problem(400, "bad heartbeat", "a management server does not register")
-        camera_problems = _camera_problems(body.get("camera_problems"))
         # A server that joined with a token proves itself with its certificate instead of
         # the shared registration key.
         joined, refused_join = (
@@ -161,24 +162,49 @@ class Registration:
         # One row for the server and the site snapshot (rebuilt only when the site
         # changed): a heartbeat's work does not grow with the number of servers.
         snapshot = self.pushes.snapshot(SNAPSHOT_AGE)
-        offline_after = dt.timedelta(seconds=self.config.failover_after)
         # A server heard lately is in the snapshot (as of the site version: its identity
         # and encryption); only a newcomer, or one not heard for a while, is read.
         heard_lately = time.monotonic() - self._heard.get(name, -1e9) < self.config.failover_after
         existing = snapshot.servers.get(name) if heard_lately else None
-        if existing is None:
-            existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
-        claimed = Server(name, role, host, address, ports, readiness=readiness)
-        # A newcomer's name and host must be nobody else's: the management servers and
-        # the server registered with that host, if any (not the whole site).
-        everyone: list[Server] = []
-        if existing is None:
-            everyone = self.site.managers()
-            holder = self.site.store.server_with_host(
-                host, now=utcnow(), offline_after=offline_after
+        if existing is not None:
+            return await self._accept(request, body, claim, snapshot, existing, [], True)
+        # Any other is read, checked and written one at a time (two newcomers cannot take
+        # one host name together), the database's part in a thread: on PostgreSQL these
+        # are round trips, and the event loop goes on serving the servers heard lately.
+        async with self._registering:
+            existing, everyone = await asyncio.to_thread(self._look_up, name, host)
+            return await self._accept(
+                request, body, claim, snapshot, existing, everyone, heard_lately
             )
-            everyone += [holder] if holder is not None else []
-            existing = next((s for s in everyone if s.name == name), None)
+
+    def _look_up(self, name: str, host: str) -> tuple[Server | None, list[Server]]:
+        """A server not heard lately: its row; for a newcomer, the servers its name and
+        host must not be: the management servers and the server registered with that
+        host, if any (not the whole site)."""
+        offline_after = dt.timedelta(seconds=self.config.failover_after)
+        existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
+        if existing is not None:
+            return existing, []
+        everyone = self.site.managers()
+        holder = self.site.store.server_with_host(host, now=utcnow(), offline_after=offline_after)
+        everyone += [holder] if holder is not None else []
+        return next((s for s in everyone if s.name == name), None), everyone
+
+    async def _accept(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        claim: _Claim,
+        snapshot: SiteSnapshot,
+        existing: Server | None,
+        everyone: list[Server],
+        heard_lately: bool,
+    ) -> web.Response:
+        """The heartbeat of ``claim``'s server, ``existing`` as registered (None: a
+        newcomer), checked, recorded and answered."""
+        name = request.match_info["name"]
+        role, host, address, ports, readiness, encrypted_now = claim
+        claimed = Server(name, role, host, address, ports, readiness=readiness)
         changed = identity_change(claimed, existing, everyone)
         if changed is not None:
             self._security_event(
@@ -227,8 +253,12 @@ class Registration:
             encrypted_now=encrypted_now,
         )
         if existing is None or existing.ports != ports:
-            self.site.store.record_heartbeat(
-                heard, now=utcnow(), new=existing is None, changed=existing is not None
+            await asyncio.to_thread(
+                self.site.store.record_heartbeat,
+                heard,
+                now=utcnow(),
+                new=existing is None,
+                changed=existing is not None,
             )
         else:
             self._seen(name, readiness, encrypted_now)
@@ -241,7 +271,7 @@ class Registration:
                 host,
                 address,
             )
-        self.camera_problems[name] = camera_problems
+        self.camera_problems[name] = _camera_problems(body.get("camera_problems"))
         self.renewals.heard(name, body.get("renewal"))
         if not heard_lately and (existing is None or not existing.online):
             self.failover.soon()  # one plan for however many come now
