@@ -14,7 +14,13 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from watchkeep.site import Camera, Readiness, Server, ServerRole
-from watchkeep.store._engine import insert_absent, open_database, try_session_lock, upsert
+from watchkeep.store._engine import (
+    commit_without_waiting_for_disk,
+    insert_absent,
+    open_database,
+    try_session_lock,
+    upsert,
+)
 from watchkeep.store._schema import (
     cameras,
     management_servers,
@@ -248,6 +254,7 @@ class SiteStore:
             "readiness": server.readiness.as_json(now) if server.readiness else None,
         }
         with self.db.begin() as conn:
+            commit_without_waiting_for_disk(conn)  # said again with its next heartbeat
             if new or changed:
                 self._changed(conn, at_once=changed)
             if new:
@@ -285,6 +292,7 @@ class SiteStore:
             if name in readiness_unchanged
         ]
         with self.db.begin() as conn:
+            commit_without_waiting_for_disk(conn)  # said again with the next heartbeats
             if written:
                 conn.execute(_SEEN, written)
             if kept:
