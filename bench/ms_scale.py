@@ -121,6 +121,7 @@ class Options:
     ms_cpu: int | None = None  # the one CPU the management server runs on (None: any)
     profile: bool = False  # py-spy the management server over the steady window
     renewals_per_minute: float = 100.0  # per thousand servers: 1,000 renew in ten minutes
+    settle: float | None = None  # seconds from cold to the steady window (None: by size)
 
 
 def run_one(count: int, database: str, root: Path, options: Options) -> dict[str, Any]:
@@ -163,7 +164,9 @@ def run_one(count: int, database: str, root: Path, options: Options) -> dict[str
         # seconds after its worker is up (registration is timed from then).
         cold = time.time()
         window, spread = options.window, options.spread
-        steady_from = cold + 20.0 + spread  # everyone registered, settled
+        # Everyone registered and settled (on two shared cores a thousand handshakes and
+        # first answers take a while): the steady window starts after this.
+        steady_from = cold + spread + (options.settle or max(20.0, count / 20))
         api_from = steady_from + window  # then the administrator's client too
         until = api_from + window
         # Renewals spread evenly over the steady window, by servers spread over the site.
@@ -251,6 +254,7 @@ def run_one(count: int, database: str, root: Path, options: Options) -> dict[str
             "all_registered_seconds": round(max(registered.values()) - (cold + workers_up), 2)
             if len(registered) == count
             else None,
+            "steady_window_from_cold_seconds": round(steady_from - cold, 1),
             "simulators_up_seconds": round(workers_up, 2),
             "heartbeats_in_window": len(latencies),
             "heartbeats_expected": int(count * window),
@@ -364,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         help="per thousand servers, over the steady window (100: 1,000 in ten minutes)",
     )
     parser.add_argument(
+        "--settle",
+        type=float,
+        help="seconds from cold to the steady window (default: 20, or one per 20 servers)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy the management server (steady window)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ms_scale")
@@ -375,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         ms_cpu=None if args.ms_cpu < 0 else args.ms_cpu,
         profile=args.profile,
         renewals_per_minute=args.renewals_per_minute,
+        settle=args.settle,
     )
     runs = []
     with tempfile.TemporaryDirectory(prefix="wk-ms-scale-") as tmp:
