@@ -101,6 +101,11 @@ class SiteStore:
         # before reading the site version would tell it.
         self.changes = 0
 
+    @property
+    def local(self) -> bool:
+        """Whether the database is a file of this machine (SQLite), not a server's."""
+        return self.db.dialect.name == "sqlite"
+
     def _changed(self, conn: sa.Connection, *, at_once: bool = True) -> None:
         """A new site version; ``at_once``: this process's own readers know it without
         reading the version (not for a server registering: servers learn of a newcomer

@@ -6,14 +6,15 @@ server's configuration, or only its digest when the server already runs it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import ipaddress
 import logging
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, TypeVar
 
 from aiohttp import web
 
@@ -45,6 +46,7 @@ JoinedCheck = Callable[
 ]
 
 log = logging.getLogger("watchkeep.management")
+T = TypeVar("T")
 
 HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
 SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
@@ -112,7 +114,8 @@ class Registration:
         self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
         self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
         self._flush: asyncio.TimerHandle | None = None
-        self._registering = asyncio.Lock()  # servers not heard lately, one at a time
+        # Per name and host being registered: its lock and how many wait for it or hold it.
+        self._registrations: dict[str, list[Any]] = {}
         self._writing: asyncio.Future[None] | None = None  # the write of the last flush
         # Per TLS connection: whether it presented a certificate, and the host names in it.
         self._peer_names: weakref.WeakKeyDictionary[object, tuple[bool, list[str]]] = (
@@ -168,14 +171,41 @@ class Registration:
         existing = snapshot.servers.get(name) if heard_lately else None
         if existing is not None:
             return await self._accept(request, body, claim, snapshot, existing, [], True)
-        # Any other is read, checked and written one at a time (two newcomers cannot take
-        # one host name together), the database's part in a thread: on PostgreSQL these
-        # are round trips, and the event loop goes on serving the servers heard lately.
-        async with self._registering:
-            existing, everyone = await asyncio.to_thread(self._look_up, name, host)
+        # Any other is read, checked and written one at a time for its name and its host
+        # (two newcomers cannot take one name or host together; others go on at once), on
+        # PostgreSQL the database's part in a thread: there these are round trips, and the
+        # event loop goes on serving the servers heard lately.
+        async with self._registering(f"name:{name}", f"host:{host}"):
+            existing, everyone = await self._in_store(self._look_up, name, host)
             return await self._accept(
                 request, body, claim, snapshot, existing, everyone, heard_lately
             )
+
+    @contextlib.asynccontextmanager
+    async def _registering(self, *keys: str) -> AsyncIterator[None]:
+        """Held while a server of these names (its name, its host) is read, checked and
+        written: one at a time for each."""
+        entries = [self._registrations.setdefault(key, [asyncio.Lock(), 0]) for key in keys]
+        for entry in entries:
+            entry[1] += 1
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for entry in entries:
+                    await held.enter_async_context(entry[0])
+                yield
+        finally:
+            for key, entry in zip(keys, entries, strict=True):
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._registrations[key]
+
+    async def _in_store(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` of the store: in a thread on PostgreSQL (round trips the event loop must
+        not wait for), at once on SQLite (a file of this machine: its reads take less than
+        a thread's turn on a busy machine)."""
+        if self.site.store.local:
+            return call(*args, **kwargs)
+        return await asyncio.to_thread(call, *args, **kwargs)
 
     def _look_up(self, name: str, host: str) -> tuple[Server | None, list[Server]]:
         """A server not heard lately: its row; for a newcomer, the servers its name and
@@ -253,7 +283,7 @@ class Registration:
             encrypted_now=encrypted_now,
         )
         if existing is None or existing.ports != ports:
-            await asyncio.to_thread(
+            await self._in_store(
                 self.site.store.record_heartbeat,
                 heard,
                 now=utcnow(),
