@@ -566,7 +566,9 @@ def capacity_step(
     }
 
 
-def start_py_spy(pid: int, seconds: float, out_dir: Path, cameras: int) -> subprocess.Popen[str]:
+def start_py_spy(
+    pid: int, seconds: float, out_dir: Path, cameras: int | str
+) -> subprocess.Popen[str]:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",

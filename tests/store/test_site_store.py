@@ -94,6 +94,14 @@ def test_heartbeats_recorded_together_leave_what_an_administrator_set(store: Sit
     assert rs1.readiness == readiness
     assert rs2.online
     assert rs2.readiness is None
+    # A heartbeat whose readiness says what was last written: written without it.
+    store.record_seen(
+        {"rs1": (NOW + 2 * MINUTE, None, False), "rs2": (NOW + 2 * MINUTE, readiness, True)},
+        readiness_unchanged={"rs1"},
+    )
+    rs1, rs2 = store.servers(now=NOW + 2 * MINUTE, offline_after=MINUTE)
+    assert (rs1.last_seen, rs1.readiness, rs1.encrypted_now) == (NOW + 2 * MINUTE, readiness, False)
+    assert (rs2.last_seen, rs2.readiness, rs2.encrypted_now) == (NOW + 2 * MINUTE, readiness, True)
 
 
 def test_every_change_servers_are_told_of_renews_the_site_version(store: SiteStore) -> None:

@@ -144,6 +144,17 @@ def insert_absent(conn: sa.Connection, table: sa.Table, row: Mapping[str, Any]) 
     conn.execute(insert(table).values(**row).on_conflict_do_nothing())
 
 
+def commit_without_waiting_for_disk(conn: sa.Connection) -> None:
+    """Let the transaction under way on ``conn`` commit without waiting for the disk
+    (PostgreSQL's synchronous_commit, for this transaction only): for what servers say
+    again within a second (heartbeats, registrations), which a crash of the database
+    server would lose a fraction of a second of, each said again by the next heartbeat.
+    Other sessions see it at its commit as always. SQLite's WAL (synchronous=NORMAL)
+    already commits so."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
 def try_session_lock(conn: sa.Connection, lock_id: int) -> bool:
     """Take the lock ``lock_id`` for as long as ``conn`` lives, unless another connection
     holds it. PostgreSQL's session advisory lock: the database releases it when the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +14,13 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from watchkeep.site import Camera, Readiness, Server, ServerRole
-from watchkeep.store._engine import insert_absent, open_database, try_session_lock, upsert
+from watchkeep.store._engine import (
+    commit_without_waiting_for_disk,
+    insert_absent,
+    open_database,
+    try_session_lock,
+    upsert,
+)
 from watchkeep.store._schema import (
     cameras,
     management_servers,
@@ -81,6 +87,12 @@ _SEEN = (
     )
 )
 
+_SEEN_AT = (
+    sa.update(servers)
+    .where(servers.c.name == sa.bindparam("b_name"))
+    .values(last_seen=sa.bindparam("last_seen"), encrypted_now=sa.bindparam("encrypted_now"))
+)
+
 
 class SiteStore:
     def __init__(self, url: str, *, password_file: Path | None = None) -> None:
@@ -89,9 +101,19 @@ class SiteStore:
         # before reading the site version would tell it.
         self.changes = 0
 
-    def _changed(self, conn: sa.Connection) -> None:
+    @property
+    def local(self) -> bool:
+        """Whether the database is a file of this machine (SQLite), not a server's."""
+        return self.db.dialect.name == "sqlite"
+
+    def _changed(self, conn: sa.Connection, *, at_once: bool = True) -> None:
+        """A new site version; ``at_once``: this process's own readers know it without
+        reading the version (not for a server registering: servers learn of a newcomer
+        a moment later, and a thousand registering would otherwise rebuild what every
+        server is told a thousand times)."""
         upsert(conn, settings, {"key": VERSION_SETTING}, {"value": uuid.uuid4().hex})
-        self.changes += 1
+        if at_once:
+            self.changes += 1
 
     def dispose(self) -> None:
         self.db.dispose()
@@ -237,8 +259,9 @@ class SiteStore:
             "readiness": server.readiness.as_json(now) if server.readiness else None,
         }
         with self.db.begin() as conn:
+            commit_without_waiting_for_disk(conn)  # said again with its next heartbeat
             if new or changed:
-                self._changed(conn)
+                self._changed(conn, at_once=changed)
             if new:
                 conn.execute(sa.insert(servers).values(name=server.name, extra={}, **values))
             else:
@@ -246,25 +269,39 @@ class SiteStore:
                     sa.update(servers).where(servers.c.name == server.name).values(**values)
                 )
 
-    def record_seen(self, seen: Mapping[str, tuple[dt.datetime, Readiness | None, bool]]) -> None:
+    def record_seen(
+        self,
+        seen: Mapping[str, tuple[dt.datetime, Readiness | None, bool]],
+        *,
+        readiness_unchanged: Collection[str] = (),
+    ) -> None:
         """What the heartbeats of registered servers said (server -> when, readiness,
         encrypted now), in one transaction: what an administrator sets (encryption, host)
-        is not written back."""
+        is not written back, nor the readiness of the servers in ``readiness_unchanged``
+        (as last written)."""
         if not seen:
             return
+        written = [
+            {
+                "b_name": name,
+                "last_seen": when,
+                "readiness": readiness.as_json(when) if readiness else None,
+                "encrypted_now": encrypted_now,
+            }
+            for name, (when, readiness, encrypted_now) in seen.items()
+            if name not in readiness_unchanged
+        ]
+        kept = [
+            {"b_name": name, "last_seen": when, "encrypted_now": encrypted_now}
+            for name, (when, _readiness, encrypted_now) in seen.items()
+            if name in readiness_unchanged
+        ]
         with self.db.begin() as conn:
-            conn.execute(
-                _SEEN,
-                [
-                    {
-                        "b_name": name,
-                        "last_seen": when,
-                        "readiness": readiness.as_json(when) if readiness else None,
-                        "encrypted_now": encrypted_now,
-                    }
-                    for name, (when, readiness, encrypted_now) in seen.items()
-                ],
-            )
+            commit_without_waiting_for_disk(conn)  # said again with the next heartbeats
+            if written:
+                conn.execute(_SEEN, written)
+            if kept:
+                conn.execute(_SEEN_AT, kept)
 
     def set_server_encryption(self, name: str, enabled: bool) -> None:
         with self.db.begin() as conn:

@@ -54,6 +54,7 @@ class ConfigPushes:
         self._trust_checked = 0.0
         self._trust_hour = ""
         self._snapshot: SiteSnapshot | None = None
+        self._answers: dict[str, tuple[object, Answer]] = {}  # server -> its last answer
         # What the last push found each server and every server had been told.
         self._told_own: dict[str, str] = {}
         self._told_security = ""
@@ -126,15 +127,24 @@ class ConfigPushes:
         every server is told is encoded once per snapshot, not once per answer."""
         snapshot = self.snapshot(max_age)
         server = snapshot.servers.get(server.name, server)
+        # The same for as long as the snapshot and what it says of the server: a heartbeat
+        # a second from each server re-encodes nothing.
+        key = (snapshot.key, server.role, server.encryption, server.covering)
+        cached = self._answers.get(server.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         own = snapshot.own(server)
         own_json = json.dumps(own, sort_keys=True, separators=(",", ":"))
         # A server that sends this digest back has all of it (see Registration.heartbeat).
         digest = hashlib.sha256(
             (snapshot.common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
         ).hexdigest()
-        text = f'{snapshot.common_json[:-1]},{own_json[1:-1]},"config_digest":"{digest}"}}'
-        return Answer(digest, text, hashlib.sha256(own_json.encode()).hexdigest(),
-                      snapshot.security_digest)  # fmt: skip
+        answer = Answer(digest, hashlib.sha256(own_json.encode()).hexdigest(),
+                        snapshot.security_digest, snapshot.common_json, own_json)  # fmt: skip
+        if len(self._answers) >= 100_000:
+            self._answers.clear()
+        self._answers[server.name] = (key, answer)
+        return answer
 
     def trust_payload(self) -> dict[str, Any]:
         """The site's CAs (both, during a rotation), retired CAs and fresh CRLs; empty when
@@ -266,9 +276,16 @@ class Answer(NamedTuple):
     """A server's configuration as a heartbeat's answer carries it."""
 
     digest: str  # of all of it
-    text: str  # all of it, JSON
     own_digest: str  # of what only this server is told
     security_digest: str  # of what every server must hear at once
+    common_json: str  # what every server is told (shared by every answer), JSON
+    own_json: str  # what only this server is told, JSON
+
+    @property
+    def text(self) -> str:
+        """All of it, JSON (made when sent: the site's part is large on a large site)."""
+        common, own = self.common_json, self.own_json
+        return f'{common[:-1]},{own[1:-1]},"config_digest":"{self.digest}"}}'
 
 
 def _digest(value: Any) -> str:

@@ -6,13 +6,15 @@ server's configuration, or only its digest when the server already runs it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple, TypeVar
 
 from aiohttp import web
 
@@ -23,7 +25,7 @@ from watchkeep.servers._bodies import json_object
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
 from watchkeep.servers.management._failover import Failover
-from watchkeep.servers.management._pushes import ConfigPushes
+from watchkeep.servers.management._pushes import ConfigPushes, SiteSnapshot
 from watchkeep.servers.management._renewals import Renewals
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
@@ -44,10 +46,12 @@ JoinedCheck = Callable[
 ]
 
 log = logging.getLogger("watchkeep.management")
+T = TypeVar("T")
 
 HEARTBEAT_BATCH = 0.2  # seconds: heartbeats heard meanwhile are written together
 SNAPSHOT_AGE = 0.5  # seconds a heartbeat's answer may lag a change of the site
 SITE_MAP_LAG = 10.0  # seconds a server may run an older site map (never its own part)
+READINESS_REWRITE = 60.0  # seconds: a server's unchanged readiness is written again
 SECURITY_LOG_INTERVAL = 60.0  # a refused attempt to speak for a server, logged once a minute
 _MAX_CAMERA_PROBLEMS = 10_000
 _MAX_PROBLEM_TEXT = 500
@@ -62,6 +66,20 @@ def _camera_problems(value: object) -> dict[str, str]:
         for name, text in list(value.items())[:_MAX_CAMERA_PROBLEMS]
         if isinstance(name, str) and isinstance(text, str)
     }
+
+
+_CLAIM_KEYS = ("role", "host", "address", "ports", "readiness", "encrypted_now")
+
+
+class _Claim(NamedTuple):
+    """What a heartbeat says of the server that sent it."""
+
+    role: ServerRole
+    host: str
+    address: str
+    ports: dict[str, int]
+    readiness: Readiness
+    encrypted_now: bool
 
 
 class _Told(NamedTuple):
@@ -96,6 +114,18 @@ class Registration:
         self._heard: dict[str, float] = {}  # server -> when (monotonic) its heartbeat came
         self._told: dict[str, _Told] = {}  # server -> the configuration it was last sent
         self._flush: asyncio.TimerHandle | None = None
+        # Per name and host being registered: its lock and how many wait for it or hold it.
+        self._registrations: dict[str, list[Any]] = {}
+        self._writing: asyncio.Future[None] | None = None  # the write of the last flush
+        # Per TLS connection: whether it presented a certificate, and the host names in it.
+        self._peer_names: weakref.WeakKeyDictionary[object, tuple[bool, list[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._claims: dict[str, tuple[tuple[object, ...], _Claim]] = {}  # as sent, parsed
+        # When each server's readiness was last written (the one parsed then), and the
+        # servers whose pending heartbeat says the same.
+        self._readiness_written: dict[str, tuple[Readiness, float]] = {}
+        self._readiness_kept: set[str] = set()
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/api/v1/servers/{name}/heartbeat", self.heartbeat)
@@ -105,17 +135,12 @@ class Registration:
         name = request.match_info["name"]
         body = await json_object(request)
         try:
-            role = ServerRole(str(body.get("role")))
-            host = validate_host_name(str(body.get("host", "")))
-            address = str(ipaddress.ip_address(str(body["address"])))
-            ports = {str(k): int(v) for k, v in dict(body["ports"]).items()}
-            readiness = Readiness.from_json(dict(body.get("readiness") or {}))
-            encrypted_now = bool(body.get("encrypted_now", False))
+            claim = self._claim(name, body)
+            role, host, address = claim.role, claim.host, claim.address
         except (KeyError, TypeError, ValueError, OverflowError, WatchkeepError) as exc:
             return problem(400, "bad heartbeat", f"malformed heartbeat from {name}: {exc}")
         if role is ServerRole.MANAGEMENT:
             return problem(400, "bad heartbeat", "a management server does not register")
-        camera_problems = _camera_problems(body.get("camera_problems"))
         # A server that joined with a token proves itself with its certificate instead of
         # the shared registration key.
         joined, refused_join = (
@@ -140,24 +165,76 @@ class Registration:
         # One row for the server and the site snapshot (rebuilt only when the site
         # changed): a heartbeat's work does not grow with the number of servers.
         snapshot = self.pushes.snapshot(SNAPSHOT_AGE)
-        offline_after = dt.timedelta(seconds=self.config.failover_after)
         # A server heard lately is in the snapshot (as of the site version: its identity
         # and encryption); only a newcomer, or one not heard for a while, is read.
         heard_lately = time.monotonic() - self._heard.get(name, -1e9) < self.config.failover_after
         existing = snapshot.servers.get(name) if heard_lately else None
-        if existing is None:
-            existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
-        claimed = Server(name, role, host, address, ports, readiness=readiness)
-        # A newcomer's name and host must be nobody else's: the management servers and
-        # the server registered with that host, if any (not the whole site).
-        everyone: list[Server] = []
-        if existing is None:
-            everyone = self.site.managers()
-            holder = self.site.store.server_with_host(
-                host, now=utcnow(), offline_after=offline_after
+        if existing is not None:
+            return await self._accept(request, body, claim, snapshot, existing, [], True)
+        # Any other is read, checked and written one at a time for its name and its host
+        # (two newcomers cannot take one name or host together; others go on at once), on
+        # PostgreSQL the database's part in a thread: there these are round trips, and the
+        # event loop goes on serving the servers heard lately.
+        async with self._registering(f"name:{name}", f"host:{host}"):
+            existing, everyone = await self._in_store(self._look_up, name, host)
+            return await self._accept(
+                request, body, claim, snapshot, existing, everyone, heard_lately
             )
-            everyone += [holder] if holder is not None else []
-            existing = next((s for s in everyone if s.name == name), None)
+
+    @contextlib.asynccontextmanager
+    async def _registering(self, *keys: str) -> AsyncIterator[None]:
+        """Held while a server of these names (its name, its host) is read, checked and
+        written: one at a time for each."""
+        entries = [self._registrations.setdefault(key, [asyncio.Lock(), 0]) for key in keys]
+        for entry in entries:
+            entry[1] += 1
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for entry in entries:
+                    await held.enter_async_context(entry[0])
+                yield
+        finally:
+            for key, entry in zip(keys, entries, strict=True):
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._registrations[key]
+
+    async def _in_store(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``call`` of the store: in a thread on PostgreSQL (round trips the event loop must
+        not wait for), at once on SQLite (a file of this machine: its reads take less than
+        a thread's turn on a busy machine)."""
+        if self.site.store.local:
+            return call(*args, **kwargs)
+        return await asyncio.to_thread(call, *args, **kwargs)
+
+    def _look_up(self, name: str, host: str) -> tuple[Server | None, list[Server]]:
+        """A server not heard lately: its row; for a newcomer, the servers its name and
+        host must not be: the management servers and the server registered with that
+        host, if any (not the whole site)."""
+        offline_after = dt.timedelta(seconds=self.config.failover_after)
+        existing = self.site.store.server(name, now=utcnow(), offline_after=offline_after)
+        if existing is not None:
+            return existing, []
+        everyone = self.site.managers()
+        holder = self.site.store.server_with_host(host, now=utcnow(), offline_after=offline_after)
+        everyone += [holder] if holder is not None else []
+        return next((s for s in everyone if s.name == name), None), everyone
+
+    async def _accept(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        claim: _Claim,
+        snapshot: SiteSnapshot,
+        existing: Server | None,
+        everyone: list[Server],
+        heard_lately: bool,
+    ) -> web.Response:
+        """The heartbeat of ``claim``'s server, ``existing`` as registered (None: a
+        newcomer), checked, recorded and answered."""
+        name = request.match_info["name"]
+        role, host, address, ports, readiness, encrypted_now = claim
+        claimed = Server(name, role, host, address, ports, readiness=readiness)
         changed = identity_change(claimed, existing, everyone)
         if changed is not None:
             self._security_event(
@@ -206,8 +283,12 @@ class Registration:
             encrypted_now=encrypted_now,
         )
         if existing is None or existing.ports != ports:
-            self.site.store.record_heartbeat(
-                heard, now=utcnow(), new=existing is None, changed=existing is not None
+            await self._in_store(
+                self.site.store.record_heartbeat,
+                heard,
+                now=utcnow(),
+                new=existing is None,
+                changed=existing is not None,
             )
         else:
             self._seen(name, readiness, encrypted_now)
@@ -220,7 +301,7 @@ class Registration:
                 host,
                 address,
             )
-        self.camera_problems[name] = camera_problems
+        self.camera_problems[name] = _camera_problems(body.get("camera_problems"))
         self.renewals.heard(name, body.get("renewal"))
         if not heard_lately and (existing is None or not existing.online):
             self.failover.soon()  # one plan for however many come now
@@ -252,30 +333,91 @@ class Registration:
                                  time.monotonic())  # fmt: skip
         return web.Response(text=answer.text, content_type="application/json")
 
+    def _claim(self, name: str, body: dict[str, Any]) -> _Claim:
+        """What a heartbeat says of its server, checked; parsed again only when it differs
+        from what the last one said (a server says the same every second)."""
+        sent = tuple(body.get(key) for key in _CLAIM_KEYS)
+        last = self._claims.get(name)
+        if last is not None and last[0] == sent:
+            return last[1]
+        claim = _Claim(
+            ServerRole(str(body.get("role"))),
+            validate_host_name(str(body.get("host", ""))),
+            str(ipaddress.ip_address(str(body["address"]))),
+            {str(k): int(v) for k, v in dict(body["ports"]).items()},
+            Readiness.from_json(dict(body.get("readiness") or {})),
+            bool(body.get("encrypted_now", False)),
+        )
+        if len(self._claims) >= 100_000:  # names come from anyone's requests
+            self._claims.clear()
+        self._claims[name] = (sent, claim)
+        return claim
+
     def _seen(self, name: str, readiness: Readiness, encrypted_now: bool) -> None:
         """Record a registered server's heartbeat with the others of the next moment: one
-        transaction for many heartbeats (a thousand servers make a thousand a second)."""
+        transaction for many heartbeats (a thousand servers make a thousand a second). Its
+        readiness is written when it says something new, and at least every
+        READINESS_REWRITE seconds (its days left, to the hundredth of a day)."""
+        now = time.monotonic()
+        written = self._readiness_written.get(name)
+        if written is not None and written[0] is readiness and now - written[1] < READINESS_REWRITE:
+            self._readiness_kept.add(name)
+        else:
+            self._readiness_kept.discard(name)
+            self._readiness_written[name] = (readiness, now)
         self._pending[name] = (utcnow(), readiness, encrypted_now)
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(HEARTBEAT_BATCH, self.flush)
+            self._flush = asyncio.get_running_loop().call_later(HEARTBEAT_BATCH, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """Write the heartbeats heard meanwhile in a thread (the event loop goes on serving
+        heartbeats while the database works); one write at a time, in order."""
+        self._flush = None
+        loop = asyncio.get_running_loop()
+        if self._writing is not None and not self._writing.done():
+            self._flush = loop.call_later(HEARTBEAT_BATCH, self._flush_soon)
+            return
+        pending, kept = self._take()
+        if pending:
+            self._writing = loop.run_in_executor(None, self._write, pending, kept)
 
     def flush(self) -> None:
-        """Write the heartbeats heard since the last flush (and at shutdown)."""
-        self._flush = None
+        """Write the heartbeats heard since the last write, now (at shutdown)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._write(*self._take())
+
+    def _take(self) -> tuple[dict[str, tuple[dt.datetime, Readiness, bool]], set[str]]:
         pending, self._pending = self._pending, {}
+        kept, self._readiness_kept = self._readiness_kept & pending.keys(), set()
+        return pending, kept
+
+    def _write(
+        self, pending: dict[str, tuple[dt.datetime, Readiness, bool]], kept: set[str]
+    ) -> None:
         try:
-            self.site.store.record_seen(pending)
+            self.site.store.record_seen(pending, readiness_unchanged=kept)
         except StoreError as exc:
             log.warning("%s: cannot record %d heartbeats: %s", self.config.name, len(pending), exc)
+            for name in pending:  # their readiness is written with their next heartbeat
+                self._readiness_written.pop(name, None)
 
     def _check_peer(self, request: web.Request, name: str, host: str) -> web.Response | None:
         """On an encrypted management link, the caller must prove it is ``host``, the host
         ``name`` is registered with: a certificate of the site CA for another server speaks
         for that server only."""
-        if request.transport is None or request.transport.get_extra_info("ssl_object") is None:
+        tls = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if tls is None:
             return None
-        cert = request.transport.get_extra_info("peercert")
-        if not cert:
+        # The certificate a connection presented is decoded once, not with every heartbeat.
+        peer = self._peer_names.get(tls)
+        if peer is None:
+            cert = request.transport.get_extra_info("peercert") if request.transport else None
+            dns = [v.lower() for k, v in (cert or {}).get("subjectAltName", ()) if k == "DNS"]
+            self._peer_names[tls] = peer = (bool(cert), dns)
+        presented, names = peer
+        if not presented:
             return problem(
                 401,
                 "client certificate required",
@@ -285,7 +427,6 @@ class Registration:
                 server=name,
                 fix="set [tls] certificate and key in the server's config",
             )
-        names = [v.lower() for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
         if host not in names:
             self._security_event(
                 f"cert:{name}:{','.join(names)}",

@@ -60,6 +60,7 @@ class Renewals:
         self.site = site
         self.trust_payload = trust_payload
         self.reports: dict[str, RenewalState] = {}  # server name -> as its heartbeat said
+        self._reported: dict[str, object] = {}  # ... and as it was sent
         self.signed = 0  # renewals signed since start
         self._pki: tuple[object, SitePKI] | None = None
         self._seen: dict[bytes, dt.datetime] = {}  # signatures accepted, until they expire
@@ -69,8 +70,11 @@ class Renewals:
         router.add_get("/api/v1/crls", self.crls)
 
     def heard(self, name: str, report: object) -> None:
-        if report is not None:
+        """What ``name``'s heartbeat says of its renewals (parsed again only when it says
+        something new: it says the same every second)."""
+        if report is not None and self._reported.get(name) != report:
             self.reports[name] = RenewalState.from_json(report)
+            self._reported[name] = report
 
     def pki(self) -> SitePKI:
         """The CA home, opened again when its CA changes (a rotation by the CLI)."""
@@ -180,7 +184,9 @@ class Renewals:
 
     def _rejoin(self, presented: x509.Certificate) -> str:
         hosts = san_dns_names(presented)
-        server = next((s for s in self.site.servers() if s.host in hosts), None)
+        # The server of one of its names: a row each, not the whole site (a thousand
+        # servers renewing would otherwise each read every server).
+        server = next((s for s in map(self.site.server_with_host, hosts) if s is not None), None)
         if server is None:
             return rejoin_command("NAME", "ROLE", hosts[0] if hosts else "HOST")
         return rejoin_command(server.name, server.role.value, server.host)

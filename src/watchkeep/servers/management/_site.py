@@ -60,5 +60,15 @@ class SiteView:
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers() if s.name == name), None)
 
+    def server_with_host(self, host: str) -> Server | None:
+        """The server whose host is ``host`` (a management server first), if any: one row,
+        not the site."""
+        for server in self.managers():
+            if server.host == host:
+                return server
+        return self.store.server_with_host(
+            host, now=utcnow(), offline_after=dt.timedelta(seconds=self.config.failover_after)
+        )
+
     def cameras(self) -> list[Camera]:
         return self.store.cameras()
