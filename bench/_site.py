@@ -228,11 +228,13 @@ def run_viewers(
     watch: dict[str, int] | None = None,
     during: Callable[[], None] | None = None,
     protocol: str = "mjpeg",
+    clock_offset: float | None = None,
 ) -> ViewerRun:
     """Open ``targets`` from ``processes`` viewer processes, let them warm up, count for
     ``duration`` seconds; CPU of the ``watch`` processes (label -> pid) is measured over
     exactly the counted window. ``during`` runs at the start of the counted window.
-    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4)."""
+    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4); ``clock_offset``
+    (ws): the cameras' clock, as the monotonic clock plus this (see bench.viewers)."""
     processes = max(1, min(processes, len(targets)))
     spawned = [
         python_module("bench.viewers", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -247,6 +249,7 @@ def run_viewers(
                 "duration": duration,
                 "repeat": repeat,
                 "protocol": protocol,
+                "clock_offset": clock_offset,
             }
             assert process.stdin is not None
             process.stdin.write(json.dumps(spec) + "\n")
