@@ -29,15 +29,7 @@ from collections.abc import Callable
 
 from watchkeep.media._fmp4 import TIMESCALE, InitSegment, fragment_header, init_segment
 from watchkeep.media._frame import Frame
-from watchkeep.media._h26x import (
-    BitstreamError,
-    ParameterSets,
-    is_delimiter,
-    is_keyframe_nal,
-    nal_type,
-    parameter_set_kind,
-    parse_sps,
-)
+from watchkeep.media._h26x import BitstreamError, ParameterSets, nal_roles, parse_sps
 from watchkeep.media._rtp_jpeg import RtpPacket
 
 __all__ = ["AccessUnit", "H26xFramer", "RtpH26xDepacketizer", "sender_report"]
@@ -48,6 +40,7 @@ _MAX_ACCESS_UNIT = 32 * 1024 * 1024
 _NTP_TO_UNIX = 2_208_988_800
 _DECODE_LEAD = TIMESCALE // 5
 _RTP_HEAD = struct.Struct("!BBHI")
+_ROLES = {codec: nal_roles(codec) for codec in ("H264", "H265")}
 _BYTE = [bytes((i,)) for i in range(256)]
 _COUNTING = bytes(range(256))
 
@@ -377,6 +370,7 @@ class H26xFramer:
         self.dropped = 0
         self.init: InitSegment | None = None
         self._clock_rate = clock_rate if clock_rate > 0 else TIMESCALE
+        self._roles = _ROLES["H264" if codec == "H264" else "H265"]
         self._next_sequence = next_sequence
         self._vps, self._sps, self._pps = sprop.vps, sprop.sps, sprop.pps
         self._parameters_changed = True
@@ -406,15 +400,16 @@ class H26xFramer:
         extended = self._extend(unit.timestamp)
         sample: list[bytes] = []
         keyframe = False
-        codec = self.codec
+        roles = self._roles
         for nal in unit.nals:
-            kind = nal_type(codec, nal)
-            which = parameter_set_kind(codec, kind)
-            if which is not None:
-                self._parameter_set(which, nal)
-            elif not is_delimiter(codec, kind):
-                keyframe = keyframe or is_keyframe_nal(codec, kind)
+            role = roles[nal[0]] if nal else None
+            if role is None:
                 sample.append(nal)
+            elif role == "key":
+                keyframe = True
+                sample.append(nal)
+            elif role != "delimiter":
+                self._parameter_set(role, nal)
         if unit.damaged:
             self._wait("packets were lost; the recording goes on from the next keyframe")
             return None
