@@ -224,7 +224,10 @@ def measure(
         for name in names
     ]
     farms_before = [farm_stats(p) for _, p in farms]
-    recorder_before = bench.rs_status()["recorder"]
+    status = bench.rs_status()
+    recorder_before = status["recorder"]
+    received_before = sum(c["frames"] for c in status["cameras"])
+    received_began = time.monotonic()
     spy: list[subprocess.Popen[str]] = []
 
     def start_profile() -> None:
@@ -249,6 +252,10 @@ def measure(
     clock_moved = time.time() - time.monotonic() - clock_offset
     farms_after = [farm_stats(p) for _, p in farms]
     status = bench.rs_status()
+    # Pictures rs1 received from its cameras (and handed to the hub and the recorder), per
+    # second, over a window a little wider than the viewers' (the status calls around it).
+    received = sum(c["frames"] for c in status["cameras"]) - received_before
+    received_per_second = received / (time.monotonic() - received_began)
     recorder_after = status["recorder"]
     stalled = [c["name"] for c in status["cameras"] if c["fps"] < 0.9 * FPS]
     if spy:
@@ -303,6 +310,11 @@ def measure(
         "server_us_per_frame": round(cores * 1e6 / result.frames_per_second, 1)
         if result.frames
         else None,
+        # The same per picture rs1 received: what it costs whatever the viewers got.
+        "server_us_per_frame_received": round(cores * 1e6 / received_per_second, 1)
+        if received_per_second
+        else None,
+        "frames_received_per_second": round(received_per_second, 1),
         "server_kernel_cores": round(result.system["server"], 3),
         "server_loop_thread_cores": round(result.main_thread["server"], 3),
         "farm_cores": round(sum(v for k, v in result.cpu.items() if k.startswith("farm")), 3),
@@ -393,6 +405,7 @@ _COLUMNS = (
     ("server_cores", "rs1 cores"),
     ("server_loop_thread_cores", "rs1 loop thread"),
     ("server_us_per_frame", "rs1 µs/picture"),
+    ("server_us_per_frame_received", "rs1 µs/picture received"),
     ("viewer_cores", "viewers cores"),
     ("farm_cores", "farms cores"),
     ("machine_idle_cores", "idle cores"),
