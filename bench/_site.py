@@ -136,14 +136,14 @@ class BenchSite:
 
         eventually(check, f"{', '.join(names)} online")
 
-    def set_encryption(self, name: str, on: bool) -> None:
+    def set_encryption(self, name: str, on: bool, timeout: float = 60.0) -> None:
         self.api("POST", f"/api/v1/servers/{name}/encryption", {"enabled": on})
 
         def check() -> bool:
             s = self.server(name)
             return bool(s["encryption"] == on and s["encrypted_now"] == on and s["online"])
 
-        eventually(check, f"{name} encryption {'on' if on else 'off'}")
+        eventually(check, f"{name} encryption {'on' if on else 'off'}", timeout)
 
     def rs_status(self, name: str = "rs1") -> dict[str, Any]:
         """The recording server's own status (every camera, the recorder's counters), as

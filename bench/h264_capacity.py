@@ -45,6 +45,7 @@ from typing import Any
 from bench._site import BenchSite, eventually, python_module, run_viewers, stop_process
 from bench.rtspfarm import write_clip
 from bench.run import DELAY_P99_LIMIT, log, machine, start_py_spy, summarize_profile
+from watchkeep.errors import SiteNotReady
 
 HERE = Path(__file__).resolve().parent
 FPS = 25
@@ -56,6 +57,7 @@ US_PER_FRAME_BUDGET = 50.0
 PER_FARM = 250
 PER_VIEWER_PROCESS = 150
 MODES = ("encrypted", "plaintext")
+SWITCH_TIMEOUT = 240.0  # seconds for rs1 to switch its encryption on or off
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,16 @@ def search(
             for mode in going if index % 2 == 0 else going[::-1]:
                 encrypted = mode == "encrypted"
                 if bool(bench.server("rs1")["encrypted_now"]) != encrypted:
-                    bench.set_encryption("rs1", encrypted)
+                    try:
+                        # With hundreds of cameras on a loaded machine the switch (a
+                        # configuration push, the listener's restart, a heartbeat) is slow.
+                        bench.set_encryption("rs1", encrypted, timeout=SWITCH_TIMEOUT)
+                    except SiteNotReady as exc:
+                        # The figures so far are kept; the search cannot go on.
+                        log(f"h264: {exc}")
+                        for m in going:
+                            found[m]["stopped"] = f"switching rs1's encryption: {exc}"
+                        return found
                     time.sleep(sizes.settle)
                 for attempt in (1, 2):
                     row = measure(
@@ -464,6 +475,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for row in found["rows"]:
             lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in _COLUMNS) + " |")
+        if found.get("stopped"):
+            lines += ["", f"Stopped: {found['stopped']}"]
     return "\n".join(lines) + "\n"
 
 
