@@ -136,14 +136,14 @@ class BenchSite:
 
         eventually(check, f"{', '.join(names)} online")
 
-    def set_encryption(self, name: str, on: bool) -> None:
+    def set_encryption(self, name: str, on: bool, timeout: float = 60.0) -> None:
         self.api("POST", f"/api/v1/servers/{name}/encryption", {"enabled": on})
 
         def check() -> bool:
             s = self.server(name)
             return bool(s["encryption"] == on and s["encrypted_now"] == on and s["online"])
 
-        eventually(check, f"{name} encryption {'on' if on else 'off'}")
+        eventually(check, f"{name} encryption {'on' if on else 'off'}", timeout)
 
     def rs_status(self, name: str = "rs1") -> dict[str, Any]:
         """The recording server's own status (every camera, the recorder's counters), as
@@ -228,11 +228,13 @@ def run_viewers(
     watch: dict[str, int] | None = None,
     during: Callable[[], None] | None = None,
     protocol: str = "mjpeg",
+    clock_offset: float | None = None,
 ) -> ViewerRun:
     """Open ``targets`` from ``processes`` viewer processes, let them warm up, count for
     ``duration`` seconds; CPU of the ``watch`` processes (label -> pid) is measured over
     exactly the counted window. ``during`` runs at the start of the counted window.
-    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4)."""
+    ``protocol``: ``mjpeg`` (HTTP multipart) or ``ws`` (live.ws, fMP4); ``clock_offset``
+    (ws): the cameras' clock, as the monotonic clock plus this (see bench.viewers)."""
     processes = max(1, min(processes, len(targets)))
     spawned = [
         python_module("bench.viewers", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -247,6 +249,7 @@ def run_viewers(
                 "duration": duration,
                 "repeat": repeat,
                 "protocol": protocol,
+                "clock_offset": clock_offset,
             }
             assert process.stdin is not None
             process.stdin.write(json.dumps(spec) + "\n")

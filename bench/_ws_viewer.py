@@ -9,7 +9,9 @@ fragment's sequence number (``mfhd``, to count pictures skipped) and its present
 (``tfdt`` plus the sample's composition offset, in 1/90,000 s: the camera's wall-clock time
 of the picture). Everything else (the stream message, the init segment, the pictures) is
 skipped by its length. The delay of a picture is the time of the read that brought its
-last byte minus its presentation time.
+last byte minus its presentation time, both on the cameras' clock: the monotonic clock plus
+``clock_offset`` (what :mod:`bench.rtspfarm`'s cameras were given), so that a correction of
+the wall clock during a run is not taken for a delay.
 """
 
 from __future__ import annotations
@@ -56,8 +58,16 @@ def ws_request(target: dict[str, Any], token: str | None) -> bytes:
 class WsViewer(asyncio.BufferedProtocol):
     """One connection: the upgrade's answer, then WebSocket frames of fMP4 fragments."""
 
-    def __init__(self, request: bytes, totals: Totals, *, repeat: bool = False) -> None:
+    def __init__(
+        self,
+        request: bytes,
+        totals: Totals,
+        *,
+        repeat: bool = False,
+        clock_offset: float | None = None,
+    ) -> None:
         self.request = request
+        self.clock_offset = time.time() - time.monotonic() if clock_offset is None else clock_offset
         self.totals = totals
         self.transport: asyncio.Transport | None = None
         self.frames = 0
@@ -131,7 +141,7 @@ class WsViewer(asyncio.BufferedProtocol):
                 if stamp is not None:
                     self.pending = None
                     if not now:
-                        now = time.time()
+                        now = time.monotonic() + self.clock_offset
                     index = int((now - stamp) * 1000.0)
                     totals.delays.counts[
                         index if 0 <= index < _BINS else (0 if index < 0 else _BINS - 1)

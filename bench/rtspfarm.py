@@ -15,9 +15,12 @@ it starts (a recording server waits for the next keyframe, as with any camera). 
 ``ready PORT`` once it listens.
 
 Each camera sends an RTCP sender report (channel 1) with its first picture: the recording
-server then takes the pictures' times from the camera's clock (this process's
-``time.time()`` when the picture is due), so a viewer's delay, measured from the time in
-the fragment, runs from the camera, as the MJPEG cameras' ``X-Timestamp`` does.
+server then takes the pictures' times from the camera's clock (when the picture is due),
+so a viewer's delay, measured from the time in the fragment, runs from the camera, as the
+MJPEG cameras' ``X-Timestamp`` does. The cameras' clock is the machine's monotonic clock
+plus ``--clock-offset`` (default: the wall clock's offset from it at start), the clock the
+benchmark's viewers read too: a step or a slew of the wall clock meanwhile (the system's
+time being corrected) then moves neither the pictures' times nor the delays measured.
 
 A line ``stats`` on standard input is answered with one line of JSON on standard output:
 the pictures skipped so far (``skipped``: a camera skips a picture its connection has not
@@ -230,8 +233,9 @@ class Session(asyncio.Protocol):
 
 
 class Farm:
-    def __init__(self, clip: Clip) -> None:
+    def __init__(self, clip: Clip, clock_offset: float) -> None:
         self.clip = clip
+        self.clock_offset = clock_offset  # the cameras' wall clock minus the monotonic one
         self.sessions: set[Session] = set()
         self.skipped = 0
         self.max_lag = 0.0
@@ -240,7 +244,9 @@ class Farm:
     def start(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
         if self.origin is None:
-            self.origin = (loop.time(), time.time())
+            # The event loop's clock is the monotonic one (asyncio's and uvloop's alike).
+            now = loop.time()
+            self.origin = (now, now + self.clock_offset)
         origin, origin_wall = self.origin
         interval = 1 / self.clip.fps
         phase = random.uniform(0, interval)  # noqa: S311 - not a secret
@@ -275,7 +281,10 @@ class Farm:
 
 async def serve(args: argparse.Namespace) -> None:
     units = read_clip(args.clip) if args.clip else encode_clip(args.fps, args.mbps)
-    farm = Farm(Clip(units, args.fps))
+    offset = args.clock_offset
+    if offset is None:
+        offset = time.time() - time.monotonic()
+    farm = Farm(Clip(units, args.fps), offset)
     loop = asyncio.get_running_loop()
     if args.stats:
         loop.add_reader(sys.stdin.fileno(), farm.stats)
@@ -293,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbps", type=float, default=4.0)
     parser.add_argument("--clip", type=Path, help="an H.264 file of write_clip (else: encode)")
     parser.add_argument("--stats", action="store_true", help="answer 'stats' lines on stdin")
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        help="the cameras' clock: the monotonic clock plus this (default: the wall clock)",
+    )
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:

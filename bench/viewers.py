@@ -16,7 +16,9 @@ The spec (JSON, one line)::
                                            # without a token of their own)
      "duration": 10.0,                     # seconds counted after "go"
      "repeat": false,                      # request again when a response ends (nginx file)
-     "protocol": "mjpeg" | "ws"}           # ws: live.ws's fMP4 (bench._ws_viewer)
+     "protocol": "mjpeg" | "ws",           # ws: live.ws's fMP4 (bench._ws_viewer)
+     "clock_offset": 1.7e9 | null}         # ws: the cameras' clock is the monotonic one
+                                           # plus this (bench.rtspfarm --clock-offset)
 
 A viewer decodes HTTP/1.1 (chunked, Content-Length or close-delimited bodies) and the
 multipart parts by their Content-Length: it must cost far less than the server it
@@ -346,6 +348,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         (WsViewer, ws_request) if spec.get("protocol") == "ws" else (Viewer, _request)
     )
 
+    options: dict[str, Any] = {"repeat": bool(spec.get("repeat"))}
+    if kind is WsViewer:
+        options["clock_offset"] = spec.get("clock_offset")
+
     async def open_one(target: dict[str, Any]) -> None:
         request = make_request(target, target.get("token", spec.get("token")))
         if time.monotonic() > give_up:
@@ -354,7 +360,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             _, viewer = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: kind(request, totals, repeat=bool(spec.get("repeat"))),
+                    lambda: kind(request, totals, **options),
                     target["address"],
                     target["port"],
                     ssl=context,

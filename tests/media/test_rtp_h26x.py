@@ -246,9 +246,19 @@ def test_a_new_picture_size_mid_stream_makes_a_new_init_segment(
         assert (decoded.sizes, len(decoded.times), decoded.errors) == ({size}, len(run), "")
 
 
-@settings(
+# The fuzzers' settings: the clips fixture is made once for the module, not per example.
+_FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+def _flipped(data: st.DataObject, packet: bytes, start: int, end: int) -> bytes:
+    """``packet`` with one byte in ``start:end`` changed."""
+    at = data.draw(st.integers(start, end - 1))
+    return packet[:at] + bytes((packet[at] ^ data.draw(st.integers(1, 255)),)) + packet[at + 1 :]
+
+
+@_FUZZ
 @given(data=st.data())
 def test_random_and_mangled_packets_never_crash(
     clips: dict[str, Clip], data: st.DataObject
@@ -261,12 +271,7 @@ def test_random_and_mangled_packets_never_crash(
         if action == "keep":
             packets.append(packet)
         elif action == "flip":
-            at = data.draw(st.integers(12, len(packet) - 1))
-            packets.append(
-                packet[:at]
-                + bytes((packet[at] ^ data.draw(st.integers(1, 255)),))
-                + packet[at + 1 :]
-            )
+            packets.append(_flipped(data, packet, 12, len(packet)))
         elif action == "cut":
             packets.append(packet[: data.draw(st.integers(0, len(packet)))])
         elif action == "junk":
@@ -281,6 +286,64 @@ def test_random_and_mangled_packets_never_crash(
     for _ in range(5):
         nals = data.draw(st.lists(st.binary(min_size=1, max_size=64), max_size=5))
         framer.push(AccessUnit(data.draw(st.integers(0, 2**32 - 1)), nals), 1_800_000_000.0)
+
+
+@_FUZZ
+@given(data=st.data())
+def test_mangled_interleaved_packets_give_the_pictures_of_one_by_one(
+    clips: dict[str, Clip], data: st.DataObject
+) -> None:
+    # Given a stream's packets (runs of same-size middle fragments, as cameras send them)
+    # mangled in the header fields the interleaved reader checks a run at a time: lost,
+    # repeated, a byte of the first 20 changed (sequence, timestamp, marker, payload type,
+    # FU header...) or a packet on another channel
+    codec = data.draw(st.sampled_from(["H264", "H265"]))
+    real = packetize(codec, clips[codec][:8], first_timestamp=data.draw(st.sampled_from([0, WRAP])))
+    framed: list[bytes] = []
+    for packet in real:
+        action = data.draw(st.sampled_from(["keep"] * 6 + ["drop", "repeat", "flip", "channel"]))
+        head = b"$\x00" + len(packet).to_bytes(2, "big")
+        if action == "keep":
+            framed.append(head + packet)
+        elif action == "repeat":
+            framed += [head + packet, head + packet]
+        elif action == "flip":
+            framed.append(head + _flipped(data, packet, 0, min(len(packet), 20)))
+        elif action == "channel":
+            framed.append(b"$\x01" + head[2:] + packet)
+    one_by_one = RtpH26xDepacketizer(codec)
+    expected: list[AccessUnit] = []
+    for item in framed:
+        if item[1] == 0:
+            expected += one_by_one.feed(item[4:], 96) or []
+    # When the bytes come in reads of any size
+    stream = b"".join(framed)
+    read_size = data.draw(st.sampled_from([len(stream), 4096, 1500, 333]))
+    depacketizer = RtpH26xDepacketizer(codec)
+    got: list[AccessUnit] = []
+    left = b""
+    for at in range(0, len(stream), read_size):
+        chunk = left + stream[at : at + read_size]
+        pos = 0
+        while True:
+            units, pos = depacketizer.feed_interleaved(chunk, pos, len(chunk), 0, 96)
+            got += units
+            if len(chunk) - pos >= 4 and chunk[pos + 1] == 1:
+                length = int.from_bytes(chunk[pos + 2 : pos + 4], "big")
+                if len(chunk) - pos >= 4 + length:
+                    pos += 4 + length  # not for the depacketizer
+                    continue
+            break
+        left = chunk[pos:]
+    # Then the pictures, their damage and the counters are those of feeding one by one
+    assert [(u.timestamp, [bytes(n) for n in u.nals], u.damaged) for u in got] == [
+        (u.timestamp, [bytes(n) for n in u.nals], u.damaged) for u in expected
+    ]
+    assert (depacketizer.units, depacketizer.damaged, depacketizer.bad_packets) == (
+        one_by_one.units,
+        one_by_one.damaged,
+        one_by_one.bad_packets,
+    )
 
 
 async def test_a_recording_torn_by_a_crash_is_cut_back_to_its_last_whole_picture(

@@ -72,6 +72,23 @@ def is_delimiter(codec: str, kind: int) -> bool:
     return kind == (H264_AUD if codec == "H264" else H265_AUD)
 
 
+def nal_roles(codec: str) -> tuple[str | None, ...]:
+    """What a NAL unit is to a recorder, by the value of its first byte (its type is in
+    it): "vps", "sps" or "pps" (a parameter set), "delimiter", "key" (it starts a picture
+    that decodes on its own), or None (the rest of a picture). A table, so that the framer
+    looks each NAL unit up once instead of asking the functions above."""
+    roles: list[str | None] = []
+    for first in range(256):
+        kind = nal_type(codec, bytes((first,)))
+        role = parameter_set_kind(codec, kind)
+        if role is None and is_delimiter(codec, kind):
+            role = "delimiter"
+        elif role is None and is_keyframe_nal(codec, kind):
+            role = "key"
+        roles.append(role)
+    return tuple(roles)
+
+
 @dataclass(frozen=True)
 class StreamInfo:
     """What the SPS says: picture size, and the fields of the MP4 decoder configuration."""
