@@ -207,3 +207,6 @@ def test_encryption_comes_off_in_order_management_server_first(encrypted: LocalS
         return True
 
     eventually(back_to_plaintext, what="rs1 in plaintext, rs1 and fo1 heard from")
+    # (the management server switched as the one that was asked, not as one that follows
+    # a change made at another management server of the site)
+    assert "at another management server" not in encrypted.log_text("ms")

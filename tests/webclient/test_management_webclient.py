@@ -342,9 +342,23 @@ def test_an_rtsp_camera_is_added_and_shown_live(web: WebSite, console: ExpectedR
     page.click(f"#camera-grid li[data-camera={CAMERA}] figcaption a")
     wait_for_picture(page, f"img.single[data-camera={CAMERA}]")
     page.click("#playback-form button[type=submit]")
-    page.wait_for_function(
-        "() => { const i = document.getElementById('playback'); return !i.hidden && i.naturalWidth > 0; }"
-    )
+    try:
+        page.wait_for_function(
+            "() => { const i = document.getElementById('playback'); return !i.hidden && i.naturalWidth > 0; }"
+        )
+    except Exception:
+        import time as _t
+
+        info = page.evaluate(
+            "() => ({src: document.getElementById('playback').src, hidden: document.getElementById('playback').hidden, from: document.getElementById('playback-from').value, to: document.getElementById('playback-to').value, result: document.getElementById('playback-form').innerText, now: Date.now()})"
+        )
+        print("DIAG", info, _t.time())
+        import urllib.parse as _u
+
+        u = _u.urlsplit(info["src"])
+        st, hd, body = https_request(web, "rs1", "data", "GET", u.path + "?" + u.query, {}, None)
+        print("DIAG fetch", st, hd, len(body), body[:300])
+        raise
     assert CAMERA_PASSWORD not in page.content()
     shoot_and_check(web, page, "10-camera-playback")
     page.click("#back")

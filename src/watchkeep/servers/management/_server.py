@@ -64,6 +64,7 @@ class ManagementServer(ServerProcess):
         )
         self.peers = Peers(config, self.store, self._me)
         self._switching = asyncio.Lock()  # one switch of its own listener at a time
+        self._switch_due = False  # a switch this server announced itself, not yet begun
         self._signing_peer_turn = 0  # which other management server signs its renewals
         self.site = SiteView(config, self.store, self._me, self.peers.others)
         self.listener: Listener | None = None
@@ -269,6 +270,7 @@ class ManagementServer(ServerProcess):
 
     def _switch_listener_soon(self, changed_at: dt.datetime) -> None:
         # Switch after the answer that announced it has gone out over the old listener.
+        self._switch_due = True
         asyncio.get_running_loop().call_later(
             0.2, lambda: self.spawn(self._switch_listener(changed_at))
         )
@@ -283,7 +285,11 @@ class ManagementServer(ServerProcess):
                 want_tls = await asyncio.to_thread(lambda: self.encryption)
             except (StoreError, sa.exc.SQLAlchemyError):
                 continue  # the announcements say so, once a second
-            if self.listener is not None and want_tls != self.listener.tls:
+            if (
+                self.listener is not None
+                and want_tls != self.listener.tls
+                and not (self._switch_due or self._switching.locked())
+            ):
                 log.info(
                     "%s: management-server encryption turned %s at another management "
                     "server; following",
@@ -294,8 +300,9 @@ class ManagementServer(ServerProcess):
 
     async def _switch_listener(self, changed_at: dt.datetime) -> None:
         assert self.listener is not None
+        self._switch_due = False
         if self._switching.locked():
-            return  # the switch under way reads the setting again when it is done
+            return  # the following loop looks at the setting again when it is done
         async with self._switching:
             await self._switch_listener_now(changed_at)
 
