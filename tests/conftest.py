@@ -134,12 +134,17 @@ def open_sites(
     """``with open_sites(site_database, after_stop=check) as make:``: ``make(name, **LocalSite
     options)`` gives a site with its CA, its site in ``site_database`` (by default SQLite,
     or the run's `--site-database`); ``check`` sees every site made once all have stopped."""
+    # The PostgreSQL server is started before any site that may use it, so that it stops
+    # after every one of them (fixtures end in the reverse order of their start).
+    server: LocalPostgres | None = None
+    if request.config.getoption("--site-database") != "sqlite":
+        server = request.getfixturevalue("postgres")
 
     def database(kind: str | None) -> str | None:
         if (kind or request.config.getoption("--site-database")) != "postgresql":
             return None
-        server: LocalPostgres = request.getfixturevalue("postgres")
-        return server.create_database()
+        started: LocalPostgres = server or request.getfixturevalue("postgres")
+        return started.create_database()
 
     def open_for(
         kind: str | None = None, **kwargs: Any
