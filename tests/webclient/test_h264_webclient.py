@@ -9,7 +9,6 @@ an H.265 camera, viewed in real Chromium that trusts the site CA.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import os
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from webclient_support import (
     WebSite,
     admin_page,
     https_request,
+    local_time,
     off_the_loop,
     open_view,
     shoot_and_check,
@@ -85,11 +85,6 @@ def recorded_from(site: LocalSite, seconds: float) -> float:
 def not_blank(png: bytes) -> bool:
     """Whether a screenshot shows a picture (colour bars), not one flat colour."""
     return ImageStat.Stat(Image.open(io.BytesIO(png)).convert("L")).stddev[0] > 20
-
-
-def local_time(moment: float) -> str:
-    """``moment`` as a datetime-local input's value, in the browser's (and this) time zone."""
-    return dt.datetime.fromtimestamp(moment).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def test_the_policy_allows_the_recording_servers_video_and_nothing_more(web: WebSite) -> None:

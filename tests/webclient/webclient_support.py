@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
 import http.client
 import http.server
 import json
@@ -94,6 +95,11 @@ def log_in(page: Page, user: str, password: str) -> None:
 def open_view(page: Page, view: str) -> None:
     page.click(f"#nav-{view}")
     page.wait_for_selector(f"#view[data-view={view}][data-ready=true]")
+
+
+def local_time(moment: float) -> str:
+    """``moment`` as a datetime-local input's value, in the browser's (and this) time zone."""
+    return dt.datetime.fromtimestamp(moment).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def wait_for_picture(page: Page, selector: str, timeout: float = 30_000) -> None:

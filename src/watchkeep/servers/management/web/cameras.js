@@ -176,6 +176,22 @@ function cameraControls(camera, servers, context) {
     result);
 }
 
+// Whether the stream at url ends before its first byte (a playback of a range with nothing
+// recorded); false when that cannot be told (the picture itself then shows what comes).
+async function endsAtOnce(url) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(url, {signal: controller.signal, cache: "no-store"});
+    if (!response.ok || response.body === null) return false;
+    const {done} = await response.body.getReader().read();
+    return done;
+  } catch {
+    return false;
+  } finally {
+    controller.abort();
+  }
+}
+
 function single(container, camera, context) {
   leave();
   clear(container);
@@ -188,6 +204,9 @@ function single(container, camera, context) {
   const playback = h("img", {alt: `playback of ${camera.name}`, id: "playback", hidden: true});
   const recorded = h("div", {id: "playback-video", class: "live single"});
   const result = h("div", {});
+  // Until the user picks a range, Play plays the minute before it is pressed.
+  let picked = false;
+  for (const input of [from, to]) input.addEventListener("input", () => { picked = true; });
   const form = h("form", {id: "playback-form", "aria-labelledby": "playback-title"},
     h("h3", {id: "playback-title"}, "Playback"),
     h("p", {}, h("label", {for: "playback-from"}, "From (local time)"), from),
@@ -201,6 +220,11 @@ function single(container, camera, context) {
     players = [];
     recorded.replaceChildren();
     playback.hidden = true;
+    if (!picked) {
+      const now = new Date();
+      from.value = local(new Date(now - 60000));
+      to.value = local(new Date(now.getTime() + 1000));  // the second under way included
+    }
     const start = new Date(from.value), end = new Date(to.value);
     try {
       const grant = await post(`${cameraPath(camera.name)}/stream-token`);
@@ -217,7 +241,14 @@ function single(container, camera, context) {
         if (player !== null) players.push(player);
         return;
       }
-      playback.src = dataUrl(grant, scheme, `${cameraPath(camera.name)}/playback.mjpeg?from=${start / 1000}&to=${end / 1000}&token=${encodeURIComponent(grant.token)}`);
+      const url = dataUrl(grant, scheme, `${cameraPath(camera.name)}/playback.mjpeg?from=${start / 1000}&to=${end / 1000}&token=${encodeURIComponent(grant.token)}`);
+      if (await endsAtOnce(url)) {
+        // (an image whose stream ends before its first picture shows nothing, and says nothing)
+        result.replaceChildren(words(`Nothing of ${camera.name} was recorded from ` +
+          `${from.value.replace("T", " ")} to ${to.value.replace("T", " ")} (local time).`));
+        return;
+      }
+      playback.src = url;
       playback.hidden = false;
     } catch (error) {
       result.replaceChildren(problemBlock(error));
