@@ -99,6 +99,39 @@ def test_a_heartbeat_that_has_the_configuration_gets_only_its_digest_back(
     assert re.fullmatch("[0-9a-f]{64}", stale["config_digest"])
 
 
+def test_a_recording_server_is_told_the_management_servers_and_not_the_rest_of_the_site(
+    encrypted: LocalSite,
+) -> None:
+    # Given what fo1 is told, in full
+    fo1, rs1 = encrypted.servers["fo1"], encrypted.servers["rs1"]
+    body = ready_body(encrypted, fo1)
+    before = heartbeat(encrypted, "fo1", body, identity=identity_of(fo1))
+    # Then it names the management server alone of the site's servers, and no camera
+    assert set(before["site"]) == {encrypted.management.name}
+    assert "site_cameras" not in before
+
+    # When a camera is added to rs1, which rs1 is told
+    added = encrypted.api(
+        "POST",
+        "/api/v1/cameras",
+        {"name": "elsewhere", "recording_server": "rs1",
+         "source": {"kind": "synthetic", "width": 160, "height": 90, "fps": 1.0}},
+    )  # fmt: skip
+    try:
+        told_rs1 = heartbeat(
+            encrypted, "rs1", ready_body(encrypted, rs1), identity=identity_of(rs1)
+        )
+        assert "elsewhere" in [c["name"] for c in told_rs1["cameras"]]
+        # Then what fo1 is told is the same: the same digest, even to a server that sends
+        # none (after a restart)
+        again = heartbeat(
+            encrypted, "fo1", {**body, "config_digest": "0" * 64}, identity=identity_of(fo1)
+        )
+        assert again["config_digest"] == before["config_digest"]
+    finally:
+        encrypted.api("DELETE", f"/api/v1/cameras/{added['name']}")
+
+
 def test_rs1_runs_the_configuration_whose_digest_the_management_server_hands_out(
     encrypted: LocalSite,
 ) -> None:

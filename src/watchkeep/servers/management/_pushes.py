@@ -22,7 +22,7 @@ from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._renewal import install_trust_payload, trust_payload
 from watchkeep.servers.management._sessions import Sessions
 from watchkeep.servers.management._site import SiteView
-from watchkeep.site import Server
+from watchkeep.site import Server, ServerRole
 from watchkeep.tls import Endpoint
 
 __all__ = ["ConfigPushes", "SiteSnapshot"]
@@ -94,26 +94,40 @@ class ConfigPushes:
             "token_revocations": self.sessions.revocations().as_json(),
             "trust": trust,
         }
+        site_map = {
+            s.name: {
+                "role": s.role.value,
+                "host": s.host,
+                "address": s.address,
+                "ports": s.ports,
+                "encryption": s.encryption,
+            }
+            for s in everyone
+        }
         common = {
             **security,
             "site_cameras": [
                 {"name": c.name, "recording_server": c.served_by} for c in all_cameras
             ],
+            "site": site_map,
+        }
+        # A recording (or failover) server needs the management servers of the site map,
+        # never the other recording servers nor their cameras: what it is told does not
+        # grow with the site, and a camera added elsewhere changes nothing it is told.
+        recorders = {
+            **security,
             "site": {
-                s.name: {
-                    "role": s.role.value,
-                    "host": s.host,
-                    "address": s.address,
-                    "ports": s.ports,
-                    "encryption": s.encryption,
-                }
-                for s in everyone
+                name: info
+                for name, info in site_map.items()
+                if info["role"] == ServerRole.MANAGEMENT.value
             },
         }
         common_json = json.dumps(common, sort_keys=True, separators=(",", ":"))
+        recorders_json = json.dumps(recorders, sort_keys=True, separators=(",", ":"))
         self._snapshot = SiteSnapshot(
             key, now, changes, {s.name: s for s in everyone}, common, common_json,
-            hashlib.sha256(common_json.encode()).hexdigest(), _digest(security), cameras_of,
+            hashlib.sha256(common_json.encode()).hexdigest(), recorders_json,
+            hashlib.sha256(recorders_json.encode()).hexdigest(), _digest(security), cameras_of,
         )  # fmt: skip
         return self._snapshot
 
@@ -135,12 +149,13 @@ class ConfigPushes:
             return cached[1]
         own = snapshot.own(server)
         own_json = json.dumps(own, sort_keys=True, separators=(",", ":"))
+        common_json, common_digest = snapshot.common_for(server)
         # A server that sends this digest back has all of it (see Registration.heartbeat).
         digest = hashlib.sha256(
-            (snapshot.common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
+            (common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
         ).hexdigest()
         answer = Answer(digest, hashlib.sha256(own_json.encode()).hexdigest(),
-                        snapshot.security_digest, snapshot.common_json, own_json)  # fmt: skip
+                        snapshot.security_digest, common_json, own_json)  # fmt: skip
         if len(self._answers) >= 100_000:
             self._answers.clear()
         self._answers[server.name] = (key, answer)
@@ -302,11 +317,19 @@ class SiteSnapshot:
     built: float  # time.monotonic() when it was built or last found current
     changes: int  # SiteStore.changes then
     servers: dict[str, Server]  # by name, as of the version (their online state is not)
-    common: dict[str, Any]  # what every server is told
+    common: dict[str, Any]  # what every server is told (a mobile server: all of it)
     common_json: str  # the same, encoded
     common_digest: str
+    recorders_json: str  # what a recording server is told of it (the management servers)
+    recorders_digest: str
     security_digest: str  # of what every server must hear at once
     cameras_of: dict[str, list[dict[str, Any]]]  # server -> the cameras it records
+
+    def common_for(self, server: Server) -> tuple[str, str]:
+        """The part ``server`` is told with every server of its kind: JSON, and digest."""
+        if server.role.records:
+            return self.recorders_json, self.recorders_digest
+        return self.common_json, self.common_digest
 
     def own(self, server: Server) -> dict[str, Any]:
         """What only ``server`` is told."""
