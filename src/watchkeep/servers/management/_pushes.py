@@ -245,9 +245,8 @@ class ConfigPushes:
         """One push to every online recording server whose own part of the configuration
         changed (its cameras, encryption, covering), or to every one when what all must
         hear at once changed (revoked tokens, the token key, encryption, trust); False
-        when there is nobody to tell. The others learn the rest (the site map, cameras
-        elsewhere) from the answer to their next heartbeat: one camera added to a site of
-        a thousand recording servers is pushed to one."""
+        when there is nobody to tell (a recording server is told nothing of the others:
+        one camera added to a site of a thousand recording servers is pushed to one)."""
         snapshot = self.snapshot()
         everyone = self.site.servers()  # who is online now
         security_changed = snapshot.security_digest != self._told_security
