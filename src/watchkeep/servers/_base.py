@@ -31,6 +31,7 @@ from watchkeep.servers._expiry import (
     inventory_certificates,
     metrics_text,
 )
+from watchkeep.servers._gc import keep_collections_short
 from watchkeep.servers._renewal import SelfRenewal
 from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
@@ -453,6 +454,7 @@ class ServerProcess(abc.ABC):
         self.spawn(self._reload_loop())
         self.spawn(self._expiry_loop())
         self.spawn(self._renewal_loop())
+        self.spawn(keep_collections_short())
         log.info("%s: %s server ready", self.config.name, self.config.role.value)
         try:
             await self.stopping.wait()
