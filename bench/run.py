@@ -569,7 +569,12 @@ def capacity_step(
 def start_py_spy(
     pid: int, seconds: float, out_dir: Path, cameras: int | str
 ) -> subprocess.Popen[str]:
-    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit(
+            "bench: --profile needs py-spy, which is not installed; fix: "
+            ".venv/bin/pip install -e '.[bench]' (bash scripts/bench.sh installs it)"
+        )
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
          "--nonblocking", "--format", "raw", "--output", str(out_dir / f"profile-{cameras}.raw")],
