@@ -146,9 +146,10 @@ class LinkedServer(ServerProcess):
         """Every management server of the site, by the site map (they may be several)."""
         return {str(n) for n, info in self.site.items() if info.get("role") == "management"}
 
-    def _management_endpoint(self, tls: bool) -> Endpoint:
-        """The management server the heartbeats go to now."""
-        host, address, port = self.link.addresses()[self._ms % len(self.link.addresses())]
+    def _management_endpoint(self, tls: bool, index: int | None = None) -> Endpoint:
+        """The management server the heartbeats go to now (or link.addresses()[index])."""
+        addresses = self.link.addresses()
+        host, address, port = addresses[(self._ms if index is None else index) % len(addresses)]
         name = next(
             (
                 str(n)
@@ -159,12 +160,20 @@ class LinkedServer(ServerProcess):
         )
         return Endpoint(name, host, address, port, tls)
 
-    def _next_management(self, why: str) -> bool:
-        """Turn to the site's next management server, when it has another one."""
-        if len(self.link.addresses()) < 2:
+    def _next_management(self, why: str, failed: int) -> bool:
+        """Turn from management server ``failed`` (an index into link.addresses(), as
+        ``self._ms`` was when the call began) to the site's next one, when it has another.
+
+        The heartbeats and the calls relayed for users fail over concurrently: each turns
+        only from the server it found dead, or two of them would turn twice and, with two
+        management servers, back to the dead one."""
+        count = len(self.link.addresses())
+        if count < 2:
             return False
+        if failed % count != self._ms % count:
+            return True  # another caller turned already
         gone = self._management_endpoint(False).host
-        self._ms = (self._ms + 1) % len(self.link.addresses())
+        self._ms = (self._ms + 1) % count
         log.warning(
             "%s: management server %s does not answer (%s); turning to %s",
             self.config.name,
@@ -346,6 +355,7 @@ class LinkedServer(ServerProcess):
 
     async def heartbeat_once(self, session: Any) -> None:
         tls = self.ms_encryption
+        asked = self._ms
         endpoint = self._management_endpoint(tls)
         # Every server proves who it is on the encrypted management link.
         context = self.client_ssl_context(present_certificate=self.tls is not None) if tls else None
@@ -385,7 +395,7 @@ class LinkedServer(ServerProcess):
             )
             return
         except ConnectionFailed as exc:
-            if not self._next_management(str(exc)):
+            if not self._next_management(str(exc), asked):
                 self._refused(str(exc))
             return
         except ApiError as exc:

@@ -116,15 +116,18 @@ class MobileServer(LinkedServer):
         one that does not answer is passed over for the site's next (every one of them
         honours the others' tokens), each tried once."""
         assert self.session is not None
-        for attempt in range(len(self.link.addresses())):
-            endpoint = self._management_endpoint(self.ms_encryption)
+        count = len(self.link.addresses())
+        first = self._ms
+        for attempt in range(count):
+            index = (first + attempt) % count
+            endpoint = self._management_endpoint(self.ms_encryption, index)
             context = self.client_ssl_context(present_certificate=False) if endpoint.tls else None
             try:
                 return await call_json(
                     self.session, endpoint, method, path, ssl_context=context, **kwargs
                 )
             except ConnectionFailed as exc:
-                if attempt + 1 == len(self.link.addresses()) or not self._next_management(str(exc)):
+                if attempt + 1 == count or not self._next_management(str(exc), index):
                     raise
         raise AssertionError("unreachable: the last attempt raises")
 
