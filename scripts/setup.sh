@@ -36,7 +36,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.watchkeep-installed
-want="$(cat pyproject.toml requirements/lock.txt | sha256sum | cut -d' ' -f1) $extras"
+# The compiled part (setup.py) is built by the install: a change to its source installs again.
+want="$(cat pyproject.toml setup.py src/watchkeep/media/*.c requirements/lock.txt | sha256sum | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
     .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements/lock.txt -e ".[${extras}]"

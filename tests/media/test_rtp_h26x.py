@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,23 @@ from hypothesis import strategies as st
 
 from watchkeep.media import Frame, Recorder
 from watchkeep.media._h26x import ParameterSets, nal_type
-from watchkeep.media._rtp_h26x import AccessUnit, H26xFramer, RtpH26xDepacketizer, sender_report
+from watchkeep.media._rtp_h26x import (
+    NATIVE,
+    AccessUnit,
+    H26xDepacketizer,
+    H26xFramer,
+    PyH26xDepacketizer,
+    new_depacketizer,
+    sender_report,
+)
 from watchkeep.media._rtp_jpeg import parse_rtp
 from watchkeep.media._rtsp_camera import parse_sdp
 
 Clip = list[list[bytes]]  # access units, each a list of NAL units
+# The depacketizers: the C one (where built) and the Python one, its reference.
+IMPLEMENTATIONS: list[Callable[[str], H26xDepacketizer]] = [PyH26xDepacketizer]
+if NATIVE:
+    IMPLEMENTATIONS.append(new_depacketizer)
 MTU = 600
 WRAP = (1 << 32) - 5 * 3600  # five pictures before the RTP timestamp wraps
 
@@ -116,7 +128,7 @@ class Receiver:
 
     def __init__(self, codec: str, sprop: ParameterSets | None = None) -> None:
         self.codec = codec
-        self.depacketizer = RtpH26xDepacketizer(codec)
+        self.depacketizer = new_depacketizer(codec)
         counter = iter(range(1 << 30))
         self.framer = H26xFramer(
             "cam", codec, sprop or ParameterSets(codec, None, None, None), lambda: next(counter)
@@ -311,7 +323,7 @@ def test_mangled_interleaved_packets_give_the_pictures_of_one_by_one(
             framed.append(head + _flipped(data, packet, 0, min(len(packet), 20)))
         elif action == "channel":
             framed.append(b"$\x01" + head[2:] + packet)
-    one_by_one = RtpH26xDepacketizer(codec)
+    one_by_one = PyH26xDepacketizer(codec)
     expected: list[AccessUnit] = []
     for item in framed:
         if item[1] == 0:
@@ -319,7 +331,7 @@ def test_mangled_interleaved_packets_give_the_pictures_of_one_by_one(
     # When the bytes come in reads of any size
     stream = b"".join(framed)
     read_size = data.draw(st.sampled_from([len(stream), 4096, 1500, 333]))
-    depacketizer = RtpH26xDepacketizer(codec)
+    depacketizer = data.draw(st.sampled_from(IMPLEMENTATIONS))(codec)
     got: list[AccessUnit] = []
     left = b""
     for at in range(0, len(stream), read_size):
@@ -475,22 +487,119 @@ def test_a_sender_report_puts_the_pictures_on_the_cameras_clock(clips: dict[str,
     )
 
 
+def test_the_per_packet_work_runs_in_c() -> None:
+    assert NATIVE, (
+        "watchkeep.media._rtp_native was not built (pip install -e . compiles it with the "
+        "machine's C compiler); the recording server runs its per-packet work in Python, "
+        "slower; fix: install gcc and the Python headers, then bash scripts/setup.sh"
+    )
+
+
+def _outcome(units: list[AccessUnit] | None) -> list[tuple[int, list[bytes], bool]] | None:
+    if units is None:
+        return None
+    return [(u.timestamp, [bytes(n) for n in u.nals], u.damaged) for u in units]
+
+
+def _state(depacketizer: H26xDepacketizer) -> tuple[int, int, int, str | None]:
+    d = depacketizer
+    return (d.units, d.damaged, d.bad_packets, d.last_problem)
+
+
+# First payload bytes of every packetization of both codecs, well formed or not.
+_PAYLOAD_HEADS = [0x65, 0x41, 0x67, 0x18, 0x1C, 0x19, 0x1D, 0x1A, 0x1B, 0x1E, 0x00, 0x26,
+                  0x02, 0x40, 0x60, 0x62, 0x64, 0x66, 0x7E]  # fmt: skip
+
+
+@pytest.mark.skipif(not NATIVE, reason="the C depacketizer was not built")
+@_FUZZ
+@given(data=st.data())
+def test_the_c_depacketizer_does_what_the_python_one_does(
+    clips: dict[str, Clip], data: st.DataObject
+) -> None:
+    # Given a real stream's packets lost, repeated, mangled, cut, replaced by random
+    # payloads of every packetization, fed one at a time (as bytes or parsed)
+    codec = data.draw(st.sampled_from(["H264", "H265"]))
+    real = packetize(
+        codec, clips[codec][:12], first_timestamp=data.draw(st.sampled_from([0, WRAP]))
+    )
+    packets: list[bytes] = []
+    for packet in real:
+        action = data.draw(
+            st.sampled_from(["keep"] * 5 + ["drop", "repeat", "head", "flip", "cut", "typed"])
+        )
+        if action == "keep":
+            packets.append(packet)
+        elif action == "repeat":
+            packets += [packet, packet]
+        elif action == "head":
+            packets.append(_flipped(data, packet, 0, min(len(packet), 16)))
+        elif action == "flip":
+            packets.append(_flipped(data, packet, 0, len(packet)))
+        elif action == "cut":
+            packets.append(packet[: data.draw(st.integers(0, len(packet)))])
+        elif action == "typed":
+            head = data.draw(st.sampled_from(_PAYLOAD_HEADS))
+            packets.append(packet[:12] + bytes((head,)) + data.draw(st.binary(max_size=80)))
+    python, c = PyH26xDepacketizer(codec), new_depacketizer(codec)
+    for packet in packets:
+        # When each is given the same packet, Then each says the same: the pictures it
+        # completes, their damage, the counters and the problem named
+        if data.draw(st.booleans()):
+            assert _outcome(c.feed(packet, 96)) == _outcome(python.feed(packet, 96))
+        else:
+            parsed = parse_rtp(packet)
+            if parsed is None:
+                continue
+            assert _outcome(c.push(parsed)) == _outcome(python.push(parsed))
+        assert _state(c) == _state(python)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda i: i.__name__)
+@pytest.mark.parametrize("codec", ["H264", "H265"])
+def test_a_picture_over_32_mib_is_refused_whole(
+    codec: str, implementation: Callable[[str], H26xDepacketizer]
+) -> None:
+    # Given a camera sending one NAL unit of 33 MiB in fragments, then a small picture
+    depacketizer = implementation(codec)
+    nal = (b"\x65" if codec == "H264" else b"\x26\x01") + bytes(33 << 20)
+    fragments = _fragments(codec, nal)
+    single = b"\x41\x9a" if codec == "H264" else b"\x02\x01\xd0"
+    packets = [
+        struct.pack("!BBHII", 0x80, 0x80 * (payload is fragments[-1]) | 96, i & 0xFFFF, 0, 7)
+        + payload
+        for i, payload in enumerate(fragments)
+    ]
+    packets.append(
+        struct.pack("!BBHII", 0x80, 0x80 | 96, len(fragments) & 0xFFFF, 3600, 7) + single
+    )
+    units = [u for p in packets for u in depacketizer.feed(p, 96) or []]
+    # Then the big one comes out damaged, with no NAL unit, and the next picture whole
+    assert [(u.timestamp, len(u.nals), u.damaged) for u in units] == [
+        (0, 0, True),
+        (3600, 1, False),
+    ]
+    assert depacketizer.last_problem == "a picture over 32 MiB"
+    assert depacketizer.bad_packets == 1  # the rest of its fragments have lost their start
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda i: i.__name__)
 @pytest.mark.parametrize("codec", ["H264", "H265"])
 def test_packets_interleaved_in_reads_of_any_size_give_the_same_pictures(
-    clips: dict[str, Clip], codec: str
+    clips: dict[str, Clip], codec: str, implementation: Callable[[str], H26xDepacketizer]
 ) -> None:
     # Given a stream's packets interleaved as on an RTSP connection (channel 0), an RTCP
     # packet on channel 1 every 7 packets, one packet lost, and the bytes cut into reads
     packets = packetize(codec, clips[codec])
     del packets[40]
-    one_by_one = RtpH26xDepacketizer(codec)
+    one_by_one = PyH26xDepacketizer(codec)
     expected = [u for p in packets for u in one_by_one.feed(p, 96) or []]
     stream = b"".join(
         b"$\x00" + len(p).to_bytes(2, "big") + p + (b"$\x01\x00\x04\x81\xc9\x00\x00" * (i % 7 == 0))
         for i, p in enumerate(packets)
     )
     for read_size in (1, 97, 1500, 65536):
-        depacketizer = RtpH26xDepacketizer(codec)
+        depacketizer = implementation(codec)
         got: list[AccessUnit] = []
         left = b""
         for at in range(0, len(stream), read_size):

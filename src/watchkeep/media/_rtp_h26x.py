@@ -1,10 +1,12 @@
 """H.264 over RTP (RFC 6184) and H.265 over RTP (RFC 7798): RTP packets in, recorded
 pictures out (no I/O, nothing decoded).
 
-:class:`RtpH26xDepacketizer` rebuilds access units (the NAL units of one picture) from
+:func:`new_depacketizer` rebuilds access units (the NAL units of one picture) from
 single-NAL, aggregation (STAP-A, AP) and fragmentation (FU-A, FU) packets. Packets of one
 picture share an RTP timestamp; the last has the marker bit. An access unit with a missing
-packet is returned marked damaged.
+packet is returned marked damaged. It is the C implementation (``_rtp_native.c``, the
+per-packet work off the Python path) where it was built, and :class:`PyH26xDepacketizer`,
+which does the same in Python, where it was not (or with ``WATCHKEEP_PURE_PYTHON=1``).
 
 :class:`H26xFramer` turns access units into :class:`Frame` objects ready for every use:
 the picture as an MP4 sample (each NAL unit behind its 4-byte length), its fragment header
@@ -24,15 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
 from watchkeep.media._fmp4 import TIMESCALE, InitSegment, fragment_header, init_segment
 from watchkeep.media._frame import Frame
 from watchkeep.media._h26x import BitstreamError, ParameterSets, nal_roles, parse_sps
 from watchkeep.media._rtp_jpeg import RtpPacket
 
-__all__ = ["AccessUnit", "H26xFramer", "RtpH26xDepacketizer", "sender_report"]
+__all__ = [
+    "NATIVE",
+    "AccessUnit",
+    "H26xDepacketizer",
+    "H26xFramer",
+    "PyH26xDepacketizer",
+    "new_depacketizer",
+    "sender_report",
+]
 
 log = logging.getLogger("watchkeep.media")
 
@@ -52,8 +64,37 @@ class AccessUnit:
     damaged: bool = False
 
 
-class RtpH26xDepacketizer:
-    """Rebuild the access units of one H.264 or H.265 RTP stream, in arrival order.
+class H26xDepacketizer(Protocol):
+    """What rebuilds the access units of one H.264 or H.265 RTP stream (either
+    implementation; :class:`PyH26xDepacketizer` documents each method)."""
+
+    @property
+    def codec(self) -> str: ...
+    @property
+    def units(self) -> int: ...
+    @property
+    def damaged(self) -> int: ...
+    @property
+    def bad_packets(self) -> int: ...
+    @property
+    def last_problem(self) -> str | None: ...
+    def push(self, packet: RtpPacket) -> list[AccessUnit]: ...
+    def feed(self, data: bytes | memoryview, payload_type: int) -> list[AccessUnit] | None: ...
+    def feed_interleaved(
+        self, data: bytes, pos: int, end: int, channel: int, payload_type: int
+    ) -> tuple[list[AccessUnit], int]: ...
+
+
+def new_depacketizer(codec: str) -> H26xDepacketizer:
+    """The depacketizer of one stream: in C where it was built (:data:`NATIVE`)."""
+    if _Native is not None and not os.environ.get("WATCHKEEP_PURE_PYTHON"):
+        return _Native(codec, AccessUnit)
+    return PyH26xDepacketizer(codec)
+
+
+class PyH26xDepacketizer:
+    """Rebuild the access units of one H.264 or H.265 RTP stream, in arrival order: the
+    reference of ``_rtp_native.c``, which does the same step for step.
 
     Counters: :attr:`units`, :attr:`damaged` (returned marked damaged), :attr:`bad_packets`.
     Interleaved packetization (STAP-B, MTAP, FU-B, DONL) is not supported: its packets
@@ -330,6 +371,15 @@ class RtpH26xDepacketizer:
 
 class _BadPacket(Exception):
     pass
+
+
+try:
+    from watchkeep.media._rtp_native import Depacketizer as _Native
+except ImportError:  # not built (no C compiler where it was installed)
+    _Native = None  # type: ignore[assignment,misc]
+
+#: Whether the per-packet work runs in C (the extension was built).
+NATIVE = _Native is not None
 
 
 def sender_report(packet: bytes | memoryview) -> tuple[int, float] | None:

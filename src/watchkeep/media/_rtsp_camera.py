@@ -38,8 +38,9 @@ from watchkeep.media._network_camera import (
 )
 from watchkeep.media._rtp_h26x import (
     AccessUnit,
+    H26xDepacketizer,
     H26xFramer,
-    RtpH26xDepacketizer,
+    new_depacketizer,
     sender_report,
 )
 from watchkeep.media._rtp_jpeg import RtpJpegDepacketizer, parse_rtp
@@ -220,7 +221,7 @@ class _Session(CameraStream):
         self._sdp: SdpVideo | None = None
         self._channel = 0
         self._depacketizer: RtpJpegDepacketizer | None = None
-        self._h26x: RtpH26xDepacketizer | None = None
+        self._h26x: H26xDepacketizer | None = None
         self._framer: H26xFramer | None = None
         self._picture_timestamp: int | None = None
         self._picture_arrival = 0.0
@@ -412,7 +413,7 @@ class _Session(CameraStream):
         else:
             assert sdp.codec is not None
             camera = self._rtsp
-            self._h26x = RtpH26xDepacketizer(sdp.codec)
+            self._h26x = new_depacketizer(sdp.codec)
             self._framer = H26xFramer(
                 camera.name, sdp.codec, sdp.parameter_sets(), camera._next_sequence, sdp.clock_rate
             )
