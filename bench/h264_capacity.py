@@ -164,7 +164,15 @@ def search(
                 cams = bench.rs_status()["cameras"]
                 return len(cams) >= n and all(c["frames"] > 0 for c in cams)
 
-            eventually(all_running, f"{step} H.264 cameras running on rs1", timeout=180)
+            try:
+                eventually(all_running, f"{step} H.264 cameras running on rs1", timeout=180)
+            except SiteNotReady as exc:
+                # rs1 overloaded past answering (its control link times out): a step that
+                # fails for every mode still going, with the reason; the search ends here.
+                log(f"h264: {exc}")
+                for m in going:
+                    found[m]["stopped"] = f"at {step} cameras: {exc}"
+                return found
             time.sleep(sizes.settle + 0.01 * len(calls))  # the last configuration pushes land
             for mode in going if index % 2 == 0 else going[::-1]:
                 encrypted = mode == "encrypted"
@@ -207,7 +215,10 @@ def search(
         bench.api_many(
             [("DELETE", f"/api/v1/cameras/{camera_name(i)}", None) for i in range(added)]
         )
-        eventually(lambda: not bench.rs_status()["cameras"], "cameras removed from rs1", 120)
+        try:
+            eventually(lambda: not bench.rs_status()["cameras"], "cameras removed from rs1", 120)
+        except SiteNotReady as exc:
+            log(f"h264: {exc} (the site is stopped with the run)")
     return found
 
 
