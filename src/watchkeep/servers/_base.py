@@ -445,11 +445,33 @@ class ServerProcess(abc.ABC):
     async def shutdown(self) -> None:
         """Release what start() took; called once, after stopping is set."""
 
+    def log_tasks(self) -> None:
+        """What each of the server's tasks awaits now, in its log (``kill -USR1 PID``): for
+        a server that runs but does not do what it should."""
+        tasks = asyncio.all_tasks()
+        lines = [f"{self.config.name}: {len(tasks)} tasks (SIGUSR1)"]
+        for task in tasks:
+            chain: list[str] = []
+            awaited: Any = task.get_coro()
+            while awaited is not None and len(chain) < 30:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is None:
+                    chain.append(type(awaited).__name__)
+                    break
+                code = frame.f_code
+                chain.append(f"{code.co_name} ({Path(code.co_filename).name}:{frame.f_lineno})")
+                awaited = getattr(awaited, "cr_await", None) or getattr(
+                    awaited, "gi_yieldfrom", None
+                )
+            lines.append(f"  {task.get_name()}: {' -> '.join(chain)}")
+        log.warning("\n".join(lines))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_now)
+        loop.add_signal_handler(signal.SIGUSR1, self.log_tasks)
         await self.start()
         self.spawn(self._reload_loop())
         self.spawn(self._expiry_loop())

@@ -5,7 +5,6 @@ hub feeds live viewers (MJPEG and WebSocket) and the recorder; playback reads re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import gc
 import json
@@ -46,6 +45,7 @@ __all__ = ["CameraService"]
 log = logging.getLogger("watchkeep.recording")
 
 MAX_PLAYBACK_SPAN = 24 * 3600.0
+CAMERA_STOP_TIMEOUT = 5.0  # seconds a stopped camera has to end its connection and tasks
 # H.264/H.265 pictures kept for new viewers (from the last keyframe), at most: one keyframe
 # interval per camera (about 0.5 MB at 4 Mbit/s and a keyframe a second).
 _MAX_GOP = 600
@@ -212,10 +212,25 @@ class CameraService:
     async def _stop(self, name: str) -> None:
         camera = self.cameras.pop(name)
         camera.hub.close()
-        if camera.task is not None:
-            camera.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await camera.task
+        task = camera.task
+        if task is None:
+            return
+        task.cancel()
+        # Bounded: this runs under the server's configuration lock, and a camera that never
+        # finished stopping held it for good (seen under load: every later configuration,
+        # heartbeats' included, waited behind it, so cameras added afterwards never started
+        # and removed ones never stopped).
+        done, _ = await asyncio.wait({task}, timeout=CAMERA_STOP_TIMEOUT)
+        if not done:
+            log.error(
+                "%s: camera %s did not stop within %g s; left to end on its own: %r",
+                self.server,
+                name,
+                CAMERA_STOP_TIMEOUT,
+                task,
+            )
+        elif not task.cancelled():
+            task.exception()  # retrieved: it was stopped, whatever it raised
 
     async def close(self) -> None:
         for name in list(self.cameras):
