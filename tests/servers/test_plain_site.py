@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import signal
 import ssl
 import urllib.request
 from pathlib import Path
@@ -208,3 +209,16 @@ def test_users_are_managed_from_the_command_line(plain_site: LocalSite, tmp_path
     ran = plain_site.cli("user", "add", "x", "--password-file", str(tmp_path / "missing"))
     assert ran.returncode == 2, ran
     assert "cannot read the password file" in ran.stderr, ran.stderr
+
+
+def test_a_server_logs_what_each_of_its_tasks_awaits_on_sigusr1(plain_site: LocalSite) -> None:
+    # Given a running recording server
+    process = plain_site.servers["rs1"].process
+    assert process is not None
+    # When it is sent SIGUSR1
+    process.send_signal(signal.SIGUSR1)
+    # Then its log lists its tasks, the heartbeat loop among them, each with where it waits
+    eventually(lambda: "tasks (SIGUSR1)" in plain_site.log_text("rs1"), what="the task list")
+    listed = plain_site.log_text("rs1").split("tasks (SIGUSR1)")[-1]
+    assert "heartbeat_loop (_linked.py:" in listed
+    assert process.poll() is None  # and it goes on running
