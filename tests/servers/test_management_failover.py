@@ -1,11 +1,13 @@
 """Turning from a management server that does not answer to the site's next one, as the
-heartbeats and the calls a mobile server relays for users do at the same time."""
+heartbeats and the calls a mobile server relays for users do at the same time; and which of
+two configurations from the management servers is the older."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from watchkeep.servers._config import ManagementLink
+from watchkeep.servers._linked import config_order, superseded
 from watchkeep.servers.mobile import MobileServer
 
 
@@ -46,3 +48,15 @@ def test_a_site_of_one_management_server_has_none_to_turn_to() -> None:
     server.link = ManagementLink("ms1.site.test", "127.0.0.2", 9000, None)
     server._ms = 0
     assert not server._next_management("connection refused", 0)
+
+
+def test_only_a_configuration_of_the_same_process_can_be_older() -> None:
+    assert config_order({"config_order": ["a1", 7]}) == ("a1", 7)
+    for bad in (None, ["a1"], ["a1", "7"], [1, 7], ["a1", True], "a1:7"):
+        assert config_order({"config_order": bad}) is None
+    assert superseded(("a1", 6), ("a1", 7))
+    assert not superseded(("a1", 7), ("a1", 7))  # the same snapshot: taken again
+    assert not superseded(("a1", 8), ("a1", 7))
+    assert not superseded(("b2", 1), ("a1", 7))  # another management server, or a restart
+    assert not superseded(None, ("a1", 7))
+    assert not superseded(("a1", 1), None)

@@ -170,6 +170,39 @@ def test_rs1_runs_the_configuration_whose_digest_the_management_server_hands_out
         encrypted.api("DELETE", "/api/v1/cameras/digest-cam")
 
 
+def test_a_configuration_older_than_the_one_taken_is_ignored(encrypted: LocalSite) -> None:
+    rs1, ms = encrypted.servers["rs1"], encrypted.management
+    context = client_context(trust_of(ms.trust_dir), identity=identity_of(ms))
+
+    def rs1_status() -> dict[str, Any]:
+        status: dict[str, Any] = call(endpoint(rs1, "control", tls=True), "GET",
+                                      "/control/v1/status", ssl_context=context,
+                                      token=control_token(encrypted))  # fmt: skip
+        return status
+
+    # Given the configuration rs1 was told, and then a newer one with a camera added
+    older = heartbeat(encrypted, "rs1", ready_body(encrypted, rs1), identity=identity_of(rs1))
+    encrypted.api("POST", "/api/v1/cameras", {"name": "late-cam", "recording_server": "rs1",
+                                              "source": {"kind": "synthetic"}})  # fmt: skip
+    try:
+        newer = heartbeat(encrypted, "rs1", ready_body(encrypted, rs1), identity=identity_of(rs1))
+        assert newer["config_order"][0] == older["config_order"][0]  # one process
+        assert newer["config_order"][1] > older["config_order"][1]
+        eventually(
+            lambda: "late-cam" in [c["name"] for c in rs1_status()["cameras"]],
+            what="rs1 recording late-cam",
+        )
+        taken = rs1_status()["config_digest"]
+        # When the older one reaches rs1 afterwards (a push that timed out, say)
+        late = call(endpoint(rs1, "control", tls=True), "POST", "/control/v1/config",
+                    ssl_context=context, body=older, token=control_token(encrypted))  # fmt: skip
+        # Then rs1 keeps what it runs: the camera goes on, the digest is the newer one's
+        assert "late-cam" in [c["name"] for c in late["cameras"]]
+        assert rs1_status()["config_digest"] == taken
+    finally:
+        encrypted.api("DELETE", "/api/v1/cameras/late-cam")
+
+
 def test_a_recording_server_without_a_client_certificate_is_refused(
     encrypted: LocalSite,
 ) -> None:

@@ -66,6 +66,7 @@ class LinkedServer(ServerProcess):
         # The digest of the last configuration taken in full: sent with each heartbeat, so
         # that the answer carries the configuration only when it changed.
         self.config_digest = ""
+        self._config_order: tuple[str, int] | None = None  # of the last one taken
         # Running user requests: id(request) -> (token claims, connection).
         self._user_requests: dict[int, tuple[dict[str, Any], asyncio.BaseTransport | None]] = {}
         self.last_refusal: str | None = None
@@ -192,6 +193,13 @@ class LinkedServer(ServerProcess):
         # at a time, or both restart the same listener (the second bind fails with
         # EADDRINUSE) and stop the same camera twice.
         async with self._config_lock:
+            order = config_order(config)
+            if superseded(order, self._config_order):
+                log.debug(
+                    "%s: a configuration older than the one taken came late; ignored",
+                    self.config.name,
+                )
+                return
             trust = config.get("trust")
             if isinstance(trust, dict) and self.config.trust_store is not None:
                 self.install_trust(trust, authenticated=authenticated)
@@ -235,6 +243,8 @@ class LinkedServer(ServerProcess):
             # Only now, all of it taken: a configuration that failed half-way comes again.
             digest = config.get("config_digest")
             self.config_digest = digest if isinstance(digest, str) else ""
+            if order is not None:
+                self._config_order = order
 
     def install_trust(self, trust: dict[str, Any], *, authenticated: bool) -> None:
         assert self.config.trust_store is not None
@@ -464,3 +474,24 @@ class LinkedServer(ServerProcess):
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), self.config.heartbeat_interval)
+
+
+def config_order(config: dict[str, Any]) -> tuple[str, int] | None:
+    """Where a configuration stands among those of its management server: [process, number]
+    (see management._pushes.Answer), or None when it does not say."""
+    order = config.get("config_order")
+    if (
+        isinstance(order, list)
+        and len(order) == 2
+        and isinstance(order[0], str)
+        and isinstance(order[1], int)
+        and not isinstance(order[1], bool)
+    ):
+        return order[0], order[1]
+    return None
+
+
+def superseded(order: tuple[str, int] | None, taken: tuple[str, int] | None) -> bool:
+    """Whether a configuration at ``order`` is older than the one taken: only one from the
+    same management server process can be told apart (another process numbers its own)."""
+    return order is not None and taken is not None and order[0] == taken[0] and order[1] < taken[1]

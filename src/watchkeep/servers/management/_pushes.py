@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -54,6 +55,10 @@ class ConfigPushes:
         self._trust_checked = 0.0
         self._trust_hour = ""
         self._snapshot: SiteSnapshot | None = None
+        # Which configuration is newer, for the servers told it: this process (a restart or
+        # another management server is another) and the number of the snapshot it is from.
+        self._instance = secrets.token_hex(6)
+        self._snapshots_built = 0
         self._answers: dict[str, tuple[object, Answer]] = {}  # server -> its last answer
         # What the last push found each server and every server had been told.
         self._told_own: dict[str, str] = {}
@@ -124,10 +129,12 @@ class ConfigPushes:
         }
         common_json = json.dumps(common, sort_keys=True, separators=(",", ":"))
         recorders_json = json.dumps(recorders, sort_keys=True, separators=(",", ":"))
+        self._snapshots_built += 1
         self._snapshot = SiteSnapshot(
             key, now, changes, {s.name: s for s in everyone}, common, common_json,
             hashlib.sha256(common_json.encode()).hexdigest(), recorders_json,
             hashlib.sha256(recorders_json.encode()).hexdigest(), _digest(security), cameras_of,
+            serial=self._snapshots_built,
         )  # fmt: skip
         return self._snapshot
 
@@ -155,7 +162,8 @@ class ConfigPushes:
             (common_digest + hashlib.sha256(own_json.encode()).hexdigest()).encode()
         ).hexdigest()
         answer = Answer(digest, hashlib.sha256(own_json.encode()).hexdigest(),
-                        snapshot.security_digest, common_json, own_json)  # fmt: skip
+                        snapshot.security_digest, common_json, own_json,
+                        json.dumps([self._instance, snapshot.serial]))  # fmt: skip
         if len(self._answers) >= 100_000:
             self._answers.clear()
         self._answers[server.name] = (key, answer)
@@ -294,12 +302,18 @@ class Answer(NamedTuple):
     security_digest: str  # of what every server must hear at once
     common_json: str  # what every server is told (shared by every answer), JSON
     own_json: str  # what only this server is told, JSON
+    # [this process, snapshot number], JSON: a server takes no configuration older than one
+    # it took (a push that timed out here may reach it after a newer heartbeat's answer).
+    order: str = "null"
 
     @property
     def text(self) -> str:
         """All of it, JSON (made when sent: the site's part is large on a large site)."""
         common, own = self.common_json, self.own_json
-        return f'{common[:-1]},{own[1:-1]},"config_digest":"{self.digest}"}}'
+        return (
+            f'{common[:-1]},{own[1:-1]},"config_digest":"{self.digest}",'
+            f'"config_order":{self.order}}}'
+        )
 
 
 def _digest(value: Any) -> str:
@@ -323,6 +337,7 @@ class SiteSnapshot:
     recorders_digest: str
     security_digest: str  # of what every server must hear at once
     cameras_of: dict[str, list[dict[str, Any]]]  # server -> the cameras it records
+    serial: int = 0  # snapshots built by this process, this one included
 
     def common_for(self, server: Server) -> tuple[str, str]:
         """The part ``server`` is told with every server of its kind: JSON, and digest."""
