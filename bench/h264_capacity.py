@@ -3,7 +3,7 @@ records and serves live, encrypted and in plaintext, measured as the MJPEG capac
 :mod:`bench.run` is.
 
     .venv/bin/python -m bench.h264_capacity [--quick] [--steps 100,200] [--modes encrypted]
-                                            [--out-dir DIR] [--profile N]
+                                            [--out-dir DIR] [--profile N] [--perf N]
 
 The load: cameras of :mod:`bench.rtspfarm` (RTP over RTSP/TCP, 4 Mbit/s, 25 pictures a
 second, 640x360, a keyframe a second; one clip encoded once by FFmpeg, replayed by farm
@@ -23,7 +23,10 @@ shared by the farms and the viewers), which corrections of the system's time lea
 Results: ``h264.json`` and ``h264.md`` in ``--out-dir`` (bench/results/), with the command,
 the load average at each step and rs1's CPU (its whole process tree, from /proc) per
 picture recorded and served. ``--profile N`` records rs1 with py-spy at N cameras
-(encrypted) and writes the hottest functions to ``profile-h264-N.txt``.
+(encrypted) and writes the hottest functions to ``profile-h264-N.txt``. ``--perf N``
+samples rs1 with Linux ``perf`` at N cameras in each mode (kernel and native code included,
+which py-spy does not see) and writes where its CPU went, in µs per picture, to
+``perf-h264-MODE-N.txt`` and ``perf-h264-N.json``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,15 @@ from typing import Any
 
 from bench._site import BenchSite, eventually, python_module, run_viewers, stop_process
 from bench.rtspfarm import write_clip
-from bench.run import DELAY_P99_LIMIT, log, machine, start_py_spy, summarize_profile
+from bench.run import (
+    DELAY_P99_LIMIT,
+    log,
+    machine,
+    start_perf,
+    start_py_spy,
+    summarize_perf,
+    summarize_profile,
+)
 from watchkeep.errors import SiteNotReady
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +136,7 @@ def search(
     *,
     fixed: bool,
     profile: int | None,
+    perf: bool = False,
     out_dir: Path,
     clock_offset: float,
 ) -> dict[str, dict[str, Any]]:
@@ -190,7 +202,15 @@ def search(
                     time.sleep(sizes.settle)
                 for attempt in (1, 2):
                     row = measure(
-                        bench, sizes, step, farms, encrypted, profile, out_dir, clock_offset
+                        bench,
+                        sizes,
+                        step,
+                        farms,
+                        encrypted,
+                        profile,
+                        out_dir,
+                        clock_offset,
+                        perf=perf,
                     )
                     row["attempt"] = attempt
                     found[mode]["rows"].append(row)
@@ -201,7 +221,7 @@ def search(
                         f" µs/picture), load {row['load_average_1m']},"
                         f" {'ok' if row['ok'] else 'FAILS'}"
                     )
-                    if row["ok"] or profile or fixed:
+                    if row["ok"] or profile or perf or fixed:
                         break
                 if row["ok"] and mode not in failed:
                     found[mode]["max_cameras"] = step
@@ -231,6 +251,8 @@ def measure(
     profile: int | None,
     out_dir: Path,
     clock_offset: float,
+    *,
+    perf: bool = False,
 ) -> dict[str, Any]:
     rs1 = bench.site.servers["rs1"]
     names = [camera_name(i) for i in range(cameras)]
@@ -252,9 +274,14 @@ def measure(
     received_began = time.monotonic()
     spy: list[subprocess.Popen[str]] = []
 
+    mode = "encrypted" if encrypted else "plaintext"
+    perf_data = out_dir / f"perf-h264-{mode}-{cameras}.data"
+
     def start_profile() -> None:
         if profile:
             spy.append(start_py_spy(bench.pid("rs1"), sizes.duration, out_dir, cameras))
+        if perf:
+            spy.append(start_perf(bench.pid("rs1"), sizes.duration, perf_data))
 
     result = run_viewers(
         targets,
@@ -280,8 +307,9 @@ def measure(
     received_per_second = received / (time.monotonic() - received_began)
     recorder_after = status["recorder"]
     stalled = [c["name"] for c in status["cameras"] if c["fps"] < 0.9 * FPS]
-    if spy:
-        spy[0].wait(60)
+    for process in spy:
+        process.wait(60)
+    if profile:
         raw = out_dir / f"profile-{cameras}.raw"
         summarize_profile(raw, out_dir / f"profile-h264-{cameras}.txt")
         raw.unlink()
@@ -304,6 +332,12 @@ def measure(
     )
     cores = result.cpu["server"]
     recorded_per_second = written / result.seconds if result.seconds else 0.0
+    us_per_frame = cores * 1e6 / result.frames_per_second if result.frames else None
+    by_part = (
+        summarize_perf(perf_data, out_dir / f"perf-h264-{mode}-{cameras}.txt", us_per_frame)
+        if perf
+        else None
+    )
     return {
         "cameras": cameras,
         "encrypted": encrypted,
@@ -329,9 +363,9 @@ def measure(
         "server_cores": round(cores, 3),
         # rs1's CPU (all its threads) per picture served to its viewer (and recorded): the
         # viewers count exactly the measured window, the recorder's counter moves by batches.
-        "server_us_per_frame": round(cores * 1e6 / result.frames_per_second, 1)
-        if result.frames
-        else None,
+        "server_us_per_frame": round(us_per_frame, 1) if us_per_frame else None,
+        # With --perf: rs1's CPU by part, percent (see bench.run.summarize_perf).
+        "server_cpu_percent_by_part": by_part,
         # The same per picture rs1 received: what it costs whatever the viewers got.
         "server_us_per_frame_received": round(cores * 1e6 / received_per_second, 1)
         if received_per_second
@@ -498,15 +532,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="encrypted, plaintext or both")
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     parser.add_argument("--profile", type=int, metavar="CAMERAS", help="py-spy rs1 at CAMERAS")
+    parser.add_argument(
+        "--perf",
+        type=int,
+        metavar="CAMERAS",
+        help="Linux perf on rs1 at CAMERAS, in each mode: its CPU by part (kernel, OpenSSL, ...)",
+    )
     args = parser.parse_args(argv)
+    if args.perf and args.profile:
+        parser.error("--perf and --profile: one at a time (each would count the other)")
     sizes = QUICK if args.quick else FULL
     modes = ("encrypted",) if args.profile else tuple(args.modes.split(","))
     if set(modes) - set(MODES):
         parser.error(f"--modes takes {', '.join(MODES)}")
-    fixed = bool(args.steps or args.profile)
+    fixed = bool(args.steps or args.profile or args.perf)
     steps = (
-        (args.profile,)
-        if args.profile
+        (args.profile or args.perf,)
+        if args.profile or args.perf
         else tuple(int(n) for n in args.steps.split(","))
         if args.steps
         else sizes.steps
@@ -533,11 +575,17 @@ def main(argv: list[str] | None = None) -> int:
             with rtsp_farms(bench.site.network, max(steps), clip, clock_offset) as farms:
                 searches = search(
                     bench, sizes, modes, farms, steps, fixed=fixed, profile=args.profile,
-                    out_dir=args.out_dir, clock_offset=clock_offset,
+                    perf=bool(args.perf), out_dir=args.out_dir, clock_offset=clock_offset,
                 )  # fmt: skip
         finally:
             bench.stop()
     if args.profile:
+        return 0
+    if args.perf:
+        rows = [row for found in searches.values() for row in found["rows"]]
+        (args.out_dir / f"perf-h264-{args.perf}.json").write_text(
+            json.dumps({"command": command, "machine": info, "rows": rows}, indent=2) + "\n"
+        )
         return 0
     info["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     result = assemble(searches, info, quick=args.quick, command=command)

@@ -584,6 +584,94 @@ def start_py_spy(
     )  # fmt: skip
 
 
+def start_perf(pid: int, seconds: float, data: Path) -> subprocess.Popen[str]:
+    """Linux ``perf`` sampling a process (every thread, its io_uring workers included) with
+    call chains for ``seconds``: what :func:`summarize_perf` reads."""
+    perf = shutil.which("perf")
+    if perf is None:
+        raise SystemExit(
+            "bench: --perf needs Linux perf, which is not installed; fix: "
+            "apt-get install linux-perf"
+        )
+    return subprocess.Popen(
+        [perf, "record", "--quiet", "-F", "499", "-g", "-p", str(pid), "-o", str(data),
+         "--", "sleep", str(int(seconds))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+
+
+# Where a recording server's CPU goes, from perf's samples: a kernel call and what it calls
+# (inclusive), then each shared object's own samples. Kernel parts come first and the rest of
+# the kernel is what they leave, so that the parts add up to the whole.
+PERF_KERNEL_PARTS = (
+    ("kernel: TCP sends (on loopback, the receiver's TCP work too)", "tcp_sendmsg"),
+    ("kernel: TCP receives", "tcp_recvmsg"),
+    ("kernel: file writes (io_uring workers)", "io_wq_worker"),
+)
+PERF_OBJECT_PARTS = (
+    ("OpenSSL (libcrypto, libssl)", ("libcrypto", "libssl")),
+    ("Python interpreter (libpython)", ("libpython",)),
+    ("libc (copies, allocation)", ("libc.so",)),
+    ("event loop (uvloop, libuv)", ("uvloop", "loop.cpython")),
+    ("watchkeep's C depacketizer", ("_rtp_native",)),
+)
+
+
+def _perf_report(data: Path, *options: str) -> list[tuple[float, str]]:
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--percent-limit", "0",
+         *options],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if not fields or line.startswith("#") or not fields[0].endswith("%"):
+            continue
+        rows.append((float(fields[0].rstrip("%")), line))
+    return rows
+
+
+def summarize_perf(data: Path, out: Path, us_per_frame: float | None) -> dict[str, float]:
+    """rs1's CPU by part (percent, and µs per picture when ``us_per_frame`` is known), from
+    the samples :func:`start_perf` recorded; the table goes to ``out``, the raw data is
+    removed."""
+    kernel_total = 0.0
+    objects: dict[str, float] = {}
+    for percent, line in _perf_report(data, "--no-children", "--sort", "dso"):
+        name = line.split()[1]
+        objects[name] = objects.get(name, 0.0) + percent
+        if name == "[kernel.kallsyms]":
+            kernel_total += percent
+    inclusive: dict[str, float] = {}
+    for _percent, line in _perf_report(data, "--children", "--sort", "sym"):
+        fields = line.split()
+        # children%  self%  [k]  symbol
+        if len(fields) >= 4 and fields[2] == "[k]":
+            inclusive.setdefault(fields[3], float(fields[0].rstrip("%")))
+    parts: dict[str, float] = {}
+    for label, symbol in PERF_KERNEL_PARTS:
+        parts[label] = inclusive.get(symbol, 0.0)
+    parts["kernel: the rest (polling, scheduling, timers, ...)"] = max(
+        0.0, kernel_total - sum(parts.values())
+    )
+    for label, needles in PERF_OBJECT_PARTS:
+        parts[label] = sum(v for k, v in objects.items() if any(n in k for n in needles))
+    parts["other"] = max(0.0, 100.0 - sum(parts.values()))
+    lines = [f"perf: where rs1's CPU went ({data.name})", "", "   %   µs/picture  part"]
+    for label, percent in parts.items():
+        us = f"{percent * us_per_frame / 100:8.1f}" if us_per_frame else "       -"
+        lines.append(f"{percent:5.1f}  {us}    {label}")
+    lines += ["", "own samples by shared object:"]
+    lines += [f"{v:5.1f}  {k}" for k, v in sorted(objects.items(), key=lambda kv: -kv[1])[:12]]
+    out.write_text("\n".join(lines) + "\n")
+    data.unlink()
+    log(f"perf summary written to {out}")
+    return {k: round(v, 1) for k, v in parts.items()}
+
+
 def summarize_profile(raw: Path, out: Path, top: int = 30) -> None:
     """Self and inclusive sample counts per function from py-spy's collapsed stacks."""
     own: dict[str, int] = {}
