@@ -58,6 +58,29 @@ def test_each_threshold_is_announced_once_as_the_clock_moves(
     assert len([r for r in caplog.records if r.name == "watchkeep.expiry"]) == 4
 
 
+def test_the_fix_for_the_servers_own_certificate_is_the_one_given() -> None:
+    # Given a server's own certificate, a CA certificate and one the CA issued, all 10 days
+    # from expiry, and a fix for the server's own (a server that renews itself)
+    own = cert()
+    ca = WatchedCertificate("ca", "rs1", "ca", "CN=CA", "ca1", T0, T0 + dt.timedelta(days=90))
+    issued = WatchedCertificate(
+        "issued", "mobile-m.test", "mobile", "m.test", "i1", T0, T0 + dt.timedelta(days=90)
+    )
+    # When the watch checks them
+    said = ExpiryWatch().check(
+        [own, ca, issued], T0 + dt.timedelta(days=80), own_fix="it renews itself: see X"
+    )
+    # Then the server's own lines give that fix; the others keep theirs
+    by_serial = {
+        c.serial: [x for x in said if f"(serial {c.serial}," in x] for c in (own, ca, issued)
+    }
+    assert [x.rpartition("fix: ")[2] for x in by_serial["abc"]] == ["it renews itself: see X"] * 2
+    assert by_serial["ca1"][-1].endswith("fix: watchkeep cert renew --all --within 14d")
+    assert (
+        "fix: watchkeep cert renew mobile-m.test (and install the new files" in by_serial["i1"][-1]
+    )
+
+
 def test_announcements_survive_a_restart() -> None:
     watch = ExpiryWatch()
     c = cert()

@@ -151,7 +151,14 @@ def test_expiry_warnings_in_logs_status_and_metrics(make_site: Callable[..., Loc
         lambda: "under 14 days" in (t := site.log_text("rs1")) and t, what="the warnings"
     )
     assert log.count(f"[cert.expiry_warning] rs1: its certificate (serial {aged.serial}") == 2
-    assert "fix: watchkeep cert renew" in log
+    # ... as what rs1's machine can do: rs1 renews itself through the management server;
+    # `cert renew` runs where the CA is, and its files then go to rs1's machine
+    warning = next(x for x in log.splitlines() if "under 14 days" in x)
+    assert f"fix: it renews itself through the management server {site.servers['ms'].host}" in (
+        warning
+    )
+    assert f"watchkeep cert renew recording-{rs1.host}, and install the new files on" in warning
+    assert "watchkeep join TOKEN" in warning
     # ... the site status says which threshold it is inside
     status = eventually(
         lambda: next(

@@ -32,7 +32,7 @@ from watchkeep.servers._expiry import (
     metrics_text,
 )
 from watchkeep.servers._gc import keep_collections_short
-from watchkeep.servers._renewal import SelfRenewal
+from watchkeep.servers._renewal import SelfRenewal, rejoin_command
 from watchkeep.site import CertificateStatus, Readiness, RuleBreach
 from watchkeep.tls import (
     ClientAuth,
@@ -386,7 +386,18 @@ class ServerProcess(abc.ABC):
         return found
 
     def check_expiry(self, now: dt.datetime | None = None) -> None:
-        if self.expiry.check(self.watched_certificates(), now or utcnow()):
+        own_fix = None
+        c = self.config
+        if self.renewal is not None and c.ca_home is None:
+            # It renews itself from another machine's CA: that it has not means the renewal
+            # fails (its own lines say why), and `cert renew` there would not reach its files.
+            own_fix = (
+                f"it renews itself through the management server {self.renewal.audience()} "
+                "(its 'renewing its certificate' lines say why it has not); else, on the CA's "
+                f"machine: watchkeep cert renew {c.role.value}-{c.host}, and install the new "
+                f"files on {c.host}; or join again: {rejoin_command(c.name, c.role.value, c.host)}"
+            )
+        if self.expiry.check(self.watched_certificates(), now or utcnow(), own_fix=own_fix):
             self._save_json("expiry.json", self.expiry.announced)
 
     async def _expiry_loop(self) -> None:

@@ -57,8 +57,18 @@ class ExpiryWatch:
         self.thresholds = tuple(thresholds)
         self.announced: dict[str, list[int]] = dict(announced or {})
 
-    def check(self, certificates: Iterable[WatchedCertificate], now: dt.datetime) -> list[str]:
-        """Log (at WARNING, ERROR once expired) what is newly crossed; return the lines."""
+    def check(
+        self,
+        certificates: Iterable[WatchedCertificate],
+        now: dt.datetime,
+        *,
+        own_fix: str | None = None,
+    ) -> list[str]:
+        """Log (at WARNING, ERROR once expired) what is newly crossed; return the lines.
+
+        ``own_fix``: what renews the server's own certificate when that is not the CA's
+        command (a server that joined renews itself from the management server; the
+        command to run is then not on its machine)."""
         lines = []
         for cert in certificates:
             key = f"{cert.kind}:{cert.serial}"
@@ -71,6 +81,8 @@ class ExpiryWatch:
                     f"watchkeep cert renew {cert.server} (and install the new files where "
                     "it is used)"
                     if cert.kind == "issued"
+                    else own_fix
+                    if cert.kind == "server"
                     else None
                 )
                 if threshold == 0:
