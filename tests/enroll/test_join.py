@@ -15,9 +15,12 @@ import datetime as dt
 import json
 import os
 import random
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +39,7 @@ from watchkeep._home import Home
 from watchkeep.cli import main
 from watchkeep.localsite._layout import LocalServer
 from watchkeep.pki import SitePKI, fingerprint, load_private_key
-from watchkeep.pki._enrollment import EnrollmentToken
+from watchkeep.pki._enrollment import EnrollmentToken, join_request
 from watchkeep.servers import load_config
 from watchkeep.servers._signed import sign_request
 from watchkeep.site import ServerRole
@@ -138,6 +141,12 @@ def post(
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def join_body(token: str, csr_pem: str) -> dict[str, Any]:
+    """What `watchkeep join` posts for ``token`` and this CSR."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    return join_request(EnrollmentToken.decode(token), csr)
 
 
 def csr_for(*hosts: str) -> str:
@@ -354,18 +363,18 @@ def test_an_unreachable_management_server_and_an_unknown_account_are_refused(
 def test_a_csr_for_other_names_is_refused_and_the_token_stays_usable(site: LocalSite) -> None:
     made = enroll(site)
     for hosts in (["evil.site.test"], [made["host"], "evil.site.test"]):
-        status, answer = post_join(site, {"token": made["token"], "csr": csr_for(*hosts)})
+        status, answer = post_join(site, join_body(made["token"], csr_for(*hosts)))
         assert status == 403, answer
         assert answer["code"] == "cert.hostname"
         assert "exactly" in answer["detail"]
     assert made["name"] in pending_names(site)
-    status, answer = post_join(site, {"token": made["token"], "csr": csr_for(made["host"])})
+    status, answer = post_join(site, join_body(made["token"], csr_for(made["host"])))
     assert status == 201, answer
 
 
 def test_a_token_is_consumed_once_when_joins_race_and_across_a_restart(site: LocalSite) -> None:
     made = enroll(site)
-    body = {"token": made["token"], "csr": csr_for(made["host"])}
+    body = join_body(made["token"], csr_for(made["host"]))
     # When eight joins race with one token
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = sorted(s for s, _ in pool.map(lambda _: post_join(site, body), range(8)))
@@ -377,6 +386,87 @@ def test_a_token_is_consumed_once_when_joins_race_and_across_a_restart(site: Loc
     status, answer = post_join(site, body)
     assert status == 403
     assert "used" in answer["detail"]
+
+
+class Tap:
+    """A TCP relay on the site's loopback network that keeps every byte it relays: the
+    network between a joining machine and a plaintext management server, seen."""
+
+    def __init__(self, address: str, upstream: tuple[str, int]) -> None:
+        self.seen = bytearray()
+        self._upstream = upstream
+        self._listener = socket.create_server((address, 0))
+        self._listener.settimeout(30)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self._upstream, timeout=30) as server:
+            ends = {client: server, server: client}
+            deadline = time.monotonic() + 30
+            while ends and time.monotonic() < deadline:
+                ready, _, _ = select.select(list(ends), [], [], 1)
+                for end in ready:
+                    data = end.recv(65536)
+                    if not data:
+                        ends.clear()
+                        break
+                    self.seen += data
+                    ends[end].sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(5)
+
+
+def test_a_join_seen_in_transit_joins_no_other_key(
+    site: LocalSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a token, and the network between the new machine and the plaintext management
+    # server seen by someone (a relay that keeps every byte)
+    made = enroll(site)
+    secret = EnrollmentToken.decode(made["token"]).secret
+    ms = site.management
+    tap = Tap(f"{site.network}.78", (ms.address, ms.ports["api"]))
+    try:
+        # When the new machine joins through it
+        via_tap = altered(made["token"], ms_addresses=(f"{site.network}.78",), ms_port=tap.port)
+        status = main(["--home", str(tmp_path / "joined"), "join", via_tap])
+        err = capsys.readouterr().err
+        assert status == 0, err
+        assert "the token's secret did not" in err
+    finally:
+        tap.close()
+    # Then the secret was not on the network, in any form the token holds it in
+    seen = bytes(tap.seen)
+    assert b"POST /api/v1/join" in seen
+    assert secret.encode() not in seen
+    assert made["token"].encode() not in seen
+    # ... and what was seen joins nothing: the join sent again is refused (the token was
+    # used), and so is one with the watcher's own key, made before the new machine's join
+    request = seen[seen.index(b"POST /api/v1/join") :]
+    captured = json.loads(request[request.index(b"\r\n\r\n") + 4 :].split(b"HTTP/1.1")[0])
+    assert post_join(site, captured)[0] == 403
+    second = enroll(site)
+    own_key = join_body(second["token"], csr_for(second["host"]))
+    own_key["csr"] = csr_for(second["host"])  # the watcher's CSR under the seen proof
+    status, answer = post_join(site, own_key)
+    assert status == 403, answer
+    assert "proof" in answer["detail"]
+    assert second["name"] in pending_names(site)
+    # (the request with the proof it was made with is taken)
+    assert post_join(site, join_body(second["token"], own_key["csr"]))[0] == 201
 
 
 def test_a_killed_join_leaves_nothing_half_written_and_is_repeated_with_a_new_token(

@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 from watchkeep.errors import UsageError
 from watchkeep.pki import CertificateAuthority, KeyType, LeafRequest, Role, profile_for
 from watchkeep.pki._authority import RevokedEntry
-from watchkeep.pki._enrollment import EnrollmentToken, secret_hash
+from watchkeep.pki._enrollment import (
+    EnrollmentToken,
+    join_key,
+    join_proof_refusal,
+    join_request,
+)
 from watchkeep.servers._signed import SignedRequestRefused, sign_request, verify_signed_request
 from watchkeep.site import ServerRole
 
@@ -43,10 +48,46 @@ def test_a_token_decodes_to_what_it_binds() -> None:
     assert text.startswith("wkjoin1.")
     assert EnrollmentToken.decode(text) == TOKEN
     assert EnrollmentToken.decode(f"  {text}\n") == TOKEN  # as pasted
-    # 256 bits of secret, of which the management server keeps a SHA-256
+    # 256 bits of secret, of which the management server keeps the public key it makes
     assert len(base64.urlsafe_b64decode(TOKEN.secret + "=")) == 32
-    assert secret_hash(TOKEN.secret) != TOKEN.secret
-    assert len(secret_hash(TOKEN.secret)) == 64
+    assert len(join_key(TOKEN.secret)) == 64
+    assert join_key(TOKEN.secret) == join_key(TOKEN.secret)
+    assert join_key(TOKEN.secret) != join_key(EnrollmentToken.new_secret())
+
+
+def csr(host: str = "rs9.site.example") -> x509.CertificateSigningRequest:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+
+
+def test_a_join_proves_the_secret_for_its_csr_alone_and_does_not_carry_it() -> None:
+    # Given a join request made from the token for a CSR
+    asked = csr()
+    body = join_request(TOKEN, asked)
+    key = join_key(TOKEN.secret)
+    # Then it carries the token's key and the binding, never the secret or the token
+    assert body["join_key"] == key
+    text = json.dumps(body)
+    assert TOKEN.secret not in text
+    assert TOKEN.encode() not in text
+    # ... and its proof verifies for this management server, this name and this CSR only
+    proof = body["proof"]
+    assert join_proof_refusal(key, proof, TOKEN.ms_host, "rs9", asked) is None
+    assert join_proof_refusal(key, proof, TOKEN.ms_host, "rs9", csr()) is not None
+    assert join_proof_refusal(key, proof, "ms2.site.example", "rs9", asked) is not None
+    assert join_proof_refusal(key, proof, TOKEN.ms_host, "rs8", asked) is not None
+    other = join_key(EnrollmentToken.new_secret())
+    assert join_proof_refusal(other, proof, TOKEN.ms_host, "rs9", asked) is not None
+    for damaged in ("", "not base64!", base64.b64encode(b"x" * 64).decode(), None, 7):
+        refusal = join_proof_refusal(key, damaged, TOKEN.ms_host, "rs9", asked)
+        assert refusal is not None
+        assert "proof" in refusal
 
 
 @given(st.text(max_size=300))

@@ -189,3 +189,40 @@ def test_the_demo_refuses_a_database_that_holds_a_site(tmp_path: Path, database_
     (line,) = refused.stderr.strip().splitlines()
     assert "already holds a site" in line
     assert not (tmp_path / "demo").exists()  # nothing was built
+
+
+def test_pending_tokens_of_the_hash_era_are_withdrawn_and_used_ones_kept(database_url: str) -> None:
+    # Given a site database at revision 0003, when the management server kept a hash of each
+    # token's secret, with one token pending and one used
+    from alembic import command
+
+    schema = SCHEMAS["site"]
+    config = schema.config()
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003_enrollments")
+        for name, status in (("rs8", "pending"), ("rs9", "used")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO enrollments (id, name, role, host, ips, secret_hash, created_at,"
+                    " expires_at, status) VALUES (:id, :name, 'recording', :host, '[]', :hash,"
+                    " :now, :later, :status)"
+                ),
+                {"id": name * 8, "name": name, "host": f"{name}.site.test", "hash": name * 20,
+                 "now": NOW, "later": NOW + dt.timedelta(days=7), "status": status},
+            )  # fmt: skip
+    engine.dispose()
+    # When the store opens it (the upgrade a management server makes at start)
+    store = SiteStore(database_url)
+    store.dispose()
+    # Then the pending token is withdrawn (a join can no longer prove it), the used one kept
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text("SELECT name, status FROM enrollments")).all())
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("enrollments")}
+    engine.dispose()
+    assert rows == {"rs8": "withdrawn", "rs9": "used"}
+    assert "join_key" in columns
+    assert "secret_hash" not in columns
+    assert version(database_url, "site") == [schema.head()]

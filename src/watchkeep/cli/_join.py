@@ -34,8 +34,9 @@ def _join(args: argparse.Namespace) -> int:
     joined = join_site(args.token, home_of(args), args.service_account)
     if not joined.encrypted_link:
         print(
-            "watchkeep: warning: the management server speaks plaintext: the token crossed "
-            "the network in clear (it is used now); turn its encryption on "
+            "watchkeep: warning: the management server speaks plaintext: the join and this "
+            "server's management link cross the network in clear (the token's secret did "
+            "not, and the certificate was checked against the token's CA); turn encryption on "
             f"(watchkeep encryption enable --server {joined.name} on each server, then the "
             "management server)",
             file=sys.stderr,

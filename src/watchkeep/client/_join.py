@@ -4,14 +4,16 @@ In this order, each step before anything is written or any secret sent:
 
 1. the token is read, the service account looked up, the token's expiry checked;
 2. the site CA is fetched from the management server without verifying the connection and
-   taken only if its SHA-256 fingerprint is the token's (the token's secret is sent nowhere
+   taken only if its SHA-256 fingerprint is the token's (nothing of the token is sent
    before that);
 3. the private key is made here, in a staging directory beside the server's (mode 0600,
    owned by the service account, written atomically); it never leaves this machine;
-4. the CSR goes with the token to the management server (over TLS verified with that CA
-   when the management server speaks TLS), which signs it for exactly the names the token
-   binds; the answer is checked: the certificate is for this key, signed by that CA, for
-   those names;
+4. the CSR goes to the management server (over TLS verified with that CA when the
+   management server speaks TLS) with a proof of the token's secret: a signature over the
+   management server's host, the server's name and the CSR (:func:`join_request`); the
+   secret itself is sent nowhere, so a join seen in transit joins no other key. The
+   management server signs the CSR for exactly the names the token binds; the answer is
+   checked: the certificate is for this key, signed by that CA, for those names;
 5. the chain, the trust store (the CA and the site's CRLs), the data directory and a
    complete ``server.toml`` are written into the staging directory, which is then renamed
    to ``HOME/servers/NAME``.
@@ -54,7 +56,7 @@ from watchkeep.pki import (
     san_dns_names,
     san_ip_addresses,
 )
-from watchkeep.pki._enrollment import EnrollmentToken
+from watchkeep.pki._enrollment import EnrollmentToken, join_request
 from watchkeep.pki._keys import private_key_pem
 from watchkeep.site import DEFAULT_PORTS
 from watchkeep.tls import Endpoint, TlsPolicy
@@ -135,7 +137,7 @@ def _fetch_ca(token: EnrollmentToken) -> tuple[x509.Certificate, str, bool]:
                 return fetch_ca_by_fingerprint(url, token.ca_fingerprint), address, tls
             except TrustError as exc:
                 raise TrustError(
-                    f"{exc.describe()}; the token's secret was not sent",
+                    f"{exc.describe()}; the token was not sent",
                     fix=exc.fix,
                 ) from None
             except ConnectionFailed as exc:
@@ -199,7 +201,11 @@ def _check_answer(
 
 
 async def _send(
-    token: EnrollmentToken, address: str, tls: bool, ca: x509.Certificate, csr_pem: str
+    token: EnrollmentToken,
+    address: str,
+    tls: bool,
+    ca: x509.Certificate,
+    csr: x509.CertificateSigningRequest,
 ) -> dict[str, Any]:
     endpoint = Endpoint(token.ms_host, token.ms_host, address, token.ms_port, tls)
     context = None
@@ -216,7 +222,7 @@ async def _send(
             "POST",
             "/api/v1/join",
             ssl_context=context,
-            body={"token": token.encode(), "csr": csr_pem},
+            body=join_request(token, csr),
         )
     if not isinstance(answer, dict):
         raise ConnectionFailed(str(endpoint), "it answered no join")
@@ -327,8 +333,8 @@ def join_site(
         name = certificate_name(Role(token.role.value), token.host)
         key = generate_key(key_type)
         atomic_write(staging / "tls" / f"{name}.key", private_key_pem(key), mode=0o600, owner=owner)
-        csr_pem = _csr(key, token.host, token.ips).public_bytes(serialization.Encoding.PEM)
-        answer = asyncio.run(_send(token, ms_address, tls, ca, csr_pem.decode()))
+        csr = _csr(key, token.host, token.ips)
+        answer = asyncio.run(_send(token, ms_address, tls, ca, csr))
         cert = _check_answer(answer, key, ca, token)
         chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
             serialization.Encoding.PEM

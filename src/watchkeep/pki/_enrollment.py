@@ -5,9 +5,18 @@ A token says where the management server is (host name, addresses, port, whether
 TLS), the SHA-256 fingerprint of the site CA, what the server is to be (name, role, host
 name, IP addresses), when the token expires, and a secret of 256 bits. It is text:
 ``wkjoin1.`` and the base64url of a compact JSON object. It is not signed: the management
-server keeps the binding (name, role, host, addresses) and a hash of the secret, and
-compares what a token says with what it issued, so an edited token is refused there. The
-fingerprint lets `watchkeep join` check the CA before it sends the secret anywhere.
+server keeps the binding (name, role, host, addresses) and the public half of an Ed25519
+key that the secret makes (:func:`join_key`), and compares what a token says with what it
+issued, so an edited token is refused there. The fingerprint lets `watchkeep join` check
+the CA before it sends anything.
+
+The secret itself never leaves the new server's machine: a join (:func:`join_request`)
+carries the public key, to find the token, and a signature with the secret's key over the
+management server's host name, the server's name and the CSR. A join seen in transit (a
+management server in plaintext) therefore gives nothing that joins another key: replayed,
+it has the same CSR signed, whose private key stays where it was made; with another CSR,
+its proof fails. What the management server stores cannot join either: it holds no secret
+and no private key.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from watchkeep._clock import utcnow_to_second
 from watchkeep._names import validate_host_name
@@ -38,7 +50,9 @@ __all__ = [
     "MAX_TTL",
     "EnrollmentToken",
     "csr_names_refusal",
-    "secret_hash",
+    "join_key",
+    "join_proof_refusal",
+    "join_request",
     "sign_joining_server",
     "validate_server_name",
 ]
@@ -64,9 +78,62 @@ def validate_server_name(text: str) -> str:
     return text
 
 
-def secret_hash(secret: str) -> str:
-    """What the management server keeps of a token's secret."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+_JOIN_KEY_CONTEXT = b"watchkeep join key v1\n"
+_JOIN_PROOF_CONTEXT = b"watchkeep join v1\n"
+_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+JOIN_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _secret_key(secret: str) -> Ed25519PrivateKey:
+    """The Ed25519 key a token's secret makes (its seed: a hash of the secret)."""
+    seed = hashlib.sha256(_JOIN_KEY_CONTEXT + secret.encode()).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def join_key(secret: str) -> str:
+    """What the management server keeps of a token's secret: the public half of the key
+    the secret makes, in hex. It finds the token at a join and checks the join's proof;
+    it makes no proof."""
+    return _secret_key(secret).public_key().public_bytes(*_RAW).hex()
+
+
+def _proof_message(ms_host: str, name: str, csr: x509.CertificateSigningRequest) -> bytes:
+    der = csr.public_bytes(serialization.Encoding.DER)
+    return _JOIN_PROOF_CONTEXT + f"{ms_host}\n{name}\n".encode() + hashlib.sha256(der).digest()
+
+
+def join_request(token: EnrollmentToken, csr: x509.CertificateSigningRequest) -> dict[str, object]:
+    """The body of ``POST /api/v1/join``: what the token binds, its public key, the CSR,
+    and the proof (the secret's signature over the token's management server, the
+    server's name and the CSR). The secret is not in it."""
+    proof = _secret_key(token.secret).sign(_proof_message(token.ms_host, token.name, csr))
+    return {
+        "name": token.name,
+        "role": token.role.value,
+        "host": token.host,
+        "ips": list(token.ips),
+        "join_key": join_key(token.secret),
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+        "proof": base64.b64encode(proof).decode(),
+    }
+
+
+def join_proof_refusal(
+    key: str, proof: object, ms_host: str, name: str, csr: x509.CertificateSigningRequest
+) -> str | None:
+    """Why a join's proof is not the token's signature over this management server's host
+    name, the server's ``name`` and this CSR; None when it is."""
+    try:
+        signature = base64.b64decode(str(proof), validate=True)
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key)).verify(
+            signature, _proof_message(ms_host, name, csr)
+        )
+    except (binascii.Error, ValueError, InvalidSignature):
+        return (
+            f"the join's proof is not the token's signature over {ms_host}, {name} and this "
+            "CSR (a join altered on its way, or a seen one sent again with another key)"
+        )
+    return None
 
 
 def _malformed(reason: str) -> UsageError:

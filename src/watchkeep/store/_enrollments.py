@@ -76,7 +76,7 @@ class EnrollmentStore:
         role: str,
         host: str,
         ips: tuple[str, ...],
-        secret_hash: str,
+        join_key: str,
         now: dt.datetime,
         expires_at: dt.datetime,
         created_by: str | None,
@@ -99,7 +99,7 @@ class EnrollmentStore:
                 "role": role,
                 "host": host,
                 "ips": list(ips),
-                "secret_hash": secret_hash,
+                "join_key": join_key,
                 "created_at": now,
                 "created_by": created_by,
                 "expires_at": expires_at,
@@ -110,10 +110,10 @@ class EnrollmentStore:
             conn.execute(sa.insert(enrollments).values(**row))
         return Enrollment.from_row(row)
 
-    def by_secret(self, secret_hash: str) -> Enrollment | None:
+    def by_join_key(self, join_key: str) -> Enrollment | None:
         with self.db.connect() as conn:
             row = conn.execute(
-                sa.select(enrollments).where(enrollments.c.secret_hash == secret_hash)
+                sa.select(enrollments).where(enrollments.c.join_key == join_key)
             ).first()
         return Enrollment.from_row(row._mapping) if row else None
 

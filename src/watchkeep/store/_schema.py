@@ -100,7 +100,9 @@ enrollments = sa.Table(
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("host", sa.String(253), nullable=False),
     sa.Column("ips", sa.JSON, nullable=False),
-    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    # the public half of the Ed25519 key the token's secret makes (hex): it finds the token
+    # and checks a join's proof (watchkeep.pki._enrollment.join_key); the secret is not kept
+    sa.Column("join_key", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_by", sa.String(100), nullable=True),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),

@@ -38,11 +38,13 @@ from watchkeep.errors import WatchkeepError
 from watchkeep.pki import Role, SitePKI, fingerprint
 from watchkeep.pki._enrollment import (
     DEFAULT_TTL,
+    JOIN_KEY,
     JOINABLE_ROLES,
     MAX_TTL,
     EnrollmentToken,
     csr_names_refusal,
-    secret_hash,
+    join_key,
+    join_proof_refusal,
     sign_joining_server,
     validate_server_name,
 )
@@ -196,7 +198,7 @@ class Enrollments:
             role=role.value,
             host=host,
             ips=ips,
-            secret_hash=secret_hash(secret),
+            join_key=join_key(secret),
             now=now,
             expires_at=now + ttl,
             created_by=str(claims.get("sub")),
@@ -329,25 +331,31 @@ class Enrollments:
             return offline
         body = await json_object(request)
         ask_again = "ask the administrator for a new token (watchkeep enroll create)"
-        try:
-            token = EnrollmentToken.decode(str(body.get("token", "")))
-        except WatchkeepError as exc:
-            return self._refused(400, exc.describe(), ask_again)
-        enrollment = self.store.by_secret(secret_hash(token.secret))
+        key = str(body.get("join_key", ""))
+        if not JOIN_KEY.fullmatch(key):
+            return self._refused(
+                400,
+                "the join carries no token key (a join of an older watchkeep, which sent the "
+                "token's secret itself, is no longer taken)",
+                f"join with this version of watchkeep; {ask_again} if it is used",
+            )
+        enrollment = self.store.by_join_key(key)
         if enrollment is None:
             return self._refused(
                 403, "the token is not one this management server issued (its secret is "
-                "unknown: tampered, or from another site)", ask_again,
+                "unknown: tampered, from another site, or made before the upgrade that "
+                "withdrew the pending tokens)", ask_again,
             )  # fmt: skip
         bound = (enrollment.name, enrollment.role, enrollment.host, tuple(enrollment.ips))
-        said = (token.name, token.role.value, token.host, tuple(token.ips))
+        said = (body.get("name"), body.get("role"), body.get("host"), body.get("ips"))
+        said = (*said[:3], tuple(said[3]) if isinstance(said[3], list) else said[3])
         if said != bound:
+            told = ", ".join(str(x) for x in [said[2], *(said[3] or ())])
             return self._refused(
                 403,
                 f"the token was issued for {enrollment.name} ({enrollment.role} server "
-                f"{', '.join([enrollment.host, *enrollment.ips])}), not for {token.name} "
-                f"({token.role.value} server {', '.join([token.host, *token.ips])}): it was "
-                "altered",
+                f"{', '.join([enrollment.host, *enrollment.ips])}), not for {said[0]} "
+                f"({said[1]} server {told}): it was altered",
                 f"join with the token exactly as printed, or {ask_again}",
                 enrollment.name,
             )
@@ -358,6 +366,17 @@ class Enrollments:
         csr = _csr(str(body.get("csr", "")))
         if isinstance(csr, str):
             return self._refused(400, f"the CSR is not valid ({csr})", "run watchkeep join again")
+        refusal = join_proof_refusal(key, body.get("proof"), self.config.host, enrollment.name, csr)
+        if refusal is not None:
+            log.warning(
+                "%s: a join for %s from %s refused: %s",
+                self.config.name,
+                enrollment.name,
+                request.remote or "unknown",
+                refusal,
+            )
+            return self._refused(403, refusal, f"run watchkeep join again with the token "
+                                 f"itself on {enrollment.host}", enrollment.name)  # fmt: skip
         refusal = csr_names_refusal(csr, enrollment.host, enrollment.ips)
         if refusal is not None:
             return problem(
@@ -370,9 +389,9 @@ class Enrollments:
             )
         if not self.store.consume(enrollment.id, now):
             # Another join took it between the check above and now.
-            latest = self.store.by_secret(secret_hash(token.secret))
+            latest = self.store.by_join_key(key)
             why = self._unusable(latest, now) if latest else None
-            return self._refused(403, why or "the token was just used", ask_again, token.name)
+            return self._refused(403, why or "the token was just used", ask_again, enrollment.name)
         try:
             record, cert, ca = await asyncio.to_thread(self._sign, csr, enrollment, now)
         except (WatchkeepError, OSError) as exc:
