@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 
 from watchkeep.client import call_json, open_session
 from watchkeep.pki import fingerprint
-from watchkeep.servers._tokens import TokenSigner
+from watchkeep.servers._tokens import TokenSigner, config_digest
 from watchkeep.testing import LocalServer, LocalSite, cameras_by_name, eventually, servers_by_name
 from watchkeep.tls import Endpoint, ServerIdentity, TrustMaterial
 
@@ -168,12 +168,15 @@ def heartbeat_body(
     }
 
 
-def control_token(site: LocalSite, server: str = "rs1", ttl: float = 60) -> str:
+def control_token(
+    site: LocalSite, server: str = "rs1", ttl: float = 60, *, config: Any = None
+) -> str:
     """A control-link token for ``server``, signed with the management server's own key,
-    as it pushes."""
+    as it pushes (``config``: the configuration it pushes, whose digest it carries)."""
     ms = site.management
     signer = TokenSigner.load_or_create(ms.directory / "data" / "token.key")
-    return signer.issue(ms.name, "control", server, ttl)
+    claims = {} if config is None else {"body": config_digest(config)}
+    return signer.issue(ms.name, "control", server, ttl, **claims)
 
 
 # -- certificates on the wire -------------------------------------------------------------

@@ -195,7 +195,8 @@ def test_a_configuration_older_than_the_one_taken_is_ignored(encrypted: LocalSit
         taken = rs1_status()["config_digest"]
         # When the older one reaches rs1 afterwards (a push that timed out, say)
         late = call(endpoint(rs1, "control", tls=True), "POST", "/control/v1/config",
-                    ssl_context=context, body=older, token=control_token(encrypted))  # fmt: skip
+                    ssl_context=context, body=older,
+                    token=control_token(encrypted, config=older))  # fmt: skip
         # Then rs1 keeps what it runs: the camera goes on, the digest is the newer one's
         assert "late-cam" in [c["name"] for c in late["cameras"]]
         assert rs1_status()["config_digest"] == taken

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import signal
+import socket
 import ssl
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +30,8 @@ from site_support import (
 )
 
 from watchkeep.client import SiteClient
-from watchkeep.errors import PeerRefused, TlsToPlaintextPort
+from watchkeep.errors import ApiError, PeerRefused, TlsToPlaintextPort
+from watchkeep.localsite._layout import LocalServer
 from watchkeep.testing import LocalSite, eventually, servers_by_name
 from watchkeep.tls import Endpoint, client_context
 
@@ -222,3 +227,63 @@ def test_a_server_logs_what_each_of_its_tasks_awaits_on_sigusr1(plain_site: Loca
     listed = plain_site.log_text("rs1").split("tasks (SIGUSR1)")[-1]
     assert "heartbeat_loop (_linked.py:" in listed
     assert process.poll() is None  # and it goes on running
+
+
+def captured_control_token(rs1: LocalServer, trigger: Callable[[], None]) -> str:
+    """The token of a configuration push to ``rs1``, read off the loopback interface while
+    ``trigger`` makes the management server push (as anyone on a plaintext network can)."""
+    try:
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+    except PermissionError:
+        pytest.skip("reading packets off the loopback interface needs root (CI runs as root)")
+    with tap:
+        tap.bind(("lo", 0))
+        tap.settimeout(0.5)
+        trigger()
+        to_rs1 = socket.inet_aton(rs1.address)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                frame = tap.recv(65535)
+            except TimeoutError:
+                continue
+            # (loopback frames: 14 bytes of link header, then IPv4; its destination at 16)
+            if frame[14 + 16 : 14 + 20] != to_rs1 or b"POST /control/v1/config" not in frame:
+                continue
+            found = re.search(rb"Authorization: Bearer ([A-Za-z0-9_.-]+)\r\n", frame)
+            if found:
+                return found.group(1).decode()
+    raise AssertionError("no configuration push to rs1 was seen on the loopback interface")
+
+
+def test_a_control_token_seen_on_a_plaintext_link_pushes_no_other_configuration(
+    plain_site: LocalSite,
+) -> None:
+    rs1 = plain_site.servers["rs1"]
+
+    def cameras() -> set[str]:
+        status = call(endpoint(rs1, "control", tls=False), "GET", "/control/v1/status",
+                      token=control_token(plain_site))  # fmt: skip
+        return {c["name"] for c in status["cameras"]}
+
+    # Given the token of a push seen on the plaintext control link (a camera was added)
+    seen = captured_control_token(
+        rs1,
+        lambda: plain_site.api("POST", "/api/v1/cameras", {"name": "seen-cam",
+                               "recording_server": "rs1", "source": {"kind": "synthetic"}}),
+    )  # fmt: skip
+    try:
+        eventually(lambda: "seen-cam" in cameras(), what="rs1 recording seen-cam")
+        running = cameras()
+        # When someone sends rs1 a configuration of their own with it: no cameras at all
+        with pytest.raises(ApiError) as refused:
+            call(endpoint(rs1, "control", tls=False), "POST", "/control/v1/config",
+                 body={"cameras": [], "config_order": ["x", 1 << 40]}, token=seen)  # fmt: skip
+        # Then rs1 refuses it, and records what it did
+        assert refused.value.status == 403
+        assert refused.value.code == "auth.token"
+        assert "another configuration" in refused.value.document["detail"]
+        assert cameras() == running
+        assert "made for another configuration" in plain_site.log_text("rs1")
+    finally:
+        plain_site.api("DELETE", "/api/v1/cameras/seen-cam")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 import time
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from watchkeep._files import atomic_write
 from watchkeep.errors import InvalidToken, WatchkeepError
+from watchkeep.servers._signed import canonical_body
 
 __all__ = [
     "SCOPES",
@@ -53,8 +55,16 @@ __all__ = [
     "Scope",
     "TokenSigner",
     "TokenVerifier",
+    "config_digest",
     "may_view",
 ]
+
+
+def config_digest(config: Any) -> str:
+    """What a control token binds of the configuration it pushes (its ``body`` claim): the
+    SHA-256 of its canonical JSON, the same on both sides whatever spacing went between."""
+    return hashlib.sha256(canonical_body(config)).hexdigest()
+
 
 Scope = Literal["user", "stream", "control"]
 SCOPES: tuple[Scope, ...] = ("user", "stream", "control")

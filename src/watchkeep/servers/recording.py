@@ -17,6 +17,7 @@ from watchkeep.servers._linked import LinkedServer
 from watchkeep.servers._listener import Listener
 from watchkeep.servers._problems import problem
 from watchkeep.servers._streams import CameraService
+from watchkeep.servers._tokens import config_digest
 from watchkeep.tls import ClientAuth, ReloadableServerContext, ServerIdentity
 
 __all__ = ["RecordingServer"]
@@ -122,6 +123,23 @@ class RecordingServer(LinkedServer):
             return problem(400, "malformed JSON", "the configuration is not JSON")
         if not isinstance(config, dict):
             return problem(400, "bad configuration", "expected a JSON object")
+        if request["claims"].get("body") != config_digest(config):
+            # A token seen on a plaintext control link, sent again with another body.
+            log.warning(
+                "%s: a configuration push from %s refused: its token was made for another "
+                "configuration",
+                self.config.name,
+                request.remote or "unknown",
+            )
+            return problem(
+                403,
+                "not the configuration pushed",
+                "the control token was made for another configuration than this one",
+                code="auth.token",
+                server=self.config.name,
+                fix="the management server pushes again on the next site change; turn the "
+                "management server's encryption on where the network is not trusted",
+            )
         transport = request.transport
         verified = transport is not None and transport.get_extra_info("peercert") is not None
         await self.apply_config(config, authenticated=verified)

@@ -277,6 +277,7 @@ class ConfigPushes:
                 endpoint = Endpoint(
                     server.name, server.host, server.address, server.ports["control"], tls
                 )
+                config = self.config_for(server)
                 try:
                     await call_json(
                         session,
@@ -284,8 +285,8 @@ class ConfigPushes:
                         "POST",
                         "/control/v1/config",
                         ssl_context=context,
-                        body=self.config_for(server),
-                        token=self.sessions.control_token(server.name),
+                        body=config,
+                        token=self.sessions.control_token(server.name, config),
                     )
                 except (ConnectionFailed, ApiError) as exc:
                     log.warning(

@@ -13,7 +13,13 @@ from aiohttp import web
 
 from watchkeep.servers._config import ServerConfig
 from watchkeep.servers._problems import problem
-from watchkeep.servers._tokens import InvalidToken, Revocations, TokenSigner, TokenVerifier
+from watchkeep.servers._tokens import (
+    InvalidToken,
+    Revocations,
+    TokenSigner,
+    TokenVerifier,
+    config_digest,
+)
 from watchkeep.servers.management._http import Refused
 from watchkeep.site import Server
 from watchkeep.store import SiteStore, User
@@ -75,10 +81,13 @@ class Sessions:
             str(claims["sub"]), "stream", server.name, ttl, cameras=[camera], sid=claims["jti"]
         )
 
-    def control_token(self, server: str) -> str:
-        """A configuration push to ``server``: another recording server that kept it could
-        push nothing with it anywhere."""
-        return self.signer.issue(self.config.name, "control", server, CONTROL_TOKEN_TTL)
+    def control_token(self, server: str, config: dict[str, Any]) -> str:
+        """The push of ``config`` to ``server``: another recording server that kept it could
+        push nothing with it anywhere, and one who saw it on a plaintext control link could
+        push nothing else with it (the token carries the digest of the configuration)."""
+        return self.signer.issue(
+            self.config.name, "control", server, CONTROL_TOKEN_TTL, body=config_digest(config)
+        )
 
     # -- checking ------------------------------------------------------------------------
 
