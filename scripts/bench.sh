@@ -7,7 +7,8 @@
 #   bash scripts/bench.sh h264 [--quick]   the H.264 capacity search (issue 15), encrypted and
 #                                          in plaintext: bench/results/h264.json and h264.md
 # Other arguments go to `python -m bench` (bench/run.py: --only, --out-dir, --profile N) or,
-# after `h264`, to `python -m bench.h264_capacity` (--steps, --modes, --out-dir, --profile N).
+# after `h264`, to `python -m bench.h264_capacity` (--steps, --modes, --out-dir, --profile N,
+# --perf N: Linux perf on rs1, its CPU per picture by part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WATCHKEEP_EXTRAS=${WATCHKEEP_EXTRAS:-test,dev,bench} bash scripts/setup.sh

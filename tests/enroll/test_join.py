@@ -277,6 +277,26 @@ def test_a_joined_server_must_prove_its_heartbeats_with_its_certificate(
     assert "replayed" in replayed[1]["detail"]
 
 
+def test_the_joining_machine_chooses_its_key_type(
+    site: LocalSite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An unknown key type is refused before anything is sent: the token stays usable
+    made = enroll(site)
+    status, err = join(tmp_path / "bad", made["token"], capsys, "--key-type", "dsa-1024")
+    assert_refused(status, err, "dsa-1024", "ecdsa-p256")
+    assert files_under(tmp_path / "bad") == []
+    assert made["name"] in pending_names(site)
+    # ... and an ECDSA P-256 key is made on the machine, and certified
+    status, err = join(tmp_path / "ec", made["token"], capsys, "--key-type", "ecdsa-p256")
+    assert status == 0, err
+    config = load_config(Home(tmp_path / "ec").server_config(made["name"]))
+    assert config.certificate is not None
+    cert = x509.load_pem_x509_certificates(config.certificate.read_bytes())[0]
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    assert key.curve.name == "secp256r1"
+
+
 # -- refusals, each with nothing written -------------------------------------------------
 
 

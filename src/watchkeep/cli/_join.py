@@ -24,14 +24,21 @@ def register(groups: Any) -> None:
         metavar="USER",
         help="the account that will run the server and own its key (default: you)",
     )
+    join.add_argument(
+        "--key-type",
+        default="rsa-2048",
+        help="the server's key, made on this machine: rsa-2048, rsa-3072 or ecdsa-p256",
+    )
     add_json(join)
     join.set_defaults(handler=_join)
 
 
 def _join(args: argparse.Namespace) -> int:
     from watchkeep.client._join import join_site
+    from watchkeep.pki import KeyType
 
-    joined = join_site(args.token, home_of(args), args.service_account)
+    key_type = KeyType.parse(args.key_type)  # refused here, before anything is sent
+    joined = join_site(args.token, home_of(args), args.service_account, key_type=key_type)
     if not joined.encrypted_link:
         print(
             "watchkeep: warning: the management server speaks plaintext: the join and this "
