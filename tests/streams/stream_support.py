@@ -32,6 +32,7 @@ import aiohttp
 
 from watchkeep.client import SiteClient, SiteConnection
 from watchkeep.client._video import stream_frames
+from watchkeep.errors import ApiError
 from watchkeep.media import DEFAULT_BOUNDARY, Frame, MjpegPart, MultipartParser
 from watchkeep.servers._tokens import TokenSigner
 from watchkeep.site import ServerRole
@@ -223,9 +224,16 @@ async def live_frames(client: SiteClient, camera: str, count: int) -> list[Frame
 
 
 async def playback_frames(client: SiteClient, camera: str, start: float, end: float) -> list[Frame]:
+    """The frames recorded in ``[start, end)``; none when the recording server answers
+    that it recorded nothing then (404 "no recording")."""
     path = f"/api/v1/cameras/{camera}/playback.mjpeg?from={start!r}&to={end!r}"
-    async with camera_stream(client, camera, path) as stream:
-        return [frame async for frame in stream]
+    try:
+        async with camera_stream(client, camera, path) as stream:
+            return [frame async for frame in stream]
+    except ApiError as exc:
+        if exc.status == 404 and exc.document.get("title") == "no recording":
+            return []
+        raise
 
 
 async def wait_recorded_past(client: SiteClient, camera: str, moment: float) -> None:

@@ -157,6 +157,38 @@ def test_a_whole_day_is_a_valid_playback_range(
     assert_frame_from("cam1", int(parts[0].headers["x-sequence"]), parts[0].jpeg)
 
 
+def test_a_range_with_nothing_recorded_is_404_and_iso_times_are_taken(
+    streams_site: LocalSite, ca: Path, cam1_token: str
+) -> None:
+    # When a client asks for a minute long before cam1 existed, in ISO 8601 as for HLS
+    rs1 = streams_site.servers["rs1"]
+    path = "/api/v1/cameras/cam1/playback.mjpeg?from=2020-01-01T00:00:00Z&to=2020-01-01T00:01:00Z"
+    with request(rs1, "data", path, ca=ca, token=cam1_token) as response:
+        # Then the answer says so (a 404 problem, as playback.m3u8 answers), not an empty 200
+        problem = read_problem(response, 404)
+    assert problem["title"] == "no recording", problem
+    assert "cam1" in problem["detail"]
+    assert "2020-01-01T00:00:00Z" in problem["detail"]
+    # ... while the same in ISO 8601 over the last minute plays
+    now = time.time()
+    moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60))
+    with request(rs1, "data", f"/api/v1/cameras/cam1/playback.mjpeg?from={moment}&to={now}",
+                 ca=ca, token=cam1_token) as response:  # fmt: skip
+        assert read_parts(response, 1)
+    # ... and `watchkeep playback` and `watchkeep export` say in one line that nothing is there
+    for command in (
+        ("playback", "cam1", "--from", "1577836800", "--to", "1577836860"),
+        ("export", "cam1", "--from", "1577836800", "--to", "1577836860", "--out",
+         str(streams_site.root / "nothing.mp4")),
+    ):  # fmt: skip
+        ran = streams_site.cli(*command)
+        assert ran.returncode == 1, ran
+        assert len(ran.stderr.splitlines()) == 1, ran.stderr
+        assert "fix:" in ran.stderr, ran.stderr
+        assert "recorded" in ran.stderr, ran.stderr
+    assert not (streams_site.root / "nothing.mp4").exists()
+
+
 def test_the_smart_client_reports_a_refused_range_in_one_line(streams_site: LocalSite) -> None:
     # When `watchkeep playback` is asked for a range that ends before it starts
     ran = streams_site.cli("playback", "cam1", "--from", "1700000200", "--to", "1700000100")

@@ -277,26 +277,31 @@ async def _export_mjpeg(
     path_qs = (
         f"/api/v1/cameras/{quote(access.camera, safe='')}/playback.mjpeg?from={start!r}&to={end!r}"
     )
-    async for frame in stream_frames(client, access, path_qs, session):
-        if builder is None:
-            size = jpeg_size(frame.jpeg)
-            if size is None:
-                continue
-            builder = Mp4Builder.for_mjpeg(*size, directory=path.parent)
-            report.codec = "JPEG"
-            report.start = first = frame.timestamp
-        assert first is not None
-        ticks = round((frame.timestamp - first) * TIMESCALE)
-        duration = (
-            round((frame.timestamp - previous) * TIMESCALE)
-            if previous is not None
-            else TIMESCALE // 10
-        )
-        previous = frame.timestamp
-        builder.add(frame.jpeg, ticks, 0, True, duration)
-        fetched += len(frame.jpeg)
-        if progress is not None:
-            progress(min(max((frame.timestamp - start) / (end - start), 0.0), 1.0), fetched)
+    try:
+        async for frame in stream_frames(client, access, path_qs, session):
+            if builder is None:
+                size = jpeg_size(frame.jpeg)
+                if size is None:
+                    continue
+                builder = Mp4Builder.for_mjpeg(*size, directory=path.parent)
+                report.codec = "JPEG"
+                report.start = first = frame.timestamp
+            assert first is not None
+            ticks = round((frame.timestamp - first) * TIMESCALE)
+            duration = (
+                round((frame.timestamp - previous) * TIMESCALE)
+                if previous is not None
+                else TIMESCALE // 10
+            )
+            previous = frame.timestamp
+            builder.add(frame.jpeg, ticks, 0, True, duration)
+            fetched += len(frame.jpeg)
+            if progress is not None:
+                progress(min(max((frame.timestamp - start) / (end - start), 0.0), 1.0), fetched)
+    except ApiError as exc:
+        if exc.status == 404 and exc.document.get("title") == "no recording":
+            return None  # nothing recorded in the range: said by the caller
+        raise
     return builder
 
 

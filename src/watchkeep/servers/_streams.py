@@ -420,15 +420,15 @@ class CameraService:
         if not may_view(request["claims"], name):
             return camera_not_allowed(name)
         try:
-            start = float(request.query["from"])
-            end = float(request.query["to"])
+            start = parse_moment(request.query["from"])
+            end = parse_moment(request.query["to"])
         except (KeyError, ValueError):
-            return problem(400, "bad range", "from and to must be UTC seconds (numbers)")
-        if (
-            not (math.isfinite(start) and math.isfinite(end))
-            or end <= start
-            or end - start > MAX_PLAYBACK_SPAN
-        ):
+            return problem(
+                400,
+                "bad range",
+                "from and to must be ISO 8601 times (2026-12-02T08:00:00Z) or UTC seconds",
+            )
+        if end <= start or end - start > MAX_PLAYBACK_SPAN:
             return problem(
                 400,
                 "bad range",
@@ -451,7 +451,15 @@ class CameraService:
                 # a batch later, after hundreds of "socket.send() raised exception." lines.
                 await asyncio.sleep(0)
             if not prepared:
-                await response.prepare(request)
+                # As playback.m3u8 answers: a stream that ends at once says nothing (a
+                # browser's image shows neither a picture nor an error).
+                return problem(
+                    404,
+                    "no recording",
+                    f"camera {name} has no Motion JPEG recording on {self.server} between "
+                    f"{request.query['from']} and {request.query['to']}",
+                    fix="choose a time the camera recorded (H.264/H.265 plays as playback.m3u8)",
+                )
             await response.write_eof()
         except RecordingError as exc:
             if prepared:

@@ -182,6 +182,11 @@ async function endsAtOnce(url) {
   const controller = new AbortController();
   try {
     const response = await fetch(url, {signal: controller.signal, cache: "no-store"});
+    if (response.status === 404) {
+      // The recording server's answer for a range it recorded nothing of.
+      const problem = await response.json().catch(() => ({}));
+      return problem.title === "no recording";
+    }
     if (!response.ok || response.body === null) return false;
     const {done} = await response.body.getReader().read();
     return done;
