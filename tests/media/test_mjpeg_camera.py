@@ -271,3 +271,46 @@ async def test_an_error_of_the_sink_ends_the_run() -> None:
             await asyncio.wait_for(camera.run(sink), 10)
         await camera.stop()
     assert camera.stats.frames == 1
+
+
+def test_a_camera_cancelled_as_its_connection_completes_ends() -> None:
+    # A recording server stops a camera by cancelling its task, under the lock every later
+    # configuration waits for. asyncio.wait_for of Python 3.11 returns the result instead
+    # of raising when the cancellation meets a connection that has just completed: the
+    # camera then went on reading (and recording) after it was removed.
+    async def scenario() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # a camera that answers nothing: the stream waits
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        camera = MjpegCamera("door", f"http://127.0.0.1:{port}/video", read_timeout=30.0)
+        loop = asyncio.get_running_loop()
+        connect = loop.create_connection
+        task: asyncio.Task[None] | None = None
+
+        async def connected_then_cancelled(*args: object, **kwargs: object) -> object:
+            # Given the connection made, and the camera's task cancelled before it resumes
+            made = await connect(*args, **kwargs)  # type: ignore[arg-type]
+            assert task is not None
+            loop.call_soon(task.cancel)
+            return made
+
+        loop.create_connection = connected_then_cancelled  # type: ignore[method-assign]
+        try:
+            await camera.start()
+            task = asyncio.create_task(camera.run(lambda frame: None))
+            # Then the task ends, cancelled, at once
+            done, _ = await asyncio.wait({task}, timeout=5)
+            assert done, "the camera went on after its task was cancelled"
+            assert task.cancelled()
+        finally:
+            loop.create_connection = connect  # type: ignore[method-assign]
+            await camera.stop()
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())

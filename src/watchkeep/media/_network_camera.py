@@ -247,16 +247,18 @@ class NetworkCamera(CameraSource):
             self._stream = stream
             try:
                 try:
-                    await asyncio.wait_for(
-                        loop.create_connection(
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+                    # connection instead of raising when the task is cancelled as the
+                    # connection completes, and a camera removed then went on reading (and
+                    # recording) for good, holding its stop (and the configuration) up.
+                    async with asyncio.timeout(self._connect_timeout):
+                        await loop.create_connection(
                             functools.partial(_same, stream),
                             self._host,
                             self._port,
                             ssl=self._ssl,
                             server_hostname=self._host if self._tls else None,
-                        ),
-                        self._connect_timeout,
-                    )
+                        )
                 except TimeoutError:
                     raise StreamEnded(f"no connection within {self._connect_timeout:g} s") from None
                 if self._stopping:
