@@ -153,17 +153,31 @@ def _playback(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output(path: Path | None) -> Any:
+    """A file to write the frames to, in place at ``path`` once written: beside it until
+    then, so that a refusal (nothing recorded, no such camera) leaves no empty file and an
+    existing one as it was; what arrived before a failure is kept, as it is on success."""
     if path is None:
         yield None
         return
+    import secrets
+
     from watchkeep.errors import OutputNotWritable
 
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        handle = path.open("wb")
+        handle = staging.open("xb")
     except OSError as exc:
         raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
-    with handle:
-        yield handle
+    try:
+        with handle:
+            yield handle
+    except BaseException:
+        if staging.stat().st_size == 0:
+            staging.unlink()
+            raise
+        staging.replace(path)
+        raise
+    staging.replace(path)
 
 
 def _report(report: Any, as_json: bool) -> None:
