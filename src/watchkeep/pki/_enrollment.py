@@ -47,6 +47,7 @@ from watchkeep.store import CertificateRecord
 __all__ = [
     "DEFAULT_TTL",
     "JOINABLE_ROLES",
+    "JOIN_KEY",
     "MAX_TTL",
     "EnrollmentToken",
     "csr_names_refusal",

@@ -24,7 +24,9 @@ Three kinds, each with the narrowest rights for its purpose (header ``typ``
     revocation of either reaches it.
 ``control``
     A configuration push from the management server to one recording server (audience:
-    that server).
+    that server). It carries the digest of the configuration it pushes (``body``:
+    :func:`config_digest`), and the server takes no other with it: a token read off a
+    plaintext control link pushes nothing but what it was made for.
 """
 
 from __future__ import annotations
@@ -58,12 +60,6 @@ __all__ = [
     "config_digest",
     "may_view",
 ]
-
-
-def config_digest(config: Any) -> str:
-    """What a control token binds of the configuration it pushes (its ``body`` claim): the
-    SHA-256 of its canonical JSON, the same on both sides whatever spacing went between."""
-    return hashlib.sha256(canonical_body(config)).hexdigest()
 
 
 Scope = Literal["user", "stream", "control"]
@@ -168,6 +164,12 @@ class TokenSigner:
         return jwt.encode(
             payload, self.key, algorithm=ALGORITHM, headers={"typ": token_type(scope)}
         )
+
+
+def config_digest(config: Any) -> str:
+    """What a control token binds of the configuration it pushes (its ``body`` claim): the
+    SHA-256 of its canonical JSON, the same on both sides whatever spacing went between."""
+    return hashlib.sha256(canonical_body(config)).hexdigest()
 
 
 @dataclass(frozen=True)
