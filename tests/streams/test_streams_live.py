@@ -187,14 +187,6 @@ def test_a_range_with_nothing_recorded_is_404_and_iso_times_are_taken(
         assert "fix:" in ran.stderr, ran.stderr
         assert "recorded" in ran.stderr, ran.stderr
     assert not (streams_site.root / "nothing.mp4").exists()
-    # ... and a file already at --out is left as it was, with nothing beside it
-    kept = streams_site.root / "kept.mjpeg"
-    kept.write_bytes(b"an earlier playback")
-    ran = streams_site.cli("playback", "cam1", "--from", "1577836800", "--to", "1577836860",
-                           "--out", str(kept))  # fmt: skip
-    assert ran.returncode == 1, ran
-    assert kept.read_bytes() == b"an earlier playback"
-    assert [f.name for f in streams_site.root.glob(".kept.mjpeg*")] == []
 
 
 def test_the_smart_client_reports_a_refused_range_in_one_line(streams_site: LocalSite) -> None:

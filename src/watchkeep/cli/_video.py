@@ -153,31 +153,17 @@ def _playback(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output(path: Path | None) -> Any:
-    """A file to write the frames to, in place at ``path`` once written: beside it until
-    then, so that a refusal (nothing recorded, no such camera) leaves no empty file and an
-    existing one as it was; what arrived before a failure is kept, as it is on success."""
     if path is None:
         yield None
         return
-    import secrets
-
     from watchkeep.errors import OutputNotWritable
 
-    staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
-        handle = staging.open("xb")
+        handle = path.open("wb")
     except OSError as exc:
         raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
-    try:
-        with handle:
-            yield handle
-    except BaseException:
-        if staging.stat().st_size == 0:
-            staging.unlink()
-            raise
-        staging.replace(path)
-        raise
-    staging.replace(path)
+    with handle:
+        yield handle
 
 
 def _report(report: Any, as_json: bool) -> None:
