@@ -199,7 +199,10 @@ def probe(path: Path) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(ran.stdout)["streams"][0]
     data = path.read_bytes()
     found["moov_first"] = 0 < data.find(b"moov") < data.find(b"mdat")
-    found["errors"] = ffmpeg("-i", str(path), "-f", "null", "-").stderr
+    # Decoded on the file's own time base: pictures a few milliseconds apart (a Motion JPEG
+    # camera's times are when its pictures came, bunched when the machine is loaded) share
+    # a tick of the one FFmpeg guesses from the frame rate, and its null muxer says so.
+    found["errors"] = ffmpeg("-i", str(path), "-enc_time_base", "-1", "-f", "null", "-").stderr
     found["first_picture"] = subprocess.run(
         ["ffprobe", "-v", "error", "-read_intervals", "%+#1", "-show_entries", "frame=key_frame",
          "-of", "csv=p=0", str(path)],
