@@ -187,6 +187,21 @@ def test_a_range_with_nothing_recorded_is_404_and_iso_times_are_taken(
         assert "fix:" in ran.stderr, ran.stderr
         assert "recorded" in ran.stderr, ran.stderr
     assert not (streams_site.root / "nothing.mp4").exists()
+    # ... and `playback --out` makes no empty file, and leaves a file already there as it was
+    for out, before in (("none.mjpeg", None), ("kept.mjpeg", b"an earlier playback")):
+        path = streams_site.root / out
+        if before is not None:
+            path.write_bytes(before)
+        ran = streams_site.cli("playback", "cam1", "--from", "1577836800", "--to",
+                               "1577836860", "--out", str(path))  # fmt: skip
+        assert ran.returncode == 1, ran
+        assert (path.read_bytes() if path.exists() else None) == before
+    # ... while a directory that is not there is refused before anything is asked
+    ran = streams_site.cli("view", "cam1", "--frames", "1", "--out",
+                           str(streams_site.root / "no-such-dir" / "v.mjpeg"))  # fmt: skip
+    assert ran.returncode == 1, ran
+    assert len(ran.stderr.splitlines()) == 1, ran.stderr
+    assert "no directory" in ran.stderr, ran.stderr
 
 
 def test_the_smart_client_reports_a_refused_range_in_one_line(streams_site: LocalSite) -> None:

@@ -9,10 +9,13 @@ import datetime as dt
 import signal
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from watchkeep.cli._common import add_json, call_site, emit_json, home_of, print_table
+
+if TYPE_CHECKING:
+    from watchkeep.client._video import ByteSink
 
 __all__ = ["register"]
 
@@ -103,7 +106,7 @@ def _view(args: argparse.Namespace) -> int:
 
     mp4 = args.out is not None and args.out.suffix.lower() == ".mp4"
 
-    async def run(out: IO[bytes] | None) -> Any:
+    async def run(out: ByteSink | None) -> Any:
         # SIGINT or SIGTERM ends the view early; the report covers what arrived.
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,7 +144,7 @@ def _playback(args: argparse.Namespace) -> int:
         summarize(exported, args.json)
         return 0
 
-    async def run(out: IO[bytes] | None) -> Any:
+    async def run(out: ByteSink | None) -> Any:
         async with SiteClient(home_of(args)) as client:
             return await playback_camera(client, args.camera, start, end, out)
 
@@ -156,14 +159,45 @@ def _output(path: Path | None) -> Any:
     if path is None:
         yield None
         return
+    import os
+
     from watchkeep.errors import OutputNotWritable
 
+    # Refused now if it cannot be written, but made (or emptied) only by the first frame.
+    if not path.exists() and not path.parent.is_dir():
+        raise OutputNotWritable(str(path), f"no directory {path.parent}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise OutputNotWritable(str(path), "permission denied")
+    out = _FileAtFirstWrite(path)
     try:
-        handle = path.open("wb")
-    except OSError as exc:
-        raise OutputNotWritable(str(path), exc.strerror or str(exc)) from exc
-    with handle:
-        yield handle
+        yield out
+    finally:
+        out.close()
+
+
+class _FileAtFirstWrite:
+    """The file at ``path``, opened (so made, or emptied) by the first write: a view or a
+    playback refused before its first frame (nothing recorded, no such camera) leaves no
+    empty file and an earlier one as it was; the frames go in as they come, for whoever
+    reads the file meanwhile."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[bytes] | None = None
+
+    def write(self, data: bytes, /) -> int:
+        if self._handle is None:
+            from watchkeep.errors import OutputNotWritable
+
+            try:
+                self._handle = self.path.open("wb")
+            except OSError as exc:
+                raise OutputNotWritable(str(self.path), exc.strerror or str(exc)) from exc
+        return self._handle.write(data)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _report(report: Any, as_json: bool) -> None:
